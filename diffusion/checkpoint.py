@@ -1,0 +1,207 @@
+"""Model files: one .safetensors per model, the EMA weights plus JSON metadata. Never pickle.
+
+Metadata keys (string values): format, kind, config (JSON), training (JSON), card.
+`config` holds the network class and config, and for denoisers the schedule, parameterization,
+class names and self-conditioning flag; load_checkpoint rebuilds the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .networks import Classifier, ClassifierConfig, UNet, UNetConfig
+from .parameterization import check_parameterization
+from .schedules import Schedule
+
+FORMAT = "diffusion-playground/1"
+KINDS = ("denoiser", "noisy-classifier", "evaluator")
+NETWORKS = {"UNet": (UNet, UNetConfig), "Classifier": (Classifier, ClassifierConfig)}
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a larger header is refused before it is read
+
+
+class CheckpointError(ValueError):
+    """A model file is unreadable or inconsistent; the message names the file and the problem."""
+
+
+@dataclass
+class LoadedModel:
+    kind: str
+    network: torch.nn.Module
+    config: dict  # the parsed `config` metadata
+    training: dict
+    card: str
+    path: Path | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.config.get("class_names", ()))
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.config["schedule"])
+
+    @property
+    def parameterization(self) -> str:
+        return self.config["parameterization"]
+
+    @property
+    def self_condition(self) -> bool:
+        return bool(self.config.get("self_condition", False))
+
+
+def model_config(kind: str, network: torch.nn.Module, *, class_names=(), schedule: str | None = None,
+                 parameterization: str | None = None) -> dict:
+    """The `config` metadata for a network; denoisers also need schedule and parameterization."""
+    net_config = network.config
+    config = {
+        "network": type(network).__name__,
+        "network_config": net_config.to_dict(),
+        "image_size": net_config.image_size,
+        "image_channels": net_config.image_channels,
+        "class_names": list(class_names),
+    }
+    if kind == "denoiser":
+        config |= {"schedule": schedule, "parameterization": parameterization,
+                   "self_condition": net_config.self_condition, "null_class": net_config.null_class}
+    return config
+
+
+def save_checkpoint(path, kind: str, network: torch.nn.Module, config: dict, training: dict, card: str,
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    _validate_config(kind, config, Path(path))
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in network.state_dict().items()}
+    metadata = {"format": FORMAT, "kind": kind, "config": json.dumps(config), "training": json.dumps(training),
+                "card": card}
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def atomic_write(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path) -> dict:
+    """The safetensors header's __metadata__, validated as far as the bytes go; no tensors are read."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path.name}: not a safetensors file (only {len(prefix)} bytes)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
+                raise CheckpointError(f"{path.name}: not a safetensors file or truncated "
+                                      f"(header claims {header_len} bytes, file has {size})")
+            header_bytes = f.read(header_len)
+    except OSError as error:
+        raise CheckpointError(f"{path.name}: cannot read ({error.strerror or error})") from error
+    try:
+        header = json.loads(header_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path.name}: not a safetensors file (header is not JSON)") from error
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name}: not a safetensors file (header is not a JSON object)")
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path.name}: no diffusion-playground metadata (a plain safetensors file?)")
+    fmt = metadata.get("format")
+    if fmt != FORMAT:
+        if isinstance(fmt, str) and fmt.startswith("diffusion-playground/"):
+            raise CheckpointError(f"{path.name}: metadata format {fmt!r} is not supported by this version "
+                                  f"(expected {FORMAT!r}); upgrade diffusion-playground")
+        raise CheckpointError(f"{path.name}: missing or unknown metadata format {fmt!r} (expected {FORMAT!r})")
+    parsed = {"format": fmt, "kind": metadata.get("kind"), "card": metadata.get("card", "")}
+    if parsed["kind"] not in KINDS:
+        raise CheckpointError(f"{path.name}: unknown kind {parsed['kind']!r} (expected one of {KINDS})")
+    for key in ("config", "training"):
+        try:
+            parsed[key] = json.loads(metadata.get(key, "null"))
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{path.name}: metadata '{key}' is not valid JSON ({error.msg})") from error
+        if not isinstance(parsed[key], dict):
+            raise CheckpointError(f"{path.name}: metadata '{key}' is missing or not a JSON object")
+    _validate_config(parsed["kind"], parsed["config"], path)
+    return parsed
+
+
+def load_checkpoint(path, device="cpu") -> LoadedModel:
+    """Rebuild the network from the file alone, in eval() with gradients off."""
+    path = Path(path)
+    meta = read_metadata(path)
+    config = meta["config"]
+    network_class, config_class = NETWORKS[config["network"]]
+    try:
+        network = network_class(config_class.from_dict(config["network_config"]))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path.name}: invalid network_config ({error})") from error
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path.name}: corrupt tensor data ({error})") from error
+    _check_tensors(path, network.state_dict(), tensors)
+    network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    network.to(device).eval().requires_grad_(False)
+    return LoadedModel(meta["kind"], network, config, meta["training"], meta["card"], path)
+
+
+def _check_tensors(path: Path, expected: dict, found: dict):
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing:
+        raise CheckpointError(f"{path.name}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        raise CheckpointError(f"{path.name}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for name, tensor in found.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(f"{path.name}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                  f"the network needs {tuple(expected[name].shape)}")
+        if tensor.is_floating_point() != expected[name].is_floating_point():
+            raise CheckpointError(f"{path.name}: tensor {name} has dtype {tensor.dtype}, expected {expected[name].dtype}")
+
+
+def _validate_config(kind: str, config: dict, path: Path):
+    def fail(message):
+        raise CheckpointError(f"{path.name}: {message}")
+
+    if config.get("network") not in NETWORKS:
+        fail(f"unknown network {config.get('network')!r} (expected one of {sorted(NETWORKS)})")
+    if not isinstance(config.get("network_config"), dict):
+        fail("config.network_config is missing")
+    names = config.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        fail("config.class_names must be a list of strings")
+    if kind == "denoiser":
+        if config.get("network") != "UNet":
+            fail("a denoiser must be a UNet")
+        try:
+            Schedule(config.get("schedule"))
+            check_parameterization(config.get("parameterization"))
+        except ValueError as error:
+            fail(str(error))
+        num_classes = config["network_config"].get("num_classes", 0)
+        if num_classes and len(names) != num_classes:
+            fail(f"{len(names)} class names for {num_classes} classes")
+    elif config.get("network") != "Classifier":
+        fail(f"a {kind} must be a Classifier")

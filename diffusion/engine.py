@@ -1,0 +1,303 @@
+"""The sampling backend: a validated request type, a cache of loaded models, and one entry point.
+
+No Gradio here. Everything runs under torch.inference_mode(); the model cache holds EMA weights
+(the only weights a checkpoint has) in eval() on the device. Noise is drawn on CPU generators so a
+seed means the same images on every device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoint import CheckpointError, LoadedModel, load_checkpoint, read_metadata
+from .denoiser import Denoiser, Guidance
+from .sampling import ODE_SOLVERS, draw_noise, image_generators, ode_nfe, sample_ddim, sample_ddpm, sample_ode
+from .schedules import time_grid
+
+SAMPLERS = ("ddpm", "ddim", "ode")
+SPACINGS = ("uniform", "log-snr")
+GUIDANCE_MODES = ("none", "cfg", "classifier")
+MAX_STEPS = 1000
+MAX_BATCH = 64
+MAX_SCALE = 100.0
+MAX_SEED = 2**63 - 1
+
+
+class RequestError(ValueError):
+    """A request a user can fix: the message says what is wrong, in words."""
+
+
+class SamplingError(RuntimeError):
+    """Sampling failed for this request only (e.g. out of memory); the backend keeps serving."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    checkpoint: str = "fashion-diffusion"
+    sampler: str = "ddim"  # ddpm | ddim | ode
+    solver: str = "heun"  # ode only: euler | heun | dpm++2m
+    steps: int = 50
+    eta: float = 0.0  # ddim only
+    spacing: str = "uniform"  # uniform | log-snr
+    guidance: str = "cfg"  # none | cfg | classifier
+    class_index: int | None = 0  # None: unconditional (guidance "none" only)
+    scale: float = 3.0
+    self_condition: bool = False
+    seed: int = 0
+    batch_size: int = 16
+    clip_x0: bool = False
+    first_index: int = 0  # image i of the request uses the noise of image first_index + i of the seed
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # (B, C, H, W) float in [-1, 1], on the CPU
+    nfe: int
+    seconds: float
+    guidance_trace: list  # [(log-SNR, guidance strength)] per network evaluation
+    request: SampleRequest
+    trajectory: list = field(default_factory=list)  # [(step, t, x_t, x0_hat)] when recorded, CPU tensors
+
+
+# --- validation -------------------------------------------------------------------------------
+def _check_number(name, value, low, high, integer=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        raise RequestError(f"{name} must be {'a whole number' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise RequestError(f"{name} must be finite, got {value}")
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def validate_request(request: SampleRequest, model: LoadedModel, has_classifier: bool, max_batch: int = MAX_BATCH):
+    """Raise RequestError for anything out of range or inconsistent with the checkpoint."""
+    if request.sampler not in SAMPLERS:
+        raise RequestError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if request.sampler == "ode" and request.solver not in ODE_SOLVERS:
+        raise RequestError(f"unknown ODE solver {request.solver!r}; choose one of {', '.join(ODE_SOLVERS)}")
+    if request.spacing not in SPACINGS:
+        raise RequestError(f"unknown time spacing {request.spacing!r}; choose one of {', '.join(SPACINGS)}")
+    _check_number("steps", request.steps, 1, MAX_STEPS, integer=True)
+    _check_number("eta", request.eta, 0.0, 1.0)
+    _check_number("batch size", request.batch_size, 1, max_batch, integer=True)
+    _check_number("seed", request.seed, 0, MAX_SEED, integer=True)
+    _check_number("first image index", request.first_index, 0, 1_000_000, integer=True)
+    _check_number("guidance scale", request.scale, 0.0, MAX_SCALE)
+    if request.guidance not in GUIDANCE_MODES:
+        raise RequestError(f"unknown guidance mode {request.guidance!r}; choose one of {', '.join(GUIDANCE_MODES)}")
+    classes = model.class_names
+    if request.class_index is None:
+        if request.guidance != "none":
+            raise RequestError("guidance needs a class")
+    else:
+        if not classes:
+            raise RequestError(f"checkpoint {request.checkpoint!r} is unconditional: it has no classes")
+        _check_number("class", request.class_index, 0, len(classes) - 1, integer=True)
+    if request.guidance == "cfg" and model.config.get("null_class") is None:
+        raise RequestError(f"checkpoint {request.checkpoint!r} was not trained for classifier-free guidance")
+    if request.guidance == "classifier" and not has_classifier:
+        raise RequestError("classifier guidance needs a noisy classifier checkpoint, and none is available")
+    if request.self_condition and not model.self_condition:
+        raise RequestError(f"checkpoint {request.checkpoint!r} was not trained with self-conditioning")
+
+
+# --- the model cache --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointEntry:
+    name: str
+    path: Path
+    kind: str | None
+    card: str
+    error: str | None  # None when the file's metadata is valid
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+
+def file_signature(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class ModelCache:
+    """LRU of loaded models keyed by checkpoint name; a file changed on disk is reloaded.
+
+    Only plain names of .safetensors files directly inside `checkpoint_dir` can be loaded.
+    Thread-safe: loads happen under a lock; a loaded model is never mutated after it is cached.
+    """
+
+    def __init__(self, checkpoint_dir="checkpoints", capacity: int = 4, device=None):
+        self.checkpoint_dir = Path(checkpoint_dir).resolve()
+        self.capacity = capacity
+        self.device = torch.device(device) if device else pick_device()
+        self._models: OrderedDict[str, tuple[tuple[int, int], LoadedModel]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # number of times a file was read (for tests and the benchmark)
+
+    def entries(self) -> list[CheckpointEntry]:
+        """Every .safetensors file in the folder, with its kind, card, or why it is unavailable."""
+        found = []
+        for path in sorted(self.checkpoint_dir.glob("*.safetensors")):
+            try:
+                meta = read_metadata(path)
+                found.append(CheckpointEntry(path.stem, path, meta["kind"], meta["card"], None))
+            except CheckpointError as error:
+                found.append(CheckpointEntry(path.stem, path, None, "", str(error)))
+        return found
+
+    def names(self, kind: str) -> list[str]:
+        return [e.name for e in self.entries() if e.available and e.kind == kind]
+
+    def path_of(self, name: str) -> Path:
+        if not isinstance(name, str) or not name:
+            raise RequestError("checkpoint name must be a non-empty string")
+        stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+        if "/" in stem or "\\" in stem or stem.startswith(".") or "\x00" in stem:
+            raise RequestError(f"checkpoint name {name!r} is not a plain file name in the checkpoint folder")
+        path = self.checkpoint_dir / f"{stem}.safetensors"
+        if not path.is_file():
+            available = ", ".join(self.names("denoiser")) or "none"
+            raise RequestError(f"no checkpoint named {stem!r} (available: {available})")
+        return path
+
+    def get(self, name: str) -> LoadedModel:
+        path = self.path_of(name)
+        with self._lock:
+            try:
+                signature = file_signature(path)
+            except FileNotFoundError as error:
+                self._models.pop(name, None)
+                raise RequestError(f"checkpoint {name!r} was removed") from error
+            cached = self._models.get(name)
+            if cached and cached[0] == signature:
+                self._models.move_to_end(name)
+                return cached[1]
+            try:
+                model = load_checkpoint(path, device=self.device)
+            except CheckpointError as error:
+                self._models.pop(name, None)
+                raise RequestError(f"checkpoint {name!r} is unavailable: {error}") from error
+            self.loads += 1
+            if file_signature(path) != signature:  # replaced while we read it: do not serve a mix
+                raise RequestError(f"checkpoint {name!r} changed while loading; try again")
+            self._models[name] = (signature, model)
+            self._models.move_to_end(name)
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return model
+
+    def first_of_kind(self, kind: str) -> LoadedModel | None:
+        names = self.names(kind)
+        return self.get(names[0]) if names else None
+
+
+# --- running a request ------------------------------------------------------------------------
+Progress = Callable[[int, int], None]  # (network evaluations done, total)
+Preview = Callable[[int, float, torch.Tensor, torch.Tensor], None]  # (step, t, x_t, x0_hat)
+
+
+def expected_nfe(request: SampleRequest) -> int:
+    return ode_nfe(request.solver, request.steps) if request.sampler == "ode" else request.steps
+
+
+def prepare(cache: ModelCache, request: SampleRequest):
+    """Load and validate; returns (model, classifier or None)."""
+    model = cache.get(request.checkpoint)
+    if model.kind != "denoiser":
+        raise RequestError(f"checkpoint {request.checkpoint!r} is a {model.kind}, not a denoiser")
+    classifier = cache.first_of_kind("noisy-classifier") if request.guidance == "classifier" else None
+    has_classifier = classifier is not None or (request.guidance != "classifier" and bool(cache.names("noisy-classifier")))
+    validate_request(request, model, has_classifier)
+    return model, classifier
+
+
+def run_request(cache: ModelCache, request: SampleRequest, progress: Progress | None = None,
+                preview: Preview | None = None, record_trajectory: bool = False) -> SampleResult:
+    """Sample one request. RequestError for bad input, SamplingError for a failure while sampling."""
+    model, classifier = prepare(cache, request)
+    device = cache.device
+    schedule = model.schedule
+    shape = (model.config["image_channels"], model.config["image_size"], model.config["image_size"])
+    trajectory, total = [], expected_nfe(request)
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode(), _autocast(device):
+            labels = None
+            if request.class_index is not None:
+                labels = torch.full((request.batch_size,), int(request.class_index), dtype=torch.long, device=device)
+            denoise = Denoiser(model.network, schedule, model.parameterization, labels=labels,
+                               guidance=Guidance(request.guidance, float(request.scale)),
+                               classifier=classifier.network if classifier else None,
+                               self_condition=request.self_condition, clip_x0=request.clip_x0)
+            counted = _counting(denoise, progress, total)
+            generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))
+            x_T = draw_noise(generators, shape, device)
+            grid = time_grid(schedule, int(request.steps), request.spacing)
+
+            def callback(step, t, x_t, x0_hat):
+                if record_trajectory:
+                    trajectory.append((step, t, x_t.float().cpu(), x0_hat.float().cpu()))
+                if preview:
+                    preview(step, t, x_t, x0_hat)
+
+            if request.sampler == "ddpm":
+                images = sample_ddpm(counted, x_T, grid, schedule=schedule, generators=generators, callback=callback)
+            elif request.sampler == "ddim":
+                images = sample_ddim(counted, x_T, grid, schedule=schedule, generators=generators,
+                                     eta=float(request.eta), callback=callback)
+            else:
+                images = sample_ode(counted, x_T, grid, schedule=schedule, solver=request.solver, callback=callback)
+            images = images.float().clamp(-1, 1).cpu()
+    except torch.cuda.OutOfMemoryError as error:
+        _free_cuda()
+        raise SamplingError("the device ran out of memory for this request; try a smaller batch") from error
+    except (RequestError, SamplingError):
+        raise
+    except RuntimeError as error:
+        raise SamplingError(f"sampling failed: {error}") from error
+    return SampleResult(images, denoise.nfe, time.perf_counter() - started, denoise.trace, request, trajectory)
+
+
+def _counting(denoise: Denoiser, progress: Progress | None, total: int):
+    if progress is None:
+        return denoise
+
+    def counted(x_t, t):
+        out = denoise(x_t, t)
+        progress(denoise.nfe, total)
+        return out
+
+    return counted
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA GPUs that support it (the network only; samplers work in fp32).
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _free_cuda():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,26 @@
+"""Pixels out of the library: tensors in [-1, 1] -> uint8 grids and PIL images."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from PIL import Image
+
+from .data import to_uint8
+
+
+def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> torch.Tensor:
+    """(N, C, H, W) in [-1, 1] -> one uint8 (C, rows*(H+p)+p, columns*(W+p)+p) grid, filled row by row."""
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    canvas = torch.full((rows * columns, c, h + padding, w + padding), 255, dtype=torch.uint8)
+    canvas[:n, :, padding:, padding:] = to_uint8(images.detach().float().cpu())
+    grid = rearrange(canvas, "(r k) c h w -> c (r h) (k w)", r=rows, k=columns)
+    return torch.nn.functional.pad(grid, (0, padding, 0, padding), value=255)
+
+
+def to_pil(image_uint8: torch.Tensor, scale: int = 1) -> Image.Image:
+    """(C, H, W) uint8 -> PIL (gray for C = 1), optionally enlarged with nearest neighbours."""
+    array = rearrange(image_uint8, "c h w -> h w c").numpy()
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil

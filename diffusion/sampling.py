@@ -1,0 +1,142 @@
+"""Samplers: free functions over a denoiser callable and a decreasing time grid.
+
+    denoise(x_t, t) -> (x0_hat, eps_hat)      the only thing a sampler knows about a model
+    grid: t_0 = 1 > t_1 > ... > t_n = 0      (schedules.time_grid)
+    generators: one torch.Generator per image; all noise is drawn on the CPU from them, so image i
+                depends only on its own generator (not on batch size or device).
+    callback(step, t, x_t, x0_hat) after every step.
+
+Notation (Kingma et al. 2021): step from t to s < t, alpha_{t|s} = alpha_t / alpha_s,
+sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .schedules import Schedule
+
+Denoise = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None] | None
+ODE_SOLVERS = ("euler", "heun", "dpm++2m")
+
+
+def image_generators(seed: int, count: int, first_index: int = 0) -> list[torch.Generator]:
+    """One CPU generator per image, seeded from (seed, index) by a hash, so images never share streams."""
+    generators = []
+    for index in range(first_index, first_index + count):
+        digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+        generators.append(torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1)))
+    return generators
+
+
+def draw_noise(generators: Sequence[torch.Generator], shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise (B, *shape), row i from generators[i], drawn on the CPU then moved."""
+    rows = [torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in generators]
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def _alpha_sigma(schedule: Schedule, t: float) -> tuple[float, float]:
+    alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+    return float(alpha), float(sigma)
+
+
+# --- single steps (pure functions) ------------------------------------------------------------
+def ddim_step(x0, eps, alpha_s, sigma_s, noise=None, noise_scale=0.0):
+    """x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z   (Song et al. 2021, eq. 12)."""
+    x_s = alpha_s * x0 + math.sqrt(max(sigma_s**2 - noise_scale**2, 0.0)) * eps
+    return x_s + noise_scale * noise if noise_scale > 0 else x_s
+
+
+def posterior_mean_std(x_t, x0, alpha_t, sigma_t, alpha_s, sigma_s):
+    """q(x_s | x_t, x0) = N(mean, std^2)   (Kingma et al. 2021, eq. 28-29; Ho et al. 2020, eq. 7).
+
+    mean = alpha_{t|s} sigma_s^2 / sigma_t^2 x_t + alpha_s sigma_{t|s}^2 / sigma_t^2 x0,
+    std^2 = sigma_{t|s}^2 sigma_s^2 / sigma_t^2.
+    """
+    alpha_ts = alpha_t / alpha_s
+    var_ts = sigma_t**2 - alpha_ts**2 * sigma_s**2
+    mean = (alpha_ts * sigma_s**2 / sigma_t**2) * x_t + (alpha_s * var_ts / sigma_t**2) * x0
+    return mean, math.sqrt(max(var_ts * sigma_s**2 / sigma_t**2, 0.0))
+
+
+def ddim_noise_scale(eta, alpha_t, sigma_t, alpha_s, sigma_s) -> float:
+    """c = eta * posterior std; eta = 1 makes a DDIM step a DDPM step."""
+    var_ts = sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2
+    return eta * math.sqrt(max(var_ts * sigma_s**2 / sigma_t**2, 0.0))
+
+
+# --- samplers ---------------------------------------------------------------------------------
+def sample_ddpm(denoise: Denoise, x_T, grid, *, schedule: Schedule, generators, callback: Callback = None):
+    """Ancestral sampling from the exact posterior q(x_s | x_t, x0_hat) (Ho et al. 2020, Alg. 2)."""
+    x = x_T
+    for step, (t, s) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist())):
+        x0, _ = denoise(x, t)
+        mean, std = posterior_mean_std(x, x0, *_alpha_sigma(schedule, t), *_alpha_sigma(schedule, s))
+        x = mean + std * draw_noise(generators, x.shape[1:], x.device, x.dtype) if std > 0 else mean
+        if callback:
+            callback(step, s, x, x0)
+    return x
+
+
+def sample_ddim(denoise: Denoise, x_T, grid, *, schedule: Schedule, generators=None, eta: float = 0.0,
+                callback: Callback = None):
+    """DDIM (Song et al. 2021): eta = 0 deterministic, eta = 1 the DDPM posterior."""
+    if eta > 0 and generators is None:
+        raise ValueError("DDIM with eta > 0 needs generators")
+    x = x_T
+    for step, (t, s) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist())):
+        x0, eps = denoise(x, t)
+        alpha_t, sigma_t = _alpha_sigma(schedule, t)
+        alpha_s, sigma_s = _alpha_sigma(schedule, s)
+        c = ddim_noise_scale(eta, alpha_t, sigma_t, alpha_s, sigma_s) if eta > 0 else 0.0
+        noise = draw_noise(generators, x.shape[1:], x.device, x.dtype) if c > 0 else None
+        x = ddim_step(x0, eps, alpha_s, sigma_s, noise, c)
+        if callback:
+            callback(step, s, x, x0)
+    return x
+
+
+def sample_ode(denoise: Denoise, x_T, grid, *, schedule: Schedule, solver: str = "heun", callback: Callback = None):
+    """Probability-flow ODE (Song et al. 2021b).
+
+    In data-prediction variables z = x / sigma, nu = alpha / sigma the ODE is dz/dnu = x0_hat, finite at
+    t = 1 for every schedule. Euler in these variables is DDIM(eta = 0). "heun" adds Heun's 2nd-order
+    correction (Karras et al. 2022, Alg. 1); "dpm++2m" is DPM-Solver++(2M) (Lu et al. 2022, Alg. 2).
+    The last step, onto sigma = 0, is always the Euler step, which returns x0_hat.
+    """
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"unknown ODE solver {solver!r}; expected one of {ODE_SOLVERS}")
+    x, x0_last, h_last = x_T, None, None
+    for step, (t, s) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist())):
+        alpha_t, sigma_t = _alpha_sigma(schedule, t)
+        alpha_s, sigma_s = _alpha_sigma(schedule, s)
+        x0, eps = denoise(x, t)
+        x_next = ddim_step(x0, eps, alpha_s, sigma_s)  # Euler step
+        if solver == "heun" and sigma_s > 0:
+            x0_s, _ = denoise(x_next, s)
+            # z_s = z_t + (nu_s - nu_t) (x0_t + x0_s) / 2, times sigma_s, minus the Euler step:
+            x_next = x_next + 0.5 * (alpha_s - sigma_s * alpha_t / sigma_t) * (x0_s - x0)
+        elif solver == "dpm++2m" and sigma_s > 0:
+            # h = lambda_s - lambda_t with lambda = log(alpha / sigma); exp(-h) as a ratio stays finite at alpha_t = 0.
+            exp_neg_h = (alpha_t * sigma_s) / (sigma_t * alpha_s)
+            h = -math.log(exp_neg_h) if exp_neg_h > 0 else math.inf
+            data = x0
+            if x0_last is not None and math.isfinite(h_last) and math.isfinite(h):
+                r = h_last / h
+                data = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_last  # 2nd-order multistep estimate
+            x_next = (sigma_s / sigma_t) * x - alpha_s * (exp_neg_h - 1) * data
+            x0_last, h_last = x0, h
+        x = x_next
+        if callback:
+            callback(step, s, x, x0)
+    return x
+
+
+def ode_nfe(solver: str, steps: int) -> int:
+    """Network evaluations of sample_ode: Heun evaluates twice per step except the last."""
+    return 2 * steps - 1 if solver == "heun" else steps

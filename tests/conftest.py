@@ -1,0 +1,61 @@
+"""Tiny models and checkpoint folders that tests build in seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion.checkpoint import model_config, save_checkpoint
+from diffusion.networks import Classifier, ClassifierConfig, UNet, UNetConfig
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_CLASSES = ("circle", "square", "cross")
+TINY_UNET = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_levels=(1,), attention_heads=2,
+                       num_classes=3, self_condition=True, embedding_dim=16)
+TINY_CLASSIFIER = ClassifierConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_classes=3, embedding_dim=16)
+
+
+def randomize(network: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Replace the zero-initialised output layers' weights so the network's output depends on its input."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return network.eval()
+
+
+def tiny_unet(seed=0, **changes) -> UNet:
+    from dataclasses import replace
+
+    return randomize(UNet(replace(TINY_UNET, **changes)), seed)
+
+
+def tiny_classifier(seed=1, noise_conditioned=True) -> Classifier:
+    from dataclasses import replace
+
+    return randomize(Classifier(replace(TINY_CLASSIFIER, noise_conditioned=noise_conditioned)), seed)
+
+
+def write_tiny_checkpoints(folder, schedule="vp-cosine", parameterization="v"):
+    """A denoiser, a noisy classifier and an evaluator, randomly initialised, in `folder`."""
+    unet = tiny_unet()
+    save_checkpoint(folder / "tiny.safetensors", "denoiser", unet,
+                    model_config("denoiser", unet, class_names=TINY_CLASSES, schedule=schedule,
+                                 parameterization=parameterization), {"steps": 0}, "A tiny test model.")
+    flow = tiny_unet(seed=3, self_condition=False)
+    save_checkpoint(folder / "tiny-flow.safetensors", "denoiser", flow,
+                    model_config("denoiser", flow, class_names=TINY_CLASSES, schedule="flow", parameterization="flow"),
+                    {"steps": 0}, "A tiny flow model without self-conditioning.")
+    noisy = tiny_classifier()
+    save_checkpoint(folder / "tiny-noisy-classifier.safetensors", "noisy-classifier", noisy,
+                    model_config("noisy-classifier", noisy, class_names=TINY_CLASSES), {"steps": 0}, "Tiny classifier.")
+    evaluator = tiny_classifier(seed=2, noise_conditioned=False)
+    save_checkpoint(folder / "tiny-evaluator.safetensors", "evaluator", evaluator,
+                    model_config("evaluator", evaluator, class_names=TINY_CLASSES), {"steps": 0}, "Tiny evaluator.")
+    return folder
+
+
+@pytest.fixture
+def checkpoint_dir(tmp_path):
+    return write_tiny_checkpoints(tmp_path / "checkpoints")

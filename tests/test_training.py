@@ -1,0 +1,160 @@
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_CLASSIFIER, TINY_UNET
+from diffusion.checkpoint import load_checkpoint
+from diffusion.data import DataError, ImageDataset, load_fashion_mnist, load_image_folder, read_idx
+from diffusion.objective import ObjectiveConfig
+from diffusion.training import TrainConfig, Trainer, weights_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shapes_dataset(n=48) -> ImageDataset:
+    """Three classes of 8x8 pictures: a bright left half, a bright top half, a bright diagonal."""
+    images = torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+    labels = torch.arange(n) % 3
+    for i, label in enumerate(labels.tolist()):
+        if label == 0:
+            images[i, :, :, :4] = 255
+        elif label == 1:
+            images[i, :, :4, :] = 255
+        else:
+            images[i, 0] = torch.eye(8, dtype=torch.uint8) * 255
+    return ImageDataset(images, labels, ("left", "top", "diagonal"))
+
+
+def tiny_config(tmp_path, **changes) -> TrainConfig:
+    config = TrainConfig(run_dir=str(tmp_path / "run"), data="shapes", image_size=8, batch_size=8, steps=20, lr=3e-3,
+                         warmup_steps=1, unet=TINY_UNET, classifier=TINY_CLASSIFIER, sample_every=0, save_every=5,
+                         log_every=5, ema_decay=0.9, hflip=False,
+                         objective=ObjectiveConfig(schedule="vp-cosine", parameterization="v", self_condition=True))
+    return replace(config, **changes)
+
+
+def fixed_loss(trainer, images, labels):
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return sum(float(trainer.loss(images, labels)) for _ in range(20)) / 20
+
+
+def test_training_lowers_the_loss_and_ema_lags(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=60), dataset=shapes_dataset())
+    images, labels = trainer.batch_for_step(0)
+    before = fixed_loss(trainer, images, labels)
+    trainer.train(progress=False)
+    after = fixed_loss(trainer, images, labels)
+    assert after < 0.7 * before, (before, after)
+    online, ema = trainer.network.state_dict(), trainer.ema.ema_model.state_dict()
+    assert any(not torch.equal(online[k], ema[k]) for k in online)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(5, 61, 5))
+
+
+def test_state_round_trip_and_resume_continue_exactly(tmp_path):
+    straight = Trainer(tiny_config(tmp_path / "a", steps=10), dataset=shapes_dataset())
+    straight.train(progress=False)
+
+    first = Trainer(tiny_config(tmp_path / "b", steps=5), dataset=shapes_dataset())
+    first.train(progress=False)
+    resumed = Trainer(tiny_config(tmp_path / "b", steps=10), dataset=shapes_dataset())
+    resumed.load_state()
+    assert resumed.step == 5
+    assert weights_digest(resumed.network) == weights_digest(first.network)
+    assert weights_digest(resumed.ema.ema_model) == weights_digest(first.ema.ema_model)
+    resumed.train(progress=False)
+    assert resumed.step == 10
+    assert weights_digest(resumed.network) == weights_digest(straight.network)
+    assert weights_digest(resumed.ema.ema_model) == weights_digest(straight.ema.ema_model)
+
+
+def test_export_writes_the_ema_weights(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=3), dataset=shapes_dataset())
+    trainer.train(progress=False)
+    path = trainer.export(tmp_path / "out.safetensors")
+    loaded = load_checkpoint(path)
+    assert loaded.kind == "denoiser" and loaded.class_names == ("left", "top", "diagonal")
+    assert loaded.training["steps"] == 3 and "python -m diffusion train" in loaded.training["command"]
+    assert weights_digest(loaded.network) == weights_digest(trainer.ema.ema_model)
+
+
+@pytest.mark.parametrize("task", ["noisy-classifier", "evaluator"])
+def test_classifiers_train_and_export(tmp_path, task):
+    trainer = Trainer(tiny_config(tmp_path, task=task, steps=30), dataset=shapes_dataset())
+    images, labels = trainer.batch_for_step(0)
+    before = fixed_loss(trainer, images, labels)
+    trainer.train(progress=False)
+    assert fixed_loss(trainer, images, labels) < before
+    loaded = load_checkpoint(trainer.export(tmp_path / "c.safetensors"))
+    assert loaded.kind == task and loaded.network.config.noise_conditioned == (task == "noisy-classifier")
+
+
+def write_idx(path, array: torch.Tensor):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.numpy().tobytes())
+
+
+def test_idx_reader_and_fashion_loader(tmp_path):
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    labels = torch.tensor([3, 1, 4, 1, 5], dtype=torch.uint8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    assert torch.equal(read_idx(tmp_path / "t10k-images-idx3-ubyte.gz"), images)
+    data = load_fashion_mnist("test", tmp_path)
+    assert data.images.shape == (5, 1, 28, 28) and data.labels.tolist() == [3, 1, 4, 1, 5]
+    assert data.class_names[9] == "Ankle boot"
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        load_fashion_mnist("train", tmp_path)
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x09abc"))
+    with pytest.raises(DataError, match="expected 9 values"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def write_image_folder(root: Path, per_class=8):
+    for label, (name, pattern) in enumerate([("left", (slice(None), slice(0, 4))), ("top", (slice(0, 4), slice(None)))]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.zeros(8, 8, dtype=torch.uint8)
+            pixels[pattern] = 200 + i
+            Image.fromarray(pixels.numpy()).save(root / name / f"{i}.png")
+    (root / "left" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_loader(tmp_path):
+    data = load_image_folder(write_image_folder(tmp_path / "imgs"), image_size=8)
+    assert data.class_names == ("left", "top") and data.images.shape == (16, 1, 8, 8)
+    assert data.labels.tolist() == [0] * 8 + [1] * 8
+    assert int(data.images[0, 0, 0, 0]) == 200 and int(data.images[0, 0, 0, 7]) == 0
+    with pytest.raises(DataError, match="no class subfolders"):
+        load_image_folder(tmp_path / "imgs" / "left", image_size=8)
+
+
+def test_two_process_ddp_ranks_end_identical(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs")
+    config = tiny_config(tmp_path, data=str(folder), steps=4, batch_size=4, save_every=2)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "diffusion", "train", "--config", str(config_file)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = Path(config.run_dir)
+    digests = [(run / f"digest-rank{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    state = Trainer(replace(config, steps=4), dataset=load_image_folder(folder, 8))
+    state.load_state()
+    assert state.step == 4
+    assert state.world == 1 and weights_digest(state.network) == digests[0]
