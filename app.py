@@ -1,0 +1,492 @@
+"""diffusion-playground: sample, compare and teach diffusion and flow models in the browser.
+
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--checkpoints checkpoints]
+
+Layout and wiring only: every handler turns widget values into a SampleRequest and calls the backend
+(diffusion.engine / diffusion.studies). Sampling runs in a worker thread so the handler can stream
+previews and progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import random
+import tempfile
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from diffusion.engine import (GUIDANCE_MODES, MAX_BATCH, MAX_STEPS, ModelCache, RequestError, SampleRequest,
+                              SamplingError, run_request)
+from diffusion.images import image_grid, to_pil
+from diffusion.sampling import ODE_SOLVERS
+from diffusion.studies import compare_samplers, difference_map, guidance_sweep, parse_scales, trajectory
+
+CHECKPOINT_DIR = Path(os.environ.get("PLAYGROUND_CHECKPOINTS", Path(__file__).parent / "checkpoints"))
+DEFAULT_CHECKPOINT = "fashion-diffusion"
+DISPLAY_SCALE = 4  # 28 px images are shown at 112 px, nearest-neighbour
+SAMPLER_LABELS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("ODE (probability flow)", "ode")]
+GUIDANCE_LABELS = [("none (conditional model)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier")]
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "diffusion-playground"
+
+cache = ModelCache(CHECKPOINT_DIR, capacity=4)
+
+
+def configure(checkpoint_dir) -> None:
+    """Point the app at another checkpoint folder (tests, --checkpoints)."""
+    global cache, CHECKPOINT_DIR
+    CHECKPOINT_DIR = Path(checkpoint_dir)
+    cache = ModelCache(CHECKPOINT_DIR, capacity=4)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def pil_images(images: torch.Tensor, scale: int = DISPLAY_SCALE):
+    return [to_pil(image_grid(image[None], columns=1, padding=0), scale=scale) for image in images]
+
+
+def save_png(images: torch.Tensor, columns: int, stem: str) -> str:
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=".png", dir=OUTPUT_DIR)
+    os.close(fd)
+    to_pil(image_grid(images, columns), scale=2).save(path)
+    return path
+
+
+def user_error(error: Exception) -> gr.Error:
+    return gr.Error(str(error), print_exception=False)
+
+
+def denoiser_choices():
+    return [e.name for e in cache.entries() if e.available and e.kind == "denoiser"]
+
+
+def checkpoint_table() -> str:
+    rows = ["| checkpoint | kind | status |", "|---|---|---|"]
+    for entry in cache.entries():
+        status = "available" if entry.available else f"unavailable: {entry.error}"
+        rows.append(f"| `{entry.name}` | {entry.kind or '?'} | {status} |")
+    return "\n".join(rows)
+
+
+def model_summary(name: str) -> str:
+    try:
+        model = cache.get(name)
+    except RequestError as error:
+        return f"**{name}** is unavailable: {error}"
+    config, training = model.config, model.training
+    parameters = sum(p.numel() for p in model.network.parameters())
+    return (f"{model.card}\n\n*{config.get('schedule')} schedule, {config.get('parameterization')}-prediction, "
+            f"{parameters / 1e6:.2f} M parameters, {training.get('steps', '?')} training steps, "
+            f"self-conditioning {'yes' if model.self_condition else 'no'}.*")
+
+
+def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
+                 seed, batch_size) -> SampleRequest:
+    """Widget values -> SampleRequest; the engine validates ranges, this only converts types."""
+    def number(value, name, kind=float):
+        try:
+            converted = kind(value)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise RequestError(f"{name} must be a number, got {value!r}") from error
+        if kind is int and float(value) != converted:
+            raise RequestError(f"{name} must be a whole number, got {value!r}")
+        return converted
+
+    return SampleRequest(checkpoint=str(checkpoint), sampler=str(sampler), solver=str(solver),
+                         steps=number(steps, "steps", int), eta=number(eta, "eta"), spacing=str(spacing),
+                         guidance=str(guidance), class_index=None if class_index in (None, "") else number(class_index, "class", int),
+                         scale=number(scale, "guidance scale"), self_condition=bool(self_condition),
+                         seed=number(seed, "seed", int), batch_size=number(batch_size, "batch size", int))
+
+
+def run_in_worker(work, on_event):
+    """Run `work(emit)` in a thread; yield what on_event makes of each emitted event, then the result."""
+    events: queue.Queue = queue.Queue()
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = work(events.put)
+        except Exception as error:  # handed to the handler thread, which reports it
+            outcome["error"] = error
+        finally:
+            events.put(None)
+
+    threading.Thread(target=target, daemon=True).start()
+    while (event := events.get()) is not None:
+        update = on_event(event)
+        if update is not None:
+            yield update
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, (RequestError, SamplingError)):
+            raise user_error(error)
+        raise gr.Error(f"Unexpected error: {error}", print_exception=True)
+    yield ("result", outcome["value"])
+
+
+# --- Generate ---------------------------------------------------------------------------------
+def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition, seed,
+             batch_size, progress=gr.Progress()):
+    try:
+        request = make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+                               self_condition, seed, batch_size)
+    except RequestError as error:
+        raise user_error(error)
+    preview_every = max(1, request.steps // 10)
+    columns = min(8, request.batch_size)
+
+    def work(emit):
+        return run_request(cache, request, progress=lambda done, total: emit(("progress", done, total)),
+                           preview=lambda step, t, x_t, x0: emit(("preview", step, x0.float().cpu()))
+                           if step % preview_every == 0 else None)
+
+    def on_event(event):
+        if event[0] == "progress":
+            progress((event[1], event[2]), desc=f"network evaluation {event[1]}/{event[2]}")
+            return None
+        if event[0] == "preview":
+            preview = to_pil(image_grid(event[2], columns), scale=2)
+            return gr.skip(), preview, f"step {event[1] + 1}/{request.steps}: x0 estimate", gr.skip()
+        return None
+
+    for update in run_in_worker(work, on_event):
+        if update[0] == "result":
+            result = update[1]
+            status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
+                      f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}")
+            path = save_png(result.images, columns, "samples")
+            yield pil_images(result.images), to_pil(image_grid(result.images, columns), scale=2), status, path
+        else:
+            yield update
+
+
+def on_checkpoint_change(name):
+    """Class names, self-conditioning availability and the card of the chosen checkpoint."""
+    try:
+        model = cache.get(name)
+    except RequestError as error:
+        raise user_error(error)
+    classes = [(label, index) for index, label in enumerate(model.class_names)]
+    has_classifier = bool(cache.names("noisy-classifier"))
+    self_cond = gr.Checkbox(value=False, interactive=model.self_condition,
+                            info="feed the previous x0 estimate back into the network" if model.self_condition
+                            else "this checkpoint was not trained with self-conditioning")
+    guidance_choices = [g for g in GUIDANCE_LABELS if g[1] != "classifier" or has_classifier]
+    return (gr.Dropdown(choices=classes, value=classes[0][1] if classes else None), self_cond,
+            gr.Radio(choices=guidance_choices), model_summary(name))
+
+
+def random_seed():
+    return random.randint(0, 2**31 - 1)
+
+
+# --- Compare ----------------------------------------------------------------------------------
+def compare(checkpoint, guidance, class_index, scale, seed, batch_size, spacing, ddpm_steps, ddim_steps, eta,
+            ode_steps, solver, column_a, column_b, progress=gr.Progress()):
+    try:
+        base = make_request(checkpoint, "ddim", solver, 1, eta, spacing, guidance, class_index, scale, False, seed,
+                            batch_size)
+        requests = [replace(base, sampler="ddpm", steps=int(ddpm_steps), eta=0.0),
+                    replace(base, sampler="ddim", steps=int(ddim_steps)),
+                    replace(base, sampler="ode", steps=int(ode_steps), eta=0.0)]
+    except (RequestError, TypeError, ValueError) as error:
+        raise user_error(error)
+
+    def work(emit):
+        return compare_samplers(cache, requests, progress=lambda i, done, total: emit((i, done, total)))
+
+    def on_event(event):
+        i, done, total = event
+        progress((i * 1000 + done * 1000 // total, 3000), desc=f"{requests[i].sampler.upper()}: {done}/{total}")
+
+    for update in run_in_worker(work, on_event):
+        results, manifest = update[1]
+    columns = min(4, int(batch_size))
+    galleries = [to_pil(image_grid(r.images, columns), scale=3) for r in results]
+    labels = [f"**{r.request.sampler.upper()}** {r.request.steps} steps"
+              + (f", eta {r.request.eta}" if r.request.sampler == "ddim" else "")
+              + (f", {r.request.solver}" if r.request.sampler == "ode" else "")
+              + f": NFE {r.nfe}, {r.seconds:.2f} s" for r in results]
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    fd, manifest_path = tempfile.mkstemp(prefix="comparison-", suffix=".json", dir=OUTPUT_DIR)
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=2)
+    state = {r.request.sampler: r.images for r in results}
+    diff_image, diff_text = render_difference(state, column_a, column_b)
+    return (*galleries, *labels, diff_image, diff_text, manifest_path, state)
+
+
+def render_difference(state, column_a, column_b):
+    if not state or column_a not in state or column_b not in state:
+        return None, "Run a comparison first."
+    diff = difference_map(state[column_a], state[column_b])  # (B, 1, H, W) in 0..2
+    heat = (diff / 2).clamp(0, 1) * 2 - 1  # white = the largest possible difference
+    text = (f"mean |{column_a.upper()} - {column_b.upper()}| = {float(diff.mean()):.3f}, max {float(diff.max()):.3f} "
+            f"(pixel range is 2: black = identical, white = opposite)")
+    return to_pil(image_grid(heat, min(4, len(diff))), scale=3), text
+
+
+# --- Guidance sweep ---------------------------------------------------------------------------
+def sweep(checkpoint, class_index, scales_text, modes, seed, per_row, sampler, steps, progress=gr.Progress()):
+    try:
+        scales = parse_scales(scales_text)
+        base = make_request(checkpoint, sampler, "heun", steps, 0.0, "uniform", "cfg", class_index, 1.0, False, seed,
+                            per_row)
+    except RequestError as error:
+        raise user_error(error)
+
+    def work(emit):
+        return guidance_sweep(cache, base, scales, list(modes or []),
+                              progress=lambda row, rows, done, total: emit((row, rows, done, total)))
+
+    def on_event(event):
+        row, rows, done, total = event
+        progress((row * total + done, rows * total), desc=f"row {row + 1}/{rows}")
+
+    for update in run_in_worker(work, on_event):
+        rows = update[1]
+    grid = image_grid(torch.cat([r.result.images for r in rows]), columns=int(per_row))
+    metrics = pd.DataFrame(
+        [{"scale": r.scale, "value": v, "series": f"{name} ({r.mode})"} for r in rows
+         for name, v in (("class confidence", r.confidence), ("accuracy", r.accuracy)) if v is not None])
+    diversity = pd.DataFrame([{"scale": r.scale, "diversity": r.diversity, "series": r.mode} for r in rows])
+    strength = pd.DataFrame([{"log-SNR": lam, "strength": s, "series": f"{r.mode} w={r.scale:g}"}
+                             for r in rows if r.scale > 0 for lam, s in r.result.guidance_trace])
+    table = "| mode | scale | class confidence | accuracy | diversity |\n|---|---|---|---|---|\n" + "\n".join(
+        f"| {r.mode} | {r.scale:g} | {_fmt(r.confidence)} | {_fmt(r.accuracy)} | {r.diversity:.3f} |" for r in rows)
+    labels = ", ".join(f"row {i + 1}: {r.mode} w={r.scale:g}" for i, r in enumerate(rows))
+    return to_pil(grid, scale=2), labels, metrics, diversity, strength, table
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+# --- Trajectory -------------------------------------------------------------------------------
+def show_trajectory(checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, frames,
+                    progress=gr.Progress()):
+    try:
+        request = make_request(checkpoint, sampler, solver, steps, 0.0, "uniform", guidance, class_index, scale,
+                               False, seed, 1)
+    except RequestError as error:
+        raise user_error(error)
+
+    def work(emit):
+        return trajectory(cache, request, int(frames), progress=lambda done, total: emit((done, total)))
+
+    def on_event(event):
+        progress(event, desc="sampling")
+
+    for update in run_in_worker(work, on_event):
+        result, picked = update[1]
+    strip = image_grid(torch.stack([p[3] for p in picked] + [p[4] for p in picked]), columns=len(picked))
+    axis = " | ".join(f"t={t:.2f}, λ={lam:+.1f}" if lam != float("inf") else "t=0 (data)" for _, t, lam, _, _ in picked)
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    fd, gif_path = tempfile.mkstemp(prefix="trajectory-", suffix=".gif", dir=OUTPUT_DIR)
+    os.close(fd)
+    frames_pil = [to_pil(image_grid(torch.stack([p[3], p[4]]), columns=2), scale=4) for p in picked]
+    frames_pil[0].save(gif_path, save_all=True, append_images=frames_pil[1:], duration=400, loop=0)
+    caption = f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}"
+    return to_pil(strip, scale=3), caption, gif_path
+
+
+# --- Model card -------------------------------------------------------------------------------
+def model_card(name):
+    try:
+        model = cache.get(name)
+    except RequestError as error:
+        raise user_error(error)
+    return model_summary(name), {"kind": model.kind, "config": model.config, "training": model.training}
+
+
+# --- layout -----------------------------------------------------------------------------------
+INTRO = """# diffusion-playground
+Sample class-conditional Fashion-MNIST images from a diffusion model and a rectified-flow model, compare samplers on
+the *same noise*, and see what the guidance scale does. Every image is a pure function of (checkpoint, settings, seed, index)."""
+
+SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
+(`eps_c`) and without it (`eps_u`). Classifier-free guidance uses `eps_u + w (eps_c - eps_u)`: `w = 0` ignores the class,
+`w = 1` is the plain conditional model, `w > 1` exaggerates what makes the image *this* class. Classifier guidance instead
+pushes the unconditional model along the gradient of a noisy classifier's `log p(class | x_t)`. Watch the rows: as `w`
+grows, the garments become more typical (confidence rises) and more alike (diversity falls)."""
+
+
+def build_demo() -> gr.Blocks:
+    names = denoiser_choices()
+    default = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
+    classes, self_cond_ok = [], False
+    if default:
+        model = cache.get(default)
+        classes = [(label, i) for i, label in enumerate(model.class_names)]
+        self_cond_ok = model.self_condition
+    guidance_choices = [g for g in GUIDANCE_LABELS if g[1] != "classifier" or cache.names("noisy-classifier")]
+    sampling = {"concurrency_limit": 1, "concurrency_id": "sampling"}  # one sampling job at a time per device
+
+    with gr.Blocks(title="diffusion-playground", fill_width=True) as demo:
+        gr.Markdown(INTRO)
+        if not names:
+            gr.Markdown(f"**No usable checkpoint in `{CHECKPOINT_DIR}`.**\n\n{checkpoint_table()}")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=320):
+                        checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+                        card = gr.Markdown(model_summary(default) if default else "")
+                        sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
+                        solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver", visible=False)
+                        steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
+                        eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta (0 = deterministic, 1 = DDPM-like)")
+                        spacing = gr.Radio([("uniform in t", "uniform"), ("uniform in log-SNR", "log-snr")],
+                                           value="uniform", label="Time spacing")
+                        guidance = gr.Radio(guidance_choices, value="cfg", label="Guidance")
+                        class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+                        scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+                        self_condition = gr.Checkbox(value=False, label="Self-conditioning", interactive=self_cond_ok,
+                                                     info="feed the previous x0 estimate back into the network"
+                                                     if self_cond_ok else "this checkpoint was not trained with it")
+                        with gr.Row():
+                            seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                            dice = gr.Button("🎲 random seed", size="sm")
+                        batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
+                        run = gr.Button("Generate", variant="primary")
+                    with gr.Column(scale=2):
+                        status = gr.Markdown("Press **Generate**.")
+                        preview = gr.Image(label="Grid (live x0 estimates while sampling)", format="png",
+                                           interactive=False, height=420)
+                        gallery = gr.Gallery(label="Images", columns=8, format="png", height="auto")
+                        download = gr.File(label="Download PNG grid")
+                inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+                          self_condition, seed, batch_size]
+                run.click(generate, inputs, [gallery, preview, status, download], api_name="generate",
+                          show_progress="minimal", **sampling)
+                dice.click(random_seed, None, seed, api_name=False)
+                sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim")),
+                               sampler, [solver, eta], api_name=False)
+                checkpoint.change(on_checkpoint_change, checkpoint, [class_index, self_condition, guidance, card],
+                                  api_name=False)
+
+            with gr.Tab("Compare samplers", id="compare"):
+                gr.Markdown("The same seed gives every column the same starting noise and the same per-step noise "
+                            "stream, so differences come from the samplers alone.")
+                with gr.Row():
+                    c_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+                    c_guidance = gr.Radio(guidance_choices, value="cfg", label="Guidance")
+                    c_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+                    c_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+                with gr.Row():
+                    c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                    c_batch = gr.Slider(1, 16, value=8, step=1, label="Images")
+                    c_spacing = gr.Radio([("uniform in t", "uniform"), ("uniform in log-SNR", "log-snr")],
+                                         value="uniform", label="Time spacing")
+                with gr.Row():
+                    c_ddpm = gr.Slider(1, MAX_STEPS, value=100, step=1, label="DDPM steps")
+                    c_ddim = gr.Slider(1, MAX_STEPS, value=50, step=1, label="DDIM steps")
+                    c_eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta")
+                    c_ode = gr.Slider(1, MAX_STEPS, value=10, step=1, label="ODE steps")
+                    c_solver = gr.Dropdown(list(ODE_SOLVERS), value="dpm++2m", label="ODE solver")
+                c_run = gr.Button("Compare", variant="primary")
+                with gr.Row():
+                    col_images, col_labels = [], []
+                    for title in ("DDPM", "DDIM", "ODE"):
+                        with gr.Column():
+                            col_labels.append(gr.Markdown(f"**{title}**"))
+                            col_images.append(gr.Image(label=title, format="png", interactive=False))
+                with gr.Row():
+                    c_a = gr.Dropdown([("DDPM", "ddpm"), ("DDIM", "ddim"), ("ODE", "ode")], value="ddim", label="Difference: A")
+                    c_b = gr.Dropdown([("DDPM", "ddpm"), ("DDIM", "ddim"), ("ODE", "ode")], value="ode", label="B")
+                    c_manifest = gr.File(label="Manifest (JSON) to reproduce this comparison")
+                c_diff_text = gr.Markdown()
+                c_diff = gr.Image(label="|A - B| per pixel", format="png", interactive=False)
+                c_state = gr.State({})
+                c_run.click(compare, [c_checkpoint, c_guidance, c_class, c_scale, c_seed, c_batch, c_spacing, c_ddpm,
+                                      c_ddim, c_eta, c_ode, c_solver, c_a, c_b],
+                            [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state],
+                            api_name="compare", show_progress="minimal", **sampling)
+                for picker in (c_a, c_b):
+                    picker.change(render_difference, [c_state, c_a, c_b], [c_diff, c_diff_text], api_name=False)
+
+            with gr.Tab("Guidance sweep", id="sweep"):
+                gr.Markdown(SWEEP_TEXT)
+                with gr.Row():
+                    s_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+                    s_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+                    s_scales = gr.Textbox("0, 1, 2, 4, 8", label="Guidance scales (one row each)")
+                    s_modes = gr.CheckboxGroup([g for g in guidance_choices if g[1] != "none"], value=["cfg"],
+                                               label="Guidance modes")
+                with gr.Row():
+                    s_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                    s_per_row = gr.Slider(2, 16, value=8, step=1, label="Images per row")
+                    s_sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
+                    s_steps = gr.Slider(1, 200, value=25, step=1, label="Steps")
+                s_run = gr.Button("Sweep", variant="primary")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        s_grid = gr.Image(label="One row per scale", format="png", interactive=False)
+                        s_rows = gr.Markdown()
+                        s_table = gr.Markdown()
+                    with gr.Column(scale=2):
+                        s_conf = gr.LinePlot(x="scale", y="value", color="series", title="Evaluator: class confidence",
+                                             y_lim=[0, 1])
+                        s_div = gr.LinePlot(x="scale", y="diversity", color="series", title="Diversity (mean feature distance)")
+                        s_strength = gr.LinePlot(x="log-SNR", y="strength", color="series",
+                                                 title="Guidance strength per step (|eps_c - eps_u| or classifier term)")
+                s_run.click(sweep, [s_checkpoint, s_class, s_scales, s_modes, s_seed, s_per_row, s_sampler, s_steps],
+                            [s_grid, s_rows, s_conf, s_div, s_strength, s_table], api_name="sweep",
+                            show_progress="minimal", **sampling)
+
+            with gr.Tab("Trajectory", id="trajectory"):
+                gr.Markdown("One sample on its way from noise (left) to data (right): the noisy state x_t and the "
+                            "model's current guess of the clean image.")
+                with gr.Row():
+                    t_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+                    t_sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
+                    t_solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver")
+                    t_steps = gr.Slider(2, 200, value=50, step=1, label="Steps")
+                with gr.Row():
+                    t_guidance = gr.Radio(guidance_choices, value="cfg", label="Guidance")
+                    t_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+                    t_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+                    t_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                    t_frames = gr.Slider(2, 16, value=10, step=1, label="Frames")
+                t_run = gr.Button("Show trajectory", variant="primary")
+                t_strip = gr.Image(label="Filmstrip", format="png", interactive=False)
+                t_caption = gr.Markdown()
+                t_gif = gr.File(label="Animated GIF")
+                t_run.click(show_trajectory, [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
+                                              t_seed, t_frames], [t_strip, t_caption, t_gif], api_name="trajectory",
+                            show_progress="minimal", **sampling)
+
+            with gr.Tab("Model card", id="card"):
+                m_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+                m_card = gr.Markdown(model_summary(default) if default else "")
+                m_json = gr.JSON(label="Metadata")
+                gr.Markdown("### Files in the checkpoint folder\n" + checkpoint_table())
+                m_checkpoint.change(model_card, m_checkpoint, [m_card, m_json], api_name="model_card")
+                demo.load(model_card, m_checkpoint, [m_card, m_json], api_name=False)
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    return demo
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    parser.add_argument("--checkpoints", default=None, help="checkpoint folder (default: ./checkpoints)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    if args.checkpoints:
+        configure(args.checkpoints)
+    demo = build_demo()
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)

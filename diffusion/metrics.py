@@ -1,0 +1,51 @@
+"""Sample-quality numbers from an evaluation classifier: class confidence, accuracy, diversity, feature FID.
+
+Fashion-MNIST has no standard Inception-based FID that can be computed offline, so FID here is the
+Frechet distance between Gaussians fitted to the evaluation classifier's penultimate features
+(Heusel et al. 2017, eq. 6), comparable only between runs that use the same evaluator.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def evaluator_outputs(evaluator: nn.Module, images: torch.Tensor, batch: int = 500):
+    """(softmax probabilities (N, K), penultimate features (N, D)) for images in [-1, 1]."""
+    device = next(evaluator.parameters()).device
+    probs, features = [], []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch].to(device).float()
+        feats = evaluator.features(chunk)
+        probs.append(torch.softmax(evaluator.head(feats).float(), dim=-1).cpu())
+        features.append(feats.float().cpu())
+    return torch.cat(probs), torch.cat(features)
+
+
+def class_accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probs.argmax(dim=1) == labels).float().mean())
+
+
+def mean_pairwise_distance(features: torch.Tensor) -> float:
+    """Mean Euclidean distance between distinct pairs: 0 when every sample is the same."""
+    n = len(features)
+    if n < 2:
+        return 0.0
+    distances = torch.cdist(features.double(), features.double())
+    return float(distances.sum() / (n * (n - 1)))
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), in float64.
+
+    tr((S_a S_b)^(1/2)) = sum of sqrt(eigenvalues of S_a^(1/2) S_b S_a^(1/2)), a symmetric PSD matrix.
+    """
+    a, b = features_a.double(), features_b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov_a)
+    sqrt_a = eigenvectors @ torch.diag(eigenvalues.clamp_min(0).sqrt()) @ eigenvectors.T
+    middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * middle)

@@ -1,0 +1,124 @@
+"""The app end to end: gradio_client against a live server, and a real browser (headless Chromium)."""
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import write_tiny_checkpoints
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import app
+
+    folder = write_tiny_checkpoints(tmp_path_factory.mktemp("app") / "checkpoints")
+    (folder / "corrupt.safetensors").write_bytes(b"\x00" * 50)  # listed as unavailable, app still starts
+    app.configure(folder)
+    demo = app.build_demo()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def test_named_endpoints(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/generate", "/compare", "/sweep", "/trajectory", "/model_card"} <= set(endpoints)
+
+
+def test_generate_through_the_api(client):
+    gallery, grid, status, download = client.predict(
+        "tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, True, 7, 6, api_name="/generate")
+    assert len(gallery) == 6 and "NFE 5" in status and "images/s" in status
+    assert Image.open(gallery[0]["image"]).size == (32, 32)  # 8 px shown at 4x
+    assert Image.open(download).format == "PNG"
+    again = client.predict("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, True, 7, 6, api_name="/generate")
+    assert Image.open(again[0][3]["image"]).tobytes() == Image.open(gallery[3]["image"]).tobytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tiny", "ddim", "heun", 0, 0.0, "uniform", "cfg", 2, 3.0, False, 7, 6), "steps must be between 1 and 1000|less than minimum value 1"),
+    (("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 9, 3.0, False, 7, 6), "class must be between 0 and 2|not in the list of choices"),
+    (("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, "nan", False, 7, 6), "."),  # Gradio rejects the string before the handler
+    (("../../etc/passwd", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, False, 7, 6), "not in the list of choices"),
+    (("corrupt", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, False, 7, 6), "not in the list of choices"),  # listed as unavailable
+    (("tiny-flow", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, True, 7, 6), "self-conditioning"),
+    (("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, False, 7, 10_000), "batch size|greater than maximum value 64"),
+    (("tiny", "ddim", "heun", "many", 0.0, "uniform", "cfg", 2, 3.0, False, 7, 6), "."),
+])
+def test_bad_input_is_a_readable_error(client, args, message):
+    # Gradio's widgets check their own bounds first; the engine checks again for API callers.
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name="/generate")
+
+
+def test_compare_manifest_and_difference(client):
+    out = client.predict("tiny", "cfg", 1, 2.0, 5, 4, "uniform", 8, 6, 0.0, 4, "heun", "ddim", "ode", api_name="/compare")
+    ddpm, ddim, ode, label_ddpm, label_ddim, label_ode, diff, diff_text, manifest_path = out
+    assert "NFE 8" in label_ddpm and "NFE 6" in label_ddim and "NFE 7" in label_ode
+    assert all(Image.open(p).format == "PNG" for p in (ddpm, ddim, ode, diff))
+    manifest = json.loads(Path(manifest_path).read_text())
+    assert len(manifest["checkpoint"]["sha256"]) == 64 and manifest["torch"]
+    assert [c["request"]["sampler"] for c in manifest["columns"]] == ["ddpm", "ddim", "ode"]
+    assert {c["request"]["seed"] for c in manifest["columns"]} == {5}
+    assert "mean |DDIM - ODE|" in diff_text
+
+
+def test_sweep_and_trajectory(client):
+    grid, rows, confidence, diversity, strength, table = client.predict(
+        "tiny", 1, "0, 1, 4", ["cfg", "classifier"], 3, 4, "ddim", 4, api_name="/sweep")
+    assert Image.open(grid).size[1] > Image.open(grid).size[0] / 2  # six rows of four
+    assert table.count("\n") == 1 + 6 and "classifier" in table
+    assert len(confidence["data"]) == 12 and len(strength["data"]) == 4 * 4  # 2 modes x 2 scales > 0 x 4 steps
+    strip, caption, gif = client.predict("tiny", "ode", "heun", 6, "cfg", 0, 2.0, 1, 4, api_name="/trajectory")
+    assert "t=0 (data)" in caption
+    assert Image.open(gif).n_frames == 4
+
+
+def test_model_card(client):
+    summary, metadata = client.predict("tiny", api_name="/model_card")
+    assert "tiny test model" in summary and metadata["kind"] == "denoiser"
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (CI installs it)")
+def test_browser_generate_and_compare(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_selector("text=images/s", timeout=60_000)
+        assert page.locator("img").count() >= 8
+        page.screenshot(path=str(tmp_path / "generate.png"))
+        page.get_by_role("tab", name="Compare samplers").click()
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.wait_for_selector("text=mean |DDIM - ODE|", timeout=60_000)
+        assert page.get_by_text("NFE").count() >= 3
+        browser.close()
