@@ -35,6 +35,10 @@ DISPLAY_SCALE = 4  # 28 px images are shown at 112 px, nearest-neighbour
 SAMPLER_LABELS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("ODE (probability flow)", "ode")]
 GUIDANCE_LABELS = [("none (conditional model)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier")]
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "diffusion-playground"
+# Queue policy: sampling saturates the device, so sampling events share one worker ("sampling", limit 1);
+# running two at once only makes both slower. At most QUEUE_SIZE requests wait; beyond that Gradio answers
+# "Queue is full! Please try again." at once instead of letting a class of students wait minutes.
+QUEUE_SIZE = 32
 
 cache = ModelCache(CHECKPOINT_DIR, capacity=4)
 
@@ -153,7 +157,7 @@ def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_i
             progress((event[1], event[2]), desc=f"network evaluation {event[1]}/{event[2]}")
             return None
         if event[0] == "preview":
-            preview = to_pil(image_grid(event[2], columns), scale=2)
+            preview = to_pil(image_grid(event[2], columns), scale=3)
             return gr.skip(), preview, f"step {event[1] + 1}/{request.steps}: x0 estimate", gr.skip()
         return None
 
@@ -163,7 +167,7 @@ def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_i
             status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
                       f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}")
             path = save_png(result.images, columns, "samples")
-            yield pil_images(result.images), to_pil(image_grid(result.images, columns), scale=2), status, path
+            yield pil_images(result.images), to_pil(image_grid(result.images, columns), scale=3), status, path
         else:
             yield update
 
@@ -228,9 +232,10 @@ def render_difference(state, column_a, column_b):
     if not state or column_a not in state or column_b not in state:
         return None, "Run a comparison first."
     diff = difference_map(state[column_a], state[column_b])  # (B, 1, H, W) in 0..2
-    heat = (diff / 2).clamp(0, 1) * 2 - 1  # white = the largest possible difference
-    text = (f"mean |{column_a.upper()} - {column_b.upper()}| = {float(diff.mean()):.3f}, max {float(diff.max()):.3f} "
-            f"(pixel range is 2: black = identical, white = opposite)")
+    peak = max(float(diff.max()), 1e-6)
+    heat = diff / peak * 2 - 1  # black = identical, white = the largest difference in this comparison
+    text = (f"mean |{column_a.upper()} - {column_b.upper()}| = {float(diff.mean()):.3f}, max {peak:.3f} "
+            f"(pixel values span 2). Black = identical, white = {peak:.3f}.")
     return to_pil(image_grid(heat, min(4, len(diff))), scale=3), text
 
 
@@ -319,7 +324,7 @@ pushes the unconditional model along the gradient of a noisy classifier's `log p
 grows, the garments become more typical (confidence rises) and more alike (diversity falls)."""
 
 
-def build_demo() -> gr.Blocks:
+def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     names = denoiser_choices()
     default = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
     classes, self_cond_ok = [], False
@@ -354,13 +359,13 @@ def build_demo() -> gr.Blocks:
                                                      if self_cond_ok else "this checkpoint was not trained with it")
                         with gr.Row():
                             seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
-                            dice = gr.Button("🎲 random seed", size="sm")
+                            dice = gr.Button("Random seed", size="sm")
                         batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
                         run = gr.Button("Generate", variant="primary")
                     with gr.Column(scale=2):
                         status = gr.Markdown("Press **Generate**.")
                         preview = gr.Image(label="Grid (live x0 estimates while sampling)", format="png",
-                                           interactive=False, height=420)
+                                           interactive=False, height=320)
                         gallery = gr.Gallery(label="Images", columns=8, format="png", height="auto")
                         download = gr.File(label="Download PNG grid")
                 inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
@@ -471,7 +476,7 @@ def build_demo() -> gr.Blocks:
                 gr.Markdown("### Files in the checkpoint folder\n" + checkpoint_table())
                 m_checkpoint.change(model_card, m_checkpoint, [m_card, m_json], api_name="model_card")
                 demo.load(model_card, m_checkpoint, [m_card, m_json], api_name=False)
-    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
 
 

@@ -74,14 +74,37 @@ def command_sample(args):
     from .engine import ModelCache, SampleRequest, run_request
     from .images import image_grid, to_pil
 
-    request = SampleRequest(checkpoint=args.checkpoint, sampler=args.sampler, solver=args.solver, steps=args.steps,
+    given = Path(args.checkpoint)
+    is_path = given.suffix == ".safetensors" or len(given.parts) > 1
+    folder = given.parent if is_path else Path(args.checkpoint_dir)
+    request = SampleRequest(checkpoint=given.stem if is_path else args.checkpoint, sampler=args.sampler, solver=args.solver, steps=args.steps,
                             eta=args.eta, spacing=args.spacing, guidance=args.guidance, class_index=args.class_index,
                             scale=args.scale, self_condition=args.self_condition, seed=args.seed,
                             batch_size=args.batch_size)
-    cache = ModelCache(checkpoint_dir=Path(args.checkpoint).parent if args.checkpoint.endswith(".safetensors") else Path(args.checkpoint_dir))
+    cache = ModelCache(folder)
     result = run_request(cache, request)
     to_pil(image_grid(result.images, columns=args.columns), scale=2).save(args.out)
     print(f"{args.out}: {len(result.images)} images, NFE {result.nfe}, {result.seconds:.2f} s")
+
+
+def command_evaluate(args):
+    from .evaluation import EvalConfig, Evaluator, markdown_tables
+
+    config = EvalConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, samples=args.samples,
+                        reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=args.out_dir,
+                        quick=args.quick)
+    print(markdown_tables(Evaluator(config).run()))
+
+
+def command_benchmark(args):
+    from .benchmark import BenchConfig, report, run_benchmark, write_report
+
+    config = BenchConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, batch=args.batch,
+                         steps=args.steps, repeats=args.repeats, out=args.out, quick=args.quick)
+    results = run_benchmark(config)
+    print(report(results))
+    if args.out:
+        write_report(results, Path(args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,12 +144,43 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--columns", type=int, default=8)
     sample.add_argument("--out", default="samples.png")
     sample.set_defaults(handler=command_sample)
+
+    evaluate = commands.add_parser("evaluate", help="feature FID, class accuracy and diversity per sampler and guidance",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.add_argument("--checkpoint", default="fashion-diffusion")
+    evaluate.add_argument("--checkpoint-dir", default="checkpoints")
+    evaluate.add_argument("--samples", type=int, default=1000, help="samples per configuration (class-balanced)")
+    evaluate.add_argument("--reference", type=int, default=10_000, help="test images for the reference statistics")
+    evaluate.add_argument("--batch-size", type=int, default=50)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out-dir", default="docs/evaluation")
+    evaluate.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
+    evaluate.set_defaults(handler=command_evaluate)
+
+    bench = commands.add_parser("benchmark", help="sampling speed ratios on this device",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bench.add_argument("--checkpoint", default="fashion-diffusion")
+    bench.add_argument("--checkpoint-dir", default="checkpoints")
+    bench.add_argument("--batch", type=int, default=64)
+    bench.add_argument("--steps", type=int, default=50)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--out", default="docs/benchmarks.md", help="Markdown report ('' to skip)")
+    bench.add_argument("--quick", action="store_true", help="batch 4, 5 steps, one repeat (CI)")
+    bench.set_defaults(handler=command_benchmark)
     return parser
 
 
 def main(argv=None):
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .engine import RequestError, SamplingError
+
     args = build_parser().parse_args(argv)
-    args.handler(args)
+    try:
+        args.handler(args)
+    except (RequestError, SamplingError, CheckpointError, DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -174,8 +174,8 @@ class ModelCache:
         if not isinstance(name, str) or not name:
             raise RequestError("checkpoint name must be a non-empty string")
         stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
-        if "/" in stem or "\\" in stem or stem.startswith(".") or "\x00" in stem:
-            raise RequestError(f"checkpoint name {name!r} is not a plain file name in the checkpoint folder")
+        if "/" in stem or "\\" in stem or stem.startswith(".") or "\x00" in stem or len(stem) > 200:
+            raise RequestError(f"checkpoint name {name[:80]!r} is not a plain file name in the checkpoint folder")
         path = self.checkpoint_dir / f"{stem}.safetensors"
         if not path.is_file():
             available = ", ".join(self.names("denoiser")) or "none"

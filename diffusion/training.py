@@ -106,13 +106,13 @@ PRESETS = {
         card="Class-conditional Fashion-MNIST rectified flow: velocity prediction, logit-normal time sampling "
              "(SD3) with 10% of times drawn uniformly so that both ends are seen, self-conditioning, 10% label dropout for classifier-free guidance."),
     "fashion-noisy-classifier": TrainConfig(
-        task="noisy-classifier", run_dir="runs/fashion-noisy-classifier", steps=2500, batch_size=128, lr=1e-3,
+        task="noisy-classifier", run_dir="runs/fashion-noisy-classifier", steps=2000, batch_size=128, lr=2e-3,
         export_to="checkpoints/fashion-noisy-classifier.safetensors", name="fashion-noisy-classifier",
-        sample_every=0, classifier=ClassifierConfig(noise_conditioned=True),
+        sample_every=0, classifier=ClassifierConfig(base_channels=16, noise_conditioned=True, dropout=0.0),
         card="Noise-level-conditioned Fashion-MNIST classifier for classifier guidance. Sees x_t scaled to unit "
              "variance and the log-SNR, so it serves the diffusion and the flow model alike."),
     "fashion-evaluator": TrainConfig(
-        task="evaluator", run_dir="runs/fashion-evaluator", steps=2500, batch_size=128, lr=1e-3,
+        task="evaluator", run_dir="runs/fashion-evaluator", steps=2000, batch_size=128, lr=2e-3,
         export_to="checkpoints/fashion-evaluator.safetensors", name="fashion-evaluator", sample_every=0,
         classifier=ClassifierConfig(noise_conditioned=False, dropout=0.2),
         card="Clean-image Fashion-MNIST classifier used only for evaluation (class accuracy of samples and "

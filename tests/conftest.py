@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -26,33 +28,30 @@ def randomize(network: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torc
 
 
 def tiny_unet(seed=0, **changes) -> UNet:
-    from dataclasses import replace
-
     return randomize(UNet(replace(TINY_UNET, **changes)), seed)
 
 
-def tiny_classifier(seed=1, noise_conditioned=True) -> Classifier:
-    from dataclasses import replace
-
-    return randomize(Classifier(replace(TINY_CLASSIFIER, noise_conditioned=noise_conditioned)), seed)
+def tiny_classifier(seed=1, **changes) -> Classifier:
+    return randomize(Classifier(replace(TINY_CLASSIFIER, **changes)), seed)
 
 
-def write_tiny_checkpoints(folder, schedule="vp-cosine", parameterization="v"):
-    """A denoiser, a noisy classifier and an evaluator, randomly initialised, in `folder`."""
-    unet = tiny_unet()
+def write_tiny_checkpoints(folder, schedule="vp-cosine", parameterization="v", image_size=8, class_names=TINY_CLASSES):
+    """A denoiser, a flow denoiser, a noisy classifier and an evaluator, randomly initialised, in `folder`."""
+    size = {"image_size": image_size, "num_classes": len(class_names)}
+    unet = tiny_unet(**size)
     save_checkpoint(folder / "tiny.safetensors", "denoiser", unet,
-                    model_config("denoiser", unet, class_names=TINY_CLASSES, schedule=schedule,
+                    model_config("denoiser", unet, class_names=class_names, schedule=schedule,
                                  parameterization=parameterization), {"steps": 0}, "A tiny test model.")
-    flow = tiny_unet(seed=3, self_condition=False)
+    flow = tiny_unet(seed=3, self_condition=False, **size)
     save_checkpoint(folder / "tiny-flow.safetensors", "denoiser", flow,
-                    model_config("denoiser", flow, class_names=TINY_CLASSES, schedule="flow", parameterization="flow"),
+                    model_config("denoiser", flow, class_names=class_names, schedule="flow", parameterization="flow"),
                     {"steps": 0}, "A tiny flow model without self-conditioning.")
-    noisy = tiny_classifier()
+    noisy = tiny_classifier(**size)
     save_checkpoint(folder / "tiny-noisy-classifier.safetensors", "noisy-classifier", noisy,
-                    model_config("noisy-classifier", noisy, class_names=TINY_CLASSES), {"steps": 0}, "Tiny classifier.")
-    evaluator = tiny_classifier(seed=2, noise_conditioned=False)
+                    model_config("noisy-classifier", noisy, class_names=class_names), {"steps": 0}, "Tiny classifier.")
+    evaluator = tiny_classifier(seed=2, noise_conditioned=False, **size)
     save_checkpoint(folder / "tiny-evaluator.safetensors", "evaluator", evaluator,
-                    model_config("evaluator", evaluator, class_names=TINY_CLASSES), {"steps": 0}, "Tiny evaluator.")
+                    model_config("evaluator", evaluator, class_names=class_names), {"steps": 0}, "Tiny evaluator.")
     return folder
 
 

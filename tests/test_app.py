@@ -122,3 +122,60 @@ def test_browser_generate_and_compare(server, tmp_path):
         page.wait_for_selector("text=mean |DDIM - ODE|", timeout=60_000)
         assert page.get_by_text("NFE").count() >= 3
         browser.close()
+
+
+def test_a_failing_request_reaches_its_user_and_the_next_one_works(server, client):
+    import app
+    import torch
+    from gradio_client.exceptions import AppError
+
+    model = app.cache.get("tiny")
+    original = model.network.forward
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.network.forward = out_of_memory
+    try:
+        with pytest.raises(AppError, match="ran out of memory"):
+            client.predict("tiny", "ddim", "heun", 3, 0.0, "uniform", "cfg", 0, 3.0, False, 1, 2, api_name="/generate")
+    finally:
+        model.network.forward = original
+    gallery = client.predict("tiny", "ddim", "heun", 3, 0.0, "uniform", "cfg", 0, 3.0, False, 1, 2, api_name="/generate")[0]
+    assert len(gallery) == 2 and app.cache.get("tiny") is model
+
+
+def test_a_full_queue_says_try_again(tmp_path):
+    import app
+    from gradio_client import Client
+    from gradio_client.utils import QueueError
+
+    previous = app.cache
+    app.configure(write_tiny_checkpoints(tmp_path / "ckpt"))
+    demo = app.build_demo(queue_size=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        jobs = [client.submit("tiny", "ddpm", "heun", 300, 0.0, "uniform", "cfg", 0, 3.0, False, i, 8,
+                              api_name="/generate") for i in range(5)]
+        outcomes = []
+        for job in jobs:
+            try:
+                job.result(timeout=300)
+                outcomes.append("ok")
+            except QueueError as error:
+                assert "Queue is full" in str(error)
+                outcomes.append("full")
+        assert outcomes.count("ok") >= 1 and outcomes.count("full") >= 1, outcomes
+    finally:
+        demo.close()
+        app.cache = previous
+
+
+def test_sixteen_concurrent_clients_match_their_requests_run_alone(server):
+    import app
+    from loadtest import run_load
+
+    stats = run_load(server, ["tiny", "tiny-flow"], clients=16, per_client=2, steps=3,
+                     self_condition_ok=lambda name: app.cache.get(name).self_condition)
+    assert stats["errors"] == [] and stats["succeeded"] == 32 and stats["mismatches"] == []

@@ -1,0 +1,177 @@
+"""`python -m diffusion benchmark`: sampling speed as ratios measured in one run.
+
+- sampler overhead: a sampler's wall time / the same number of bare network forwards at the same batch
+- guidance cost: a classifier-free-guided DDIM step at batch B / one bare forward at batch 2B
+- peer: our DDIM loop / diffusers' DDIMScheduler loop around the same denoiser, and their max pixel difference
+- cache: a cold checkpoint load / a cached lookup
+- GPU (only where CUDA exists): images/s at batch 256 for DDIM-50, fp32 vs bf16 autocast
+Absolute times are printed for context only; these machines are noisy, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .denoiser import Denoiser, Guidance, network_prediction
+from .engine import ModelCache, SampleRequest, run_request
+from .sampling import draw_noise, image_generators, sample_ddim
+from .schedules import time_grid
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    checkpoint: str = "fashion-diffusion"
+    checkpoint_dir: str = "checkpoints"
+    batch: int = 64
+    steps: int = 50
+    repeats: int = 3  # best of N, to damp noise from other processes
+    out: str = "docs/benchmarks.md"
+    quick: bool = False
+
+    def scaled(self) -> "BenchConfig":
+        return replace(self, batch=min(self.batch, 4), steps=min(self.steps, 5), repeats=1) if self.quick else self
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run_benchmark(config: BenchConfig) -> dict:
+    c = config.scaled()
+    cache = ModelCache(c.checkpoint_dir)
+    started = time.perf_counter()
+    model = cache.get(c.checkpoint)
+    cold = time.perf_counter() - started
+    cached = best_time(lambda: cache.get(c.checkpoint), 20)
+    network, schedule, device = model.network, model.schedule, cache.device
+    shape = (model.config["image_channels"], model.config["image_size"], model.config["image_size"])
+    x = draw_noise(image_generators(0, c.batch), shape, device)
+    labels = torch.zeros(c.batch, dtype=torch.long, device=device) if model.class_names else None
+    base = SampleRequest(checkpoint=c.checkpoint, steps=c.steps, batch_size=c.batch, guidance="none",
+                         class_index=0 if model.class_names else None, scale=1.0)
+
+    def forwards(count, batch_x, batch_labels):
+        log_snr = torch.zeros(len(batch_x), device=device)
+        with torch.inference_mode():
+            for _ in range(count):
+                network(batch_x, log_snr, batch_labels, None)
+
+    results = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+               "date": time.strftime("%Y-%m-%d"), "checkpoint": c.checkpoint, "batch": c.batch, "steps": c.steps,
+               "threads": torch.get_num_threads(), "quick": c.quick}
+    forwards(2, x, labels)  # warm-up
+    bare = best_time(lambda: forwards(c.steps, x, labels), c.repeats)
+    results["bare_forward_s"] = bare / c.steps
+    overhead = {}
+    for sampler, solver, nfe in [("ddim", "heun", c.steps), ("ddpm", "heun", c.steps), ("ode", "euler", c.steps)]:
+        request = replace(base, sampler=sampler, solver=solver)
+        overhead[f"{sampler}{'-' + solver if sampler == 'ode' else ''}"] = (
+            best_time(lambda: run_request(cache, request), c.repeats) / (bare * nfe / c.steps))
+    results["sampler_overhead"] = overhead
+
+    # classifier-free guidance: one step at batch B vs one forward at batch 2B
+    if model.config.get("null_class") is not None:
+        cfg_request = replace(base, guidance="cfg", scale=3.0)
+        x2, labels2 = torch.cat([x, x]), torch.cat([labels, labels])
+        forwards(1, x2, labels2)
+        double = best_time(lambda: forwards(c.steps, x2, labels2), c.repeats)
+        results["cfg_step_vs_forward_2B"] = best_time(lambda: run_request(cache, cfg_request), c.repeats) / double
+
+    results |= peer_comparison(model, x, labels, c)
+    results["cache_cold_s"], results["cache_hit_s"] = cold, cached
+    results["cache_cold_over_hit"] = cold / cached
+    if device.type == "cuda":
+        results["gpu"] = gpu_throughput(cache, base)
+    return results
+
+
+def peer_comparison(model, x_T, labels, c: BenchConfig) -> dict:
+    """Our DDIM vs diffusers' DDIMScheduler stepping the same eps predictions ("trailing" spacing)."""
+    try:
+        from diffusers import DDIMScheduler
+    except ImportError:
+        return {"peer": "diffusers not installed (pip install -e '.[test]')"}
+    schedule = model.schedule
+    grid = time_grid(schedule, c.steps)
+    # The peer's discrete alphabar_k is our alpha((k + 1) / 1000)^2.
+    t = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    alphas_cumprod = schedule.alpha_sigma(t)[0] ** 2
+    betas = 1 - alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    peer = DDIMScheduler(num_train_timesteps=1000, trained_betas=betas.float().numpy(), clip_sample=False,
+                         set_alpha_to_one=True, timestep_spacing="trailing", prediction_type="epsilon")
+    peer.set_timesteps(c.steps)
+
+    def make_denoiser():
+        return Denoiser(model.network, schedule, model.parameterization, labels=labels)
+
+    def ours():
+        with torch.inference_mode():
+            return sample_ddim(make_denoiser(), x_T, grid, schedule=schedule)
+
+    def theirs():
+        denoise = make_denoiser()
+        with torch.inference_mode():
+            x = x_T
+            for k in peer.timesteps.tolist():
+                _, eps = denoise(x, (k + 1) / 1000)
+                x = peer.step(eps, k, x).prev_sample
+            return x
+
+    ours_time, theirs_time = best_time(ours, c.repeats), best_time(theirs, c.repeats)
+    difference = float((ours() - theirs()).abs().max())
+    return {"peer_ours_over_diffusers": ours_time / theirs_time, "peer_max_pixel_difference": difference}
+
+
+def gpu_throughput(cache: ModelCache, base: SampleRequest) -> dict:
+    import diffusion.engine as engine
+
+    request = replace(base, batch_size=256, steps=50)
+    out = {}
+    original = engine._autocast
+    for label, autocast in [("fp32", lambda device: torch.autocast("cuda", enabled=False)), ("bf16", original)]:
+        engine._autocast = autocast
+        try:
+            run_request(cache, replace(request, steps=2))
+            torch.cuda.synchronize()
+            seconds = best_time(lambda: (run_request(cache, request), torch.cuda.synchronize()), 3)
+            out[f"{label}_images_per_s"] = 256 / seconds
+        finally:
+            engine._autocast = original
+    return out
+
+
+def report(results: dict) -> str:
+    lines = [f"## Sampling speed: {results['checkpoint']} on {results['device']}",
+             f"torch {results['torch']}, Python {results['python']}, {results['threads']} threads, {results['date']}; "
+             f"batch {results['batch']}, {results['steps']} steps{' (quick mode)' if results['quick'] else ''}.", "",
+             "| measurement | ratio | target |", "|---|---|---|"]
+    for name, ratio in results["sampler_overhead"].items():
+        lines.append(f"| {name} wall time / bare network forwards | {ratio:.3f} | <= 1.03 |")
+    if "cfg_step_vs_forward_2B" in results:
+        lines.append(f"| CFG DDIM at batch B / bare forwards at batch 2B | {results['cfg_step_vs_forward_2B']:.3f} | <= 1.1 |")
+    if "peer_ours_over_diffusers" in results:
+        lines.append(f"| our DDIM / diffusers DDIMScheduler loop (same denoiser) | {results['peer_ours_over_diffusers']:.3f} | <= 1.0 |")
+        lines.append(f"| max pixel difference ours vs diffusers | {results['peer_max_pixel_difference']:.2e} | float rounding |")
+    lines.append(f"| cold checkpoint load / cached lookup | {results['cache_cold_over_hit']:.0f} | >> 1 |")
+    lines += ["", f"For context: one bare forward at batch {results['batch']} took {results['bare_forward_s'] * 1e3:.1f} ms; "
+              f"cold load {results['cache_cold_s'] * 1e3:.0f} ms, cached lookup {results['cache_hit_s'] * 1e6:.0f} us."]
+    if "gpu" in results:
+        lines += ["", "GPU, DDIM-50 at batch 256: " + ", ".join(f"{k} {v:.0f}" for k, v in results["gpu"].items())]
+    else:
+        lines += ["", "No GPU on this machine: the GPU rows (fp32 vs bf16 autocast images/s) are measured only where CUDA exists."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out: Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Benchmarks\n\nWritten by `python -m diffusion benchmark`.\n\n" + report(results))

@@ -1,0 +1,171 @@
+"""`python -m diffusion evaluate`: sample quality per sampler and NFE, and the effect of guidance.
+
+For each configuration, class-balanced samples are scored by the shipped evaluation classifier:
+feature FID against the Fashion-MNIST test split (see diffusion.metrics for why it is not Inception
+FID), class accuracy (does a sample asked for class k look like class k?) and diversity (mean
+pairwise feature distance within a class, averaged over classes). Results go to JSON, a Markdown
+table and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .data import load_fashion_mnist, to_model_range
+from .engine import ModelCache, SampleRequest, run_request
+from .metrics import class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    checkpoint: str = "fashion-diffusion"
+    checkpoint_dir: str = "checkpoints"
+    samples: int = 1000  # per configuration, class-balanced
+    reference: int = 10_000  # test images for the reference statistics
+    batch_size: int = 50
+    seed: int = 0
+    out_dir: str = "docs/evaluation"
+    quick: bool = False  # a tiny run for CI: few samples, few configurations
+
+    def scaled(self) -> "EvalConfig":
+        return replace(self, samples=min(self.samples, 20), reference=min(self.reference, 200)) if self.quick else self
+
+
+def sampler_grid(quick: bool) -> list[dict]:
+    """The sampler table: DDPM 1000/250/100, DDIM 10/20/50/100, ODE (Euler, Heun, DPM++2M) at ~10/20/50 NFE."""
+    if quick:
+        return [dict(sampler="ddpm", steps=4), dict(sampler="ddim", steps=4), dict(sampler="ode", solver="heun", steps=3)]
+    rows = [dict(sampler="ddpm", steps=s) for s in (1000, 250, 100)]
+    rows += [dict(sampler="ddim", steps=s) for s in (10, 20, 50, 100)]
+    rows += [dict(sampler="ode", solver="euler", steps=s) for s in (10, 20, 50)]
+    rows += [dict(sampler="ode", solver="heun", steps=s, spacing="log-snr") for s in (5, 10, 25)]  # NFE 9, 19, 49
+    rows += [dict(sampler="ode", solver="dpm++2m", steps=s, spacing="log-snr") for s in (10, 20, 50)]
+    return rows
+
+
+def guidance_grid(quick: bool, has_classifier: bool) -> list[dict]:
+    scales = (0.0, 3.0) if quick else (0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
+    modes = ["cfg"] + (["classifier"] if has_classifier else [])
+    return [dict(guidance=mode, scale=s) for mode in modes for s in scales]
+
+
+class Evaluator:
+    def __init__(self, config: EvalConfig, cache: ModelCache | None = None):
+        self.config = c = config.scaled()
+        self.cache = cache or ModelCache(c.checkpoint_dir)
+        evaluator = self.cache.first_of_kind("evaluator")
+        if evaluator is None:
+            raise RuntimeError(f"no evaluator checkpoint in {c.checkpoint_dir}; train one with "
+                               f"`python -m diffusion train --preset fashion-evaluator`")
+        self.evaluator = evaluator.network
+        self.classes = len(self.cache.get(c.checkpoint).class_names)
+        self.reference = self._reference_features()
+
+    def _reference_features(self) -> torch.Tensor:
+        test = load_fashion_mnist("test")
+        images = to_model_range(test.images[: self.config.reference])
+        return evaluator_outputs(self.evaluator, images)[1]
+
+    def score(self, **request_fields) -> dict:
+        """Sample config.samples images (equal share per class) with one request setting and score them."""
+        c = self.config
+        per_class = max(1, c.samples // self.classes)
+        images, labels, nfe, seconds = [], [], 0, 0.0
+        for label in range(self.classes):
+            for start in range(0, per_class, c.batch_size):
+                request = SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=c.seed, first_index=start,
+                                        batch_size=min(c.batch_size, per_class - start),
+                                        **({"guidance": "none", "scale": 1.0} | request_fields))
+                result = run_request(self.cache, request)
+                images.append(result.images)
+                labels += [label] * len(result.images)
+                nfe, seconds = result.nfe, seconds + result.seconds
+        probs, features = evaluator_outputs(self.evaluator, torch.cat(images))
+        labels = torch.tensor(labels)
+        diversity = sum(mean_pairwise_distance(features[labels == k]) for k in range(self.classes)) / self.classes
+        return {**request_fields, "nfe": nfe, "samples": len(labels), "fid": frechet_distance(features, self.reference),
+                "accuracy": class_accuracy(probs, labels), "diversity": diversity, "seconds": round(seconds, 1)}
+
+    def run(self, self_conditioning=(False, True), write=True) -> dict:
+        c = self.config
+        model = self.cache.get(c.checkpoint)
+        conditioning = [s for s in self_conditioning if not s or model.self_condition]
+        started = time.time()
+        samplers = [self.score(**row, self_condition=s) for s in conditioning for row in sampler_grid(c.quick)]
+        has_classifier = bool(self.cache.names("noisy-classifier"))
+        guidance = [self.score(sampler="ddim", steps=4 if c.quick else 50, **row)
+                    for row in guidance_grid(c.quick, has_classifier)]
+        results = {"config": asdict(c), "checkpoint": c.checkpoint, "device": str(self.cache.device),
+                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                   "wall_minutes": round((time.time() - started) / 60, 1), "samplers": samplers, "guidance": guidance}
+        if write:
+            write_report(results, Path(c.out_dir))
+        return results
+
+
+def markdown_tables(results: dict) -> str:
+    lines = [f"### {results['checkpoint']} ({results['config']['samples']} samples per row, "
+             f"{results['config']['reference']} test images as reference, {results['device']}, torch {results['torch']}, "
+             f"{results['date']})", "",
+             "| sampler | solver | spacing | steps | NFE | self-cond | feature FID | accuracy | diversity |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["samplers"]:
+        lines.append(f"| {r['sampler']} | {r.get('solver', '') if r['sampler'] == 'ode' else ''} | "
+                     f"{r.get('spacing', 'uniform')} | {r['steps']} | {r['nfe']} | {'on' if r['self_condition'] else 'off'} | "
+                     f"{r['fid']:.2f} | {r['accuracy']:.3f} | {r['diversity']:.3f} |")
+    lines += ["", "Guidance (DDIM, class-conditional samples):", "",
+              "| mode | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
+    for r in results["guidance"]:
+        lines.append(f"| {r['guidance']} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | {r['diversity']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out_dir: Path):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = results["checkpoint"]
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"{name}.md").write_text(markdown_tables(results))
+    plot_results(results, out_dir)
+
+
+def plot_results(results: dict, out_dir: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = results["checkpoint"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series: dict = {}
+    for r in results["samplers"]:
+        label = (r["sampler"] if r["sampler"] != "ode" else f"ode {r['solver']}") + (" +sc" if r["self_condition"] else "")
+        series.setdefault(label, []).append((r["nfe"], r["fid"]))
+    for label, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations (NFE)")
+    ax.set_ylabel("feature FID (lower is better)")
+    ax.set_title(f"{name}: quality vs. sampling cost")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{name}-fid-vs-nfe.png", dpi=120)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.5))
+    for mode in sorted({r["guidance"] for r in results["guidance"]}):
+        rows = [r for r in results["guidance"] if r["guidance"] == mode]
+        left.plot([r["scale"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=mode)
+        right.plot([r["scale"] for r in rows], [r["diversity"] for r in rows], marker="o", label=mode)
+    left.set(xlabel="guidance scale", ylabel="class accuracy", title="Accuracy rises", ylim=(0, 1.02))
+    right.set(xlabel="guidance scale", ylabel="diversity", title="Diversity falls")
+    left.legend()
+    fig.suptitle(name)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{name}-guidance.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,74 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import write_tiny_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "diffusion", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+def test_help_lists_the_subcommands():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("train", "export", "sample", "evaluate", "benchmark"):
+        assert command in result.stdout
+    train_help = run("train", "--help").stdout
+    for option in ("--preset", "--resume", "--objective.parameterization", "--unet.base-channels", "--max-minutes"):
+        assert option in train_help
+
+
+def test_sample_writes_a_png_grid(tmp_path):
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    out = tmp_path / "grid.png"
+    result = run("sample", "--checkpoint", str(tmp_path / "ckpt" / "tiny.safetensors"), "--sampler", "ddim",
+                 "--steps", "5", "--class", "1", "--scale", "3", "--seed", "0", "--batch-size", "4", "--columns", "2",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "NFE 5" in result.stdout
+    assert Image.open(out).size == (2 * (2 * 10 + 2), 2 * (2 * 10 + 2))  # 2x2 cells of 8 px + 2 px padding, x2
+
+
+def test_sample_with_a_bad_request_prints_one_clear_line(tmp_path):
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    result = run("sample", "--checkpoint", "tiny", "--checkpoint-dir", str(tmp_path / "ckpt"), "--steps", "0")
+    assert result.returncode == 2 and result.stderr.strip() == "error: steps must be between 1 and 1000, got 0"
+
+
+@pytest.fixture
+def fashion_sized_checkpoints(tmp_path):
+    return write_tiny_checkpoints(tmp_path / "ckpt28", image_size=28, class_names=tuple(f"c{i}" for i in range(10)))
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+def test_evaluate_quick(fashion_sized_checkpoints, tmp_path):
+    out = tmp_path / "eval"
+    result = run("evaluate", "--quick", "--checkpoint", "tiny", "--checkpoint-dir", str(fashion_sized_checkpoints),
+                 "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    results = json.loads((out / "tiny.json").read_text())
+    assert len(results["samplers"]) == 6 and len(results["guidance"]) == 4  # 3 samplers x self-cond off/on
+    assert all(r["fid"] > 0 and 0 <= r["accuracy"] <= 1 for r in results["samplers"] + results["guidance"])
+    assert (out / "tiny-fid-vs-nfe.png").exists() and (out / "tiny-guidance.png").exists()
+
+
+def test_benchmark_quick(tmp_path):
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    out = tmp_path / "bench.md"
+    result = run("benchmark", "--quick", "--checkpoint", "tiny", "--checkpoint-dir", str(tmp_path / "ckpt"),
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    for row in ("ddim wall time / bare network forwards", "CFG DDIM at batch B", "diffusers DDIMScheduler",
+                "cold checkpoint load"):
+        assert row in text

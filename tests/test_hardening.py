@@ -1,0 +1,145 @@
+"""Faults, bad input and security: nothing unpickles, fuzzed requests fail cleanly, training survives a kill."""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import write_tiny_checkpoints
+from diffusion.engine import ModelCache, RequestError, SampleRequest, run_request
+from diffusion.training import STATE_FILE, Trainer, TrainConfig, weights_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted(ROOT.glob("diffusion/*.py")) + [ROOT / "app.py", ROOT / "loadtest.py"]
+
+
+def test_nothing_unpickles_or_evaluates_input():
+    # torch.load / pickle / marshal / builtin eval and exec (nn.Module.eval() is fine)
+    forbidden = re.compile(r"torch\.load\(|import (c?pickle|marshal|dill|joblib)|pickle\.loads?\(|"
+                           r"(?<![.\w])(eval|exec)\((?!\))|weights_only\s*=\s*False")
+    offenders = [f"{path.name}:{n}" for path in SOURCES
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if forbidden.search(line)]
+    assert offenders == []
+
+
+def test_app_binds_locally_without_share_or_extra_paths():
+    source = (ROOT / "app.py").read_text()
+    assert 'default="127.0.0.1"' in source and "allowed_paths" not in source and "gr.UploadButton" not in source
+    import app
+
+    args = app.parse_args([])
+    assert args.host == "127.0.0.1" and args.share is False
+
+
+# --- fuzzing the request validator and the sampler entry point ---------------------------------
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("fuzz") / "ckpt"), device="cpu")
+
+
+anything = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
+                     st.text(max_size=20), st.just("../../etc/passwd"), st.just("/etc/passwd"))
+numbers = st.one_of(st.integers(-10**9, 10**9), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(checkpoint=st.one_of(st.sampled_from(["tiny", "tiny-flow", "tiny-evaluator"]), anything),
+       sampler=st.one_of(st.sampled_from(["ddpm", "ddim", "ode"]), anything),
+       solver=st.one_of(st.sampled_from(["euler", "heun", "dpm++2m"]), anything),
+       steps=st.one_of(st.integers(-3, 4), numbers, anything), eta=numbers,
+       guidance=st.one_of(st.sampled_from(["none", "cfg", "classifier"]), anything),
+       class_index=st.one_of(st.integers(-2, 4), anything), scale=numbers, self_condition=st.booleans(),
+       seed=st.one_of(st.integers(-5, 2**64), anything), batch_size=st.one_of(st.integers(-1, 3), numbers))
+def test_fuzzed_requests_either_sample_or_raise_request_error(cache, checkpoint, sampler, solver, steps, eta, guidance,
+                                                              class_index, scale, self_condition, seed, batch_size):
+    request = SampleRequest(checkpoint=checkpoint, sampler=sampler, solver=solver, steps=steps, eta=eta,
+                            guidance=guidance, class_index=class_index, scale=scale, self_condition=self_condition,
+                            seed=seed, batch_size=batch_size)
+    try:
+        result = run_request(cache, request)
+    except RequestError as error:
+        assert str(error) and "Traceback" not in str(error)
+        return
+    assert result.images.shape[0] == batch_size and torch.isfinite(result.images).all()
+    assert 1 <= steps <= 4 and 0 <= eta <= 1 and math.isfinite(scale)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=600), header=st.integers(0, 2**64 - 1))
+def test_fuzzed_checkpoint_files_are_refused_cleanly(tmp_path_factory, data, header):
+    from diffusion.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path_factory.mktemp("bad") / "x.safetensors"
+    path.write_bytes(header.to_bytes(8, "little") + data)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+# --- faults -----------------------------------------------------------------------------------
+def test_checkpoint_deleted_or_replaced_while_cached(tmp_path):
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    cache = ModelCache(folder, device="cpu")
+    request = SampleRequest(checkpoint="tiny", steps=2, batch_size=2, class_index=0)
+    first = run_request(cache, request).images
+    (folder / "tiny.safetensors").unlink()
+    with pytest.raises(RequestError, match="no checkpoint named 'tiny'"):
+        run_request(cache, request)
+    (folder / "tiny.safetensors").write_bytes(b"half a file")  # replaced by garbage: reported, not served
+    with pytest.raises(RequestError, match="unavailable"):
+        run_request(cache, request)
+    write_tiny_checkpoints(folder)  # restored: served again, same pixels
+    assert torch.equal(run_request(cache, request).images, first)
+
+
+def _state_step(run_dir: Path) -> int:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(run_dir / STATE_FILE, "pt") as f:
+            return int(f.metadata()["step"])
+    except Exception:
+        return -1
+
+
+def test_training_killed_between_saves_resumes_with_nothing_lost(tmp_path):
+    from test_training import shapes_dataset, tiny_config, write_image_folder
+
+    folder = write_image_folder(tmp_path / "imgs")
+    config = tiny_config(tmp_path / "killed", data=str(folder), steps=400, save_every=3, batch_size=4)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "diffusion", "train", "--config", str(config_file)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = Path(config.run_dir)
+    deadline = time.time() + 120
+    while _state_step(run_dir) < 6 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = _state_step(run_dir)
+    assert 6 <= saved < 400 and saved % 3 == 0  # a complete state file from a save, never a partial one
+    assert not list(run_dir.glob("*.tmp"))
+
+    from diffusion.data import load_image_folder
+
+    data = load_image_folder(folder, 8)
+    target = saved + 2
+    resumed = Trainer(replace(config, steps=target), dataset=data)
+    resumed.load_state()
+    resumed.train(progress=False)
+    straight = Trainer(replace(config, steps=target, run_dir=str(tmp_path / "straight")), dataset=data)
+    straight.train(progress=False)
+    assert weights_digest(resumed.network) == weights_digest(straight.network)
+    assert weights_digest(resumed.ema.ema_model) == weights_digest(straight.ema.ema_model)
