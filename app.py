@@ -23,7 +23,7 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from diffusion.engine import (GUIDANCE_MODES, MAX_BATCH, MAX_STEPS, ModelCache, RequestError, SampleRequest,
+from diffusion.engine import (MAX_BATCH, MAX_STEPS, ModelCache, RequestError, SampleRequest,
                               SamplingError, run_request)
 from diffusion.images import image_grid, to_pil
 from diffusion.sampling import ODE_SOLVERS
@@ -131,7 +131,7 @@ def run_in_worker(work, on_event):
     if "error" in outcome:
         error = outcome["error"]
         if isinstance(error, (RequestError, SamplingError)):
-            raise user_error(error)
+            raise user_error(error) from None
         raise gr.Error(f"Unexpected error: {error}", print_exception=True)
     yield ("result", outcome["value"])
 
@@ -143,7 +143,7 @@ def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_i
         request = make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
                                self_condition, seed, batch_size)
     except RequestError as error:
-        raise user_error(error)
+        raise user_error(error) from None
     preview_every = max(1, request.steps // 10)
     columns = min(8, request.batch_size)
 
@@ -177,7 +177,7 @@ def on_checkpoint_change(name):
     try:
         model = cache.get(name)
     except RequestError as error:
-        raise user_error(error)
+        raise user_error(error) from None
     classes = [(label, index) for index, label in enumerate(model.class_names)]
     has_classifier = bool(cache.names("noisy-classifier"))
     self_cond = gr.Checkbox(value=False, interactive=model.self_condition,
@@ -202,7 +202,7 @@ def compare(checkpoint, guidance, class_index, scale, seed, batch_size, spacing,
                     replace(base, sampler="ddim", steps=int(ddim_steps)),
                     replace(base, sampler="ode", steps=int(ode_steps), eta=0.0)]
     except (RequestError, TypeError, ValueError) as error:
-        raise user_error(error)
+        raise user_error(error) from None
 
     def work(emit):
         return compare_samplers(cache, requests, progress=lambda i, done, total: emit((i, done, total)))
@@ -246,7 +246,7 @@ def sweep(checkpoint, class_index, scales_text, modes, seed, per_row, sampler, s
         base = make_request(checkpoint, sampler, "heun", steps, 0.0, "uniform", "cfg", class_index, 1.0, False, seed,
                             per_row)
     except RequestError as error:
-        raise user_error(error)
+        raise user_error(error) from None
 
     def work(emit):
         return guidance_sweep(cache, base, scales, list(modes or []),
@@ -282,7 +282,7 @@ def show_trajectory(checkpoint, sampler, solver, steps, guidance, class_index, s
         request = make_request(checkpoint, sampler, solver, steps, 0.0, "uniform", guidance, class_index, scale,
                                False, seed, 1)
     except RequestError as error:
-        raise user_error(error)
+        raise user_error(error) from None
 
     def work(emit):
         return trajectory(cache, request, int(frames), progress=lambda done, total: emit((done, total)))
@@ -308,7 +308,7 @@ def model_card(name):
     try:
         model = cache.get(name)
     except RequestError as error:
-        raise user_error(error)
+        raise user_error(error) from None
     return model_summary(name), {"kind": model.kind, "config": model.config, "training": model.training}
 
 

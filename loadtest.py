@@ -108,7 +108,7 @@ def start_app(checkpoints: Path, port: int) -> subprocess.Popen:
                 return process
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError("the app exited:\n" + process.stdout.read())
+                raise RuntimeError("the app exited:\n" + process.stdout.read()) from None
             time.sleep(0.5)
     process.kill()
     raise RuntimeError("the app did not start within 180 s")

@@ -71,20 +71,28 @@ def command_export(args):
 
 
 def command_sample(args):
+    """One grid: `--class N` for a batch of one class, `--class all` for one row of `--columns` images per class."""
+    import dataclasses as dc
+
+    import torch
+
     from .engine import ModelCache, SampleRequest, run_request
     from .images import image_grid, to_pil
 
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
-    folder = given.parent if is_path else Path(args.checkpoint_dir)
-    request = SampleRequest(checkpoint=given.stem if is_path else args.checkpoint, sampler=args.sampler, solver=args.solver, steps=args.steps,
-                            eta=args.eta, spacing=args.spacing, guidance=args.guidance, class_index=args.class_index,
+    cache = ModelCache(given.parent if is_path else Path(args.checkpoint_dir))
+    request = SampleRequest(checkpoint=given.stem if is_path else args.checkpoint, sampler=args.sampler,
+                            solver=args.solver, steps=args.steps, eta=args.eta, spacing=args.spacing,
+                            guidance=args.guidance, class_index=0 if args.class_index == "all" else int(args.class_index),
                             scale=args.scale, self_condition=args.self_condition, seed=args.seed,
-                            batch_size=args.batch_size)
-    cache = ModelCache(folder)
-    result = run_request(cache, request)
-    to_pil(image_grid(result.images, columns=args.columns), scale=2).save(args.out)
-    print(f"{args.out}: {len(result.images)} images, NFE {result.nfe}, {result.seconds:.2f} s")
+                            batch_size=args.columns if args.class_index == "all" else args.batch_size)
+    classes = range(len(cache.get(request.checkpoint).class_names)) if args.class_index == "all" else [request.class_index]
+    results = [run_request(cache, dc.replace(request, class_index=k)) for k in classes]
+    images = torch.cat([r.images for r in results])
+    to_pil(image_grid(images, columns=args.columns), scale=2).save(args.out)
+    seconds = sum(r.seconds for r in results)
+    print(f"{args.out}: {len(images)} images, NFE {results[0].nfe} per image batch, {seconds:.2f} s")
 
 
 def command_evaluate(args):
@@ -93,7 +101,8 @@ def command_evaluate(args):
     config = EvalConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, samples=args.samples,
                         reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=args.out_dir,
                         quick=args.quick)
-    print(markdown_tables(Evaluator(config).run()))
+    conditioning = {"both": (False, True), "on": (True,), "off": (False,)}[args.self_cond]
+    print(markdown_tables(Evaluator(config).run(parts=tuple(args.parts), self_conditioning=conditioning)))
 
 
 def command_benchmark(args):
@@ -105,6 +114,27 @@ def command_benchmark(args):
     print(report(results))
     if args.out:
         write_report(results, Path(args.out))
+
+
+def command_cards(args):
+    """A Markdown table of the checkpoints in a folder, from their metadata (checkpoints/README.md)."""
+    from .checkpoint import load_checkpoint
+
+    rows = ["| file | kind | model | parameters | training | card |", "|---|---|---|---|---|---|"]
+    for path in sorted(Path(args.checkpoint_dir).glob("*.safetensors")):
+        model = load_checkpoint(path)
+        config, training = model.config, model.training
+        what = (f"{config['schedule']}, {config['parameterization']}-prediction"
+                + (", self-cond" if model.self_condition else "") if model.kind == "denoiser"
+                else "noise-conditioned" if model.network.config.noise_conditioned else "clean images")
+        accuracy = training.get("test_accuracy")
+        trained = (f"{training.get('steps')} steps x batch {training.get('batch_size')}, {training.get('wall_minutes')} min "
+                   f"on {training.get('device')}" + (f"; test accuracy {accuracy:.3f}" if accuracy else ""))
+        parameters = sum(p.numel() for p in model.network.parameters())
+        size = path.stat().st_size / 2**20
+        rows.append(f"| `{path.name}` ({size:.1f} MiB) | {model.kind} | {what} | {parameters / 1e6:.2f} M | {trained} | "
+                    f"{model.card} |")
+    print("\n".join(rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--eta", type=float, default=0.0)
     sample.add_argument("--spacing", default="uniform", choices=["uniform", "log-snr"])
     sample.add_argument("--guidance", default="cfg", choices=["none", "cfg", "classifier"])
-    sample.add_argument("--class", dest="class_index", type=int, default=0)
+    sample.add_argument("--class", dest="class_index", default="0", help="class index, or 'all' for one row per class")
     sample.add_argument("--scale", type=float, default=3.0)
     sample.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=False)
     sample.add_argument("--seed", type=int, default=0)
@@ -155,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out-dir", default="docs/evaluation")
     evaluate.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
+    evaluate.add_argument("--parts", nargs="+", default=["samplers", "guidance"],
+                          choices=["samplers", "guidance", "quality-bar"], help="which tables to compute")
+    evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
+                          help="self-conditioning settings for the sampler table")
     evaluate.set_defaults(handler=command_evaluate)
 
     bench = commands.add_parser("benchmark", help="sampling speed ratios on this device",
@@ -167,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="docs/benchmarks.md", help="Markdown report ('' to skip)")
     bench.add_argument("--quick", action="store_true", help="batch 4, 5 steps, one repeat (CI)")
     bench.set_defaults(handler=command_benchmark)
+
+    cards = commands.add_parser("cards", help="print a Markdown table of the checkpoints in a folder")
+    cards.add_argument("--checkpoint-dir", default="checkpoints")
+    cards.set_defaults(handler=command_cards)
     return parser
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .denoiser import Denoiser, Guidance, network_prediction
+from .denoiser import Denoiser
 from .engine import ModelCache, SampleRequest, run_request
 from .sampling import draw_noise, image_generators, sample_ddim
 from .schedules import time_grid
@@ -53,7 +53,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     model = cache.get(c.checkpoint)
     cold = time.perf_counter() - started
     cached = best_time(lambda: cache.get(c.checkpoint), 20)
-    network, schedule, device = model.network, model.schedule, cache.device
+    network, device = model.network, cache.device
     shape = (model.config["image_channels"], model.config["image_size"], model.config["image_size"])
     x = draw_noise(image_generators(0, c.batch), shape, device)
     labels = torch.zeros(c.batch, dtype=torch.long, device=device) if model.class_names else None

@@ -7,7 +7,7 @@ log-SNR (see DESIGN.md), so one classifier can serve models trained on different
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F

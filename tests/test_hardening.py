@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from conftest import write_tiny_checkpoints
 from diffusion.engine import ModelCache, RequestError, SampleRequest, run_request
-from diffusion.training import STATE_FILE, Trainer, TrainConfig, weights_digest
+from diffusion.training import STATE_FILE, Trainer, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(ROOT.glob("diffusion/*.py")) + [ROOT / "app.py", ROOT / "loadtest.py"]
@@ -113,7 +113,7 @@ def _state_step(run_dir: Path) -> int:
 
 
 def test_training_killed_between_saves_resumes_with_nothing_lost(tmp_path):
-    from test_training import shapes_dataset, tiny_config, write_image_folder
+    from test_training import tiny_config, write_image_folder
 
     folder = write_image_folder(tmp_path / "imgs")
     config = tiny_config(tmp_path / "killed", data=str(folder), steps=400, save_every=3, batch_size=4)

@@ -122,7 +122,7 @@ def test_idx_reader_and_fashion_loader(tmp_path):
 
 
 def write_image_folder(root: Path, per_class=8):
-    for label, (name, pattern) in enumerate([("left", (slice(None), slice(0, 4))), ("top", (slice(0, 4), slice(None)))]):
+    for name, pattern in [("left", (slice(None), slice(0, 4))), ("top", (slice(0, 4), slice(None)))]:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             pixels = torch.zeros(8, 8, dtype=torch.uint8)
