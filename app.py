@@ -180,7 +180,7 @@ def on_checkpoint_change(name):
         raise user_error(error) from None
     classes = [(label, index) for index, label in enumerate(model.class_names)]
     has_classifier = bool(cache.names("noisy-classifier"))
-    self_cond = gr.Checkbox(value=False, interactive=model.self_condition,
+    self_cond = gr.Checkbox(value=model.self_condition, interactive=model.self_condition,
                             info="feed the previous x0 estimate back into the network" if model.self_condition
                             else "this checkpoint was not trained with self-conditioning")
     guidance_choices = [g for g in GUIDANCE_LABELS if g[1] != "classifier" or has_classifier]
@@ -354,7 +354,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                         guidance = gr.Radio(guidance_choices, value="cfg", label="Guidance")
                         class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
                         scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
-                        self_condition = gr.Checkbox(value=False, label="Self-conditioning", interactive=self_cond_ok,
+                        self_condition = gr.Checkbox(value=self_cond_ok, label="Self-conditioning", interactive=self_cond_ok,
                                                      info="feed the previous x0 estimate back into the network"
                                                      if self_cond_ok else "this checkpoint was not trained with it")
                         with gr.Row():

@@ -121,6 +121,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
     parser.add_argument("--out", default="", help="append a Markdown summary to this file")
+    parser.add_argument("--max-growth-mib", type=float, default=200.0,
+                        help="fail when the server's RSS grows more than this during the run (the second checkpoint "
+                             "and the noisy classifier load during it: ~5 MiB of weights, plus allocator caches)")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -153,7 +156,10 @@ def main(argv=None):
     if args.out:
         with open(args.out, "a") as f:
             f.write(f"- {time.strftime('%Y-%m-%d')}: {summary}\n")
-    return 0 if not stats["errors"] and not stats["mismatches"] else 1
+    grew = after - before
+    if grew > args.max_growth_mib:
+        print(f"  memory grew by {grew:.0f} MiB, more than the bound of {args.max_growth_mib:.0f} MiB")
+    return 0 if not stats["errors"] and not stats["mismatches"] and grew <= args.max_growth_mib else 1
 
 
 if __name__ == "__main__":

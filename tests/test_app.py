@@ -176,6 +176,11 @@ def test_sixteen_concurrent_clients_match_their_requests_run_alone(server):
     import app
     from loadtest import run_load
 
+    from loadtest import rss_mib
+
+    run_load(server, ["tiny", "tiny-flow"], clients=2, per_client=2, steps=3)  # warm caches and threads
+    before = rss_mib(os.getpid())
     stats = run_load(server, ["tiny", "tiny-flow"], clients=16, per_client=2, steps=3,
                      self_condition_ok=lambda name: app.cache.get(name).self_condition)
     assert stats["errors"] == [] and stats["succeeded"] == 32 and stats["mismatches"] == []
+    assert rss_mib(os.getpid()) - before < 150  # server and 16 clients share this process
