@@ -1,4 +1,4 @@
-"""Command line: python -m diffusion {train,export,sample} --help"""
+"""Command line: python -m diffusion {train,export,sample,evaluate,benchmark,cards} --help"""
 
 from __future__ import annotations
 

@@ -42,13 +42,14 @@ class Guidance:
 class Denoiser:
     """Callable (x_t, t) -> (x0_hat, eps_hat) for one sampling run.
 
-    t is a Python float shared by the batch. `trace` records per-call guidance strength
-    (mean per-image norm of eps_cond - eps_uncond, or of the classifier term) for teaching plots.
+    t is a Python float shared by the batch. With trace_guidance, `trace` records per-call guidance strength
+    (mean per-image norm of eps_cond - eps_uncond, or of the classifier term) for teaching plots; it is off by
+    default because reading the number back synchronises a GPU every step.
     """
 
     def __init__(self, network: nn.Module, schedule: Schedule, parameterization: str, *, labels=None,
                  guidance: Guidance = Guidance(), classifier: nn.Module | None = None,
-                 self_condition: bool = False, clip_x0: bool = False):
+                 self_condition: bool = False, clip_x0: bool = False, trace_guidance: bool = False):
         config = getattr(network, "config", None)
         self.null_class = getattr(config, "null_class", None)
         if guidance.mode == "cfg" and self.null_class is None:
@@ -64,7 +65,8 @@ class Denoiser:
         self.self_condition, self.clip_x0 = self_condition, clip_x0
         self.x0_previous = None  # (B or 2B, C, H, W) once a call has been made with self-conditioning on
         self.nfe = 0
-        self.trace: list[tuple[float, float]] = []  # (t, guidance strength)
+        self.trace_guidance = trace_guidance
+        self.trace: list[tuple[float, float]] = []  # (log-SNR, guidance strength)
 
     def __call__(self, x_t: torch.Tensor, t: float):
         self.nfe += 1
@@ -92,19 +94,23 @@ class Denoiser:
         x0, eps = self._predict(torch.cat([x_t, x_t]), alpha, sigma, log_snr, labels)  # (2B, ...)
         (x0_c, x0_u), (eps_c, eps_u) = x0.split(batch), eps.split(batch)
         w = self.guidance.scale
-        self.trace.append((log_snr, float((eps_c - eps_u).flatten(1).norm(dim=1).mean())))
+        self._record(log_snr, eps_c - eps_u)
         return x0_u + w * (x0_c - x0_u), eps_u + w * (eps_c - eps_u)
 
     def _classifier_guidance(self, x_t, x0, eps, alpha, sigma, log_snr):
         # Dhariwal & Nichol 2021: eps <- eps - s * sigma * grad_x log p(y | x_t); x0 follows from x_t.
         if alpha < 1e-4:  # x_t carries no information about y at pure noise: p(y | x_t) = p(y)
-            self.trace.append((log_snr, 0.0))
+            self._record(log_snr, torch.zeros_like(eps))
             return x0, eps
         gradient = classifier_log_prob_gradient(self.classifier, x_t, alpha, sigma, log_snr, self.labels)
         shift = self.guidance.scale * sigma * gradient
-        self.trace.append((log_snr, float(shift.flatten(1).norm(dim=1).mean())))
+        self._record(log_snr, shift)
         eps = eps - shift
         return (x_t - sigma * eps) / alpha, eps
+
+    def _record(self, log_snr: float, difference: torch.Tensor):
+        if self.trace_guidance:
+            self.trace.append((log_snr, float(difference.flatten(1).norm(dim=1).mean())))
 
     # --- network call ----------------------------------------------------------------------
     def _predict(self, x_t, alpha, sigma, log_snr, labels):

@@ -63,7 +63,7 @@ class SampleResult:
     images: torch.Tensor  # (B, C, H, W) float in [-1, 1], on the CPU
     nfe: int
     seconds: float
-    guidance_trace: list  # [(log-SNR, guidance strength)] per network evaluation
+    guidance_trace: list  # [(log-SNR, guidance strength)] per network evaluation, when traced
     request: SampleRequest
     trajectory: list = field(default_factory=list)  # [(step, t, x_t, x0_hat)] when recorded, CPU tensors
 
@@ -153,6 +153,7 @@ class ModelCache:
         self.capacity = capacity
         self.device = torch.device(device) if device else pick_device()
         self._models: OrderedDict[str, tuple[tuple[int, int], LoadedModel]] = OrderedDict()
+        self._entries: dict[Path, tuple[tuple[int, int], CheckpointEntry]] = {}
         self._lock = threading.Lock()
         self.loads = 0  # number of times a file was read (for tests and the benchmark)
 
@@ -161,10 +162,18 @@ class ModelCache:
         found = []
         for path in sorted(self.checkpoint_dir.glob("*.safetensors")):
             try:
-                meta = read_metadata(path)
-                found.append(CheckpointEntry(path.stem, path, meta["kind"], meta["card"], None))
-            except CheckpointError as error:
-                found.append(CheckpointEntry(path.stem, path, None, "", str(error)))
+                signature = file_signature(path)
+            except OSError:
+                continue  # removed since the listing
+            cached = self._entries.get(path)
+            if cached is None or cached[0] != signature:  # read each file's header once per version of it
+                try:
+                    meta = read_metadata(path)
+                    entry = CheckpointEntry(path.stem, path, meta["kind"], meta["card"], None)
+                except CheckpointError as error:
+                    entry = CheckpointEntry(path.stem, path, None, "", str(error))
+                cached = self._entries[path] = (signature, entry)
+            found.append(cached[1])
         return found
 
     def names(self, kind: str) -> list[str]:
@@ -228,13 +237,13 @@ def prepare(cache: ModelCache, request: SampleRequest):
     if model.kind != "denoiser":
         raise RequestError(f"checkpoint {request.checkpoint!r} is a {model.kind}, not a denoiser")
     classifier = cache.first_of_kind("noisy-classifier") if request.guidance == "classifier" else None
-    has_classifier = classifier is not None or (request.guidance != "classifier" and bool(cache.names("noisy-classifier")))
-    validate_request(request, model, has_classifier)
+    validate_request(request, model, has_classifier=classifier is not None)
     return model, classifier
 
 
 def run_request(cache: ModelCache, request: SampleRequest, progress: Progress | None = None,
-                preview: Preview | None = None, record_trajectory: bool = False) -> SampleResult:
+                preview: Preview | None = None, record_trajectory: bool = False,
+                trace_guidance: bool = False) -> SampleResult:
     """Sample one request. RequestError for bad input, SamplingError for a failure while sampling."""
     model, classifier = prepare(cache, request)
     device = cache.device
@@ -250,7 +259,8 @@ def run_request(cache: ModelCache, request: SampleRequest, progress: Progress | 
             denoise = Denoiser(model.network, schedule, model.parameterization, labels=labels,
                                guidance=Guidance(request.guidance, float(request.scale)),
                                classifier=classifier.network if classifier else None,
-                               self_condition=request.self_condition, clip_x0=request.clip_x0)
+                               self_condition=request.self_condition, clip_x0=request.clip_x0,
+                               trace_guidance=trace_guidance)
             counted = _counting(denoise, progress, total)
             generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))
             x_T = draw_noise(generators, shape, device)

@@ -146,13 +146,19 @@ def write_report(results: dict, out_dir: Path):
 
 
 def plot_results(results: dict, out_dir: Path):
-    if not results["samplers"] or not results["guidance"]:
-        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    name = results["checkpoint"]
+    if results["samplers"]:
+        plot_fid_against_nfe(results, out_dir / f"{name}-fid-vs-nfe.png", plt)
+    if results["guidance"]:
+        plot_guidance(results, out_dir / f"{name}-guidance.png", plt)
+
+
+def plot_fid_against_nfe(results: dict, path: Path, plt):
     name = results["checkpoint"]
     fig, ax = plt.subplots(figsize=(6, 4))
     series: dict = {}
@@ -168,9 +174,12 @@ def plot_results(results: dict, out_dir: Path):
     ax.set_title(f"{name}: quality vs. sampling cost")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{name}-fid-vs-nfe.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
+def plot_guidance(results: dict, path: Path, plt):
+    name = results["checkpoint"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.5))
     for mode in sorted({r["guidance"] for r in results["guidance"]}):
         rows = [r for r in results["guidance"] if r["guidance"] == mode]
@@ -179,7 +188,7 @@ def plot_results(results: dict, out_dir: Path):
     left.set(xlabel="guidance scale", ylabel="class accuracy", title="Accuracy rises", ylim=(0, 1.02))
     right.set(xlabel="guidance scale", ylabel="diversity", title="Diversity falls")
     left.legend()
-    fig.suptitle(name)
+    fig.suptitle(f"{name} ({results['config']['samples']} samples per point)")
     fig.tight_layout()
-    fig.savefig(out_dir / f"{name}-guidance.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -74,7 +74,7 @@ def guidance_sweep(cache: ModelCache, base: SampleRequest, scales: list[float], 
             request = replace(base, guidance=mode, scale=float(scale))
             index = len(rows)
             step_progress = (lambda done, steps, i=index: progress(i, total, done, steps)) if progress else None
-            result = run_request(cache, request, progress=step_progress)
+            result = run_request(cache, request, progress=step_progress, trace_guidance=True)
             confidence = accuracy = None
             if evaluator is not None:
                 probs, features = evaluator_outputs(evaluator.network, result.images)

@@ -108,11 +108,13 @@ def test_progress_and_previews(cache):
     progress, previews = [], []
     request = replace(BASE, sampler="ode", solver="heun", steps=5)
     result = run_request(cache, request, progress=lambda done, total: progress.append((done, total)),
-                         preview=lambda step, t, x_t, x0: previews.append(step), record_trajectory=True)
+                         preview=lambda step, t, x_t, x0: previews.append(step), record_trajectory=True,
+                         trace_guidance=True)
     assert result.nfe == expected_nfe(request) == 9
     assert progress == [(i, 9) for i in range(1, 10)]
     assert previews == list(range(5)) and [s for s, *_ in result.trajectory] == list(range(5))
     assert result.trajectory[-1][1] == 0.0 and len(result.guidance_trace) == 9
+    assert run_request(cache, request).guidance_trace == []  # off unless asked: it syncs a GPU every step
 
 
 def test_concurrent_requests_get_their_own_results(cache):
