@@ -185,8 +185,8 @@ def plot_guidance(results: dict, path: Path, plt):
         rows = [r for r in results["guidance"] if r["guidance"] == mode]
         left.plot([r["scale"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=mode)
         right.plot([r["scale"] for r in rows], [r["diversity"] for r in rows], marker="o", label=mode)
-    left.set(xlabel="guidance scale", ylabel="class accuracy", title="Accuracy rises", ylim=(0, 1.02))
-    right.set(xlabel="guidance scale", ylabel="diversity", title="Diversity falls")
+    left.set(xlabel="guidance scale", ylabel="class accuracy", title="Evaluator: class accuracy", ylim=(0, 1.02))
+    right.set(xlabel="guidance scale", ylabel="diversity", title="Diversity (feature distance)")
     left.legend()
     fig.suptitle(f"{name} ({results['config']['samples']} samples per point)")
     fig.tight_layout()
