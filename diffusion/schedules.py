@@ -35,10 +35,6 @@ class Schedule:
         if self.name not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.name!r}; expected one of {SCHEDULES}")
 
-    @property
-    def variance_preserving(self) -> bool:
-        return self.name != "flow"
-
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_t, sigma_t) for t in [0, 1], elementwise, in t's dtype."""
         t = torch.as_tensor(t)
@@ -70,9 +66,6 @@ class Schedule:
         lo, hi = table[idx - 1], table[idx]
         frac = ((-target - lo) / (hi - lo)).clamp(0, 1)
         return (idx - 1 + frac) / LINEAR_STEPS
-
-    def __call__(self, t):
-        return self.alpha_sigma(t)
 
     # --- private ---------------------------------------------------------------------------
     @cached_property
