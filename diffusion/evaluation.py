@@ -5,6 +5,10 @@ feature FID against the Fashion-MNIST test split (see diffusion.metrics for why 
 FID), class accuracy (does a sample asked for class k look like class k?) and diversity (mean
 pairwise feature distance within a class, averaged over classes). Results go to JSON, a Markdown
 table and PNG plots.
+
+A full run takes hours on a CPU, so the JSON is rewritten after every row, and a later run reuses
+the rows it already holds when the checkpoint file (by SHA-256) and the sample settings are the
+same: an interrupted run resumes, and computing one part keeps the other parts' rows.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import atomic_write
 from .data import load_fashion_mnist, to_model_range
-from .engine import ModelCache, SampleRequest, run_request
+from .engine import ModelCache, SampleRequest, file_sha256, run_request
 from .metrics import class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance
 
 
@@ -46,6 +51,29 @@ def sampler_grid(quick: bool) -> list[dict]:
     rows += [dict(sampler="ode", solver="heun", steps=s, spacing="log-snr") for s in (5, 10, 25)]  # NFE 9, 19, 49
     rows += [dict(sampler="ode", solver="dpm++2m", steps=s, spacing="log-snr") for s in (10, 20, 50)]
     return rows
+
+
+METRICS = ("nfe", "samples", "fid", "accuracy", "diversity", "seconds")
+PARTS = ("samplers", "guidance", "quality_bar")
+
+
+def row_key(row: dict) -> str:
+    """A row's identity: its request fields (everything but the metrics)."""
+    return json.dumps({k: v for k, v in row.items() if k not in METRICS}, sort_keys=True)
+
+
+def reusable_rows(path: Path, identity: dict) -> dict[str, dict]:
+    """Rows of an earlier run at `path` whose checkpoint and sample settings equal `identity`."""
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if earlier.get("identity") != identity:
+        return {}
+    rows = [r for part in PARTS for r in (earlier.get(part) or []) if isinstance(r, dict)]
+    return {row_key(r): r for r in rows}
 
 
 def guidance_grid(quick: bool, has_classifier: bool) -> list[dict]:
@@ -96,19 +124,38 @@ class Evaluator:
         c = self.config
         model = self.cache.get(c.checkpoint)
         conditioning = [s for s in self_conditioning if not s or model.self_condition]
+        identity = {"checkpoint_sha256": file_sha256(self.cache.path_of(c.checkpoint)), "samples": c.samples,
+                    "reference": c.reference, "seed": c.seed}
+        path = Path(c.out_dir) / f"{c.checkpoint}.json"
+        done = reusable_rows(path, identity) if write else {}
         started = time.time()
-        results = {"config": asdict(c), "checkpoint": c.checkpoint, "device": str(self.cache.device),
-                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "samplers": [], "guidance": []}
-        if "samplers" in parts:
-            results["samplers"] = [self.score(**row, self_condition=s) for s in conditioning
-                                   for row in sampler_grid(c.quick)]
-        if "guidance" in parts:
-            has_classifier = bool(self.cache.names("noisy-classifier"))
-            results["guidance"] = [self.score(sampler="ddim", steps=4 if c.quick else 50, **row)
-                                   for row in guidance_grid(c.quick, has_classifier)]
-        if "quality-bar" in parts:
-            results["quality_bar"] = self.score(sampler="ddim", steps=4 if c.quick else 50, guidance="cfg", scale=3.0,
-                                                self_condition=model.self_condition)
+        results = {"config": asdict(c), "identity": identity, "checkpoint": c.checkpoint,
+                   "device": str(self.cache.device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                   "samplers": [], "guidance": []}
+        steps = 4 if c.quick else 50
+        planned = {
+            "samplers": [dict(**row, self_condition=s) for s in conditioning for row in sampler_grid(c.quick)],
+            "guidance": [dict(sampler="ddim", steps=steps, **row)
+                         for row in guidance_grid(c.quick, bool(self.cache.names("noisy-classifier")))],
+            "quality_bar": [dict(sampler="ddim", steps=steps, guidance="cfg", scale=3.0,
+                                 self_condition=model.self_condition)]}
+        wanted = {part.replace("-", "_") for part in parts}
+        for part, rows in planned.items():
+            if part not in wanted:  # keep an earlier run's rows of the parts not asked for
+                kept = [done[row_key(r)] for r in rows if row_key(r) in done]
+                results[part] = kept if part != "quality_bar" else (kept[0] if kept else None)
+                continue
+            results[part] = [] if part != "quality_bar" else None
+            for row in rows:
+                scored = done.get(row_key(row)) or self.score(**row)
+                if part == "quality_bar":
+                    results[part] = scored
+                else:
+                    results[part].append(scored)
+                if write:
+                    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+        if results["quality_bar"] is None:
+            del results["quality_bar"]
         results["wall_minutes"] = round((time.time() - started) / 60, 1)
         if write:
             write_report(results, Path(c.out_dir))
@@ -140,7 +187,7 @@ def markdown_tables(results: dict) -> str:
 def write_report(results: dict, out_dir: Path):
     out_dir.mkdir(parents=True, exist_ok=True)
     name = results["checkpoint"]
-    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out_dir / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     (out_dir / f"{name}.md").write_text(markdown_tables(results))
     plot_results(results, out_dir)
 

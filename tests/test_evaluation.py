@@ -1,0 +1,81 @@
+"""The evaluation run: rows are saved as they finish and reused only for the same checkpoint and settings."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_tiny_checkpoints
+from diffusion.evaluation import EvalConfig, Evaluator, row_key
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    folder = write_tiny_checkpoints(tmp_path / "ckpt", image_size=28, class_names=tuple(f"c{i}" for i in range(10)))
+    config = EvalConfig(checkpoint="tiny", checkpoint_dir=str(folder), out_dir=str(tmp_path / "eval"), quick=True)
+    return folder, config
+
+
+def counting(evaluator: Evaluator) -> list:
+    calls = []
+    score = evaluator.score
+    evaluator.score = lambda **fields: calls.append(fields) or score(**fields)
+    return calls
+
+
+def test_a_second_run_reuses_every_row_and_other_parts_are_kept(setup):
+    folder, config = setup
+    first = Evaluator(config)
+    calls = counting(first)
+    samplers = first.run(parts=("samplers",))
+    assert len(calls) == 6 and len(samplers["samplers"]) == 6 and samplers["guidance"] == []
+
+    second = Evaluator(config)
+    calls = counting(second)
+    both = second.run(parts=("samplers", "guidance"))
+    assert len(calls) == 4  # only the guidance rows are new
+    assert [row_key(r) for r in both["samplers"]] == [row_key(r) for r in samplers["samplers"]]
+    assert both["samplers"][0]["fid"] == samplers["samplers"][0]["fid"]
+
+    third = Evaluator(config)
+    calls = counting(third)
+    guidance_only = third.run(parts=("guidance",))
+    saved = json.loads((Path(config.out_dir) / "tiny.json").read_text())
+    assert calls == [] and len(guidance_only["samplers"]) == 6 and len(saved["samplers"]) == 6
+
+
+def test_rows_are_recomputed_when_the_checkpoint_changes(setup):
+    folder, config = setup
+    Evaluator(config).run(parts=("guidance",))
+    write_tiny_checkpoints(folder, image_size=28, class_names=tuple(f"c{i}" for i in range(10)), schedule="vp-linear")
+    again = Evaluator(config)
+    calls = counting(again)
+    again.run(parts=("guidance",))
+    assert len(calls) == 4
+
+
+def test_the_json_is_written_after_every_row(setup, monkeypatch):
+    folder, config = setup
+    evaluator = Evaluator(config)
+    score = evaluator.score
+    finished = []
+
+    def fail_on_third(**fields):
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+        finished.append(fields)
+        return score(**fields)
+
+    evaluator.score = fail_on_third
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.run(parts=("samplers",))
+    saved = json.loads((Path(config.out_dir) / "tiny.json").read_text())
+    assert len(saved["samplers"]) == 2
+
+    resumed = Evaluator(config)
+    calls = counting(resumed)
+    resumed.run(parts=("samplers",))
+    assert len(calls) == 4
