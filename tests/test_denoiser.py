@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_classifier, tiny_unet
-from diffusion.denoiser import Denoiser, Guidance, classifier_log_prob_gradient
+from diffusion.denoiser import CLASSIFIER_GUIDANCE_MIN_LOG_SNR, Denoiser, Guidance, classifier_log_prob_gradient
 from diffusion.objective import ObjectiveConfig, diffusion_loss
 from diffusion.sampling import draw_noise, image_generators, sample_ddim
 from diffusion.schedules import Schedule, time_grid
@@ -56,6 +56,22 @@ def test_classifier_guidance_under_inference_mode_shifts_eps_by_the_gradient():
     torch.log_softmax(logits, -1).gather(1, LABELS[:, None]).sum().backward()
     torch.testing.assert_close(guided[1], plain[1] - 2.0 * sigma * x.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(guided[0], (x_t() - sigma * guided[1]) / alpha, atol=1e-5, rtol=1e-4)
+
+
+def test_classifier_guidance_is_off_where_the_classifier_is_at_chance():
+    """At the start of a vp-cosine grid (log-SNR -15) alpha is 5.5e-4: a classifier gradient would reach x0
+    multiplied by sigma^2 / alpha, so below CLASSIFIER_GUIDANCE_MIN_LOG_SNR the model runs unguided."""
+    net, classifier = tiny_unet(), tiny_classifier()
+    times = {"pure noise": 1.0, "just below": float(SCHEDULE.t_from_log_snr(torch.tensor(CLASSIFIER_GUIDANCE_MIN_LOG_SNR - 0.1))),
+             "just above": float(SCHEDULE.t_from_log_snr(torch.tensor(CLASSIFIER_GUIDANCE_MIN_LOG_SNR + 0.1)))}
+    shifted = {}
+    for where, t in times.items():
+        with torch.inference_mode():
+            plain = Denoiser(net, SCHEDULE, "v")(x_t(), t)
+            guided = Denoiser(net, SCHEDULE, "v", labels=LABELS, guidance=Guidance("classifier", 5.0),
+                              classifier=classifier)(x_t(), t)
+        shifted[where] = float((guided[1] - plain[1]).abs().max())
+    assert shifted["pure noise"] == 0 and shifted["just below"] == 0 and shifted["just above"] > 1e-3, shifted
 
 
 class LinearProbe(torch.nn.Module):
