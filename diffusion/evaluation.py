@@ -113,11 +113,36 @@ class Evaluator:
                 images.append(result.images)
                 labels += [label] * len(result.images)
                 nfe, seconds = result.nfe, seconds + result.seconds
-        probs, features = evaluator_outputs(self.evaluator, torch.cat(images))
-        labels = torch.tensor(labels)
+        return {**request_fields, "nfe": nfe, **self.metrics(torch.cat(images), torch.tensor(labels)),
+                "seconds": round(seconds, 1)}
+
+    def metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        probs, features = evaluator_outputs(self.evaluator, images)
         diversity = sum(mean_pairwise_distance(features[labels == k]) for k in range(self.classes)) / self.classes
-        return {**request_fields, "nfe": nfe, "samples": len(labels), "fid": frechet_distance(features, self.reference),
-                "accuracy": class_accuracy(probs, labels), "diversity": diversity, "seconds": round(seconds, 1)}
+        return {"samples": len(labels), "fid": frechet_distance(features, self.reference),
+                "accuracy": class_accuracy(probs, labels), "diversity": diversity}
+
+    def real_data_floor(self, draws: int = 5) -> dict:
+        """The metrics of as many real training images (class-balanced) as a row has samples, over several draws.
+
+        This is what a perfect sampler would score: feature FID of a finite sample is biased upwards and noisy,
+        so differences between rows smaller than this spread say nothing.
+        """
+        c = self.config
+        train = load_fashion_mnist("train")
+        per_class = max(1, c.samples // self.classes)
+        generator = torch.Generator().manual_seed(c.seed)
+        rows = []
+        for _ in range(draws):
+            chosen = []
+            for k in range(self.classes):
+                members = (train.labels == k).nonzero()[:, 0]
+                chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+            chosen = torch.cat(chosen)
+            rows.append(self.metrics(to_model_range(train.images[chosen]), train.labels[chosen]))
+        fids = torch.tensor([r["fid"] for r in rows], dtype=torch.float64)
+        return {"draws": draws, "samples": rows[0]["samples"], "fid": float(fids.mean()), "fid_std": float(fids.std()),
+                "accuracy": sum(r["accuracy"] for r in rows) / draws, "diversity": sum(r["diversity"] for r in rows) / draws}
 
     def run(self, parts=("samplers", "guidance"), self_conditioning=(False, True), write=True) -> dict:
         """parts: "samplers" (the NFE table), "guidance" (the scale table), "quality-bar" (DDIM-50, CFG 3)."""
@@ -131,7 +156,7 @@ class Evaluator:
         started = time.time()
         results = {"config": asdict(c), "identity": identity, "checkpoint": c.checkpoint,
                    "device": str(self.cache.device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                   "samplers": [], "guidance": []}
+                   "real_data": self.real_data_floor(), "samplers": [], "guidance": []}
         steps = 4 if c.quick else 50
         planned = {
             "samplers": [dict(**row, self_condition=s) for s in conditioning for row in sampler_grid(c.quick)],
@@ -172,6 +197,12 @@ def markdown_tables(results: dict) -> str:
         lines.append(f"| {r['sampler']} | {r.get('solver', '') if r['sampler'] == 'ode' else ''} | "
                      f"{r.get('spacing', 'uniform')} | {r['steps']} | {r['nfe']} | {'on' if r['self_condition'] else 'off'} | "
                      f"{r['fid']:.2f} | {r['accuracy']:.3f} | {r['diversity']:.3f} |")
+    if "real_data" in results:
+        r = results["real_data"]
+        lines += ["", f"Real training images, {r['samples']} per draw (class-balanced), {r['draws']} draws: feature FID "
+                      f"{r['fid']:.2f} ± {r['fid_std']:.2f}, accuracy {r['accuracy']:.3f}, diversity {r['diversity']:.3f}. "
+                      f"This is the score of a perfect sampler at this sample count: FID differences within about "
+                      f"twice that spread are noise."]
     lines += ["", "Guidance (DDIM, class-conditional samples):", "",
               "| mode | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
     for r in results["guidance"]:
@@ -215,6 +246,10 @@ def plot_fid_against_nfe(results: dict, path: Path, plt):
     for label, points in series.items():
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    if "real_data" in results:
+        real = results["real_data"]
+        ax.axhspan(real["fid"] - real["fid_std"], real["fid"] + real["fid_std"], color="0.85", zorder=0,
+                   label=f"real images (±1 sd, {real['draws']} draws)")
     ax.set_xscale("log")
     ax.set_xlabel("network evaluations (NFE)")
     ax.set_ylabel("feature FID (lower is better)")
@@ -232,6 +267,10 @@ def plot_guidance(results: dict, path: Path, plt):
         rows = [r for r in results["guidance"] if r["guidance"] == mode]
         left.plot([r["scale"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=mode)
         right.plot([r["scale"] for r in rows], [r["diversity"] for r in rows], marker="o", label=mode)
+    if "real_data" in results:
+        real = results["real_data"]
+        left.axhline(real["accuracy"], color="0.5", linestyle="--", label="real images")
+        right.axhline(real["diversity"], color="0.5", linestyle="--", label="real images")
     left.set(xlabel="guidance scale", ylabel="class accuracy", title="Evaluator: class accuracy", ylim=(0, 1.02))
     right.set(xlabel="guidance scale", ylabel="diversity", title="Diversity (feature distance)")
     left.legend()

@@ -32,6 +32,8 @@ def test_a_second_run_reuses_every_row_and_other_parts_are_kept(setup):
     calls = counting(first)
     samplers = first.run(parts=("samplers",))
     assert len(calls) == 6 and len(samplers["samplers"]) == 6 and samplers["guidance"] == []
+    real = samplers["real_data"]
+    assert real["samples"] == 20 and real["fid"] > 0 and real["fid_std"] > 0 and 0 <= real["accuracy"] <= 1
 
     second = Evaluator(config)
     calls = counting(second)
