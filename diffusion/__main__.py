@@ -109,7 +109,8 @@ def command_benchmark(args):
     from .benchmark import BenchConfig, report, run_benchmark, write_report
 
     config = BenchConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, batch=args.batch,
-                         steps=args.steps, repeats=args.repeats, out=args.out, quick=args.quick)
+                         steps=args.steps, repeats=args.repeats, out=args.out, quick=args.quick, compile=args.compile,
+                         peak_tflops=args.peak_tflops)
     results = run_benchmark(config)
     print(report(results))
     if args.out:
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--out", default="docs/benchmarks.md", help="Markdown report ('' to skip)")
     bench.add_argument("--quick", action="store_true", help="batch 4, 5 steps, one repeat (CI)")
+    bench.add_argument("--compile", action="store_true", help="also time torch.compile(network) (takes minutes)")
+    bench.add_argument("--peak-tflops", type=float, default=None,
+                       help="the device's peak TFLOP/s for this dtype, for the fraction-of-peak row")
     bench.set_defaults(handler=command_benchmark)
 
     cards = commands.add_parser("cards", help="print a Markdown table of the checkpoints in a folder")

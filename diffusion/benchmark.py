@@ -4,6 +4,9 @@
 - guidance cost: a classifier-free-guided DDIM step at batch B / one bare forward at batch 2B
 - peer: our DDIM loop / diffusers' DDIMScheduler loop around the same denoiser, and their max pixel difference
 - cache: a cold checkpoint load / a cached lookup
+- network cost: FLOPs of one forward (counted by torch's FlopCounterMode), the FLOP rate the bare forwards
+  achieve, and with --peak-tflops the fraction of the device's peak
+- compile (with --compile): bare forwards of torch.compile(network) / eager forwards, same batch
 - GPU (only where CUDA exists): images/s at batch 256 for DDIM-50, fp32 vs bf16 autocast
 Absolute times are printed for context only; these machines are noisy, so read the ratios.
 """
@@ -32,6 +35,8 @@ class BenchConfig:
     repeats: int = 3  # best of N, to damp noise from other processes
     out: str = "docs/benchmarks.md"
     quick: bool = False
+    compile: bool = False  # also time torch.compile(network) (compiling takes minutes on a CPU)
+    peak_tflops: float | None = None  # the device's peak (dense, this dtype) for the fraction-of-peak row
 
     def scaled(self) -> "BenchConfig":
         return replace(self, batch=min(self.batch, 4), steps=min(self.steps, 5), repeats=1) if self.quick else self
@@ -60,11 +65,13 @@ def run_benchmark(config: BenchConfig) -> dict:
     base = SampleRequest(checkpoint=c.checkpoint, steps=c.steps, batch_size=c.batch, guidance="none",
                          class_index=0 if model.class_names else None, scale=1.0)
 
-    def forwards(count, batch_x, batch_labels):
+    def forwards(count, batch_x, batch_labels, net=network):
         log_snr = torch.zeros(len(batch_x), device=device)
         with torch.inference_mode():
             for _ in range(count):
-                network(batch_x, log_snr, batch_labels, None)
+                net(batch_x, log_snr, batch_labels, None)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     results = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
                "date": time.strftime("%Y-%m-%d"), "checkpoint": c.checkpoint, "batch": c.batch, "steps": c.steps,
@@ -72,6 +79,14 @@ def run_benchmark(config: BenchConfig) -> dict:
     forwards(2, x, labels)  # warm-up
     bare = best_time(lambda: forwards(c.steps, x, labels), c.repeats)
     results["bare_forward_s"] = bare / c.steps
+    results["forward_gflops"] = forward_flops(network, x, labels) / 1e9
+    results["achieved_tflops"] = results["forward_gflops"] / results["bare_forward_s"] / 1e3
+    if c.peak_tflops:
+        results["fraction_of_peak"] = results["achieved_tflops"] / c.peak_tflops
+    if c.compile:
+        compiled = torch.compile(network)
+        forwards(2, x, labels, compiled)  # compiles
+        results["compiled_over_eager"] = best_time(lambda: forwards(c.steps, x, labels, compiled), c.repeats) / bare
     overhead = {}
     for sampler, solver, nfe in [("ddim", "heun", c.steps), ("ddpm", "heun", c.steps), ("ode", "euler", c.steps)]:
         request = replace(base, sampler=sampler, solver=solver)
@@ -93,6 +108,16 @@ def run_benchmark(config: BenchConfig) -> dict:
     if device.type == "cuda":
         results["gpu"] = gpu_throughput(cache, base)
     return results
+
+
+def forward_flops(network, x, labels) -> float:
+    """Floating-point operations of one forward at this batch (a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        network(x, torch.zeros(len(x), device=x.device), labels, None)
+    return float(counter.get_total_flops())
 
 
 def peer_comparison(model, x_T, labels, c: BenchConfig) -> dict:
@@ -163,6 +188,13 @@ def report(results: dict) -> str:
         lines.append(f"| our DDIM / diffusers DDIMScheduler loop (same denoiser) | {results['peer_ours_over_diffusers']:.3f} | <= 1.0 |")
         lines.append(f"| max pixel difference ours vs diffusers | {results['peer_max_pixel_difference']:.2e} | float rounding |")
     lines.append(f"| cold checkpoint load / cached lookup | {results['cache_cold_over_hit']:.0f} | >> 1 |")
+    if "compiled_over_eager" in results:
+        lines.append(f"| bare forwards: torch.compile / eager | {results['compiled_over_eager']:.3f} | < 1 if compile pays |")
+    if "fraction_of_peak" in results:
+        lines.append(f"| achieved / peak FLOP rate (bare forwards) | {results['fraction_of_peak']:.3f} | |")
+    lines += ["", f"Network cost: {results['forward_gflops']:.2f} GFLOP per forward at batch {results['batch']} "
+              f"({results['forward_gflops'] / results['batch'] * 1e3:.1f} MFLOP per image, multiply-add = 2); the bare "
+              f"forwards ran at {results['achieved_tflops'] * 1e3:.1f} GFLOP/s."]
     lines += ["", f"For context: one bare forward at batch {results['batch']} took {results['bare_forward_s'] * 1e3:.1f} ms; "
               f"cold load {results['cache_cold_s'] * 1e3:.0f} ms, cached lookup {results['cache_hit_s'] * 1e6:.0f} us."]
     if "gpu" in results:

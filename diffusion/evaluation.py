@@ -165,13 +165,12 @@ class Evaluator:
             "quality_bar": [dict(sampler="ddim", steps=steps, guidance="cfg", scale=3.0,
                                  self_condition=model.self_condition)]}
         wanted = {part.replace("-", "_") for part in parts}
-        for part, rows in planned.items():
-            if part not in wanted:  # keep an earlier run's rows of the parts not asked for
-                kept = [done[row_key(r)] for r in rows if row_key(r) in done]
-                results[part] = kept if part != "quality_bar" else (kept[0] if kept else None)
-                continue
+        for part, rows in planned.items():  # first keep an earlier run's rows of the parts not asked for
+            kept = [done[row_key(r)] for r in rows if row_key(r) in done]
+            results[part] = kept if part != "quality_bar" else (kept[0] if kept else None)
+        for part in [p for p in planned if p in wanted]:
             results[part] = [] if part != "quality_bar" else None
-            for row in rows:
+            for row in planned[part]:
                 scored = done.get(row_key(row)) or self.score(**row)
                 if part == "quality_bar":
                     results[part] = scored

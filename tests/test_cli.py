@@ -70,5 +70,5 @@ def test_benchmark_quick(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
     for row in ("ddim wall time / bare network forwards", "CFG DDIM at batch B", "diffusers DDIMScheduler",
-                "cold checkpoint load"):
+                "cold checkpoint load", "GFLOP per forward"):
         assert row in text

@@ -61,6 +61,7 @@ def test_rows_are_recomputed_when_the_checkpoint_changes(setup):
 
 def test_the_json_is_written_after_every_row(setup, monkeypatch):
     folder, config = setup
+    Evaluator(config).run(parts=("guidance",))
     evaluator = Evaluator(config)
     score = evaluator.score
     finished = []
@@ -75,7 +76,7 @@ def test_the_json_is_written_after_every_row(setup, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         evaluator.run(parts=("samplers",))
     saved = json.loads((Path(config.out_dir) / "tiny.json").read_text())
-    assert len(saved["samplers"]) == 2
+    assert len(saved["samplers"]) == 2 and len(saved["guidance"]) == 4  # the other part survives the interruption
 
     resumed = Evaluator(config)
     calls = counting(resumed)

@@ -33,3 +33,18 @@ def test_diversity_and_accuracy():
     assert mean_pairwise_distance(two) == pytest.approx(5.0)
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     assert class_accuracy(probs, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+
+
+def test_forward_flops_counts_a_convolution_exactly():
+    from diffusion.benchmark import forward_flops
+
+    class Conv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
+
+        def forward(self, x, log_snr, labels, x0_previous):
+            return self.conv(x)
+
+    x = torch.zeros(2, 1, 8, 8)
+    assert forward_flops(Conv(), x, None) == 2 * 2 * 4 * 8 * 8 * 1 * 3 * 3  # 2 per multiply-add, per output tap
