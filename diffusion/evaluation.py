@@ -48,8 +48,9 @@ def sampler_grid(quick: bool) -> list[dict]:
     rows = [dict(sampler="ddpm", steps=s) for s in (1000, 250, 100)]
     rows += [dict(sampler="ddim", steps=s) for s in (10, 20, 50, 100)]
     rows += [dict(sampler="ode", solver="euler", steps=s) for s in (10, 20, 50)]
-    rows += [dict(sampler="ode", solver="heun", steps=s, spacing="log-snr") for s in (5, 10, 25)]  # NFE 9, 19, 49
-    rows += [dict(sampler="ode", solver="dpm++2m", steps=s, spacing="log-snr") for s in (10, 20, 50)]
+    for spacing in ("log-snr", "uniform"):  # the 2nd-order solvers on both time spacings
+        rows += [dict(sampler="ode", solver="heun", steps=s, spacing=spacing) for s in (5, 10, 25)]  # NFE 9, 19, 49
+        rows += [dict(sampler="ode", solver="dpm++2m", steps=s, spacing=spacing) for s in (10, 20, 50)]
     return rows
 
 
