@@ -236,25 +236,40 @@ def plot_results(results: dict, out_dir: Path):
         plot_guidance(results, out_dir / f"{name}-guidance.png", plt)
 
 
+SAMPLER_COLOURS = {"ddpm": "tab:blue", "ddim": "tab:orange", "ode euler": "tab:green", "ode heun": "tab:red",
+                   "ode dpm++2m": "tab:purple"}
+
+
 def plot_fid_against_nfe(results: dict, path: Path, plt):
+    """One panel per self-conditioning setting; colour = sampler, dashed = log-SNR spacing, grey band = real data."""
+    from matplotlib.ticker import FormatStrFormatter
+
     name = results["checkpoint"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    series: dict = {}
-    for r in results["samplers"]:
-        label = (r["sampler"] if r["sampler"] != "ode" else f"ode {r['solver']}") + (" +sc" if r["self_condition"] else "")
-        series.setdefault(label, []).append((r["nfe"], r["fid"]))
-    for label, points in series.items():
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-    if "real_data" in results:
-        real = results["real_data"]
-        ax.axhspan(real["fid"] - real["fid_std"], real["fid"] + real["fid_std"], color="0.85", zorder=0,
-                   label=f"real images (±1 sd, {real['draws']} draws)")
-    ax.set_xscale("log")
-    ax.set_xlabel("network evaluations (NFE)")
-    ax.set_ylabel("feature FID (lower is better)")
-    ax.set_title(f"{name}: quality vs. sampling cost")
-    ax.legend(fontsize=7)
+    settings = sorted({r["self_condition"] for r in results["samplers"]}, reverse=True)
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), sharey=True, squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        series: dict = {}
+        for r in results["samplers"]:
+            if r["self_condition"] == setting:
+                sampler = r["sampler"] if r["sampler"] != "ode" else f"ode {r['solver']}"
+                series.setdefault((sampler, r.get("spacing", "uniform")), []).append((r["nfe"], r["fid"]))
+        for (sampler, spacing), points in series.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=SAMPLER_COLOURS.get(sampler),
+                    linestyle="--" if spacing == "log-snr" else "-",
+                    label=sampler + (" (log-SNR spacing)" if spacing == "log-snr" else ""))
+        if "real_data" in results:
+            real = results["real_data"]
+            ax.axhspan(real["fid"] - real["fid_std"], real["fid"] + real["fid_std"], color="0.85", zorder=0,
+                       label=f"real images (±1 sd, {real['draws']} draws)")
+        ax.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)",
+               title=f"self-conditioning {'on' if setting else 'off'}")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FormatStrFormatter("%.1f"))
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("feature FID (lower is better)")
+    fig.suptitle(f"{name}: quality vs. sampling cost\n({results['config']['samples']} samples per point; "
+                 f"DDIM and ODE-Euler are the same sampler, so their lines coincide)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
