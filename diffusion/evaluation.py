@@ -269,7 +269,7 @@ def plot_fid_against_nfe(results: dict, path: Path, plt):
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("feature FID (lower is better)")
     fig.suptitle(f"{name}: quality vs. sampling cost\n({results['config']['samples']} samples per point; "
-                 f"DDIM and ODE-Euler are the same sampler, so their lines coincide)", fontsize=10)
+                 f"DDIM = ODE-Euler: their lines coincide)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
