@@ -54,6 +54,7 @@ def sampler_grid(quick: bool) -> list[dict]:
     return rows
 
 
+NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused
 METRICS = ("nfe", "samples", "fid", "accuracy", "diversity", "seconds")
 PARTS = ("samplers", "guidance", "quality_bar")
 
@@ -107,7 +108,10 @@ class Evaluator:
         images, labels, nfe, seconds = [], [], 0, 0.0
         for label in range(self.classes):
             for start in range(0, per_class, c.batch_size):
-                request = SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=c.seed, first_index=start,
+                # Every sample has its own noise (image index label * per_class + start + i): with the same noise
+                # for every class, unconditional rows would repeat per_class images `classes` times.
+                request = SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=c.seed,
+                                        first_index=label * per_class + start,
                                         batch_size=min(c.batch_size, per_class - start),
                                         **({"guidance": "none", "scale": 1.0} | request_fields))
                 result = run_request(self.cache, request)
@@ -151,7 +155,7 @@ class Evaluator:
         model = self.cache.get(c.checkpoint)
         conditioning = [s for s in self_conditioning if not s or model.self_condition]
         identity = {"checkpoint_sha256": file_sha256(self.cache.path_of(c.checkpoint)), "samples": c.samples,
-                    "reference": c.reference, "seed": c.seed}
+                    "reference": c.reference, "seed": c.seed, "noise": NOISE_INDEXING}
         path = Path(c.out_dir) / f"{c.checkpoint}.json"
         done = reusable_rows(path, identity) if write else {}
         started = time.time()

@@ -82,3 +82,21 @@ def test_the_json_is_written_after_every_row(setup, monkeypatch):
     calls = counting(resumed)
     resumed.run(parts=("samplers",))
     assert len(calls) == 4
+
+
+def test_every_sample_has_its_own_noise(setup, monkeypatch):
+    """With the same noise for every class, an unconditional row would score `classes` copies of a few images."""
+    import diffusion.evaluation as evaluation
+
+    folder, config = setup
+    evaluator = Evaluator(config)
+    indices = []
+    original = evaluation.run_request
+
+    def recording(cache, request):
+        indices.extend(range(request.first_index, request.first_index + request.batch_size))
+        return original(cache, request)
+
+    monkeypatch.setattr(evaluation, "run_request", recording)
+    row = evaluator.score(sampler="ddim", steps=2, guidance="cfg", scale=0.0)
+    assert sorted(indices) == list(range(row["samples"])) and row["samples"] == 20
