@@ -194,23 +194,29 @@ class Evaluator:
 def markdown_tables(results: dict) -> str:
     lines = [f"### {results['checkpoint']} ({results['config']['samples']} samples per row, "
              f"{results['config']['reference']} test images as reference, {results['device']}, torch {results['torch']}, "
-             f"{results['date']})", "",
-             "| sampler | solver | spacing | steps | NFE | self-cond | feature FID | accuracy | diversity |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results["samplers"]:
-        lines.append(f"| {r['sampler']} | {r.get('solver', '') if r['sampler'] == 'ode' else ''} | "
-                     f"{r.get('spacing', 'uniform')} | {r['steps']} | {r['nfe']} | {'on' if r['self_condition'] else 'off'} | "
-                     f"{r['fid']:.2f} | {r['accuracy']:.3f} | {r['diversity']:.3f} |")
+             f"{results['date']})"]
     if "real_data" in results:
         r = results["real_data"]
         lines += ["", f"Real training images, {r['samples']} per draw (class-balanced), {r['draws']} draws: feature FID "
                       f"{r['fid']:.2f} ± {r['fid_std']:.2f}, accuracy {r['accuracy']:.3f}, diversity {r['diversity']:.3f}. "
                       f"This is the score of a perfect sampler at this sample count: FID differences within about "
                       f"twice that spread are noise."]
-    lines += ["", "Guidance (DDIM, class-conditional samples):", "",
-              "| mode | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
-    for r in results["guidance"]:
-        lines.append(f"| {r['guidance']} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | {r['diversity']:.3f} |")
+    if results["samplers"]:
+        lines += ["", "Samplers (the class-conditional model without guidance; every row starts from the same noise):", "",
+                  "| sampler | solver | spacing | steps | NFE | self-cond | feature FID | accuracy | diversity |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in results["samplers"]:
+            lines.append(f"| {r['sampler']} | {r.get('solver', '') if r['sampler'] == 'ode' else ''} | "
+                         f"{r.get('spacing', 'uniform')} | {r['steps']} | {r['nfe']} | "
+                         f"{'on' if r['self_condition'] else 'off'} | {r['fid']:.2f} | {r['accuracy']:.3f} | "
+                         f"{r['diversity']:.3f} |")
+    if results["guidance"]:
+        lines += ["", "Guidance (DDIM, self-conditioning off; scale 0 is the unconditional model, classifier-free "
+                      "scale 1 the conditional one):", "",
+                  "| mode | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
+        for r in results["guidance"]:
+            lines.append(f"| {r['guidance']} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | "
+                         f"{r['diversity']:.3f} |")
     if "quality_bar" in results:
         q = results["quality_bar"]
         lines += ["", f"Quality bar (DDIM-50, classifier-free guidance 3, self-conditioning "
