@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out-dir", default="docs/evaluation")
     evaluate.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
     evaluate.add_argument("--parts", nargs="+", default=["samplers", "guidance"],
-                          choices=["samplers", "guidance", "quality-bar"], help="which tables to compute")
+                          choices=["samplers", "guidance", "quality-bar", "seed-spread"], help="which tables to compute")
     evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
                           help="self-conditioning settings for the sampler table")
     evaluate.set_defaults(handler=command_evaluate)

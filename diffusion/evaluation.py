@@ -56,7 +56,8 @@ def sampler_grid(quick: bool) -> list[dict]:
 
 NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused
 METRICS = ("nfe", "samples", "fid", "accuracy", "diversity", "seconds")
-PARTS = ("samplers", "guidance", "quality_bar")
+PARTS = ("samplers", "guidance", "quality_bar", "seed_spread")
+SPREAD_SEEDS = 5  # seed-spread: DDIM-20 with this many other seeds, for the noise of one row's numbers
 
 
 def row_key(row: dict) -> str:
@@ -74,7 +75,8 @@ def reusable_rows(path: Path, identity: dict) -> dict[str, dict]:
         return {}
     if earlier.get("identity") != identity:
         return {}
-    rows = [r for part in PARTS for r in (earlier.get(part) or []) if isinstance(r, dict)]
+    parts = [earlier.get(part) for part in PARTS]
+    rows = [r for part in parts for r in ([part] if isinstance(part, dict) else part or []) if isinstance(r, dict)]
     return {row_key(r): r for r in rows}
 
 
@@ -102,15 +104,19 @@ class Evaluator:
         return evaluator_outputs(self.evaluator, images)[1]
 
     def score(self, **request_fields) -> dict:
-        """Sample config.samples images (equal share per class) with one request setting and score them."""
+        """Sample config.samples images (equal share per class) with one request setting and score them.
+
+        A "seed" field, if given, replaces config.seed (the seed-spread rows)."""
         c = self.config
+        row = dict(request_fields)
+        seed = request_fields.pop("seed", c.seed)
         per_class = max(1, c.samples // self.classes)
         images, labels, nfe, seconds = [], [], 0, 0.0
         for label in range(self.classes):
             for start in range(0, per_class, c.batch_size):
                 # Every sample has its own noise (image index label * per_class + start + i): with the same noise
                 # for every class, unconditional rows would repeat per_class images `classes` times.
-                request = SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=c.seed,
+                request = SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=seed,
                                         first_index=label * per_class + start,
                                         batch_size=min(c.batch_size, per_class - start),
                                         **({"guidance": "none", "scale": 1.0} | request_fields))
@@ -118,7 +124,7 @@ class Evaluator:
                 images.append(result.images)
                 labels += [label] * len(result.images)
                 nfe, seconds = result.nfe, seconds + result.seconds
-        return {**request_fields, "nfe": nfe, **self.metrics(torch.cat(images), torch.tensor(labels)),
+        return {**row, "nfe": nfe, **self.metrics(torch.cat(images), torch.tensor(labels)),
                 "seconds": round(seconds, 1)}
 
     def metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -150,7 +156,8 @@ class Evaluator:
                 "accuracy": sum(r["accuracy"] for r in rows) / draws, "diversity": sum(r["diversity"] for r in rows) / draws}
 
     def run(self, parts=("samplers", "guidance"), self_conditioning=(False, True), write=True) -> dict:
-        """parts: "samplers" (the NFE table), "guidance" (the scale table), "quality-bar" (DDIM-50, CFG 3)."""
+        """parts: "samplers" (the NFE table), "guidance" (the scale table), "quality-bar" (DDIM-50, CFG 3),
+        "seed-spread" (DDIM-20 with SPREAD_SEEDS other seeds: how much one row's numbers move with the noise)."""
         c = self.config
         model = self.cache.get(c.checkpoint)
         conditioning = [s for s in self_conditioning if not s or model.self_condition]
@@ -168,7 +175,9 @@ class Evaluator:
             "guidance": [dict(sampler="ddim", steps=steps, **row)
                          for row in guidance_grid(c.quick, bool(self.cache.names("noisy-classifier")))],
             "quality_bar": [dict(sampler="ddim", steps=steps, guidance="cfg", scale=3.0,
-                                 self_condition=model.self_condition)]}
+                                 self_condition=model.self_condition)],
+            "seed_spread": [dict(sampler="ddim", steps=4 if c.quick else 20, self_condition=model.self_condition,
+                                 seed=c.seed + k) for k in range(1, 3 if c.quick else SPREAD_SEEDS + 1)]}
         wanted = {part.replace("-", "_") for part in parts}
         for part, rows in planned.items():  # first keep an earlier run's rows of the parts not asked for
             kept = [done[row_key(r)] for r in rows if row_key(r) in done]
@@ -217,6 +226,15 @@ def markdown_tables(results: dict) -> str:
         for r in results["guidance"]:
             lines.append(f"| {r['guidance']} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | "
                          f"{r['diversity']:.3f} |")
+    if results.get("seed_spread"):
+        rows = results["seed_spread"]
+        fids = torch.tensor([r["fid"] for r in rows], dtype=torch.float64)
+        accuracies = torch.tensor([r["accuracy"] for r in rows], dtype=torch.float64)
+        lines += ["", f"Seed spread: DDIM-{rows[0]['steps']} (self-conditioning {'on' if rows[0]['self_condition'] else 'off'}) "
+                      f"with {len(rows)} other seeds: feature FID {float(fids.mean()):.2f} ± {float(fids.std()):.2f} "
+                      f"(min {float(fids.min()):.2f}, max {float(fids.max()):.2f}), accuracy {float(accuracies.mean()):.3f} "
+                      f"± {float(accuracies.std()):.3f}. One row's numbers move this much with the noise alone; rows "
+                      f"of deterministic samplers share their noise, so their differences are less noisy than that."]
     if "quality_bar" in results:
         q = results["quality_bar"]
         lines += ["", f"Quality bar (DDIM-50, classifier-free guidance 3, self-conditioning "

@@ -100,3 +100,11 @@ def test_every_sample_has_its_own_noise(setup, monkeypatch):
     monkeypatch.setattr(evaluation, "run_request", recording)
     row = evaluator.score(sampler="ddim", steps=2, guidance="cfg", scale=0.0)
     assert sorted(indices) == list(range(row["samples"])) and row["samples"] == 20
+
+
+def test_seed_spread_samples_other_seeds(setup):
+    folder, config = setup
+    results = Evaluator(config).run(parts=("seed-spread",))
+    rows = results["seed_spread"]
+    assert [r["seed"] for r in rows] == [1, 2] and rows[0]["fid"] != rows[1]["fid"]
+    assert "Seed spread: DDIM-4" in (Path(config.out_dir) / "tiny.md").read_text()
