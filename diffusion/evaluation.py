@@ -304,20 +304,30 @@ def plot_fid_against_nfe(results: dict, path: Path, plt):
 
 
 def plot_guidance(results: dict, path: Path, plt):
+    """Accuracy, diversity and feature FID against guidance scale, one line per guidance mode."""
+    from matplotlib.ticker import FormatStrFormatter
+
     name = results["checkpoint"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    metrics = [("accuracy", "class accuracy (evaluator)"), ("diversity", "diversity (within-class feature distance)"),
+               ("fid", "feature FID (lower is better)")]
+    labels = {"cfg": "classifier-free", "classifier": "classifier"}
     for mode in sorted({r["guidance"] for r in results["guidance"]}):
         rows = [r for r in results["guidance"] if r["guidance"] == mode]
-        left.plot([r["scale"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=mode)
-        right.plot([r["scale"] for r in rows], [r["diversity"] for r in rows], marker="o", label=mode)
-    if "real_data" in results:
-        real = results["real_data"]
-        left.axhline(real["accuracy"], color="0.5", linestyle="--", label="real images")
-        right.axhline(real["diversity"], color="0.5", linestyle="--", label="real images")
-    left.set(xlabel="guidance scale", ylabel="class accuracy", title="Evaluator: class accuracy", ylim=(0, 1.02))
-    right.set(xlabel="guidance scale", ylabel="diversity", title="Diversity (feature distance)")
-    left.legend()
-    fig.suptitle(f"{name} ({results['config']['samples']} samples per point)")
+        for ax, (key, _) in zip(axes, metrics):
+            ax.plot([r["scale"] for r in rows], [r[key] for r in rows], marker="o", label=labels.get(mode, mode))
+    real = results.get("real_data")
+    for ax, (key, title) in zip(axes, metrics):
+        if real:
+            ax.axhline(real[key], color="0.5", linestyle="--", label="real images")
+        ax.set(xlabel="guidance scale", title=title)
+    axes[0].set_ylim(0, 1.02)
+    axes[2].set_yscale("log")
+    for set_formatter in (axes[2].yaxis.set_major_formatter, axes[2].yaxis.set_minor_formatter):
+        set_formatter(FormatStrFormatter("%.1f"))
+    axes[0].legend()
+    fig.suptitle(f"{name}: what the guidance scale does ({results['config']['samples']} samples per point; "
+                 f"scale 0 = unconditional)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
