@@ -179,19 +179,20 @@ class Evaluator:
             "seed_spread": [dict(sampler="ddim", steps=4 if c.quick else 20, self_condition=model.self_condition,
                                  seed=c.seed + k) for k in range(1, 3 if c.quick else SPREAD_SEEDS + 1)]}
         wanted = {part.replace("-", "_") for part in parts}
-        for part, rows in planned.items():  # first keep an earlier run's rows of the parts not asked for
-            kept = [done[row_key(r)] for r in rows if row_key(r) in done]
-            results[part] = kept if part != "quality_bar" else (kept[0] if kept else None)
+
+        def known(part):  # the rows of a part that are done, in table order (the quality bar is one row)
+            rows = [done[row_key(r)] for r in planned[part] if row_key(r) in done]
+            return rows if part != "quality_bar" else (rows[0] if rows else None)
+
+        for part in planned:  # the JSON holds every known row from its first write on
+            results[part] = known(part)
         for part in [p for p in planned if p in wanted]:
-            results[part] = [] if part != "quality_bar" else None
             for row in planned[part]:
-                scored = done.get(row_key(row)) or self.score(**row)
-                if part == "quality_bar":
-                    results[part] = scored
-                else:
-                    results[part].append(scored)
-                if write:
-                    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+                if row_key(row) not in done:
+                    done[row_key(row)] = self.score(**row)
+                    results[part] = known(part)
+                    if write:
+                        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
         if results["quality_bar"] is None:
             del results["quality_bar"]
         results["wall_minutes"] = round((time.time() - started) / 60, 1)

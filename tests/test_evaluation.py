@@ -108,3 +108,21 @@ def test_seed_spread_samples_other_seeds(setup):
     rows = results["seed_spread"]
     assert [r["seed"] for r in rows] == [1, 2] and rows[0]["fid"] != rows[1]["fid"]
     assert "Seed spread: DDIM-4" in (Path(config.out_dir) / "tiny.md").read_text()
+
+
+def test_an_interrupted_run_keeps_earlier_rows_that_come_later_in_the_table(setup):
+    """Self-conditioning off rows come first in the table; the on rows of an earlier run must stay in the file."""
+    _, config = setup
+    Evaluator(config).run(parts=("samplers",), self_conditioning=(True,))
+    evaluator = Evaluator(config)
+    score = evaluator.score
+
+    def fail_on_second(**fields):
+        evaluator.score = lambda **more: (_ for _ in ()).throw(KeyboardInterrupt)
+        return score(**fields)
+
+    evaluator.score = fail_on_second
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.run(parts=("samplers",), self_conditioning=(False, True))
+    saved = json.loads((Path(config.out_dir) / "tiny.json").read_text())
+    assert [r["self_condition"] for r in saved["samplers"]] == [False, True, True, True]
