@@ -18,13 +18,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .networks import Classifier, ClassifierConfig, UNet, UNetConfig
+from .models import NETWORKS, build_network, network_name
 from .parameterization import check_parameterization
 from .schedules import Schedule
 
 FORMAT = "diffusion-playground/1"
-KINDS = ("denoiser", "noisy-classifier", "evaluator")
-NETWORKS = {"UNet": (UNet, UNetConfig), "Classifier": (Classifier, ClassifierConfig)}
+# What a checkpoint can do: a denoiser goes through the samplers, a normalizing flow decodes noise exactly,
+# a noisy classifier guides, an evaluator scores samples. models.NETWORKS says which network serves which.
+KINDS = ("denoiser", "normalizing-flow", "noisy-classifier", "evaluator")
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a larger header is refused before it is read
 
 
@@ -63,7 +64,7 @@ def model_config(kind: str, network: torch.nn.Module, *, class_names=(), schedul
     """The `config` metadata for a network; denoisers also need schedule and parameterization."""
     net_config = network.config
     config = {
-        "network": type(network).__name__,
+        "network": network_name(network),
         "network_config": net_config.to_dict(),
         "image_size": net_config.image_size,
         "image_channels": net_config.image_channels,
@@ -154,9 +155,8 @@ def load_checkpoint(path, device="cpu") -> LoadedModel:
     path = Path(path)
     meta = read_metadata(path)
     config = meta["config"]
-    network_class, config_class = NETWORKS[config["network"]]
     try:
-        network = network_class(config_class.from_dict(config["network_config"]))
+        network = build_network(config["network"], config["network_config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path.name}: invalid network_config ({error})") from error
     try:
@@ -188,23 +188,22 @@ def _validate_config(kind: str, config: dict, path: Path):
     def fail(message):
         raise CheckpointError(f"{path.name}: {message}")
 
-    if config.get("network") not in NETWORKS:
-        fail(f"unknown network {config.get('network')!r} (expected one of {sorted(NETWORKS)})")
+    name = config.get("network")
+    if name not in NETWORKS:
+        fail(f"unknown network {name!r} (expected one of {sorted(NETWORKS)})")
+    if kind not in NETWORKS[name].kinds:
+        fail(f"a {name} network cannot serve as kind {kind!r} (it serves {', '.join(NETWORKS[name].kinds)})")
     if not isinstance(config.get("network_config"), dict):
         fail("config.network_config is missing")
     names = config.get("class_names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         fail("config.class_names must be a list of strings")
+    num_classes = config["network_config"].get("num_classes", 0)
+    if num_classes and len(names) != num_classes:
+        fail(f"{len(names)} class names for {num_classes} classes")
     if kind == "denoiser":
-        if config.get("network") != "UNet":
-            fail("a denoiser must be a UNet")
         try:
             Schedule(config.get("schedule"))
             check_parameterization(config.get("parameterization"))
         except ValueError as error:
             fail(str(error))
-        num_classes = config["network_config"].get("num_classes", 0)
-        if num_classes and len(names) != num_classes:
-            fail(f"{len(names)} class names for {num_classes} classes")
-    elif config.get("network") != "Classifier":
-        fail(f"a {kind} must be a Classifier")

@@ -1,4 +1,8 @@
-"""The sampling backend: a validated request type, a cache of loaded models, and one entry point.
+"""The sampling backend: validated request types, a cache of loaded models, and one entry point.
+
+`run_request` dispatches on the checkpoint's kind: a denoiser takes a SampleRequest and goes through the
+samplers; a normalizing flow takes a FlowRequest and decodes z ~ N(0, T^2 I) in one exact pass. A request
+of the wrong type for the checkpoint is refused with a message, never half-used.
 
 No Gradio here. Everything runs under torch.inference_mode(); the model cache holds EMA weights
 (the only weights a checkpoint has) in eval() on the device. Noise is drawn on CPU generators so a
@@ -30,6 +34,8 @@ MAX_STEPS = 1000
 MAX_BATCH = 64
 MAX_SCALE = 100.0
 MAX_SEED = 2**63 - 1
+MAX_TEMPERATURE = 2.0
+GENERATIVE_KINDS = ("denoiser", "normalizing-flow")  # checkpoint kinds that make images
 
 
 class RequestError(ValueError):
@@ -58,13 +64,26 @@ class SampleRequest:
     first_index: int = 0  # image i of the request uses the noise of image first_index + i of the seed
 
 
+@dataclass(frozen=True)
+class FlowRequest:
+    """A normalizing flow's request: x = decode(T z, y) with z ~ N(0, I) drawn from (seed, index), one exact
+    pass. It has no sampler, steps or guidance, and a denoiser has no temperature: each kind gets its own type."""
+
+    checkpoint: str = "fashion-nice"
+    class_index: int | None = 0  # None: unconditional flows only
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    first_index: int = 0
+
+
 @dataclass
 class SampleResult:
     images: torch.Tensor  # (B, C, H, W) float in [-1, 1], on the CPU
     nfe: int
     seconds: float
     guidance_trace: list  # [(log-SNR, guidance strength)] per network evaluation, when traced
-    request: SampleRequest
+    request: SampleRequest | FlowRequest
     trajectory: list = field(default_factory=list)  # [(step, t, x_t, x0_hat)] when recorded, CPU tensors
 
 
@@ -94,20 +113,34 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
     _check_number("guidance scale", request.scale, 0.0, MAX_SCALE)
     if request.guidance not in GUIDANCE_MODES:
         raise RequestError(f"unknown guidance mode {request.guidance!r}; choose one of {', '.join(GUIDANCE_MODES)}")
-    classes = model.class_names
-    if request.class_index is None:
-        if request.guidance != "none":
-            raise RequestError("guidance needs a class")
-    else:
-        if not classes:
-            raise RequestError(f"checkpoint {request.checkpoint!r} is unconditional: it has no classes")
-        _check_number("class", request.class_index, 0, len(classes) - 1, integer=True)
+    if request.class_index is None and request.guidance != "none":
+        raise RequestError("guidance needs a class")
+    _check_class(request, model)
     if request.guidance == "cfg" and model.config.get("null_class") is None:
         raise RequestError(f"checkpoint {request.checkpoint!r} was not trained for classifier-free guidance")
     if request.guidance == "classifier" and not has_classifier:
         raise RequestError("classifier guidance needs a noisy classifier checkpoint, and none is available")
     if request.self_condition and not model.self_condition:
         raise RequestError(f"checkpoint {request.checkpoint!r} was not trained with self-conditioning")
+
+
+def _check_class(request, model: LoadedModel):
+    classes, conditional = model.class_names, bool(model.config["network_config"].get("num_classes"))
+    if request.class_index is None:
+        if conditional and model.kind == "normalizing-flow":
+            raise RequestError(f"checkpoint {request.checkpoint!r} is class-conditional: choose a class")
+        return
+    if not classes:
+        raise RequestError(f"checkpoint {request.checkpoint!r} is unconditional: it has no classes")
+    _check_number("class", request.class_index, 0, len(classes) - 1, integer=True)
+
+
+def validate_flow_request(request: FlowRequest, model: LoadedModel, max_batch: int = MAX_BATCH):
+    _check_number("temperature", request.temperature, 0.0, MAX_TEMPERATURE)
+    _check_number("batch size", request.batch_size, 1, max_batch, integer=True)
+    _check_number("seed", request.seed, 0, MAX_SEED, integer=True)
+    _check_number("first image index", request.first_index, 0, 1_000_000, integer=True)
+    _check_class(request, model)
 
 
 # --- the model cache --------------------------------------------------------------------------
@@ -176,8 +209,9 @@ class ModelCache:
             found.append(cached[1])
         return found
 
-    def names(self, kind: str) -> list[str]:
-        return [e.name for e in self.entries() if e.available and e.kind == kind]
+    def names(self, *kinds: str) -> list[str]:
+        """Available checkpoints of the given kinds, in file-name order."""
+        return [e.name for e in self.entries() if e.available and e.kind in kinds]
 
     def path_of(self, name: str) -> Path:
         if not isinstance(name, str) or not name:
@@ -187,7 +221,7 @@ class ModelCache:
             raise RequestError(f"checkpoint name {name[:80]!r} is not a plain file name in the checkpoint folder")
         path = self.checkpoint_dir / f"{stem}.safetensors"
         if not path.is_file():
-            available = ", ".join(self.names("denoiser")) or "none"
+            available = ", ".join(self.names(*GENERATIVE_KINDS)) or "none"
             raise RequestError(f"no checkpoint named {stem!r} (available: {available})")
         return path
 
@@ -231,39 +265,92 @@ def expected_nfe(request: SampleRequest) -> int:
     return ode_nfe(request.solver, request.steps) if request.sampler == "ode" else request.steps
 
 
-def prepare(cache: ModelCache, request: SampleRequest):
-    """Load and validate; returns (model, classifier or None)."""
+def load_for(cache: ModelCache, request: SampleRequest | FlowRequest) -> LoadedModel:
+    """The request's checkpoint, refused with a message when the request does not fit its kind."""
     model = cache.get(request.checkpoint)
-    if model.kind != "denoiser":
-        raise RequestError(f"checkpoint {request.checkpoint!r} is a {model.kind}, not a denoiser")
+    name = request.checkpoint
+    if model.kind == "normalizing-flow" and not isinstance(request, FlowRequest):
+        raise RequestError(f"checkpoint {name!r} is a normalizing flow: it decodes noise in one exact pass and "
+                           f"takes a temperature, not a sampler, steps or guidance")
+    if model.kind == "denoiser" and not isinstance(request, SampleRequest):
+        raise RequestError(f"checkpoint {name!r} is a denoiser: it takes a sampler and steps, not a temperature")
+    if model.kind not in GENERATIVE_KINDS:
+        raise RequestError(f"checkpoint {name!r} (kind {model.kind!r}) does not generate images: it is neither a "
+                           f"denoiser nor a normalizing flow")
+    return model
+
+
+def prepare(cache: ModelCache, request: SampleRequest):
+    """Load and validate a denoiser request; returns (model, classifier or None)."""
+    model = load_for(cache, request)
     classifier = cache.first_of_kind("noisy-classifier") if request.guidance == "classifier" else None
     validate_request(request, model, has_classifier=classifier is not None)
     return model, classifier
 
 
-def run_request(cache: ModelCache, request: SampleRequest, progress: Progress | None = None,
+def image_shape(model: LoadedModel) -> tuple[int, int, int]:
+    return model.config["image_channels"], model.config["image_size"], model.config["image_size"]
+
+
+def _starting_noise(request, model: LoadedModel, x_T: torch.Tensor | None, device) -> torch.Tensor:
+    """x_T drawn from (seed, index), or the given one after checking its shape."""
+    shape = (int(request.batch_size), *image_shape(model))
+    if x_T is None:
+        generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))
+        return draw_noise(generators, shape[1:], device)
+    if tuple(x_T.shape) != shape:
+        raise RequestError(f"starting noise has shape {tuple(x_T.shape)}, checkpoint {request.checkpoint!r} "
+                           f"needs {shape}")
+    return x_T.to(device=device, dtype=torch.float32)
+
+
+def _labels(request, device):
+    if request.class_index is None:
+        return None
+    return torch.full((int(request.batch_size),), int(request.class_index), dtype=torch.long, device=device)
+
+
+def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor | None = None) -> SampleResult:
+    """x = decode(T z, y): one exact pass of the inverse flow (NFE 1)."""
+    model = load_for(cache, request)
+    validate_flow_request(request, model)
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            z = float(request.temperature) * _starting_noise(request, model, x_T, cache.device)
+            images = model.network.decode(z, _labels(request, cache.device)).float().clamp(-1, 1).cpu()
+    except torch.cuda.OutOfMemoryError as error:
+        _free_cuda()
+        raise SamplingError("the device ran out of memory for this request; try a smaller batch") from error
+    except RuntimeError as error:
+        raise SamplingError(f"decoding failed: {error}") from error
+    return SampleResult(images, 1, time.perf_counter() - started, [], request)
+
+
+def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progress: Progress | None = None,
                 preview: Preview | None = None, record_trajectory: bool = False,
-                trace_guidance: bool = False) -> SampleResult:
-    """Sample one request. RequestError for bad input, SamplingError for a failure while sampling."""
+                trace_guidance: bool = False, x_T: torch.Tensor | None = None) -> SampleResult:
+    """Sample one request. RequestError for bad input, SamplingError for a failure while sampling.
+
+    x_T, if given, is the starting noise (B, C, H, W) instead of the seed's; DDPM and DDIM with eta > 0 still
+    draw their per-step noise from (seed, index)."""
+    if isinstance(request, FlowRequest):
+        return run_flow_request(cache, request, x_T)
     model, classifier = prepare(cache, request)
     device = cache.device
     schedule = model.schedule
-    shape = (model.config["image_channels"], model.config["image_size"], model.config["image_size"])
     trajectory, total = [], expected_nfe(request)
     started = time.perf_counter()
     try:
         with torch.inference_mode(), _autocast(device):
-            labels = None
-            if request.class_index is not None:
-                labels = torch.full((request.batch_size,), int(request.class_index), dtype=torch.long, device=device)
-            denoise = Denoiser(model.network, schedule, model.parameterization, labels=labels,
+            denoise = Denoiser(model.network, schedule, model.parameterization, labels=_labels(request, device),
                                guidance=Guidance(request.guidance, float(request.scale)),
                                classifier=classifier.network if classifier else None,
                                self_condition=request.self_condition, clip_x0=request.clip_x0,
                                trace_guidance=trace_guidance)
             counted = _counting(denoise, progress, total)
             generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))
-            x_T = draw_noise(generators, shape, device)
+            x_T = _starting_noise(request, model, x_T, device)
             grid = time_grid(schedule, int(request.steps), request.spacing)
 
             def callback(step, t, x_t, x0_hat):

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from diffusion.checkpoint import model_config, save_checkpoint
-from diffusion.networks import Classifier, ClassifierConfig, UNet, UNetConfig
+from diffusion.models import ClassifierConfig, NICEConfig, UNetConfig, build_network
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TINY_CLASSES = ("circle", "square", "cross")
 TINY_UNET = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_levels=(1,), attention_heads=2,
                        num_classes=3, self_condition=True, embedding_dim=16)
+TINY_NICE = NICEConfig(image_size=8, couplings=2, hidden_width=16, hidden_layers=1, num_classes=3, class_embedding_dim=4)
 TINY_CLASSIFIER = ClassifierConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_classes=3, embedding_dim=16)
 
 
@@ -27,16 +28,24 @@ def randomize(network: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torc
     return network.eval()
 
 
-def tiny_unet(seed=0, **changes) -> UNet:
-    return randomize(UNet(replace(TINY_UNET, **changes)), seed)
+def tiny_unet(seed=0, **changes):
+    return randomize(build_network("UNet", replace(TINY_UNET, **changes)), seed)
 
 
-def tiny_classifier(seed=1, **changes) -> Classifier:
-    return randomize(Classifier(replace(TINY_CLASSIFIER, **changes)), seed)
+def tiny_classifier(seed=1, **changes):
+    return randomize(build_network("Classifier", replace(TINY_CLASSIFIER, **changes)), seed)
+
+
+def tiny_nice(seed=4, **changes):
+    """A tiny NICE with non-identity couplings and log-scales of about +-0.1."""
+    network = randomize(build_network("NICE", replace(TINY_NICE, **changes)), seed)
+    with torch.no_grad():
+        network.log_scale.mul_(0.5)
+    return network
 
 
 def write_tiny_checkpoints(folder, schedule="vp-cosine", parameterization="v", image_size=8, class_names=TINY_CLASSES):
-    """A denoiser, a flow denoiser, a noisy classifier and an evaluator, randomly initialised, in `folder`."""
+    """A denoiser, a flow denoiser, a NICE, a noisy classifier and an evaluator, randomly initialised, in `folder`."""
     size = {"image_size": image_size, "num_classes": len(class_names)}
     unet = tiny_unet(**size)
     save_checkpoint(folder / "tiny.safetensors", "denoiser", unet,
@@ -46,6 +55,10 @@ def write_tiny_checkpoints(folder, schedule="vp-cosine", parameterization="v", i
     save_checkpoint(folder / "tiny-flow.safetensors", "denoiser", flow,
                     model_config("denoiser", flow, class_names=class_names, schedule="flow", parameterization="flow"),
                     {"steps": 0}, "A tiny flow model without self-conditioning.")
+    nice = tiny_nice(**size)
+    save_checkpoint(folder / "tiny-nice.safetensors", "normalizing-flow", nice,
+                    model_config("normalizing-flow", nice, class_names=class_names), {"steps": 0},
+                    "A tiny class-conditional NICE.")
     noisy = tiny_classifier(**size)
     save_checkpoint(folder / "tiny-noisy-classifier.safetensors", "noisy-classifier", noisy,
                     model_config("noisy-classifier", noisy, class_names=class_names), {"steps": 0}, "Tiny classifier.")

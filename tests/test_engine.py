@@ -70,7 +70,8 @@ def test_only_plain_names_inside_the_folder_load(cache, name):
     ({"guidance": "magic"}, "unknown guidance mode"),
     ({"guidance": "cfg", "class_index": None}, "guidance needs a class"),
     ({"checkpoint": "tiny-flow", "self_condition": True}, "not trained with self-conditioning"),
-    ({"checkpoint": "tiny-evaluator"}, "not a denoiser"),
+    ({"checkpoint": "tiny-evaluator"}, "kind 'evaluator'.*does not generate images"),
+    ({"checkpoint": "tiny-nice"}, "normalizing flow: .* takes a temperature, not a sampler"),
     ({"checkpoint": "../../etc/passwd"}, "not a plain file name"),
 ])
 def test_validation_errors_are_clear(cache, changes, message):

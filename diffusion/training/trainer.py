@@ -1,0 +1,221 @@
+"""The Trainer loop: one process or many under torchrun (DistributedDataParallel; NCCL on GPUs, gloo on CPU).
+
+What is learned comes from a task object (training.tasks); the loop is the same for every task: EMA with
+ema-pytorch, AdamW with linear warm-up, gradient clipping. A training-state file (safetensors, never a
+pickle) is written atomically every `save_every` steps; `resume` continues from it bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from ema_pytorch import EMA
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from ..checkpoint import atomic_write, save_checkpoint
+from ..data import ImageDataset, load_fashion_mnist, load_image_folder, to_model_range
+from ..images import image_grid, to_pil
+from .config import TrainConfig
+from .tasks import PREVIEW_COLUMNS, TASKS
+
+STATE_FILE = "state.safetensors"
+
+
+# --- distributed helpers ----------------------------------------------------------------------
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def default_device(rank: int = 0) -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of all parameters' bytes, for checking that ranks agree."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- the trainer ------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None, device=None):
+        self.config = c = config
+        self.rank, self.world = _distributed()
+        self.device = torch.device(device) if device else default_device(self.rank)
+        torch.manual_seed(c.seed)
+        self.dataset = dataset or load_dataset(c)
+        self.task = TASKS[c.task](c)
+        self.network = self.task.build_network(self.dataset.class_names).to(self.device)
+        self.model = (DistributedDataParallel(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                      if self.world > 1 else self.network)
+        self.optimizer = torch.optim.AdamW(self.task.parameter_groups(self.network), lr=c.lr,
+                                           weight_decay=c.weight_decay)
+        self.ema = EMA(self.network, beta=c.ema_decay, update_after_step=0, update_every=1, power=c.ema_power,
+                       include_online_model=False)
+        self.sampler = DistributedSampler(range(len(self.dataset)), num_replicas=self.world, rank=self.rank,
+                                          shuffle=True, seed=c.seed, drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // c.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"data set of {len(self.dataset)} images is smaller than one batch per process")
+        self._epoch_indices = (-1, None)
+        self.step, self.wall_seconds = 0, 0.0
+        self.run_dir = Path(c.run_dir)
+
+    # --- data -----------------------------------------------------------------------------
+    def batch_for_step(self, step: int):
+        """The batch of a step is a function of (seed, step, rank) alone, so resuming repeats nothing."""
+        c = self.config
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if self._epoch_indices[0] != epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch_indices = (epoch, torch.tensor(list(self.sampler)))
+        indices = self._epoch_indices[1][position * c.batch_size:(position + 1) * c.batch_size]
+        images = to_model_range(self.dataset.images[indices]).to(self.device)
+        labels = self.dataset.labels[indices].to(self.device)
+        if c.hflip:
+            flip = torch.rand(len(indices), generator=torch.Generator().manual_seed(c.seed * 1_000_003 + step)) < 0.5
+            images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
+        return images, labels
+
+    # --- one step -------------------------------------------------------------------------
+    def loss(self, images, labels):
+        return self.task.loss(self.model, images, labels)
+
+    def train_step(self) -> float:
+        c = self.config
+        drop = c.lr_drop_factor if c.lr_drop_at and self.step >= c.lr_drop_at else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("lr_scale", 1.0) * c.lr * drop * min(1.0, (self.step + 1) / max(c.warmup_steps, 1))
+        images, labels = self.batch_for_step(self.step)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.bf16 and self.device.type == "cuda")
+        with autocast:
+            loss = self.loss(images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.ema.update()
+        self.step += 1
+        return loss.item()
+
+    # --- loop -----------------------------------------------------------------------------
+    def train(self, progress: bool = True):
+        from tqdm import tqdm
+
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.run_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
+        bar = tqdm(total=c.steps, initial=self.step, disable=not progress or self.rank != 0, dynamic_ncols=True)
+        started, start_step, smoothed = time.time(), self.step, None
+        while self.step < c.steps:
+            loss = self.train_step()
+            smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
+            elapsed = time.time() - started
+            bar.update(1)
+            if self.step % c.log_every == 0:
+                bar.set_postfix(loss=f"{smoothed:.4f}", steps_per_s=f"{(self.step - start_step) / elapsed:.2f}")
+                self._log({"step": self.step, "loss": smoothed, "elapsed_s": self.wall_seconds + elapsed})
+            out_of_time = c.max_minutes > 0 and self.wall_seconds + elapsed >= 60 * c.max_minutes
+            if self.step % c.save_every == 0 or self.step == c.steps or out_of_time:
+                self.wall_seconds += time.time() - started
+                started, start_step = time.time(), self.step
+                self.save_state()
+            if c.sample_every and self.step % c.sample_every == 0 and self.rank == 0:
+                self.write_sample_grid(self.run_dir / f"samples-{self.step:06d}.png")
+            if out_of_time:
+                break
+        bar.close()
+        (self.run_dir / f"digest-rank{self.rank}.txt").write_text(weights_digest(self.network))
+        if c.export_to and self.rank == 0:
+            self.export(c.export_to)
+        if self.world > 1:
+            dist.barrier()
+
+    def _log(self, record: dict):
+        if self.rank == 0:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # --- state ----------------------------------------------------------------------------
+    def save_state(self):
+        """Model, EMA, optimizer, step and RNG in one safetensors file, written atomically (rank 0)."""
+        if self.rank != 0:
+            return
+        tensors = {f"model.{k}": v for k, v in self.network.state_dict().items()}
+        tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+        optimizer = self.optimizer.state_dict()
+        for index, state in optimizer["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        metadata = {"step": str(self.step), "wall_seconds": repr(self.wall_seconds),
+                    "config": json.dumps(self.config.to_dict()),
+                    "param_groups": json.dumps(optimizer["param_groups"])}
+        atomic_write(self.run_dir / STATE_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def load_state(self):
+        path = self.run_dir / STATE_FILE
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(path)
+        group = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        self.network.load_state_dict(group("model."))
+        self.ema.load_state_dict(group("ema."))
+        state: dict = {}
+        for key, value in group("optim.").items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step, self.wall_seconds = int(metadata["step"]), float(metadata["wall_seconds"])
+
+    # --- outputs --------------------------------------------------------------------------
+    @torch.no_grad()
+    def write_sample_grid(self, path: Path):
+        """The task's preview (one row per class) from the EMA weights, if it has one."""
+        images = self.task.preview(self.ema.ema_model.eval(), self.dataset.class_names, self.device)
+        if images is not None:
+            to_pil(image_grid(images, PREVIEW_COLUMNS), scale=2).save(path)
+
+    def export(self, out) -> Path:
+        c = self.config
+        network = self.ema.ema_model.eval()
+        training = {"data": c.data, "steps": self.step, "batch_size": c.batch_size * self.world,
+                    "processes": self.world, "ema_decay": c.ema_decay, "lr": c.lr,
+                    "wall_minutes": round(self.wall_seconds / 60, 1), "device": str(self.device),
+                    "torch": torch.__version__, "command": f"python -m diffusion train --preset {c.name}",
+                    "config": c.to_dict()}
+        training |= self.task.held_out_metrics(network, self.device)
+        card = (c.card + f" Trained by this project: {self.step} steps at batch {c.batch_size * self.world} in "
+                f"{self.wall_seconds / 60:.0f} min on {self.device} (torch {torch.__version__}).")
+        config = self.task.export_config(network, self.dataset.class_names)
+        return save_checkpoint(out, self.task.kind, network, config, training, card.strip())
+
+
+def load_dataset(config: TrainConfig) -> ImageDataset:
+    if config.data == "fashion-mnist":
+        return load_fashion_mnist("train", config.data_dir)
+    return load_image_folder(config.data, config.image_size, config.image_channels)
