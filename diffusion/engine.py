@@ -288,6 +288,15 @@ def prepare(cache: ModelCache, request: SampleRequest):
     return model, classifier
 
 
+def check_request(cache: ModelCache, request: SampleRequest | FlowRequest) -> LoadedModel:
+    """Load and validate without sampling, so a study can refuse a bad cell before any work starts."""
+    if isinstance(request, FlowRequest):
+        model = load_for(cache, request)
+        validate_flow_request(request, model)
+        return model
+    return prepare(cache, request)[0]
+
+
 def image_shape(model: LoadedModel) -> tuple[int, int, int]:
     return model.config["image_channels"], model.config["image_size"], model.config["image_size"]
 

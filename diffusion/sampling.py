@@ -40,6 +40,20 @@ def draw_noise(generators: Sequence[torch.Generator], shape, device="cpu", dtype
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (Shoemake 1985) of two noise tensors, one row per weight w in [0, 1]:
+    sin((1 - w) theta) / sin(theta) a + sin(w theta) / sin(theta) b, theta the angle between a and b.
+    Unlike a straight line it keeps the norm of Gaussian noise (~sqrt(D)) along the way."""
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    theta = torch.arccos((a64 @ b64 / (a64.norm() * b64.norm())).clamp(-1, 1))
+    w = weights.double()[:, None]
+    if float(theta) < 1e-6:  # (nearly) the same direction: the straight line is exact enough
+        rows = (1 - w) * a64 + w * b64
+    else:
+        rows = (torch.sin((1 - w) * theta) * a64 + torch.sin(w * theta) * b64) / torch.sin(theta)
+    return rows.to(a.dtype).view(len(weights), *a.shape)
+
+
 def _alpha_sigma(schedule: Schedule, t: float) -> tuple[float, float]:
     alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
     return float(alpha), float(sigma)
@@ -99,6 +113,13 @@ def sample_ddim(denoise: Denoise, x_T, grid, *, schedule: Schedule, generators=N
         if callback:
             callback(step, s, x, x0)
     return x
+
+
+def invert_ddim(denoise: Denoise, x_0, grid, *, schedule: Schedule, callback: Callback = None):
+    """DDIM inversion: the probability-flow ODE integrated from data to noise by the Euler steps of
+    sample_ddim(eta = 0) taken backwards along the same grid (Song et al. 2021, Sec. 4; Dhariwal & Nichol
+    2021, App. F). The first evaluation is at t = 0, where every parameterization but x0 is finite."""
+    return sample_ddim(denoise, x_0, grid.flip(0), schedule=schedule, callback=callback)
 
 
 def sample_ode(denoise: Denoise, x_T, grid, *, schedule: Schedule, solver: str = "heun", callback: Callback = None):

@@ -1,4 +1,5 @@
-"""What the app's tabs compute, with no UI: sampler comparisons, guidance sweeps, trajectories.
+"""What the app's tabs compute, with no UI: sampler comparisons, guidance sweeps, trajectories, and the
+families views (one noise through several kinds of model, latent walks, encode and decode).
 
 Each study is a set of engine requests sharing a seed, so every column/row starts from the same noise
 and draws the same per-step noise stream (image i of seed s always uses generator (s, i)).
@@ -7,12 +8,19 @@ and draws the same per-step noise stream (image i of seed s always uses generato
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from .engine import ModelCache, RequestError, SampleRequest, SampleResult, file_sha256, run_request
+from .data import to_uint8
+from .denoiser import Denoiser
+from .engine import (FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request, file_sha256,
+                     image_shape, load_for, run_request)
+from .likelihood import bits_per_dim, uniform_dequantize
 from .metrics import evaluator_outputs, mean_pairwise_distance
+from .sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
+from .schedules import time_grid
 
 MAX_SWEEP_SCALES = 8
 
@@ -115,3 +123,137 @@ def trajectory(cache: ModelCache, request: SampleRequest, frames: int, progress=
         log_snr = float(schedule.log_snr(torch.tensor(t))) if t > 0 else float("inf")
         picked.append((step, t, log_snr, x_t[0], x0_hat[0]))
     return result, picked
+
+
+# --- families: one noise, several kinds of model ------------------------------------------------
+MAX_FAMILY_COLUMNS = 4
+MAX_WALK_FRAMES = 16
+INVERSION_STEPS = (5, 10, 20, 50)
+
+
+@dataclass
+class FamilyColumn:
+    checkpoint: str
+    kind: str  # denoiser | normalizing-flow
+    how: str  # "exact decode, T = 1" or "ODE dpm++2m, 20 steps"
+    result: SampleResult
+
+
+def family_requests(cache: ModelCache, checkpoints: list[str], *, class_index, seed: int, batch_size: int,
+                    steps: int, solver: str, scale: float, temperature: float = 1.0) -> list:
+    """One request per checkpoint, all from the same noise: a normalizing flow decodes it exactly (z = T x_T),
+    a denoiser integrates its probability-flow ODE from it. Every request is validated before any runs."""
+    names = list(dict.fromkeys(checkpoints or []))
+    if not 1 <= len(names) <= MAX_FAMILY_COLUMNS:
+        raise RequestError(f"choose between 1 and {MAX_FAMILY_COLUMNS} checkpoints, got {len(names)}")
+    requests, shapes = [], set()
+    for name in names:
+        entry = cache.get(name)
+        if entry.kind == "normalizing-flow":
+            request = FlowRequest(checkpoint=name, class_index=class_index, temperature=temperature, seed=seed,
+                                  batch_size=batch_size)
+        else:  # w = 1 is the conditional model itself: no second (unconditional) row needed
+            request = SampleRequest(checkpoint=name, sampler="ode", solver=solver, steps=steps,
+                                    guidance="none" if scale == 1 else "cfg", class_index=class_index, scale=scale,
+                                    seed=seed, batch_size=batch_size)
+        shapes.add(image_shape(check_request(cache, request)))
+        requests.append(request)
+    if len(shapes) > 1:
+        raise RequestError(f"the checkpoints make images of different shapes {sorted(shapes)}: one noise cannot feed them all")
+    return requests
+
+
+def same_noise(cache: ModelCache, requests: list, x_T: torch.Tensor | None = None, progress=None) -> list[FamilyColumn]:
+    """Run family_requests' requests on one noise (the seed's, or x_T); a column per checkpoint."""
+    columns = []
+    for index, request in enumerate(requests):
+        step_progress = (lambda done, total, i=index: progress(i, done, total)) if progress else None
+        result = run_request(cache, request, progress=step_progress, x_T=x_T)
+        if isinstance(request, FlowRequest):
+            how = f"exact decode, T = {request.temperature:g}"
+        else:
+            how = f"ODE {request.solver}, {request.steps} steps" + (f", CFG w = {request.scale:g}" if request.guidance == "cfg" else "")
+        columns.append(FamilyColumn(request.checkpoint, cache.get(request.checkpoint).kind, how, result))
+    return columns
+
+
+def walk_noise(shape, seed_a: int, seed_b: int, frames: int) -> torch.Tensor:
+    """(frames, C, H, W): the spherical path from seed_a's image-0 noise to seed_b's."""
+    if not 2 <= frames <= MAX_WALK_FRAMES:
+        raise RequestError(f"frames must be between 2 and {MAX_WALK_FRAMES}, got {frames}")
+    a = draw_noise(image_generators(int(seed_a), 1), shape)[0]
+    b = draw_noise(image_generators(int(seed_b), 1), shape)[0]
+    return slerp(a, b, torch.linspace(0, 1, frames))
+
+
+# --- encode: data -> noise -> data --------------------------------------------------------------
+@dataclass
+class Reconstruction:
+    steps: int  # ODE steps each way (a normalizing flow: 0, it is exact)
+    nfe: int  # network evaluations, encode and decode together
+    image: torch.Tensor  # (C, H, W)
+    max_error: float
+    mean_error: float
+    seconds: float
+
+
+@dataclass
+class Inversion:
+    checkpoint: str
+    kind: str
+    latent: torch.Tensor  # (C, H, W): NICE's z, or the ODE's x_1 after the most steps
+    reconstructions: list[Reconstruction]
+    bits_per_dim: float | None  # exact, normalizing flows only (dequantized with a fixed generator)
+
+
+def encode_image(cache: ModelCache, checkpoints: list[str], image: torch.Tensor, label: int | None,
+                 step_counts=INVERSION_STEPS) -> list[Inversion]:
+    """Encode one image (1, C, H, W) in [-1, 1] to noise and decode it back, with every checkpoint.
+
+    A normalizing flow is exact (z = f(x), x = f^-1(z)); a denoiser inverts its probability-flow ODE from
+    t = 0 to 1 with DDIM steps (conditional on `label`, no guidance, no self-conditioning) and integrates
+    back with as many, so the reconstruction error shows the ODE solver's discretisation error."""
+    names = list(dict.fromkeys(checkpoints or []))
+    if not 1 <= len(names) <= MAX_FAMILY_COLUMNS:
+        raise RequestError(f"choose between 1 and {MAX_FAMILY_COLUMNS} checkpoints, got {len(names)}")
+    models = []
+    for name in names:
+        model = load_for(cache, FlowRequest(checkpoint=name) if cache.get(name).kind == "normalizing-flow"
+                         else SampleRequest(checkpoint=name))
+        if image_shape(model) != tuple(image.shape[1:]):
+            raise RequestError(f"checkpoint {name!r} makes {image_shape(model)} images, the picked image is "
+                               f"{tuple(image.shape[1:])}")
+        if label is not None and not 0 <= label < len(model.class_names):
+            raise RequestError(f"checkpoint {name!r} has no class {label}")
+        models.append(model)
+    device = cache.device
+    x = image.to(device)
+    labels = None if label is None else torch.tensor([int(label)], device=device)
+    inversions = []
+    with torch.inference_mode():
+        for name, model in zip(names, models):
+            if model.kind == "normalizing-flow":
+                started = time.perf_counter()
+                z = model.network.encode(x, labels)
+                back = model.network.decode(z, labels)
+                seconds = time.perf_counter() - started
+                dequantized = uniform_dequantize(to_uint8(image), torch.Generator().manual_seed(0)).to(device)
+                bits = float(bits_per_dim(model.network(dequantized, labels), image[0].numel()))
+                error = (back - x).abs()
+                inversions.append(Inversion(name, model.kind, z[0].cpu(), [Reconstruction(
+                    0, 2, back[0].cpu(), float(error.max()), float(error.mean()), seconds)], bits))
+                continue
+            schedule, reconstructions, latent = model.schedule, [], None
+            for steps in step_counts:
+                grid = time_grid(schedule, int(steps))
+                started = time.perf_counter()
+                forward = Denoiser(model.network, schedule, model.parameterization, labels=labels)
+                latent = invert_ddim(forward, x, grid, schedule=schedule)
+                backward = Denoiser(model.network, schedule, model.parameterization, labels=labels)
+                back = sample_ddim(backward, latent, grid, schedule=schedule)
+                error = (back - x).abs()
+                reconstructions.append(Reconstruction(int(steps), forward.nfe + backward.nfe, back[0].cpu(),
+                                                      float(error.max()), float(error.mean()),
+                                                      time.perf_counter() - started))
+            inversions.append(Inversion(name, model.kind, latent[0].cpu(), reconstructions, None))
+    return inversions
