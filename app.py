@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import random
-import tempfile
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,18 +20,18 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from diffusion.engine import (MAX_BATCH, MAX_STEPS, ModelCache, RequestError, SampleRequest,
-                              SamplingError, run_request)
+from diffusion.app.families import build_families_tab
+from diffusion.engine import (GENERATIVE_KINDS, MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache,
+                              RequestError, SampleRequest, SamplingError, run_request)
+from diffusion.app.common import output_path, pil_images, run_in_worker, save_gif, save_png, user_error
 from diffusion.images import image_grid, to_pil
 from diffusion.sampling import ODE_SOLVERS
 from diffusion.studies import compare_samplers, difference_map, guidance_sweep, parse_scales, trajectory
 
 CHECKPOINT_DIR = Path(os.environ.get("PLAYGROUND_CHECKPOINTS", Path(__file__).parent / "checkpoints"))
 DEFAULT_CHECKPOINT = "fashion-diffusion"
-DISPLAY_SCALE = 4  # 28 px images are shown at 112 px, nearest-neighbour
 SAMPLER_LABELS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("ODE (probability flow)", "ode")]
 GUIDANCE_LABELS = [("none (conditional model)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier")]
-OUTPUT_DIR = Path(tempfile.gettempdir()) / "diffusion-playground"
 # Queue policy: sampling saturates the device, so sampling events share one worker ("sampling", limit 1);
 # running two at once only makes both slower. At most QUEUE_SIZE requests wait; beyond that Gradio answers
 # "Queue is full! Please try again." at once instead of letting a class of students wait minutes.
@@ -51,24 +48,8 @@ def configure(checkpoint_dir) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def pil_images(images: torch.Tensor, scale: int = DISPLAY_SCALE):
-    return [to_pil(image_grid(image[None], columns=1, padding=0), scale=scale) for image in images]
-
-
-def save_png(images: torch.Tensor, columns: int, stem: str) -> str:
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=".png", dir=OUTPUT_DIR)
-    os.close(fd)
-    to_pil(image_grid(images, columns), scale=2).save(path)
-    return path
-
-
-def user_error(error: Exception) -> gr.Error:
-    return gr.Error(str(error), print_exception=False)
-
-
 def denoiser_choices():
-    return [e.name for e in cache.entries() if e.available and e.kind == "denoiser"]
+    return cache.names("denoiser")
 
 
 def checkpoint_table() -> str:
@@ -86,9 +67,15 @@ def model_summary(name: str) -> str:
         return f"**{name}** is unavailable: {error}"
     config, training = model.config, model.training
     parameters = sum(p.numel() for p in model.network.parameters())
+    size = f"{parameters / 1e6:.2f} M parameters, {training.get('steps', '?')} training steps"
+    if model.kind == "normalizing-flow":
+        bits = training.get("test_bits_per_dim")
+        return (f"{model.card}\n\n*normalizing flow ({config['network']}), {size}"
+                + (f", {bits:.2f} bits/dim on the test set" if isinstance(bits, (int, float)) else "") + ".*")
+    if model.kind != "denoiser":
+        return f"{model.card}\n\n*{model.kind}, {size}.*"
     return (f"{model.card}\n\n*{config.get('schedule')} schedule, {config.get('parameterization')}-prediction, "
-            f"{parameters / 1e6:.2f} M parameters, {training.get('steps', '?')} training steps, "
-            f"self-conditioning {'yes' if model.self_condition else 'no'}.*")
+            f"{size}, self-conditioning {'yes' if model.self_condition else 'no'}.*")
 
 
 def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
@@ -108,32 +95,6 @@ def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, cla
                          guidance=str(guidance), class_index=None if class_index in (None, "") else number(class_index, "class", int),
                          scale=number(scale, "guidance scale"), self_condition=bool(self_condition),
                          seed=number(seed, "seed", int), batch_size=number(batch_size, "batch size", int))
-
-
-def run_in_worker(work, on_event):
-    """Run `work(emit)` in a thread; yield what on_event makes of each emitted event, then the result."""
-    events: queue.Queue = queue.Queue()
-    outcome = {}
-
-    def target():
-        try:
-            outcome["value"] = work(events.put)
-        except Exception as error:  # handed to the handler thread, which reports it
-            outcome["error"] = error
-        finally:
-            events.put(None)
-
-    threading.Thread(target=target, daemon=True).start()
-    while (event := events.get()) is not None:
-        update = on_event(event)
-        if update is not None:
-            yield update
-    if "error" in outcome:
-        error = outcome["error"]
-        if isinstance(error, (RequestError, SamplingError)):
-            raise user_error(error) from None
-        raise gr.Error(f"Unexpected error: {error}", print_exception=True)
-    yield ("result", outcome["value"])
 
 
 # --- Generate ---------------------------------------------------------------------------------
@@ -172,20 +133,53 @@ def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_i
             yield update
 
 
-def on_checkpoint_change(name):
-    """Class names, self-conditioning availability and the card of the chosen checkpoint."""
+def generate_flow(checkpoint, class_index, temperature, seed, batch_size):
+    """A normalizing flow: x = decode(T z, y), one exact pass, so no progress bar is needed."""
+    def number(value, name, kind=float):
+        try:
+            converted = kind(value)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise RequestError(f"{name} must be a number, got {value!r}") from error
+        if kind is int and float(value) != converted:
+            raise RequestError(f"{name} must be a whole number, got {value!r}")
+        return converted
+
+    try:
+        request = FlowRequest(checkpoint=str(checkpoint), temperature=number(temperature, "temperature"),
+                              class_index=None if class_index in (None, "") else number(class_index, "class", int),
+                              seed=number(seed, "seed", int), batch_size=number(batch_size, "batch size", int))
+        result = run_request(cache, request)
+    except (RequestError, SamplingError) as error:
+        raise user_error(error) from None
+    columns = min(8, request.batch_size)
+    status = (f"**{len(result.images)} images**, one exact pass (NFE 1), {result.seconds:.3f} s, "
+              f"{len(result.images) / max(result.seconds, 1e-9):.0f} images/s on {cache.device}")
+    return (pil_images(result.images), to_pil(image_grid(result.images, columns), scale=3), status,
+            save_png(result.images, columns, "samples"))
+
+
+def on_checkpoint_change(name, sampler):
+    """Class names, the controls that apply to the checkpoint's kind, and its card.
+
+    A denoiser shows the sampler, steps, guidance and self-conditioning; a normalizing flow shows a
+    temperature instead, and its own Generate button (API /generate_flow)."""
     try:
         model = cache.get(name)
     except RequestError as error:
         raise user_error(error) from None
     classes = [(label, index) for index, label in enumerate(model.class_names)]
     has_classifier = bool(cache.names("noisy-classifier"))
-    self_cond = gr.Checkbox(value=model.self_condition, interactive=model.self_condition,
+    denoiser = model.kind == "denoiser"
+    self_cond = gr.Checkbox(value=model.self_condition, interactive=model.self_condition, visible=denoiser,
                             info="feed the previous x0 estimate back into the network" if model.self_condition
                             else "this checkpoint was not trained with self-conditioning")
     guidance_choices = [g for g in GUIDANCE_LABELS if g[1] != "classifier" or has_classifier]
     return (gr.Dropdown(choices=classes, value=classes[0][1] if classes else None), self_cond,
-            gr.Radio(choices=guidance_choices), model_summary(name))
+            gr.Radio(choices=guidance_choices, visible=denoiser), model_summary(name),
+            gr.Radio(visible=denoiser), gr.Dropdown(visible=denoiser and sampler == "ode"),
+            gr.Slider(visible=denoiser), gr.Slider(visible=denoiser and sampler == "ddim"), gr.Radio(visible=denoiser),
+            gr.Slider(visible=denoiser), gr.Slider(visible=not denoiser),
+            gr.Button(visible=denoiser), gr.Button(visible=not denoiser))
 
 
 def random_seed():
@@ -219,10 +213,8 @@ def compare(checkpoint, guidance, class_index, scale, seed, batch_size, spacing,
               + (f", eta {r.request.eta}" if r.request.sampler == "ddim" else "")
               + (f", {r.request.solver}" if r.request.sampler == "ode" else "")
               + f": NFE {r.nfe}, {r.seconds:.2f} s" for r in results]
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    fd, manifest_path = tempfile.mkstemp(prefix="comparison-", suffix=".json", dir=OUTPUT_DIR)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2)
+    manifest_path = output_path("comparison", ".json")
+    Path(manifest_path).write_text(json.dumps(manifest, indent=2))
     state = {r.request.sampler: r.images for r in results}
     diff_image, diff_text = render_difference(state, column_a, column_b)
     return (*galleries, *labels, diff_image, diff_text, manifest_path, state)
@@ -294,11 +286,8 @@ def show_trajectory(checkpoint, sampler, solver, steps, guidance, class_index, s
         result, picked = update[1]
     strip = image_grid(torch.stack([p[3] for p in picked] + [p[4] for p in picked]), columns=len(picked))
     axis = " | ".join(f"t={t:.2f}, λ={lam:+.1f}" if lam != float("inf") else "t=0 (data)" for _, t, lam, _, _ in picked)
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    fd, gif_path = tempfile.mkstemp(prefix="trajectory-", suffix=".gif", dir=OUTPUT_DIR)
-    os.close(fd)
     frames_pil = [to_pil(image_grid(torch.stack([p[3], p[4]]), columns=2), scale=4) for p in picked]
-    frames_pil[0].save(gif_path, save_all=True, append_images=frames_pil[1:], duration=400, loop=0)
+    gif_path = save_gif(frames_pil, "trajectory", duration_ms=400)
     caption = f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}"
     return to_pil(strip, scale=3), caption, gif_path
 
@@ -314,8 +303,8 @@ def model_card(name):
 
 # --- layout -----------------------------------------------------------------------------------
 INTRO = """# diffusion-playground
-Sample class-conditional Fashion-MNIST images from a diffusion model and a rectified-flow model, compare samplers on
-the *same noise*, and see what the guidance scale does. Every image is a pure function of (checkpoint, settings, seed, index)."""
+Sample class-conditional Fashion-MNIST images from a diffusion model, a rectified-flow model and a normalizing flow
+(NICE), compare samplers and model families on the *same noise*, and see what the guidance scale does. Every image is a pure function of (checkpoint, settings, seed, index)."""
 
 SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
 (`eps_c`) and without it (`eps_u`). Classifier-free guidance uses `eps_u + w (eps_c - eps_u)`: `w = 0` ignores the class,
@@ -325,7 +314,9 @@ grows, the garments become more typical (confidence rises) and more alike (diver
 
 
 def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
-    names = denoiser_choices()
+    names = denoiser_choices()  # the Compare, Sweep and Trajectory tabs need a sampler
+    generative = cache.names(*GENERATIVE_KINDS)  # Generate also offers normalizing flows
+    available = [e.name for e in cache.entries() if e.available]  # the Model card shows every loadable file
     default = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
     classes, self_cond_ok = [], False
     if default:
@@ -343,7 +334,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=320):
-                        checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+                        checkpoint = gr.Dropdown(generative, value=default, label="Checkpoint")
                         card = gr.Markdown(model_summary(default) if default else "")
                         sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
                         solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver", visible=False)
@@ -354,6 +345,8 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                         guidance = gr.Radio(guidance_choices, value="cfg", label="Guidance")
                         class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
                         scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+                        temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
+                                                label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
                         self_condition = gr.Checkbox(value=self_cond_ok, label="Self-conditioning", interactive=self_cond_ok,
                                                      info="feed the previous x0 estimate back into the network"
                                                      if self_cond_ok else "this checkpoint was not trained with it")
@@ -362,6 +355,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                             dice = gr.Button("Random seed", size="sm")
                         batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
                         run = gr.Button("Generate", variant="primary")
+                        run_flow = gr.Button("Generate", variant="primary", visible=False)  # normalizing flows
                     with gr.Column(scale=2):
                         status = gr.Markdown("Press **Generate**.")
                         preview = gr.Image(label="Grid (live x0 estimates while sampling)", format="png",
@@ -375,8 +369,11 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 dice.click(random_seed, None, seed, api_name=False)
                 sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim")),
                                sampler, [solver, eta], api_name=False)
-                checkpoint.change(on_checkpoint_change, checkpoint, [class_index, self_condition, guidance, card],
-                                  api_name=False)
+                run_flow.click(generate_flow, [checkpoint, class_index, temperature, seed, batch_size],
+                               [gallery, preview, status, download], api_name="generate_flow", **sampling)
+                checkpoint.change(on_checkpoint_change, [checkpoint, sampler],
+                                  [class_index, self_condition, guidance, card, sampler, solver, steps, eta, spacing,
+                                   scale, temperature, run, run_flow], api_name=False)
 
             with gr.Tab("Compare samplers", id="compare"):
                 gr.Markdown("The same seed gives every column the same starting noise and the same per-step noise "
@@ -469,8 +466,11 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                                               t_seed, t_frames], [t_strip, t_caption, t_gif], api_name="trajectory",
                             show_progress="minimal", **sampling)
 
+            with gr.Tab("Families", id="families"):
+                build_families_tab(cache, classes, sampling)
+
             with gr.Tab("Model card", id="card"):
-                m_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+                m_checkpoint = gr.Dropdown(available, value=default, label="Checkpoint")
                 m_card = gr.Markdown(model_summary(default) if default else "")
                 m_json = gr.JSON(label="Metadata")
                 gr.Markdown("### Files in the checkpoint folder\n" + checkpoint_table())

@@ -43,7 +43,8 @@ def client(server):
 
 def test_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/generate", "/compare", "/sweep", "/trajectory", "/model_card"} <= set(endpoints)
+    assert {"/generate", "/generate_flow", "/compare", "/sweep", "/trajectory", "/model_card", "/same_noise",
+            "/latent_walk", "/encode"} <= set(endpoints)
 
 
 def test_generate_through_the_api(client):
@@ -72,6 +73,48 @@ def test_bad_input_is_a_readable_error(client, args, message):
 
     with pytest.raises(AppError, match=message):
         client.predict(*args, api_name="/generate")
+
+
+def test_generate_flow_through_the_api(client):
+    from gradio_client.exceptions import AppError
+
+    gallery, grid, status, download = client.predict("tiny-nice", 1, 0.8, 3, 5, api_name="/generate_flow")
+    assert len(gallery) == 5 and "NFE 1" in status
+    again = client.predict("tiny-nice", 1, 0.8, 3, 5, api_name="/generate_flow")
+    assert Image.open(again[0][4]["image"]).tobytes() == Image.open(gallery[4]["image"]).tobytes()
+    with pytest.raises(AppError, match="denoiser: it takes a sampler and steps, not a temperature"):
+        client.predict("tiny", 1, 0.8, 3, 5, api_name="/generate_flow")
+    with pytest.raises(AppError, match="normalizing flow"):
+        client.predict("tiny-nice", "ddim", "heun", 5, 0.0, "uniform", "none", 2, 1.0, False, 7, 6, api_name="/generate")
+
+
+def test_same_noise_latent_walk_and_encode_through_the_api(client):
+    from gradio_client.exceptions import AppError
+
+    gallery, table, png = client.predict(["tiny-nice", "tiny", "tiny-flow"], 0, 4, 3, 3, "dpm++2m", 1.0, 1.0,
+                                         api_name="/same_noise")
+    assert len(gallery) == 3 and table.count("\n") == 4 and "exact decode" in table
+    assert Image.open(png).format == "PNG"
+    strip, caption, gif = client.predict(["tiny-nice", "tiny"], 2, 0, 1, 5, 3, "heun", 2.0, 1.0, api_name="/latent_walk")
+    assert Image.open(gif).n_frames == 8 and "seed 0 to seed 1" in caption  # 5 frames there, 3 back
+    with pytest.raises(AppError, match="greater than maximum value 16|frames must be between 2 and 16"):
+        client.predict(["tiny-nice"], 2, 0, 1, 40, 3, "heun", 2.0, 1.0, api_name="/latent_walk")
+    # The tiny models make 8x8 images, Fashion-MNIST's are 28x28: a readable refusal either way.
+    with pytest.raises(AppError, match="makes \\(1, 8, 8\\) images|test set is not installed"):
+        client.predict(["tiny-nice"], 0, api_name="/encode")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+                    reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+def test_encode_handler_on_a_test_image(tmp_path):
+    from diffusion.app.families import run_encode
+    from diffusion.engine import ModelCache
+
+    folder = write_tiny_checkpoints(tmp_path / "ckpt28", image_size=28, class_names=tuple(f"c{i}" for i in range(10)))
+    gallery, table = run_encode(ModelCache(folder, device="cpu"), ["tiny-nice", "tiny-flow"], 3)
+    assert len(gallery) == 1 + 2 + 5  # original; NICE latent + exact decode; flow latent + 4 step counts
+    assert "| `tiny-nice` | exact (NICE) | exact | 2 |" in table and "bits/dim" in table
+    assert table.count("DDIM inversion") == 4
 
 
 def test_compare_manifest_and_difference(client):
@@ -121,6 +164,10 @@ def test_browser_generate_and_compare(server, tmp_path):
         page.get_by_role("button", name="Compare", exact=True).click()
         page.wait_for_selector("text=mean |DDIM - ODE|", timeout=60_000)
         assert page.get_by_text("NFE").count() >= 3
+        page.get_by_role("tab", name="Families").click()
+        page.get_by_role("button", name="Decode the same noise").click()
+        page.wait_for_selector("text=exact decode", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "families.png"))
         browser.close()
 
 

@@ -1,0 +1,74 @@
+"""Helpers every tab shares: tensors -> PIL images and files, errors a user can read, and a worker thread
+that streams a backend call's progress events to a Gradio generator handler."""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from ..engine import RequestError, SamplingError
+from ..images import image_grid, to_pil
+
+DISPLAY_SCALE = 4  # 28 px images are shown at 112 px, nearest-neighbour
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "diffusion-playground"
+
+
+def pil_images(images: torch.Tensor, scale: int = DISPLAY_SCALE):
+    return [to_pil(image_grid(image[None], columns=1, padding=0), scale=scale) for image in images]
+
+
+def output_path(stem: str, suffix: str) -> str:
+    """A fresh file in the app's output folder (the only files the app serves)."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=suffix, dir=OUTPUT_DIR)
+    os.close(fd)
+    return path
+
+
+def save_png(images: torch.Tensor, columns: int, stem: str) -> str:
+    path = output_path(stem, ".png")
+    to_pil(image_grid(images, columns), scale=2).save(path)
+    return path
+
+
+def save_gif(frames, stem: str, duration_ms: int = 300) -> str:
+    """PIL frames -> an endlessly looping GIF."""
+    path = output_path(stem, ".gif")
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    return path
+
+
+def user_error(error: Exception) -> gr.Error:
+    return gr.Error(str(error), print_exception=False)
+
+
+def run_in_worker(work, on_event):
+    """Run `work(emit)` in a thread; yield what on_event makes of each emitted event, then the result."""
+    events: queue.Queue = queue.Queue()
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = work(events.put)
+        except Exception as error:  # handed to the handler thread, which reports it
+            outcome["error"] = error
+        finally:
+            events.put(None)
+
+    threading.Thread(target=target, daemon=True).start()
+    while (event := events.get()) is not None:
+        update = on_event(event)
+        if update is not None:
+            yield update
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, (RequestError, SamplingError)):
+            raise user_error(error) from None
+        raise gr.Error(f"Unexpected error: {error}", print_exception=True)
+    yield ("result", outcome["value"])

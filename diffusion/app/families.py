@@ -1,0 +1,216 @@
+"""The Families tab: one Gaussian noise through every kind of model, latent walks, and encoding an image.
+
+Flows and diffusion models both map N(0, I) to data: NICE in one exact pass, the diffusion and flow-matching
+models by integrating their probability-flow ODE. Feeding them the same noise shows it in one picture.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache, partial
+
+import gradio as gr
+import torch
+
+from ..data import DataError, FASHION_MNIST_DIR, load_fashion_mnist, to_model_range
+from ..engine import GENERATIVE_KINDS, ModelCache, RequestError, image_shape
+from ..images import image_grid, to_pil
+from ..sampling import ODE_SOLVERS
+from ..studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
+                       same_noise, walk_noise)
+from .common import pil_images, run_in_worker, save_gif, save_png, user_error
+
+INTRO = """**Same noise, three families.** A normalizing flow (NICE) turns Gaussian noise into an image in one exact,
+invertible pass; a diffusion model and a rectified flow do it by integrating their probability-flow ODE. Give them
+*the same* noise and compare: every row below starts from identical x_T (NICE decodes T x_T)."""
+
+
+def _number(value, name, kind=float):
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise RequestError(f"{name} must be a number, got {value!r}") from error
+    if kind is int and float(value) != converted:
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
+    return converted
+
+
+def _class(value):
+    return None if value in (None, "") else _number(value, "class", int)
+
+
+def _table(columns) -> str:
+    rows = ["| checkpoint | family | how | NFE | time |", "|---|---|---|---|---|"]
+    for c in columns:
+        family = "normalizing flow" if c.kind == "normalizing-flow" else "ODE model"
+        rows.append(f"| `{c.checkpoint}` | {family} | {c.how} | {c.result.nfe} | {c.result.seconds:.2f} s |")
+    return "\n".join(rows)
+
+
+@lru_cache(maxsize=1)
+def _test_set():
+    return load_fashion_mnist("test")
+
+
+def test_image(index) -> tuple[torch.Tensor, int]:
+    """Fashion-MNIST test image `index` as (1, 1, 28, 28) in [-1, 1], and its label."""
+    index = _number(index, "test image", int)
+    try:
+        test = _test_set()
+    except DataError:
+        raise RequestError(f"the Fashion-MNIST test set is not installed (looked in {FASHION_MNIST_DIR}); install "
+                           f"Debian's package with `apt install dataset-fashion-mnist` and restart the app") from None
+    if not 0 <= index < len(test):
+        raise RequestError(f"test image must be between 0 and {len(test) - 1}, got {index}")
+    return to_model_range(test.images[index:index + 1]), int(test.labels[index])
+
+
+# --- handlers (the backend is passed in) -------------------------------------------------------
+def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size, steps, solver, scale, temperature,
+                   progress=gr.Progress()):
+    try:
+        requests = family_requests(cache, list(checkpoints or []), class_index=_class(class_index),
+                                   seed=_number(seed, "seed", int), batch_size=_number(batch_size, "images", int),
+                                   steps=_number(steps, "ODE steps", int), solver=str(solver),
+                                   scale=_number(scale, "guidance scale"),
+                                   temperature=_number(temperature, "temperature"))
+    except RequestError as error:
+        raise user_error(error) from None
+    columns = _run(lambda emit: same_noise(cache, requests, progress=lambda i, d, t: emit((i, d, t))), progress,
+                   len(requests))
+    per_row = min(8, requests[0].batch_size)
+    gallery = [(to_pil(image_grid(c.result.images, per_row), scale=3), f"{c.checkpoint}: {c.how}, NFE {c.result.nfe}")
+               for c in columns]
+    everything = torch.cat([c.result.images for c in columns])
+    return gallery, _table(columns), save_png(everything, per_row, "same-noise")
+
+
+def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b, frames, steps, solver, scale,
+                    temperature, progress=gr.Progress()):
+    try:
+        frames = _number(frames, "frames", int)
+        requests = family_requests(cache, list(checkpoints or []), class_index=_class(class_index), seed=0,
+                                   batch_size=frames, steps=_number(steps, "ODE steps", int), solver=str(solver),
+                                   scale=_number(scale, "guidance scale"),
+                                   temperature=_number(temperature, "temperature"))
+        shape = image_shape(cache.get(requests[0].checkpoint))
+        x_T = walk_noise(shape, _number(seed_a, "seed A", int), _number(seed_b, "seed B", int), frames)
+    except RequestError as error:
+        raise user_error(error) from None
+    columns = _run(lambda emit: same_noise(cache, requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
+                   progress, len(requests))
+    strip = torch.cat([c.result.images for c in columns])  # one row per model
+    gif_frames = [to_pil(image_grid(torch.stack([c.result.images[k] for c in columns]), len(columns)), scale=4)
+                  for k in range(frames)]
+    gif_frames += gif_frames[-2:0:-1]  # there and back
+    caption = ("Rows, top to bottom: " + "; ".join(f"`{c.checkpoint}` ({c.how})" for c in columns)
+               + f". Columns: spherical interpolation from seed {seed_a} to seed {seed_b} in {frames} frames.")
+    return to_pil(image_grid(strip, frames), scale=3), caption, save_gif(gif_frames, "latent-walk")
+
+
+def run_encode(cache: ModelCache, checkpoints, index):
+    try:
+        image, label = test_image(index)
+        inversions = encode_image(cache, list(checkpoints or []), image, label)
+    except RequestError as error:
+        raise user_error(error) from None
+    model = cache.get(inversions[0].checkpoint)
+    class_name = model.class_names[label] if label < len(model.class_names) else str(label)
+    gallery = [(pil_images(image)[0], f"test image {index}: {class_name}")]
+    rows = ["| checkpoint | how | steps each way | NFE | max error | mean error | time |", "|---|---|---|---|---|---|---|"]
+    for inv in inversions:
+        # Latents are N(0, I)-like: shown as (z / 3) so that +-3 standard deviations fill the grey range.
+        gallery.append((pil_images((inv.latent / 3)[None])[0], f"{inv.checkpoint}: latent (z / 3)"))
+        for r in inv.reconstructions:
+            how = "exact (NICE)" if inv.kind == "normalizing-flow" else "DDIM inversion + DDIM"
+            steps = "exact" if inv.kind == "normalizing-flow" else str(r.steps)
+            gallery.append((pil_images(r.image[None])[0], f"{inv.checkpoint}: decoded ({steps})"))
+            rows.append(f"| `{inv.checkpoint}` | {how} | {steps} | {r.nfe} | {r.max_error:.2e} | {r.mean_error:.2e} | "
+                        f"{r.seconds:.2f} s |")
+    likelihoods = [f"`{inv.checkpoint}`: **{inv.bits_per_dim:.2f} bits/dim** (exact)" for inv in inversions
+                   if inv.bits_per_dim is not None]
+    text = "\n".join(rows) + ("\n\nLikelihood of this image: " + "; ".join(likelihoods) if likelihoods else "")
+    return gallery, text
+
+
+def _run(work, progress, columns: int):
+    def on_event(event):
+        i, done, total = event
+        if progress is not None:
+            progress((i * 1000 + done * 1000 // max(total, 1), columns * 1000), desc=f"model {i + 1}/{columns}")
+
+    for update in run_in_worker(work, on_event):
+        result = update[1]
+    return result
+
+
+# --- layout -----------------------------------------------------------------------------------
+def build_families_tab(cache: ModelCache, class_choices, sampling: dict):
+    """The tab's widgets and events; call inside `with gr.Tab(...)`."""
+    names = cache.names(*GENERATIVE_KINDS)
+    preferred = [n for n in ("fashion-nice", "fashion-diffusion", "fashion-flow") if n in names]
+    default = preferred or names[:3]
+    first_class = class_choices[0][1] if class_choices else None
+
+    def checkpoints_box():
+        return gr.CheckboxGroup(names, value=default, label=f"Checkpoints (up to {MAX_FAMILY_COLUMNS})")
+
+    def ode_controls():
+        with gr.Row():
+            steps = gr.Slider(1, 200, value=20, step=1, label="ODE steps (diffusion / flow models)")
+            solver = gr.Dropdown(list(ODE_SOLVERS), value="dpm++2m", label="ODE solver")
+            scale = gr.Slider(0, 15, value=1.0, step=0.25, label="CFG scale w (1 = conditional model)")
+            temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="NICE temperature T")
+        return steps, solver, scale, temperature
+
+    gr.Markdown(INTRO)
+    with gr.Accordion("Same noise", open=True):
+        with gr.Row():
+            n_checkpoints = checkpoints_box()
+            n_class = gr.Dropdown(class_choices, value=first_class, label="Class")
+            n_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+            n_batch = gr.Slider(1, 16, value=8, step=1, label="Images")
+        n_steps, n_solver, n_scale, n_temperature = ode_controls()
+        n_run = gr.Button("Decode the same noise", variant="primary")
+        n_gallery = gr.Gallery(label="One grid per model, same noise", columns=1, format="png", height="auto")
+        n_table = gr.Markdown()
+        n_file = gr.File(label="PNG (rows in the table's order)")
+        n_run.click(partial(run_same_noise, cache),
+                    [n_checkpoints, n_class, n_seed, n_batch, n_steps, n_solver, n_scale, n_temperature],
+                    [n_gallery, n_table, n_file], api_name="same_noise", show_progress="minimal", **sampling)
+
+    with gr.Accordion("Latent walk", open=False):
+        gr.Markdown("Walk on the sphere from one seed's noise to another's (spherical interpolation keeps the "
+                    "noise's norm) and decode every step with every model: the flow is smooth by construction; "
+                    "the ODE models are smooth too, because their map from noise to data is a continuous flow.")
+        with gr.Row():
+            w_checkpoints = checkpoints_box()
+            w_class = gr.Dropdown(class_choices, value=first_class, label="Class")
+            w_seed_a = gr.Number(value=0, precision=0, label="Seed A", minimum=0)
+            w_seed_b = gr.Number(value=1, precision=0, label="Seed B", minimum=0)
+            w_frames = gr.Slider(2, MAX_WALK_FRAMES, value=10, step=1, label="Frames")
+        w_steps, w_solver, w_scale, w_temperature = ode_controls()
+        w_run = gr.Button("Walk", variant="primary")
+        w_strip = gr.Image(label="Filmstrip: one row per model", format="png", interactive=False)
+        w_caption = gr.Markdown()
+        w_gif = gr.File(label="Animated GIF")
+        w_run.click(partial(run_latent_walk, cache),
+                    [w_checkpoints, w_class, w_seed_a, w_seed_b, w_frames, w_steps, w_solver, w_scale, w_temperature],
+                    [w_strip, w_caption, w_gif], api_name="latent_walk", show_progress="minimal", **sampling)
+
+    with gr.Accordion("Encode an image", open=False):
+        installed = (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists()
+        gr.Markdown("Encode a Fashion-MNIST test image into noise and decode it back. NICE is exactly invertible "
+                    "(error ~1e-6, float rounding); the ODE models invert by integrating their probability-flow "
+                    f"ODE from t = 0 to 1 (DDIM inversion) and back, with {', '.join(map(str, INVERSION_STEPS))} "
+                    "steps each way: the error is the solver's, and it shrinks with the steps."
+                    + ("" if installed else f"\n\n**The test set is not installed** (looked in `{FASHION_MNIST_DIR}`): "
+                       "`apt install dataset-fashion-mnist`, then restart the app."))
+        with gr.Row():
+            e_checkpoints = checkpoints_box()
+            e_index = gr.Number(value=0, precision=0, label="Test image (0-9999)", minimum=0, maximum=9999)
+        e_run = gr.Button("Encode and decode", variant="primary", interactive=installed)
+        e_gallery = gr.Gallery(label="Original, then per model: latent and reconstructions", columns=6,
+                               format="png", height="auto")
+        e_table = gr.Markdown()
+        e_run.click(partial(run_encode, cache), [e_checkpoints, e_index], [e_gallery, e_table],
+                    api_name="encode", show_progress="minimal", **sampling)
