@@ -70,24 +70,41 @@ def command_export(args):
     print(trainer.export(args.out))
 
 
+DENOISER_SAMPLE_DEFAULTS = {"sampler": "ddim", "solver": "heun", "steps": 50, "eta": 0.0, "spacing": "uniform",
+                            "guidance": "cfg", "scale": 3.0, "self_condition": False}
+
+
 def command_sample(args):
-    """One grid: `--class N` for a batch of one class, `--class all` for one row of `--columns` images per class."""
+    """One grid: `--class N` for a batch of one class, `--class all` for one row of `--columns` images per class.
+
+    A denoiser takes the sampler options, a normalizing flow `--temperature`; an option of the other kind is
+    an error, never ignored."""
     import dataclasses as dc
 
     import torch
 
-    from .engine import ModelCache, SampleRequest, run_request
+    from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
     from .images import image_grid, to_pil
 
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
     cache = ModelCache(given.parent if is_path else Path(args.checkpoint_dir))
-    request = SampleRequest(checkpoint=given.stem if is_path else args.checkpoint, sampler=args.sampler,
-                            solver=args.solver, steps=args.steps, eta=args.eta, spacing=args.spacing,
-                            guidance=args.guidance, class_index=0 if args.class_index == "all" else int(args.class_index),
-                            scale=args.scale, self_condition=args.self_condition, seed=args.seed,
-                            batch_size=args.columns if args.class_index == "all" else args.batch_size)
-    classes = range(len(cache.get(request.checkpoint).class_names)) if args.class_index == "all" else [request.class_index]
+    name = given.stem if is_path else args.checkpoint
+    kind = cache.get(name).kind
+    every_class = args.class_index == "all"
+    common = dict(checkpoint=name, class_index=0 if every_class else int(args.class_index), seed=args.seed,
+                  batch_size=args.columns if every_class else args.batch_size)
+    sampler_options = {key: getattr(args, key) for key in DENOISER_SAMPLE_DEFAULTS if getattr(args, key) is not None}
+    if kind == "normalizing-flow":
+        if sampler_options:
+            raise RequestError(f"checkpoint {name!r} is a normalizing flow: {', '.join('--' + k.replace('_', '-') for k in sampler_options)} "
+                               f"do not apply (it decodes noise in one exact pass); use --temperature")
+        request = FlowRequest(**common, temperature=1.0 if args.temperature is None else args.temperature)
+    else:
+        if args.temperature is not None:
+            raise RequestError(f"checkpoint {name!r} is a {kind}: --temperature applies to normalizing flows only")
+        request = SampleRequest(**common, **(DENOISER_SAMPLE_DEFAULTS | sampler_options))
+    classes = range(len(cache.get(name).class_names)) if every_class else [request.class_index]
     results = [run_request(cache, dc.replace(request, class_index=k)) for k in classes]
     images = torch.cat([r.images for r in results])
     to_pil(image_grid(images, columns=args.columns), scale=2).save(args.out)
@@ -102,7 +119,8 @@ def command_evaluate(args):
                         reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=args.out_dir,
                         quick=args.quick)
     conditioning = {"both": (False, True), "on": (True,), "off": (False,)}[args.self_cond]
-    print(markdown_tables(Evaluator(config).run(parts=tuple(args.parts), self_conditioning=conditioning)))
+    parts = tuple(args.parts) if args.parts else None
+    print(markdown_tables(Evaluator(config).run(parts=parts, self_conditioning=conditioning)))
 
 
 def command_benchmark(args):
@@ -125,12 +143,18 @@ def command_cards(args):
     for path in sorted(Path(args.checkpoint_dir).glob("*.safetensors")):
         model = load_checkpoint(path)
         config, training = model.config, model.training
-        what = (f"{config['schedule']}, {config['parameterization']}-prediction"
-                + (", self-cond" if model.self_condition else "") if model.kind == "denoiser"
-                else "noise-conditioned" if model.network.config.noise_conditioned else "clean images")
-        accuracy = training.get("test_accuracy")
+        if model.kind == "denoiser":
+            what = (f"{config['schedule']}, {config['parameterization']}-prediction"
+                    + (", self-cond" if model.self_condition else ""))
+        elif model.kind == "normalizing-flow":
+            net = model.network.config
+            what = f"{config['network']}, {net.couplings} couplings of {net.hidden_layers} x {net.hidden_width} units"
+        else:
+            what = "noise-conditioned" if model.network.config.noise_conditioned else "clean images"
+        accuracy, bits = training.get("test_accuracy"), training.get("test_bits_per_dim")
         trained = (f"{training.get('steps')} steps x batch {training.get('batch_size')}, {training.get('wall_minutes')} min "
-                   f"on {training.get('device')}" + (f"; test accuracy {accuracy:.3f}" if accuracy else ""))
+                   f"on {training.get('device')}" + (f"; test accuracy {accuracy:.3f}" if accuracy else "")
+                   + (f"; test {bits:.2f} ± {training.get('test_bits_per_dim_stderr', 0):.2f} bits/dim" if bits else ""))
         parameters = sum(p.numel() for p in model.network.parameters())
         size = path.stat().st_size / 2**20
         rows.append(f"| `{path.name}` ({size:.1f} MiB) | {model.kind} | {what} | {parameters / 1e6:.2f} M | {trained} | "
@@ -161,15 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sample.add_argument("--checkpoint", required=True, help="checkpoint file or name in --checkpoint-dir")
     sample.add_argument("--checkpoint-dir", default="checkpoints")
-    sample.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "ode"])
-    sample.add_argument("--solver", default="heun", help="ODE solver: euler, heun, dpm++2m")
-    sample.add_argument("--steps", type=int, default=50)
-    sample.add_argument("--eta", type=float, default=0.0)
-    sample.add_argument("--spacing", default="uniform", choices=["uniform", "log-snr"])
-    sample.add_argument("--guidance", default="cfg", choices=["none", "cfg", "classifier"])
+    sample.add_argument("--sampler", choices=["ddpm", "ddim", "ode"], help="denoisers (default ddim)")
+    sample.add_argument("--solver", help="ODE solver: euler, heun, dpm++2m (default heun)")
+    sample.add_argument("--steps", type=int, help="denoisers (default 50)")
+    sample.add_argument("--eta", type=float, help="DDIM eta (default 0)")
+    sample.add_argument("--spacing", choices=["uniform", "log-snr"], help="time spacing (default uniform)")
+    sample.add_argument("--guidance", choices=["none", "cfg", "classifier"], help="denoisers (default cfg)")
     sample.add_argument("--class", dest="class_index", default="0", help="class index, or 'all' for one row per class")
-    sample.add_argument("--scale", type=float, default=3.0)
-    sample.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=False)
+    sample.add_argument("--scale", type=float, help="guidance scale (default 3)")
+    sample.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=None,
+                        help="denoisers trained with it (default off)")
+    sample.add_argument("--temperature", type=float, help="normalizing flows: z ~ N(0, T^2 I) (default 1)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=16)
     sample.add_argument("--columns", type=int, default=8)
@@ -186,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out-dir", default="docs/evaluation")
     evaluate.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
-    evaluate.add_argument("--parts", nargs="+", default=["samplers", "guidance"],
-                          choices=["samplers", "guidance", "quality-bar", "seed-spread"], help="which tables to compute")
+    evaluate.add_argument("--parts", nargs="+", default=None,
+                          choices=["samplers", "guidance", "quality-bar", "seed-spread", "temperatures"],
+                          help="which tables to compute (default: samplers and guidance for a denoiser, "
+                               "temperatures and quality-bar for a normalizing flow)")
     evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
                           help="self-conditioning settings for the sampler table")
     evaluate.set_defaults(handler=command_evaluate)

@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import atomic_write
 from .data import load_fashion_mnist, to_model_range
-from .engine import ModelCache, SampleRequest, file_sha256, run_request
+from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, file_sha256, run_request
 from .metrics import class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance
 
 
@@ -56,7 +56,11 @@ def sampler_grid(quick: bool) -> list[dict]:
 
 NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused
 METRICS = ("nfe", "samples", "fid", "accuracy", "diversity", "seconds")
-PARTS = ("samplers", "guidance", "quality_bar", "seed_spread")
+PARTS = ("samplers", "guidance", "quality_bar", "seed_spread", "temperatures")
+# The parts that make sense for each kind of generative checkpoint, the first ones being the default.
+KIND_PARTS = {"denoiser": (("samplers", "guidance"), ("quality_bar", "seed_spread")),
+              "normalizing-flow": (("temperatures", "quality_bar"), ())}
+TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 SPREAD_SEEDS = 5  # seed-spread: DDIM-20 with this many other seeds, for the noise of one row's numbers
 
 
@@ -95,7 +99,12 @@ class Evaluator:
             raise RuntimeError(f"no evaluator checkpoint in {c.checkpoint_dir}; train one with "
                                f"`python -m diffusion train --preset fashion-evaluator`")
         self.evaluator = evaluator.network
-        self.classes = len(self.cache.get(c.checkpoint).class_names)
+        model = self.cache.get(c.checkpoint)
+        self.kind = model.kind
+        if self.kind not in KIND_PARTS:
+            raise RequestError(f"checkpoint {c.checkpoint!r} is a {self.kind!r}; only generative checkpoints "
+                               f"({', '.join(KIND_PARTS)}) can be evaluated")
+        self.classes = len(model.class_names)
         self.reference = self._reference_features()
 
     def _reference_features(self) -> torch.Tensor:
@@ -116,10 +125,12 @@ class Evaluator:
             for start in range(0, per_class, c.batch_size):
                 # Every sample has its own noise (image index label * per_class + start + i): with the same noise
                 # for every class, unconditional rows would repeat per_class images `classes` times.
-                request = SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=seed,
-                                        first_index=label * per_class + start,
-                                        batch_size=min(c.batch_size, per_class - start),
-                                        **({"guidance": "none", "scale": 1.0} | request_fields))
+                common = dict(checkpoint=c.checkpoint, class_index=label, seed=seed,
+                              first_index=label * per_class + start, batch_size=min(c.batch_size, per_class - start))
+                if self.kind == "normalizing-flow":
+                    request = FlowRequest(**common, **request_fields)
+                else:
+                    request = SampleRequest(**common, **({"guidance": "none", "scale": 1.0} | request_fields))
                 result = run_request(self.cache, request)
                 images.append(result.images)
                 labels += [label] * len(result.images)
@@ -155,12 +166,19 @@ class Evaluator:
         return {"draws": draws, "samples": rows[0]["samples"], "fid": float(fids.mean()), "fid_std": float(fids.std()),
                 "accuracy": sum(r["accuracy"] for r in rows) / draws, "diversity": sum(r["diversity"] for r in rows) / draws}
 
-    def run(self, parts=("samplers", "guidance"), self_conditioning=(False, True), write=True) -> dict:
-        """parts: "samplers" (the NFE table), "guidance" (the scale table), "quality-bar" (DDIM-50, CFG 3),
-        "seed-spread" (DDIM-20 with SPREAD_SEEDS other seeds: how much one row's numbers move with the noise)."""
+    def run(self, parts=None, self_conditioning=(False, True), write=True) -> dict:
+        """parts (None: the kind's default): for a denoiser "samplers" (the NFE table), "guidance" (the scale
+        table), "quality-bar" (DDIM-50, CFG 3), "seed-spread" (DDIM-20 with SPREAD_SEEDS other seeds: how much
+        one row's numbers move with the noise); for a normalizing flow "temperatures" and "quality-bar" (T = 1)."""
         c = self.config
+        default, optional = KIND_PARTS[self.kind]
+        wanted = {part.replace("-", "_") for part in (parts or default)}
+        if wanted - set(default + optional):
+            raise RequestError(f"checkpoint {c.checkpoint!r} is a {self.kind}: its evaluation parts are "
+                               f"{', '.join(p.replace('_', '-') for p in default + optional)}, not "
+                               f"{', '.join(sorted(p.replace('_', '-') for p in wanted - set(default + optional)))}")
         model = self.cache.get(c.checkpoint)
-        conditioning = [s for s in self_conditioning if not s or model.self_condition]
+        conditioning = [s for s in self_conditioning if not s or (model.kind == "denoiser" and model.self_condition)]
         identity = {"checkpoint_sha256": file_sha256(self.cache.path_of(c.checkpoint)), "samples": c.samples,
                     "reference": c.reference, "seed": c.seed, "noise": NOISE_INDEXING}
         path = Path(c.out_dir) / f"{c.checkpoint}.json"
@@ -168,9 +186,9 @@ class Evaluator:
         started = time.time()
         results = {"config": asdict(c), "identity": identity, "checkpoint": c.checkpoint,
                    "device": str(self.cache.device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                   "real_data": self.real_data_floor(), "samplers": [], "guidance": []}
+                   "real_data": self.real_data_floor(), "samplers": [], "guidance": [], "temperatures": []}
         steps = 4 if c.quick else 50
-        planned = {
+        planned = {} if self.kind == "normalizing-flow" else {
             "samplers": [dict(**row, self_condition=s) for s in conditioning for row in sampler_grid(c.quick)],
             "guidance": [dict(sampler="ddim", steps=steps, **row)
                          for row in guidance_grid(c.quick, bool(self.cache.names("noisy-classifier")))],
@@ -178,7 +196,9 @@ class Evaluator:
                                  self_condition=model.self_condition)],
             "seed_spread": [dict(sampler="ddim", steps=4 if c.quick else 20, self_condition=model.self_condition,
                                  seed=c.seed + k) for k in range(1, 3 if c.quick else SPREAD_SEEDS + 1)]}
-        wanted = {part.replace("-", "_") for part in parts}
+        if self.kind == "normalizing-flow":
+            planned = {"temperatures": [dict(temperature=t) for t in (TEMPERATURES[1:] if c.quick else TEMPERATURES)],
+                       "quality_bar": [dict(temperature=1.0)]}
 
         def known(part):  # the rows of a part that are done, in table order (the quality bar is one row)
             rows = [done[row_key(r)] for r in planned[part] if row_key(r) in done]
@@ -193,6 +213,8 @@ class Evaluator:
                     results[part] = known(part)
                     if write:
                         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+        for part in planned:  # rows shared between parts (a flow's quality bar is its T = 1 row) are known now
+            results[part] = known(part)
         if results["quality_bar"] is None:
             del results["quality_bar"]
         results["wall_minutes"] = round((time.time() - started) / 60, 1)
@@ -236,7 +258,16 @@ def markdown_tables(results: dict) -> str:
                       f"(min {float(fids.min()):.2f}, max {float(fids.max()):.2f}), accuracy {float(accuracies.mean()):.3f} "
                       f"± {float(accuracies.std()):.3f}. One row's numbers move this much with the noise alone; rows "
                       f"of deterministic samplers share their noise, so their differences are less noisy than that."]
-    if "quality_bar" in results:
+    if results.get("temperatures"):
+        lines += ["", "Temperature (z ~ N(0, T^2 I), one exact pass per image; T = 1 is the model's own distribution):",
+                  "", "| temperature | feature FID | accuracy | diversity |", "|---|---|---|---|"]
+        for r in results["temperatures"]:
+            lines.append(f"| {r['temperature']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | {r['diversity']:.3f} |")
+    if "quality_bar" in results and "temperature" in results["quality_bar"]:
+        q = results["quality_bar"]
+        lines += ["", f"Quality bar (temperature {q['temperature']:g}, {q['samples']} samples): evaluator accuracy "
+                      f"{q['accuracy']:.3f}, feature FID {q['fid']:.2f}, diversity {q['diversity']:.3f}."]
+    elif "quality_bar" in results:
         q = results["quality_bar"]
         lines += ["", f"Quality bar (DDIM-50, classifier-free guidance 3, self-conditioning "
                       f"{'on' if q['self_condition'] else 'off'}, {q['samples']} samples): evaluator accuracy "
@@ -263,6 +294,30 @@ def plot_results(results: dict, out_dir: Path):
         plot_fid_against_nfe(results, out_dir / f"{name}-fid-vs-nfe.png", plt)
     if results["guidance"]:
         plot_guidance(results, out_dir / f"{name}-guidance.png", plt)
+    if results.get("temperatures"):
+        plot_temperatures(results, out_dir / f"{name}-temperature.png", plt)
+
+
+def plot_temperatures(results: dict, path: Path, plt):
+    """Accuracy, diversity and feature FID against a normalizing flow's sampling temperature."""
+    rows = results["temperatures"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    real = results.get("real_data")
+    for ax, (key, title) in zip(axes, [("accuracy", "class accuracy (evaluator)"),
+                                       ("diversity", "diversity (within-class feature distance)"),
+                                       ("fid", "feature FID (lower is better)")]):
+        ax.plot([r["temperature"] for r in rows], [r[key] for r in rows], marker="o", label="samples")
+        if real:
+            ax.axhline(real[key], color="0.5", linestyle="--", label="real images")
+        ax.set(xlabel="temperature T", title=title)
+    axes[0].set_ylim(0, 1.02)
+    axes[2].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle(f"{results['checkpoint']}: what the temperature does ({results['config']['samples']} samples per point)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 SAMPLER_COLOURS = {"ddpm": "tab:blue", "ddim": "tab:orange", "ode euler": "tab:green", "ode heun": "tab:red",

@@ -43,6 +43,19 @@ def test_sample_with_a_bad_request_prints_one_clear_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == "error: steps must be between 1 and 1000, got 0"
 
 
+def test_sample_from_a_normalizing_flow_and_options_of_the_other_kind_are_errors(tmp_path):
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    out = tmp_path / "nice.png"
+    result = run("sample", "--checkpoint", "tiny-nice", "--checkpoint-dir", str(folder), "--temperature", "0.7",
+                 "--class", "all", "--columns", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "NFE 1" in result.stdout and Image.open(out).size == (2 * (3 * 10 + 2), 2 * (3 * 10 + 2))
+    refused = run("sample", "--checkpoint", "tiny-nice", "--checkpoint-dir", str(folder), "--steps", "5")
+    assert refused.returncode == 2 and "normalizing flow: --steps do not apply" in refused.stderr
+    refused = run("sample", "--checkpoint", "tiny", "--checkpoint-dir", str(folder), "--temperature", "0.5")
+    assert refused.returncode == 2 and "--temperature applies to normalizing flows only" in refused.stderr
+
+
 @pytest.fixture
 def fashion_sized_checkpoints(tmp_path):
     return write_tiny_checkpoints(tmp_path / "ckpt28", image_size=28, class_names=tuple(f"c{i}" for i in range(10)))
@@ -60,6 +73,22 @@ def test_evaluate_quick(fashion_sized_checkpoints, tmp_path):
     assert len(results["samplers"]) == 6 and len(results["guidance"]) == 4  # 3 samplers x self-cond off/on
     assert all(r["fid"] > 0 and 0 <= r["accuracy"] <= 1 for r in results["samplers"] + results["guidance"])
     assert (out / "tiny-fid-vs-nfe.png").exists() and (out / "tiny-guidance.png").exists()
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+def test_evaluate_quick_on_a_normalizing_flow(fashion_sized_checkpoints, tmp_path):
+    import json
+
+    out = tmp_path / "eval"
+    args = ("--quick", "--checkpoint", "tiny-nice", "--checkpoint-dir", str(fashion_sized_checkpoints), "--out-dir", str(out))
+    result = run("evaluate", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((out / "tiny-nice.json").read_text())
+    assert [r["temperature"] for r in results["temperatures"]] == [0.7, 0.85, 1.0]
+    assert results["quality_bar"]["temperature"] == 1.0 and results["quality_bar"]["nfe"] == 1
+    assert (out / "tiny-nice-temperature.png").exists() and "| temperature |" in (out / "tiny-nice.md").read_text()
+    refused = run("evaluate", *args, "--parts", "samplers")
+    assert refused.returncode == 2 and "normalizing-flow: its evaluation parts are temperatures" in refused.stderr
 
 
 def test_benchmark_quick(tmp_path):
