@@ -91,9 +91,10 @@ def test_generate_flow_through_the_api(client):
 def test_same_noise_latent_walk_and_encode_through_the_api(client):
     from gradio_client.exceptions import AppError
 
-    gallery, table, png = client.predict(["tiny-nice", "tiny", "tiny-flow"], 0, 4, 3, 3, "dpm++2m", 1.0, 1.0,
-                                         api_name="/same_noise")
-    assert len(gallery) == 3 and table.count("\n") == 4 and "exact decode" in table
+    grid, table, png = client.predict(["tiny-nice", "tiny", "tiny-flow"], 0, 4, 3, 3, "dpm++2m", 1.0, 1.0,
+                                      api_name="/same_noise")
+    assert Image.open(grid).size == (3 * (3 * 10 + 2), 3 * (3 * 10 + 2))  # 3 models x 3 images of 8 px, at 3x
+    assert table.count("\n") == 4 and "| 1 | `tiny-nice` | normalizing flow | exact decode" in table
     assert Image.open(png).format == "PNG"
     strip, caption, gif = client.predict(["tiny-nice", "tiny"], 2, 0, 1, 5, 3, "heun", 2.0, 1.0, api_name="/latent_walk")
     assert Image.open(gif).n_frames == 8 and "seed 0 to seed 1" in caption  # 5 frames there, 3 back

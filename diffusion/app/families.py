@@ -39,10 +39,10 @@ def _class(value):
 
 
 def _table(columns) -> str:
-    rows = ["| checkpoint | family | how | NFE | time |", "|---|---|---|---|---|"]
-    for c in columns:
+    rows = ["| row | checkpoint | family | how | NFE | time |", "|---|---|---|---|---|---|"]
+    for row, c in enumerate(columns, 1):
         family = "normalizing flow" if c.kind == "normalizing-flow" else "ODE model"
-        rows.append(f"| `{c.checkpoint}` | {family} | {c.how} | {c.result.nfe} | {c.result.seconds:.2f} s |")
+        rows.append(f"| {row} | `{c.checkpoint}` | {family} | {c.how} | {c.result.nfe} | {c.result.seconds:.2f} s |")
     return "\n".join(rows)
 
 
@@ -77,11 +77,10 @@ def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size
         raise user_error(error) from None
     columns = _run(lambda emit: same_noise(cache, requests, progress=lambda i, d, t: emit((i, d, t))), progress,
                    len(requests))
-    per_row = min(8, requests[0].batch_size)
-    gallery = [(to_pil(image_grid(c.result.images, per_row), scale=3), f"{c.checkpoint}: {c.how}, NFE {c.result.nfe}")
-               for c in columns]
+    per_row = requests[0].batch_size  # one row per model: each column is one noise through every model
     everything = torch.cat([c.result.images for c in columns])
-    return gallery, _table(columns), save_png(everything, per_row, "same-noise")
+    return (to_pil(image_grid(everything, per_row), scale=3), _table(columns),
+            save_png(everything, per_row, "same-noise"))
 
 
 def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b, frames, steps, solver, scale,
@@ -171,7 +170,8 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict):
             n_batch = gr.Slider(1, 16, value=8, step=1, label="Images")
         n_steps, n_solver, n_scale, n_temperature = ode_controls()
         n_run = gr.Button("Decode the same noise", variant="primary")
-        n_gallery = gr.Gallery(label="One grid per model, same noise", columns=1, format="png", height="auto")
+        n_gallery = gr.Image(label="One row per model (see the table); each column is one noise", format="png",
+                             interactive=False)
         n_table = gr.Markdown()
         n_file = gr.File(label="PNG (rows in the table's order)")
         n_run.click(partial(run_same_noise, cache),
