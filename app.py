@@ -23,7 +23,8 @@ import torch
 from diffusion.app.families import build_families_tab
 from diffusion.engine import (GENERATIVE_KINDS, MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache,
                               RequestError, SampleRequest, SamplingError, run_request)
-from diffusion.app.common import output_path, pil_images, run_in_worker, save_gif, save_png, user_error
+from diffusion.app.common import (output_path, pil_images, run_in_worker, save_gif, save_png, user_error, widget_class,
+                                  widget_number)
 from diffusion.images import image_grid, to_pil
 from diffusion.sampling import ODE_SOLVERS
 from diffusion.studies import compare_samplers, difference_map, guidance_sweep, parse_scales, trajectory
@@ -81,20 +82,11 @@ def model_summary(name: str) -> str:
 def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
                  seed, batch_size) -> SampleRequest:
     """Widget values -> SampleRequest; the engine validates ranges, this only converts types."""
-    def number(value, name, kind=float):
-        try:
-            converted = kind(value)
-        except (TypeError, ValueError, OverflowError) as error:
-            raise RequestError(f"{name} must be a number, got {value!r}") from error
-        if kind is int and float(value) != converted:
-            raise RequestError(f"{name} must be a whole number, got {value!r}")
-        return converted
-
     return SampleRequest(checkpoint=str(checkpoint), sampler=str(sampler), solver=str(solver),
-                         steps=number(steps, "steps", int), eta=number(eta, "eta"), spacing=str(spacing),
-                         guidance=str(guidance), class_index=None if class_index in (None, "") else number(class_index, "class", int),
-                         scale=number(scale, "guidance scale"), self_condition=bool(self_condition),
-                         seed=number(seed, "seed", int), batch_size=number(batch_size, "batch size", int))
+                         steps=widget_number(steps, "steps", int), eta=widget_number(eta, "eta"), spacing=str(spacing),
+                         guidance=str(guidance), class_index=widget_class(class_index),
+                         scale=widget_number(scale, "guidance scale"), self_condition=bool(self_condition),
+                         seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "batch size", int))
 
 
 # --- Generate ---------------------------------------------------------------------------------
@@ -135,19 +127,10 @@ def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_i
 
 def generate_flow(checkpoint, class_index, temperature, seed, batch_size):
     """A normalizing flow: x = decode(T z, y), one exact pass, so no progress bar is needed."""
-    def number(value, name, kind=float):
-        try:
-            converted = kind(value)
-        except (TypeError, ValueError, OverflowError) as error:
-            raise RequestError(f"{name} must be a number, got {value!r}") from error
-        if kind is int and float(value) != converted:
-            raise RequestError(f"{name} must be a whole number, got {value!r}")
-        return converted
-
     try:
-        request = FlowRequest(checkpoint=str(checkpoint), temperature=number(temperature, "temperature"),
-                              class_index=None if class_index in (None, "") else number(class_index, "class", int),
-                              seed=number(seed, "seed", int), batch_size=number(batch_size, "batch size", int))
+        request = FlowRequest(checkpoint=str(checkpoint), temperature=widget_number(temperature, "temperature"),
+                              class_index=widget_class(class_index), seed=widget_number(seed, "seed", int),
+                              batch_size=widget_number(batch_size, "batch size", int))
         result = run_request(cache, request)
     except (RequestError, SamplingError) as error:
         raise user_error(error) from None

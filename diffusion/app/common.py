@@ -44,6 +44,22 @@ def save_gif(frames, stem: str, duration_ms: int = 300) -> str:
     return path
 
 
+def widget_number(value, name: str, kind=float):
+    """A widget or API value as a float or int, or a RequestError naming the field; ranges are the engine's job."""
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise RequestError(f"{name} must be a number, got {value!r}") from error
+    if kind is int and float(value) != converted:
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
+    return converted
+
+
+def widget_class(value):
+    """The class dropdown's value: None (no class) or a class index."""
+    return None if value in (None, "") else widget_number(value, "class", int)
+
+
 def user_error(error: Exception) -> gr.Error:
     return gr.Error(str(error), print_exception=False)
 

@@ -17,25 +17,11 @@ from ..images import image_grid, to_pil
 from ..sampling import ODE_SOLVERS
 from ..studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
                        same_noise, walk_noise)
-from .common import pil_images, run_in_worker, save_gif, save_png, user_error
+from .common import pil_images, run_in_worker, save_gif, save_png, user_error, widget_class, widget_number
 
 INTRO = """**Same noise, three families.** A normalizing flow (NICE) turns Gaussian noise into an image in one exact,
 invertible pass; a diffusion model and a rectified flow do it by integrating their probability-flow ODE. Give them
 *the same* noise and compare: every row below starts from identical x_T (NICE decodes T x_T)."""
-
-
-def _number(value, name, kind=float):
-    try:
-        converted = kind(value)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise RequestError(f"{name} must be a number, got {value!r}") from error
-    if kind is int and float(value) != converted:
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
-    return converted
-
-
-def _class(value):
-    return None if value in (None, "") else _number(value, "class", int)
 
 
 def _table(columns) -> str:
@@ -53,7 +39,7 @@ def _test_set():
 
 def test_image(index) -> tuple[torch.Tensor, int]:
     """Fashion-MNIST test image `index` as (1, 1, 28, 28) in [-1, 1], and its label."""
-    index = _number(index, "test image", int)
+    index = widget_number(index, "test image", int)
     try:
         test = _test_set()
     except DataError:
@@ -68,11 +54,11 @@ def test_image(index) -> tuple[torch.Tensor, int]:
 def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size, steps, solver, scale, temperature,
                    progress=gr.Progress()):
     try:
-        requests = family_requests(cache, list(checkpoints or []), class_index=_class(class_index),
-                                   seed=_number(seed, "seed", int), batch_size=_number(batch_size, "images", int),
-                                   steps=_number(steps, "ODE steps", int), solver=str(solver),
-                                   scale=_number(scale, "guidance scale"),
-                                   temperature=_number(temperature, "temperature"))
+        requests = family_requests(cache, list(checkpoints or []), class_index=widget_class(class_index),
+                                   seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "images", int),
+                                   steps=widget_number(steps, "ODE steps", int), solver=str(solver),
+                                   scale=widget_number(scale, "guidance scale"),
+                                   temperature=widget_number(temperature, "temperature"))
     except RequestError as error:
         raise user_error(error) from None
     columns = _run(lambda emit: same_noise(cache, requests, progress=lambda i, d, t: emit((i, d, t))), progress,
@@ -86,13 +72,13 @@ def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size
 def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b, frames, steps, solver, scale,
                     temperature, progress=gr.Progress()):
     try:
-        frames = _number(frames, "frames", int)
-        requests = family_requests(cache, list(checkpoints or []), class_index=_class(class_index), seed=0,
-                                   batch_size=frames, steps=_number(steps, "ODE steps", int), solver=str(solver),
-                                   scale=_number(scale, "guidance scale"),
-                                   temperature=_number(temperature, "temperature"))
+        frames = widget_number(frames, "frames", int)
+        requests = family_requests(cache, list(checkpoints or []), class_index=widget_class(class_index), seed=0,
+                                   batch_size=frames, steps=widget_number(steps, "ODE steps", int), solver=str(solver),
+                                   scale=widget_number(scale, "guidance scale"),
+                                   temperature=widget_number(temperature, "temperature"))
         shape = image_shape(cache.get(requests[0].checkpoint))
-        x_T = walk_noise(shape, _number(seed_a, "seed A", int), _number(seed_b, "seed B", int), frames)
+        x_T = walk_noise(shape, widget_number(seed_a, "seed A", int), widget_number(seed_b, "seed B", int), frames)
     except RequestError as error:
         raise user_error(error) from None
     columns = _run(lambda emit: same_noise(cache, requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
