@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -105,28 +106,42 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
-def read_metadata(path) -> dict:
-    """The safetensors header's __metadata__, validated as far as the bytes go; no tensors are read."""
-    path = Path(path)
+def _read_header(path: Path) -> tuple[dict, int]:
+    """The safetensors JSON header and the size of the data region after it; only regular files are opened
+    (a FIFO would block, a symbolic link could point anywhere), and no error repeats the file's bytes."""
     try:
-        size = path.stat().st_size
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            raise CheckpointError(f"{path.name}: a symbolic link, not followed (copy the file into the folder)")
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path.name}: not a regular file")
         with open(path, "rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise CheckpointError(f"{path.name}: not a safetensors file (only {len(prefix)} bytes)")
             (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
-                raise CheckpointError(f"{path.name}: not a safetensors file or truncated "
-                                      f"(header claims {header_len} bytes, file has {size})")
+            if header_len > MAX_HEADER_BYTES or header_len + 8 > info.st_size:
+                raise CheckpointError(f"{path.name}: not a safetensors file, or truncated (its header length "
+                                      f"field does not fit a file of {info.st_size} bytes)")
             header_bytes = f.read(header_len)
     except OSError as error:
-        raise CheckpointError(f"{path.name}: cannot read ({error.strerror or error})") from error
+        raise CheckpointError(f"{path.name}: cannot read ({error.strerror or type(error).__name__})") from error
     try:
         header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not JSON)") from error
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not a JSON object)")
+    return header, info.st_size - 8 - header_len
+
+
+def read_metadata(path) -> dict:
+    """The safetensors header's __metadata__, validated as far as the bytes go; no tensors are read."""
+    path = Path(path)
+    return _parse_metadata(path, _read_header(path)[0])
+
+
+def _parse_metadata(path: Path, header: dict) -> dict:
     metadata = header.get("__metadata__")
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path.name}: no diffusion-playground metadata (a plain safetensors file?)")
@@ -150,6 +165,35 @@ def read_metadata(path) -> dict:
     return parsed
 
 
+def check_file(path) -> dict:
+    """read_metadata plus what can be checked without reading tensor data: every tensor's bytes are in the
+    file (a truncated copy fails here, not when first used) and the config builds a network whose tensors
+    have the file's names and shapes (built on the meta device: nothing is allocated)."""
+    path = Path(path)
+    header, data_size = _read_header(path)
+    meta = _parse_metadata(path, header)
+    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    try:
+        shapes = {name: tuple(entry["shape"]) for name, entry in tensors.items()}
+        data_end = max((int(entry["data_offsets"][1]) for entry in tensors.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError) as error:
+        raise CheckpointError(f"{path.name}: malformed tensor table in the header") from error
+    if data_end > data_size:
+        raise CheckpointError(f"{path.name}: truncated (its tensors need {data_end} bytes of data, the file has "
+                              f"{max(data_size, 0)})")
+    _check_shapes(path, {k: tuple(v.shape) for k, v in _network_on_meta(path, meta["config"]).state_dict().items()},
+                  shapes)
+    return meta
+
+
+def _network_on_meta(path: Path, config: dict) -> torch.nn.Module:
+    try:
+        with torch.device("meta"):
+            return build_network(config["network"], config["network_config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path.name}: invalid network_config ({error})") from error
+
+
 def load_checkpoint(path, device="cpu") -> LoadedModel:
     """Rebuild the network from the file alone, in eval() with gradients off."""
     path = Path(path)
@@ -170,18 +214,23 @@ def load_checkpoint(path, device="cpu") -> LoadedModel:
 
 
 def _check_tensors(path: Path, expected: dict, found: dict):
+    _check_shapes(path, {k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in found.items()})
+    for name, tensor in found.items():
+        if tensor.is_floating_point() != expected[name].is_floating_point():
+            raise CheckpointError(f"{path.name}: tensor {name} has dtype {tensor.dtype}, expected {expected[name].dtype}")
+
+
+def _check_shapes(path: Path, expected: dict, found: dict):
+    """Tensor names and shapes, {name: shape}, of what the network needs and what the file holds."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing:
         raise CheckpointError(f"{path.name}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     if unexpected:
         raise CheckpointError(f"{path.name}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    for name, tensor in found.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{path.name}: tensor {name} has shape {tuple(tensor.shape)}, "
-                                  f"the network needs {tuple(expected[name].shape)}")
-        if tensor.is_floating_point() != expected[name].is_floating_point():
-            raise CheckpointError(f"{path.name}: tensor {name} has dtype {tensor.dtype}, expected {expected[name].dtype}")
+    for name, shape in found.items():
+        if shape != expected[name]:
+            raise CheckpointError(f"{path.name}: tensor {name} has shape {shape}, the network needs {expected[name]}")
 
 
 def _validate_config(kind: str, config: dict, path: Path):

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import CheckpointError, LoadedModel, load_checkpoint, read_metadata
+from .checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
 from .denoiser import Denoiser, Guidance
 from .sampling import ODE_SOLVERS, draw_noise, image_generators, ode_nfe, sample_ddim, sample_ddpm, sample_ode
 from .schedules import time_grid
@@ -157,9 +157,10 @@ class CheckpointEntry:
         return self.error is None
 
 
-def file_signature(path: Path) -> tuple[int, int]:
+def file_signature(path: Path) -> tuple[int, int, int]:
+    """A file version's identity: mtime, size and inode (a replacement with equal size and mtime is new)."""
     stat = path.stat()
-    return stat.st_mtime_ns, stat.st_size
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def file_sha256(path: Path) -> str:
@@ -194,6 +195,8 @@ class ModelCache:
         """Every .safetensors file in the folder, with its kind, card, or why it is unavailable."""
         found = []
         for path in sorted(self.checkpoint_dir.glob("*.safetensors")):
+            if path.name.startswith("."):
+                continue  # hidden files are never served (path_of refuses them), so never listed
             try:
                 signature = file_signature(path)
             except OSError:
@@ -201,7 +204,7 @@ class ModelCache:
             cached = self._entries.get(path)
             if cached is None or cached[0] != signature:  # read each file's header once per version of it
                 try:
-                    meta = read_metadata(path)
+                    meta = check_file(path)  # header, tensor table and config, no tensor data
                     entry = CheckpointEntry(path.stem, path, meta["kind"], meta["card"], None)
                 except CheckpointError as error:
                     entry = CheckpointEntry(path.stem, path, None, "", str(error))
@@ -327,7 +330,7 @@ def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor 
     try:
         with torch.inference_mode():
             z = float(request.temperature) * _starting_noise(request, model, x_T, cache.device)
-            images = model.network.decode(z, _labels(request, cache.device)).float().clamp(-1, 1).cpu()
+            images = _finite(model.network.decode(z, _labels(request, cache.device)).float(), request).clamp(-1, 1).cpu()
     except torch.cuda.OutOfMemoryError as error:
         _free_cuda()
         raise SamplingError("the device ran out of memory for this request; try a smaller batch") from error
@@ -375,7 +378,7 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
                                      eta=float(request.eta), callback=callback)
             else:
                 images = sample_ode(counted, x_T, grid, schedule=schedule, solver=request.solver, callback=callback)
-            images = images.float().clamp(-1, 1).cpu()
+            images = _finite(images.float(), request).clamp(-1, 1).cpu()
     except torch.cuda.OutOfMemoryError as error:
         _free_cuda()
         raise SamplingError("the device ran out of memory for this request; try a smaller batch") from error
@@ -384,6 +387,15 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
     except RuntimeError as error:
         raise SamplingError(f"sampling failed: {error}") from error
     return SampleResult(images, denoise.nfe, time.perf_counter() - started, denoise.trace, request, trajectory)
+
+
+def _finite(images: torch.Tensor, request) -> torch.Tensor:
+    """The images, or a SamplingError if any value is NaN or infinite (clamping would hide it as black)."""
+    bad = (~torch.isfinite(images)).flatten(1).any(dim=1)
+    if bool(bad.any()):
+        raise SamplingError(f"checkpoint {request.checkpoint!r} produced non-finite values (NaN or inf) in "
+                            f"{int(bad.sum())} of {len(images)} images; the model is broken for these settings")
+    return images
 
 
 def _counting(denoise: Denoiser, progress: Progress | None, total: int):

@@ -52,7 +52,7 @@ def _rewrite(src, dst, tensors=None, metadata_changes=None):
     ("random-bytes", "not a safetensors file"),
     ("empty", "not a safetensors file"),
     ("truncated", "truncated|corrupt"),
-    ("huge-header", "header claims"),
+    ("huge-header", "header length field does not fit"),
     ("no-metadata", "no diffusion-playground metadata"),
     ("unknown-format", "unknown metadata format"),
     ("newer-format", "not supported by this version"),

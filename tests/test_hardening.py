@@ -21,7 +21,7 @@ from diffusion.engine import ModelCache, RequestError, SampleRequest, run_reques
 from diffusion.training import STATE_FILE, Trainer, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted(ROOT.glob("diffusion/*.py")) + [ROOT / "app.py", ROOT / "loadtest.py"]
+SOURCES = sorted(ROOT.glob("diffusion/**/*.py")) + [ROOT / "app.py", ROOT / "loadtest.py"]
 
 
 def test_nothing_unpickles_or_evaluates_input():
@@ -100,6 +100,93 @@ def test_checkpoint_deleted_or_replaced_while_cached(tmp_path):
         run_request(cache, request)
     write_tiny_checkpoints(folder)  # restored: served again, same pixels
     assert torch.equal(run_request(cache, request).images, first)
+
+
+# --- bad files are caught when listed, not when first used --------------------------------------
+def _entry(cache, name):
+    return {e.name: e for e in cache.entries()}.get(name)
+
+
+@pytest.mark.parametrize("cut", ["half", "all but the last 100 bytes"])
+def test_truncated_files_are_listed_as_unavailable(tmp_path, cut):
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    data = (folder / "tiny.safetensors").read_bytes()
+    (folder / "cut.safetensors").write_bytes(data[: len(data) // 2] if cut == "half" else data[:-100])
+    cache = ModelCache(folder, device="cpu")
+    entry = _entry(cache, "cut")
+    assert not entry.available and "truncated" in entry.error
+    assert "cut" not in cache.names("denoiser") and "tiny" in cache.names("denoiser")
+
+
+def test_a_config_that_does_not_match_the_tensors_is_listed_as_unavailable(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from diffusion.checkpoint import read_metadata
+
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    meta = read_metadata(folder / "tiny.safetensors")
+    config = meta["config"] | {"network_config": meta["config"]["network_config"] | {"base_channels": 16}}
+    save_file(load_file(folder / "tiny.safetensors"), folder / "mismatch.safetensors",
+              metadata={"format": meta["format"], "kind": "denoiser", "config": json.dumps(config),
+                        "training": "{}", "card": ""})
+    entry = _entry(ModelCache(folder, device="cpu"), "mismatch")
+    assert not entry.available and "shape" in entry.error
+
+
+def test_hidden_files_are_not_listed(tmp_path):
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    (folder / ".hidden.safetensors").write_bytes((folder / "tiny.safetensors").read_bytes())
+    cache = ModelCache(folder, device="cpu")
+    assert ".hidden" not in [e.name for e in cache.entries()]
+    with pytest.raises(RequestError):
+        cache.get(".hidden")
+
+
+def test_a_fifo_does_not_hang_the_listing_and_links_are_not_followed(tmp_path):
+    import threading
+
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    os.mkfifo(folder / "x.safetensors")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"\x39\x30\x00\x00\x00\x00\x00\x00 top secret")  # first 8 bytes read as 12345
+    (folder / "link.safetensors").symlink_to(secret)
+    cache = ModelCache(folder, device="cpu")
+    entries = {}
+    listing = threading.Thread(target=lambda: entries.update({e.name: e for e in cache.entries()}), daemon=True)
+    listing.start()
+    listing.join(timeout=10)
+    assert not listing.is_alive(), "listing blocked on a FIFO"
+    assert "not a regular file" in entries["x"].error
+    assert "symbolic link" in entries["link"].error and "12345" not in entries["link"].error
+    assert entries["tiny"].available
+
+
+def test_a_file_replaced_with_the_same_size_and_mtime_is_reloaded(tmp_path):
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    cache = ModelCache(folder, device="cpu")
+    path = folder / "tiny.safetensors"
+    before = cache.get("tiny")
+    stat = path.stat()
+    other = folder / "other.tmp"
+    other.write_bytes(path.read_bytes())  # same bytes, a new inode
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(other, path)
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_size == stat.st_size
+    assert cache.get("tiny") is not before and cache.loads == 2
+
+
+def test_a_model_that_outputs_nan_is_reported_not_shown_as_black(tmp_path):
+    from diffusion.engine import FlowRequest, SamplingError
+
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    cache = ModelCache(folder, device="cpu")
+    with torch.no_grad():
+        cache.get("tiny").network.head[-1].bias.fill_(float("nan"))
+        cache.get("tiny-nice").network.log_scale.fill_(float("nan"))
+    with pytest.raises(SamplingError, match="non-finite values \\(NaN or inf\\) in 2 of 2 images"):
+        run_request(cache, SampleRequest(checkpoint="tiny", steps=2, batch_size=2, class_index=0))
+    with pytest.raises(SamplingError, match="non-finite"):
+        run_request(cache, FlowRequest(checkpoint="tiny-nice", batch_size=2, class_index=0))
 
 
 def _state_step(run_dir: Path) -> int:

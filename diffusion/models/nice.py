@@ -48,7 +48,8 @@ class NICEConfig:
 
 def checkerboard(channels: int, size: int) -> torch.Tensor:
     """(D,) bool, True on the pixels with even row + column (in every channel), flattened C-H-W."""
-    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    # On the CPU explicitly, also while a network is built on the meta device (checkpoint.check_file).
+    rows, cols = torch.meshgrid(torch.arange(size, device="cpu"), torch.arange(size, device="cpu"), indexing="ij")
     return ((rows + cols) % 2 == 0).expand(channels, size, size).reshape(-1)
 
 
