@@ -37,6 +37,9 @@ GUIDANCE_LABELS = [("none (conditional model)", "none"), ("classifier-free", "cf
 # running two at once only makes both slower. At most QUEUE_SIZE requests wait; beyond that Gradio answers
 # "Queue is full! Please try again." at once instead of letting a class of students wait minutes.
 QUEUE_SIZE = 32
+# Nothing in the app takes a file, but Gradio keeps its upload route open; bound it so that it cannot be used
+# to store data on the server. Every launch (here and in the tests) passes these options.
+LAUNCH_OPTIONS = {"max_file_size": 1024}
 
 cache = ModelCache(CHECKPOINT_DIR, capacity=4)
 
@@ -477,4 +480,4 @@ if __name__ == "__main__":
     if args.checkpoints:
         configure(args.checkpoints)
     demo = build_demo()
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)

@@ -29,7 +29,8 @@ def server(tmp_path_factory):
     (folder / "corrupt.safetensors").write_bytes(b"\x00" * 50)  # listed as unavailable, app still starts
     app.configure(folder)
     demo = app.build_demo()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **app.LAUNCH_OPTIONS)
     yield url
     demo.close()
 
@@ -141,6 +142,17 @@ def test_sweep_and_trajectory(client):
     assert Image.open(gif).n_frames == 4
 
 
+def test_uploads_are_bounded(server):
+    import httpx
+
+    response = httpx.post(server.rstrip("/") + "/gradio_api/upload",
+                          files={"files": ("big.bin", b"x" * 30_000_000, "application/octet-stream")}, timeout=60)
+    assert response.status_code >= 400, response.text[:200]
+    small = httpx.post(server.rstrip("/") + "/gradio_api/upload",
+                       files={"files": ("tiny.txt", b"hello", "text/plain")}, timeout=60)
+    assert small.status_code == 200  # the route exists (Gradio's), but holds at most 1 KiB per file
+
+
 def test_model_card(client):
     summary, metadata = client.predict("tiny", api_name="/model_card")
     assert "tiny test model" in summary and metadata["kind"] == "denoiser"
@@ -201,7 +213,8 @@ def test_a_full_queue_says_try_again(tmp_path):
     previous = app.cache
     app.configure(write_tiny_checkpoints(tmp_path / "ckpt"))
     demo = app.build_demo(queue_size=1)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **app.LAUNCH_OPTIONS)
     try:
         client = Client(url, verbose=False)
         jobs = [client.submit("tiny", "ddpm", "heun", 300, 0.0, "uniform", "cfg", 0, 3.0, False, i, 8,

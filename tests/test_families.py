@@ -116,3 +116,19 @@ def test_encode_image_is_exact_for_nice_and_reports_ode_errors(cache):
     assert diffusion.bits_per_dim is None and diffusion.latent.shape == (1, 8, 8)
     with pytest.raises(RequestError, match="makes \\(1, 8, 8\\) images"):
         encode_image(cache, ["tiny-nice"], torch.zeros(1, 1, 4, 4), 0)
+
+
+def test_the_output_folder_keeps_a_bounded_number_of_files(tmp_path):
+    import os
+
+    from diffusion.app.common import output_path
+
+    paths = []
+    for i in range(12):
+        path = output_path("grid", ".png", folder=tmp_path, keep=5)
+        os.utime(path, ns=(i * 10**9, i * 10**9))  # strictly increasing ages, whatever the clock's resolution
+        paths.append(path)
+    output_path("grid", ".png", folder=tmp_path, keep=5)
+    left = sorted(os.listdir(tmp_path))
+    assert len(left) == 5
+    assert {os.path.basename(p) for p in paths[-4:]} <= set(left)  # the newest survive

@@ -17,18 +17,39 @@ from ..images import image_grid, to_pil
 
 DISPLAY_SCALE = 4  # 28 px images are shown at 112 px, nearest-neighbour
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "diffusion-playground"
+MAX_OUTPUT_FILES = 200  # PNGs, GIFs and manifests the app keeps for download; older ones are deleted
 
 
 def pil_images(images: torch.Tensor, scale: int = DISPLAY_SCALE):
     return [to_pil(image_grid(image[None], columns=1, padding=0), scale=scale) for image in images]
 
 
-def output_path(stem: str, suffix: str) -> str:
-    """A fresh file in the app's output folder (the only files the app serves)."""
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=suffix, dir=OUTPUT_DIR)
+def output_path(stem: str, suffix: str, folder: Path = OUTPUT_DIR, keep: int = MAX_OUTPUT_FILES) -> str:
+    """A fresh file in the app's output folder (the only files the app serves), which keeps `keep` files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=suffix, dir=folder)
     os.close(fd)
+    prune_outputs(folder, keep)
     return path
+
+
+def prune_outputs(folder: Path, keep: int) -> int:
+    """Delete all but the `keep` newest files of `folder`; returns how many were deleted."""
+    files = []
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_file(follow_symlinks=False):
+                files.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+        except FileNotFoundError:
+            continue  # removed by another request meanwhile
+    deleted = 0
+    for _, name in sorted(files, reverse=True)[keep:]:
+        try:
+            (folder / name).unlink()
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    return deleted
 
 
 def save_png(images: torch.Tensor, columns: int, stem: str) -> str:
