@@ -7,6 +7,7 @@ class names and self-conditioning flag; load_checkpoint rebuilds the model from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from .models import NETWORKS, build_network, network_name
 from .parameterization import check_parameterization
@@ -42,6 +44,7 @@ class LoadedModel:
     training: dict
     card: str
     path: Path | None = None
+    sha256: str = ""  # of the bytes this model was loaded from
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -106,9 +109,10 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
-def _read_header(path: Path) -> tuple[dict, int]:
-    """The safetensors JSON header and the size of the data region after it; only regular files are opened
-    (a FIFO would block, a symbolic link could point anywhere), and no error repeats the file's bytes."""
+def _read_header(path: Path, whole: bool = False) -> tuple[dict, int, bytes]:
+    """The safetensors JSON header, the size of the data region after it, and the bytes read (the whole
+    file if `whole`). Only regular files are opened (a FIFO would block, a symbolic link could point
+    anywhere), and no error repeats the file's bytes."""
     try:
         info = os.lstat(path)
         if stat.S_ISLNK(info.st_mode):
@@ -116,23 +120,25 @@ def _read_header(path: Path) -> tuple[dict, int]:
         if not stat.S_ISREG(info.st_mode):
             raise CheckpointError(f"{path.name}: not a regular file")
         with open(path, "rb") as f:
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise CheckpointError(f"{path.name}: not a safetensors file (only {len(prefix)} bytes)")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES or header_len + 8 > info.st_size:
+            size = os.fstat(f.fileno()).st_size
+            blob = f.read() if whole else f.read(8)
+            if len(blob) < 8:
+                raise CheckpointError(f"{path.name}: not a safetensors file (only {len(blob)} bytes)")
+            (header_len,) = struct.unpack("<Q", blob[:8])
+            if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
                 raise CheckpointError(f"{path.name}: not a safetensors file, or truncated (its header length "
-                                      f"field does not fit a file of {info.st_size} bytes)")
-            header_bytes = f.read(header_len)
+                                      f"field does not fit a file of {size} bytes)")
+            if not whole:
+                blob += f.read(header_len)
     except OSError as error:
         raise CheckpointError(f"{path.name}: cannot read ({error.strerror or type(error).__name__})") from error
     try:
-        header = json.loads(header_bytes)
+        header = json.loads(blob[8:8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not JSON)") from error
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not a JSON object)")
-    return header, info.st_size - 8 - header_len
+    return header, size - 8 - header_len, blob
 
 
 def read_metadata(path) -> dict:
@@ -170,7 +176,7 @@ def check_file(path) -> dict:
     file (a truncated copy fails here, not when first used) and the config builds a network whose tensors
     have the file's names and shapes (built on the meta device: nothing is allocated)."""
     path = Path(path)
-    header, data_size = _read_header(path)
+    header, data_size, _ = _read_header(path)
     meta = _parse_metadata(path, header)
     tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
     try:
@@ -195,22 +201,27 @@ def _network_on_meta(path: Path, config: dict) -> torch.nn.Module:
 
 
 def load_checkpoint(path, device="cpu") -> LoadedModel:
-    """Rebuild the network from the file alone, in eval() with gradients off."""
+    """Rebuild the network from the file alone, in eval() with gradients off.
+
+    The file is read once: metadata, tensors and the SHA-256 all come from the same bytes, so a file
+    replaced meanwhile can never give a mix (and the hash names exactly what was loaded)."""
     path = Path(path)
-    meta = read_metadata(path)
+    header, _, data = _read_header(path, whole=True)
+    meta = _parse_metadata(path, header)
     config = meta["config"]
     try:
         network = build_network(config["network"], config["network_config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path.name}: invalid network_config ({error})") from error
     try:
-        tensors = load_file(path)
+        tensors = load_safetensors(data)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path.name}: corrupt tensor data ({error})") from error
     _check_tensors(path, network.state_dict(), tensors)
     network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     network.to(device).eval().requires_grad_(False)
-    return LoadedModel(meta["kind"], network, config, meta["training"], meta["card"], path)
+    return LoadedModel(meta["kind"], network, config, meta["training"], meta["card"], path,
+                       hashlib.sha256(data).hexdigest())
 
 
 def _check_tensors(path: Path, expected: dict, found: dict):

@@ -11,7 +11,6 @@ seed means the same images on every device.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 import time
@@ -163,14 +162,6 @@ def file_signature(path: Path) -> tuple[int, int, int]:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -268,10 +259,14 @@ def expected_nfe(request: SampleRequest) -> int:
     return ode_nfe(request.solver, request.steps) if request.sampler == "ode" else request.steps
 
 
-def load_for(cache: ModelCache, request: SampleRequest | FlowRequest) -> LoadedModel:
-    """The request's checkpoint, refused with a message when the request does not fit its kind."""
-    model = cache.get(request.checkpoint)
+def load_for(cache: ModelCache, request: SampleRequest | FlowRequest, model: LoadedModel | None = None) -> LoadedModel:
+    """The request's checkpoint (or `model`, one a study loaded once for all its cells), refused with a
+    message when the request does not fit its kind."""
     name = request.checkpoint
+    if model is None:
+        model = cache.get(name)
+    elif model.path is not None and model.path.stem != name:
+        raise RequestError(f"request for checkpoint {name!r} given the model of {model.path.stem!r}")
     if model.kind == "normalizing-flow" and not isinstance(request, FlowRequest):
         raise RequestError(f"checkpoint {name!r} is a normalizing flow: it decodes noise in one exact pass and "
                            f"takes a temperature, not a sampler, steps or guidance")
@@ -283,21 +278,21 @@ def load_for(cache: ModelCache, request: SampleRequest | FlowRequest) -> LoadedM
     return model
 
 
-def prepare(cache: ModelCache, request: SampleRequest):
+def prepare(cache: ModelCache, request: SampleRequest, model: LoadedModel | None = None):
     """Load and validate a denoiser request; returns (model, classifier or None)."""
-    model = load_for(cache, request)
+    model = load_for(cache, request, model)
     classifier = cache.first_of_kind("noisy-classifier") if request.guidance == "classifier" else None
     validate_request(request, model, has_classifier=classifier is not None)
     return model, classifier
 
 
-def check_request(cache: ModelCache, request: SampleRequest | FlowRequest) -> LoadedModel:
+def check_request(cache: ModelCache, request: SampleRequest | FlowRequest, model: LoadedModel | None = None) -> LoadedModel:
     """Load and validate without sampling, so a study can refuse a bad cell before any work starts."""
     if isinstance(request, FlowRequest):
-        model = load_for(cache, request)
+        model = load_for(cache, request, model)
         validate_flow_request(request, model)
         return model
-    return prepare(cache, request)[0]
+    return prepare(cache, request, model)[0]
 
 
 def image_shape(model: LoadedModel) -> tuple[int, int, int]:
@@ -322,9 +317,10 @@ def _labels(request, device):
     return torch.full((int(request.batch_size),), int(request.class_index), dtype=torch.long, device=device)
 
 
-def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor | None = None) -> SampleResult:
+def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor | None = None,
+                     model: LoadedModel | None = None) -> SampleResult:
     """x = decode(T z, y): one exact pass of the inverse flow (NFE 1)."""
-    model = load_for(cache, request)
+    model = load_for(cache, request, model)
     validate_flow_request(request, model)
     started = time.perf_counter()
     try:
@@ -341,14 +337,16 @@ def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor 
 
 def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progress: Progress | None = None,
                 preview: Preview | None = None, record_trajectory: bool = False,
-                trace_guidance: bool = False, x_T: torch.Tensor | None = None) -> SampleResult:
+                trace_guidance: bool = False, x_T: torch.Tensor | None = None,
+                model: LoadedModel | None = None) -> SampleResult:
     """Sample one request. RequestError for bad input, SamplingError for a failure while sampling.
 
     x_T, if given, is the starting noise (B, C, H, W) instead of the seed's; DDPM and DDIM with eta > 0 still
-    draw their per-step noise from (seed, index)."""
+    draw their per-step noise from (seed, index). `model`, if given, is used instead of the cache's current
+    version of the checkpoint (a study loads it once, so all its cells come from the same file)."""
     if isinstance(request, FlowRequest):
-        return run_flow_request(cache, request, x_T)
-    model, classifier = prepare(cache, request)
+        return run_flow_request(cache, request, x_T, model)
+    model, classifier = prepare(cache, request, model)
     device = cache.device
     schedule = model.schedule
     trajectory, total = [], expected_nfe(request)

@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import atomic_write
 from .data import load_fashion_mnist, to_model_range
-from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, file_sha256, run_request
+from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
 from .metrics import class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance
 
 
@@ -99,7 +99,7 @@ class Evaluator:
             raise RuntimeError(f"no evaluator checkpoint in {c.checkpoint_dir}; train one with "
                                f"`python -m diffusion train --preset fashion-evaluator`")
         self.evaluator = evaluator.network
-        model = self.cache.get(c.checkpoint)
+        self.model = model = self.cache.get(c.checkpoint)  # loaded once: every row samples the same bytes
         self.kind = model.kind
         if self.kind not in KIND_PARTS:
             raise RequestError(f"checkpoint {c.checkpoint!r} is a {self.kind!r}; only generative checkpoints "
@@ -131,7 +131,7 @@ class Evaluator:
                     request = FlowRequest(**common, **request_fields)
                 else:
                     request = SampleRequest(**common, **({"guidance": "none", "scale": 1.0} | request_fields))
-                result = run_request(self.cache, request)
+                result = run_request(self.cache, request, model=self.model)
                 images.append(result.images)
                 labels += [label] * len(result.images)
                 nfe, seconds = result.nfe, seconds + result.seconds
@@ -177,9 +177,9 @@ class Evaluator:
             raise RequestError(f"checkpoint {c.checkpoint!r} is a {self.kind}: its evaluation parts are "
                                f"{', '.join(p.replace('_', '-') for p in default + optional)}, not "
                                f"{', '.join(sorted(p.replace('_', '-') for p in wanted - set(default + optional)))}")
-        model = self.cache.get(c.checkpoint)
+        model = self.model
         conditioning = [s for s in self_conditioning if not s or (model.kind == "denoiser" and model.self_condition)]
-        identity = {"checkpoint_sha256": file_sha256(self.cache.path_of(c.checkpoint)), "samples": c.samples,
+        identity = {"checkpoint_sha256": model.sha256, "samples": c.samples,
                     "reference": c.reference, "seed": c.seed, "noise": NOISE_INDEXING}
         path = Path(c.out_dir) / f"{c.checkpoint}.json"
         done = reusable_rows(path, identity) if write else {}

@@ -15,7 +15,8 @@ import torch
 
 from .data import to_uint8
 from .denoiser import Denoiser
-from .engine import (FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request, file_sha256,
+from .checkpoint import LoadedModel
+from .engine import (FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request, 
                      image_shape, load_for, run_request)
 from .likelihood import bits_per_dim, uniform_dequantize
 from .metrics import evaluator_outputs, mean_pairwise_distance
@@ -31,18 +32,27 @@ def compare_samplers(cache: ModelCache, requests: list[SampleRequest], progress=
     seeds = {(r.checkpoint, r.seed, r.batch_size, r.class_index) for r in requests}
     if len(seeds) != 1:
         raise RequestError("a comparison needs the same checkpoint, seed, batch size and class in every column")
+    model = pinned_model(cache, requests)
     results = []
     for index, request in enumerate(requests):
         step_progress = (lambda done, total, i=index: progress(i, done, total)) if progress else None
-        results.append(run_request(cache, request, progress=step_progress))
-    return results, comparison_manifest(cache, results)
+        results.append(run_request(cache, request, progress=step_progress, model=model))
+    return results, comparison_manifest(cache, results, model)
 
 
-def comparison_manifest(cache: ModelCache, results: list[SampleResult]) -> dict:
-    path = cache.path_of(results[0].request.checkpoint)
+def pinned_model(cache: ModelCache, requests: list) -> LoadedModel:
+    """Load a study's checkpoint once and validate every cell against it before any sampling starts:
+    a file replaced mid-study cannot mix two models, and a bad last cell fails at once, not minutes in."""
+    model = cache.get(requests[0].checkpoint)
+    for request in requests:
+        check_request(cache, request, model)
+    return model
+
+
+def comparison_manifest(cache: ModelCache, results: list[SampleResult], model: LoadedModel) -> dict:
     return {
         "what": "diffusion-playground sampler comparison",
-        "checkpoint": {"file": path.name, "sha256": file_sha256(path)},
+        "checkpoint": {"file": model.path.name, "sha256": model.sha256},  # the bytes that were sampled
         "columns": [{"request": asdict(r.request), "nfe": r.nfe, "seconds": round(r.seconds, 3)} for r in results],
         "noise": "image i uses a CPU torch.Generator seeded from sha256(f'{seed}:{i}'); x_T and every "
                  "per-step noise draw come from it, in step order",
@@ -75,24 +85,25 @@ def guidance_sweep(cache: ModelCache, base: SampleRequest, scales: list[float], 
         raise RequestError(f"give between 1 and {MAX_SWEEP_SCALES} guidance scales")
     if not modes:
         raise RequestError("choose at least one guidance mode")
+    requests = [replace(base, guidance=mode, scale=float(scale)) for mode in modes for scale in scales]
+    model = pinned_model(cache, requests)
     evaluator = cache.first_of_kind("evaluator")
-    rows, total = [], len(scales) * len(modes)
-    for mode in modes:
-        for scale in scales:
-            request = replace(base, guidance=mode, scale=float(scale))
-            index = len(rows)
-            step_progress = (lambda done, steps, i=index: progress(i, total, done, steps)) if progress else None
-            result = run_request(cache, request, progress=step_progress, trace_guidance=True)
-            confidence = accuracy = None
-            if evaluator is not None:
-                probs, features = evaluator_outputs(evaluator.network, result.images)
-                labels = torch.full((len(probs),), int(base.class_index))
-                confidence = float(probs[:, int(base.class_index)].mean())
-                accuracy = float((probs.argmax(1) == labels).float().mean())
-                diversity = mean_pairwise_distance(features)
-            else:
-                diversity = mean_pairwise_distance(result.images.flatten(1))
-            rows.append(SweepRow(mode, float(scale), result, confidence, accuracy, diversity))
+    rows, total = [], len(requests)
+    for request in requests:
+        mode, scale = request.guidance, request.scale
+        index = len(rows)
+        step_progress = (lambda done, steps, i=index: progress(i, total, done, steps)) if progress else None
+        result = run_request(cache, request, progress=step_progress, trace_guidance=True, model=model)
+        confidence = accuracy = None
+        if evaluator is not None:
+            probs, features = evaluator_outputs(evaluator.network, result.images)
+            labels = torch.full((len(probs),), int(base.class_index))
+            confidence = float(probs[:, int(base.class_index)].mean())
+            accuracy = float((probs.argmax(1) == labels).float().mean())
+            diversity = mean_pairwise_distance(features)
+        else:
+            diversity = mean_pairwise_distance(result.images.flatten(1))
+        rows.append(SweepRow(mode, float(scale), result, confidence, accuracy, diversity))
     return rows
 
 
@@ -114,10 +125,11 @@ def trajectory(cache: ModelCache, request: SampleRequest, frames: int, progress=
     if not 2 <= frames <= 16:
         raise RequestError(f"frames must be between 2 and 16, got {frames}")
     request = replace(request, batch_size=1)
-    result = run_request(cache, request, progress=progress, record_trajectory=True)
+    model = pinned_model(cache, [request])
+    result = run_request(cache, request, progress=progress, record_trajectory=True, model=model)
     steps = len(result.trajectory)
     chosen = sorted({round(i * (steps - 1) / (frames - 1)) for i in range(frames)})
-    schedule = cache.get(request.checkpoint).schedule
+    schedule = model.schedule
     picked = []
     for step, t, x_t, x0_hat in (result.trajectory[i] for i in chosen):
         log_snr = float(schedule.log_snr(torch.tensor(t))) if t > 0 else float("inf")
@@ -165,15 +177,16 @@ def family_requests(cache: ModelCache, checkpoints: list[str], *, class_index, s
 
 def same_noise(cache: ModelCache, requests: list, x_T: torch.Tensor | None = None, progress=None) -> list[FamilyColumn]:
     """Run family_requests' requests on one noise (the seed's, or x_T); a column per checkpoint."""
+    models = {request.checkpoint: pinned_model(cache, [request]) for request in requests}
     columns = []
     for index, request in enumerate(requests):
         step_progress = (lambda done, total, i=index: progress(i, done, total)) if progress else None
-        result = run_request(cache, request, progress=step_progress, x_T=x_T)
+        result = run_request(cache, request, progress=step_progress, x_T=x_T, model=models[request.checkpoint])
         if isinstance(request, FlowRequest):
             how = f"exact decode, T = {request.temperature:g}"
         else:
             how = f"ODE {request.solver}, {request.steps} steps" + (f", CFG w = {request.scale:g}" if request.guidance == "cfg" else "")
-        columns.append(FamilyColumn(request.checkpoint, cache.get(request.checkpoint).kind, how, result))
+        columns.append(FamilyColumn(request.checkpoint, models[request.checkpoint].kind, how, result))
     return columns
 
 

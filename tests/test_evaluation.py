@@ -93,9 +93,9 @@ def test_every_sample_has_its_own_noise(setup, monkeypatch):
     indices = []
     original = evaluation.run_request
 
-    def recording(cache, request):
+    def recording(cache, request, **options):
         indices.extend(range(request.first_index, request.first_index + request.batch_size))
-        return original(cache, request)
+        return original(cache, request, **options)
 
     monkeypatch.setattr(evaluation, "run_request", recording)
     row = evaluator.score(sampler="ddim", steps=2, guidance="cfg", scale=0.0)

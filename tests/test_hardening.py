@@ -235,3 +235,43 @@ def test_training_killed_between_saves_resumes_with_nothing_lost(tmp_path):
         torch.set_num_threads(threads)
     assert weights_digest(resumed.network) == weights_digest(straight.network)
     assert weights_digest(resumed.ema.ema_model) == weights_digest(straight.ema.ema_model)
+
+
+# --- a study is one model, checked whole before it starts ----------------------------------------
+def test_a_study_samples_one_model_even_if_the_file_is_replaced_mid_run(tmp_path):
+    import hashlib
+    from dataclasses import replace as change
+
+    from conftest import tiny_unet
+    from diffusion.checkpoint import model_config, save_checkpoint
+    from diffusion.studies import compare_samplers
+
+    folder = write_tiny_checkpoints(tmp_path / "ckpt")
+    path = folder / "tiny.safetensors"
+    original_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    base = SampleRequest(checkpoint="tiny", steps=3, batch_size=2, class_index=1, guidance="none", seed=4)
+    requests = [change(base, sampler="ddpm"), change(base, sampler="ddim"), change(base, sampler="ode", solver="euler")]
+    alone, _ = compare_samplers(ModelCache(folder, device="cpu"), requests)
+
+    other = tiny_unet(seed=9, image_size=8, num_classes=3)
+    def replace_the_file(column, done, total):
+        if column == 0 and done == 1:  # during the first column: the next two must not see the new file
+            save_checkpoint(path, "denoiser", other, model_config("denoiser", other, class_names=("a", "b", "c"),
+                            schedule="vp-cosine", parameterization="v"), {}, "replaced")
+
+    results, manifest = compare_samplers(ModelCache(folder, device="cpu"), requests, progress=replace_the_file)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() != original_sha  # it was replaced
+    assert manifest["checkpoint"]["sha256"] == original_sha  # the hash of what was sampled
+    for mine, reference in zip(results, alone):
+        assert torch.equal(mine.images, reference.images)
+
+
+def test_a_sweep_with_a_bad_last_scale_fails_before_any_sampling(tmp_path):
+    from diffusion.studies import guidance_sweep
+
+    cache = ModelCache(write_tiny_checkpoints(tmp_path / "ckpt"), device="cpu")
+    calls = []
+    base = SampleRequest(checkpoint="tiny", steps=50, batch_size=2, class_index=0)
+    with pytest.raises(RequestError, match="guidance scale must be between"):
+        guidance_sweep(cache, base, [1.0, 2.0, 1000.0], ["cfg"], progress=lambda *a: calls.append(a))
+    assert calls == []
