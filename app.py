@@ -23,7 +23,7 @@ import torch
 from diffusion.app.families import build_families_tab
 from diffusion.engine import (GENERATIVE_KINDS, MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache,
                               RequestError, SampleRequest, SamplingError, run_request)
-from diffusion.app.common import (output_path, pil_images, run_in_worker, save_gif, save_png, user_error, widget_class,
+from diffusion.app.common import (output_path, pil_images, save_gif, save_png, stream_result, user_error, widget_class,
                                   widget_number)
 from diffusion.images import image_grid, to_pil
 from diffusion.sampling import ODE_SOLVERS
@@ -117,15 +117,11 @@ def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_i
             return gr.skip(), preview, f"step {event[1] + 1}/{request.steps}: x0 estimate", gr.skip()
         return None
 
-    for update in run_in_worker(work, on_event):
-        if update[0] == "result":
-            result = update[1]
-            status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
-                      f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}")
-            path = save_png(result.images, columns, "samples")
-            yield pil_images(result.images), to_pil(image_grid(result.images, columns), scale=3), status, path
-        else:
-            yield update
+    result = yield from stream_result(work, on_event, outputs=4)
+    status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
+              f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}")
+    path = save_png(result.images, columns, "samples")
+    yield pil_images(result.images), to_pil(image_grid(result.images, columns), scale=3), status, path
 
 
 def generate_flow(checkpoint, class_index, temperature, seed, batch_size):
@@ -191,8 +187,7 @@ def compare(checkpoint, guidance, class_index, scale, seed, batch_size, spacing,
         i, done, total = event
         progress((i * 1000 + done * 1000 // total, 3000), desc=f"{requests[i].sampler.upper()}: {done}/{total}")
 
-    for update in run_in_worker(work, on_event):
-        results, manifest = update[1]
+    results, manifest = yield from stream_result(work, on_event, outputs=10)
     columns = min(4, int(batch_size))
     galleries = [to_pil(image_grid(r.images, columns), scale=3) for r in results]
     labels = [f"**{r.request.sampler.upper()}** {r.request.steps} steps"
@@ -203,7 +198,7 @@ def compare(checkpoint, guidance, class_index, scale, seed, batch_size, spacing,
     Path(manifest_path).write_text(json.dumps(manifest, indent=2))
     state = {r.request.sampler: r.images for r in results}
     diff_image, diff_text = render_difference(state, column_a, column_b)
-    return (*galleries, *labels, diff_image, diff_text, manifest_path, state)
+    yield (*galleries, *labels, diff_image, diff_text, manifest_path, state)
 
 
 def render_difference(state, column_a, column_b):
@@ -234,8 +229,7 @@ def sweep(checkpoint, class_index, scales_text, modes, seed, per_row, sampler, s
         row, rows, done, total = event
         progress((row * total + done, rows * total), desc=f"row {row + 1}/{rows}")
 
-    for update in run_in_worker(work, on_event):
-        rows = update[1]
+    rows = yield from stream_result(work, on_event, outputs=6)
     grid = image_grid(torch.cat([r.result.images for r in rows]), columns=int(per_row))
     metrics = pd.DataFrame(
         [{"scale": r.scale, "value": v, "series": f"{name} ({r.mode})"} for r in rows
@@ -246,7 +240,7 @@ def sweep(checkpoint, class_index, scales_text, modes, seed, per_row, sampler, s
     table = "| mode | scale | class confidence | accuracy | diversity |\n|---|---|---|---|---|\n" + "\n".join(
         f"| {r.mode} | {r.scale:g} | {_fmt(r.confidence)} | {_fmt(r.accuracy)} | {r.diversity:.3f} |" for r in rows)
     labels = ", ".join(f"row {i + 1}: {r.mode} w={r.scale:g}" for i, r in enumerate(rows))
-    return to_pil(grid, scale=2), labels, metrics, diversity, strength, table
+    yield to_pil(grid, scale=2), labels, metrics, diversity, strength, table
 
 
 def _fmt(value):
@@ -268,14 +262,13 @@ def show_trajectory(checkpoint, sampler, solver, steps, guidance, class_index, s
     def on_event(event):
         progress(event, desc="sampling")
 
-    for update in run_in_worker(work, on_event):
-        result, picked = update[1]
+    result, picked = yield from stream_result(work, on_event, outputs=3)
     strip = image_grid(torch.stack([p[3] for p in picked] + [p[4] for p in picked]), columns=len(picked))
     axis = " | ".join(f"t={t:.2f}, λ={lam:+.1f}" if lam != float("inf") else "t=0 (data)" for _, t, lam, _, _ in picked)
     frames_pil = [to_pil(image_grid(torch.stack([p[3], p[4]]), columns=2), scale=4) for p in picked]
     gif_path = save_gif(frames_pil, "trajectory", duration_ms=400)
     caption = f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}"
-    return to_pil(strip, scale=3), caption, gif_path
+    yield to_pil(strip, scale=3), caption, gif_path
 
 
 # --- Model card -------------------------------------------------------------------------------
@@ -342,6 +335,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                         batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
                         run = gr.Button("Generate", variant="primary")
                         run_flow = gr.Button("Generate", variant="primary", visible=False)  # normalizing flows
+                        stop = gr.Button("Stop", variant="stop", size="sm")
                     with gr.Column(scale=2):
                         status = gr.Markdown("Press **Generate**.")
                         preview = gr.Image(label="Grid (live x0 estimates while sampling)", format="png",
@@ -350,8 +344,9 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                         download = gr.File(label="Download PNG grid")
                 inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
                           self_condition, seed, batch_size]
-                run.click(generate, inputs, [gallery, preview, status, download], api_name="generate",
+                generating = run.click(generate, inputs, [gallery, preview, status, download], api_name="generate",
                           show_progress="minimal", **sampling)
+                stop.click(None, None, None, cancels=[generating], api_name=False)
                 dice.click(random_seed, None, seed, api_name=False)
                 sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim")),
                                sampler, [solver, eta], api_name=False)
@@ -380,7 +375,9 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     c_eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta")
                     c_ode = gr.Slider(1, MAX_STEPS, value=10, step=1, label="ODE steps")
                     c_solver = gr.Dropdown(list(ODE_SOLVERS), value="dpm++2m", label="ODE solver")
-                c_run = gr.Button("Compare", variant="primary")
+                with gr.Row():
+                    c_run = gr.Button("Compare", variant="primary", scale=4)
+                    c_stop = gr.Button("Stop", variant="stop", scale=1)
                 with gr.Row():
                     col_images, col_labels = [], []
                     for title in ("DDPM", "DDIM", "ODE"):
@@ -394,10 +391,11 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 c_diff_text = gr.Markdown()
                 c_diff = gr.Image(label="|A - B| per pixel", format="png", interactive=False)
                 c_state = gr.State({})
-                c_run.click(compare, [c_checkpoint, c_guidance, c_class, c_scale, c_seed, c_batch, c_spacing, c_ddpm,
+                comparing = c_run.click(compare, [c_checkpoint, c_guidance, c_class, c_scale, c_seed, c_batch, c_spacing, c_ddpm,
                                       c_ddim, c_eta, c_ode, c_solver, c_a, c_b],
                             [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state],
                             api_name="compare", show_progress="minimal", **sampling)
+                c_stop.click(None, None, None, cancels=[comparing], api_name=False)
                 for picker in (c_a, c_b):
                     picker.change(render_difference, [c_state, c_a, c_b], [c_diff, c_diff_text], api_name=False)
 
@@ -414,7 +412,9 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     s_per_row = gr.Slider(2, 16, value=8, step=1, label="Images per row")
                     s_sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
                     s_steps = gr.Slider(1, 200, value=25, step=1, label="Steps")
-                s_run = gr.Button("Sweep", variant="primary")
+                with gr.Row():
+                    s_run = gr.Button("Sweep", variant="primary", scale=4)
+                    s_stop = gr.Button("Stop", variant="stop", scale=1)
                 with gr.Row():
                     with gr.Column(scale=3):
                         s_grid = gr.Image(label="One row per scale", format="png", interactive=False)
@@ -426,9 +426,10 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                         s_div = gr.LinePlot(x="scale", y="diversity", color="series", title="Diversity (mean feature distance)")
                         s_strength = gr.LinePlot(x="log-SNR", y="strength", color="series",
                                                  title="Guidance strength per step (|eps_c - eps_u| or classifier term)")
-                s_run.click(sweep, [s_checkpoint, s_class, s_scales, s_modes, s_seed, s_per_row, s_sampler, s_steps],
+                sweeping = s_run.click(sweep, [s_checkpoint, s_class, s_scales, s_modes, s_seed, s_per_row, s_sampler, s_steps],
                             [s_grid, s_rows, s_conf, s_div, s_strength, s_table], api_name="sweep",
                             show_progress="minimal", **sampling)
+                s_stop.click(None, None, None, cancels=[sweeping], api_name=False)
 
             with gr.Tab("Trajectory", id="trajectory"):
                 gr.Markdown("One sample on its way from noise (left) to data (right): the noisy state x_t and the "
@@ -444,13 +445,16 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     t_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
                     t_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                     t_frames = gr.Slider(2, 16, value=10, step=1, label="Frames")
-                t_run = gr.Button("Show trajectory", variant="primary")
+                with gr.Row():
+                    t_run = gr.Button("Show trajectory", variant="primary", scale=4)
+                    t_stop = gr.Button("Stop", variant="stop", scale=1)
                 t_strip = gr.Image(label="Filmstrip", format="png", interactive=False)
                 t_caption = gr.Markdown()
                 t_gif = gr.File(label="Animated GIF")
-                t_run.click(show_trajectory, [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
+                tracing = t_run.click(show_trajectory, [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
                                               t_seed, t_frames], [t_strip, t_caption, t_gif], api_name="trajectory",
                             show_progress="minimal", **sampling)
+                t_stop.click(None, None, None, cancels=[tracing], api_name=False)
 
             with gr.Tab("Families", id="families"):
                 build_families_tab(cache, classes, sampling)

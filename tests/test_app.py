@@ -205,6 +205,35 @@ def test_a_failing_request_reaches_its_user_and_the_next_one_works(server, clien
     assert len(gallery) == 2 and app.cache.get("tiny") is model
 
 
+def _sampling_workers() -> int:
+    import threading
+
+    return sum(t.name == "sampling-worker" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("endpoint, args", [
+    ("/generate", ("tiny", "ddpm", "heun", 1000, 0.0, "uniform", "cfg", 0, 3.0, True, 5, 64)),
+    ("/compare", ("tiny", "cfg", 1, 2.0, 5, 16, "uniform", 1000, 1000, 0.0, 1000, "heun", "ddim", "ode")),
+])
+def test_cancelling_stops_the_work_and_frees_the_worker(client, endpoint, args):
+    import time
+
+    job = client.submit(*args, api_name=endpoint)
+    deadline = time.time() + 30
+    while _sampling_workers() == 0 and time.time() < deadline:  # wait until it is sampling
+        time.sleep(0.05)
+    assert _sampling_workers() == 1
+    time.sleep(0.5)
+    job.cancel()
+    deadline = time.time() + 10
+    while _sampling_workers() and time.time() < deadline:
+        time.sleep(0.05)
+    assert _sampling_workers() == 0, "the sampling thread kept running after the cancel"
+    started = time.time()  # the slot is free: a small request runs at once
+    client.predict("tiny", "ddim", "heun", 3, 0.0, "uniform", "cfg", 0, 3.0, False, 1, 2, api_name="/generate")
+    assert time.time() - started < 10
+
+
 def test_a_full_queue_says_try_again(tmp_path):
     import app
     from gradio_client import Client

@@ -85,27 +85,63 @@ def user_error(error: Exception) -> gr.Error:
     return gr.Error(str(error), print_exception=False)
 
 
+class Cancelled(Exception):
+    """Raised inside the work when its handler was closed (API cancel, Stop button, closed tab)."""
+
+
+TICK = object()  # run_in_worker's "nothing to show": a point where Gradio may close the handler
+
+
 def run_in_worker(work, on_event):
-    """Run `work(emit)` in a thread; yield what on_event makes of each emitted event, then the result."""
+    """Run `work(emit)` in a thread; yield what on_event makes of each emitted event (TICK for nothing),
+    then ("result", value).
+
+    Cancelling works through the generator: Gradio closes it at a yield, and then the next `emit` (the work
+    emits after every network evaluation) raises Cancelled in the worker, so sampling stops within one
+    evaluation and this generator returns only once the worker has stopped, freeing the queue's slot."""
     events: queue.Queue = queue.Queue()
     outcome = {}
+    cancelled = threading.Event()
+
+    def emit(event):
+        if cancelled.is_set():
+            raise Cancelled()
+        events.put(event)
 
     def target():
         try:
-            outcome["value"] = work(events.put)
+            outcome["value"] = work(emit)
+        except Cancelled:
+            outcome["cancelled"] = True
         except Exception as error:  # handed to the handler thread, which reports it
             outcome["error"] = error
         finally:
             events.put(None)
 
-    threading.Thread(target=target, daemon=True).start()
-    while (event := events.get()) is not None:
-        update = on_event(event)
-        if update is not None:
+    worker = threading.Thread(target=target, daemon=True, name="sampling-worker")
+    worker.start()
+    try:
+        while (event := events.get()) is not None:
+            update = on_event(event)
+            yield TICK if update is None else update
+        if "error" in outcome:
+            error = outcome["error"]
+            if isinstance(error, (RequestError, SamplingError)):
+                raise user_error(error) from None
+            raise gr.Error(f"Unexpected error: {error}", print_exception=True)
+        yield ("result", outcome["value"])
+    finally:
+        cancelled.set()
+        worker.join()
+
+
+def stream_result(work, on_event, outputs: int):
+    """For generator handlers: yield no-op updates of `outputs` components while `work` runs (each one a point
+    where the handler can be cancelled), pass on on_event's own updates, and return the work's result."""
+    for update in run_in_worker(work, on_event):
+        if update is TICK:
+            yield tuple(gr.skip() for _ in range(outputs))
+        elif update[0] == "result":
+            return update[1]
+        else:
             yield update
-    if "error" in outcome:
-        error = outcome["error"]
-        if isinstance(error, (RequestError, SamplingError)):
-            raise user_error(error) from None
-        raise gr.Error(f"Unexpected error: {error}", print_exception=True)
-    yield ("result", outcome["value"])

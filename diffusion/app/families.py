@@ -17,7 +17,7 @@ from ..images import image_grid, to_pil
 from ..sampling import ODE_SOLVERS
 from ..studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
                        same_noise, walk_noise)
-from .common import pil_images, run_in_worker, save_gif, save_png, user_error, widget_class, widget_number
+from .common import pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_number
 
 INTRO = """**Same noise, three families.** A normalizing flow (NICE) turns Gaussian noise into an image in one exact,
 invertible pass; a diffusion model and a rectified flow do it by integrating their probability-flow ODE. Give them
@@ -61,12 +61,12 @@ def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size
                                    temperature=widget_number(temperature, "temperature"))
     except RequestError as error:
         raise user_error(error) from None
-    columns = _run(lambda emit: same_noise(cache, requests, progress=lambda i, d, t: emit((i, d, t))), progress,
-                   len(requests))
+    columns = yield from _run(lambda emit: same_noise(cache, requests, progress=lambda i, d, t: emit((i, d, t))),
+                              progress, len(requests), outputs=3)
     per_row = requests[0].batch_size  # one row per model: each column is one noise through every model
     everything = torch.cat([c.result.images for c in columns])
-    return (to_pil(image_grid(everything, per_row), scale=3), _table(columns),
-            save_png(everything, per_row, "same-noise"))
+    yield (to_pil(image_grid(everything, per_row), scale=3), _table(columns),
+           save_png(everything, per_row, "same-noise"))
 
 
 def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b, frames, steps, solver, scale,
@@ -81,15 +81,15 @@ def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b,
         x_T = walk_noise(shape, widget_number(seed_a, "seed A", int), widget_number(seed_b, "seed B", int), frames)
     except RequestError as error:
         raise user_error(error) from None
-    columns = _run(lambda emit: same_noise(cache, requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
-                   progress, len(requests))
+    columns = yield from _run(lambda emit: same_noise(cache, requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
+                              progress, len(requests), outputs=3)
     strip = torch.cat([c.result.images for c in columns])  # one row per model
     gif_frames = [to_pil(image_grid(torch.stack([c.result.images[k] for c in columns]), len(columns)), scale=4)
                   for k in range(frames)]
     gif_frames += gif_frames[-2:0:-1]  # there and back
     caption = ("Rows, top to bottom: " + "; ".join(f"`{c.checkpoint}` ({c.how})" for c in columns)
                + f". Columns: spherical interpolation from seed {seed_a} to seed {seed_b} in {frames} frames.")
-    return to_pil(image_grid(strip, frames), scale=3), caption, save_gif(gif_frames, "latent-walk")
+    yield to_pil(image_grid(strip, frames), scale=3), caption, save_gif(gif_frames, "latent-walk")
 
 
 def run_encode(cache: ModelCache, checkpoints, index):
@@ -117,15 +117,14 @@ def run_encode(cache: ModelCache, checkpoints, index):
     return gallery, text
 
 
-def _run(work, progress, columns: int):
+def _run(work, progress, columns: int, outputs: int):
+    """Generator: the study's result, with no-op updates while it runs (points where it can be cancelled)."""
     def on_event(event):
         i, done, total = event
         if progress is not None:
             progress((i * 1000 + done * 1000 // max(total, 1), columns * 1000), desc=f"model {i + 1}/{columns}")
 
-    for update in run_in_worker(work, on_event):
-        result = update[1]
-    return result
+    return (yield from stream_result(work, on_event, outputs))
 
 
 # --- layout -----------------------------------------------------------------------------------
@@ -155,14 +154,17 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict):
             n_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
             n_batch = gr.Slider(1, 16, value=8, step=1, label="Images")
         n_steps, n_solver, n_scale, n_temperature = ode_controls()
-        n_run = gr.Button("Decode the same noise", variant="primary")
+        with gr.Row():
+            n_run = gr.Button("Decode the same noise", variant="primary", scale=4)
+            n_stop = gr.Button("Stop", variant="stop", scale=1)
         n_gallery = gr.Image(label="One row per model (see the table); each column is one noise", format="png",
                              interactive=False)
         n_table = gr.Markdown()
         n_file = gr.File(label="PNG (rows in the table's order)")
-        n_run.click(partial(run_same_noise, cache),
+        decoding = n_run.click(partial(run_same_noise, cache),
                     [n_checkpoints, n_class, n_seed, n_batch, n_steps, n_solver, n_scale, n_temperature],
                     [n_gallery, n_table, n_file], api_name="same_noise", show_progress="minimal", **sampling)
+        n_stop.click(None, None, None, cancels=[decoding], api_name=False)
 
     with gr.Accordion("Latent walk", open=False):
         gr.Markdown("Walk on the sphere from one seed's noise to another's (spherical interpolation keeps the "
@@ -175,13 +177,16 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict):
             w_seed_b = gr.Number(value=1, precision=0, label="Seed B", minimum=0)
             w_frames = gr.Slider(2, MAX_WALK_FRAMES, value=10, step=1, label="Frames")
         w_steps, w_solver, w_scale, w_temperature = ode_controls()
-        w_run = gr.Button("Walk", variant="primary")
+        with gr.Row():
+            w_run = gr.Button("Walk", variant="primary", scale=4)
+            w_stop = gr.Button("Stop", variant="stop", scale=1)
         w_strip = gr.Image(label="Filmstrip: one row per model", format="png", interactive=False)
         w_caption = gr.Markdown()
         w_gif = gr.File(label="Animated GIF")
-        w_run.click(partial(run_latent_walk, cache),
+        walking = w_run.click(partial(run_latent_walk, cache),
                     [w_checkpoints, w_class, w_seed_a, w_seed_b, w_frames, w_steps, w_solver, w_scale, w_temperature],
                     [w_strip, w_caption, w_gif], api_name="latent_walk", show_progress="minimal", **sampling)
+        w_stop.click(None, None, None, cancels=[walking], api_name=False)
 
     with gr.Accordion("Encode an image", open=False):
         installed = (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists()
