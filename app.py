@@ -23,7 +23,7 @@ import torch
 from diffusion.app.families import build_families_tab
 from diffusion.engine import (GENERATIVE_KINDS, MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache,
                               RequestError, SampleRequest, SamplingError, run_request)
-from diffusion.app.common import (output_path, pil_images, save_gif, save_png, stream_result, user_error, widget_class,
+from diffusion.app.common import (output_path, pil_images, save_gif, save_png, stream_result, user_error, widget_bool, widget_class,
                                   widget_number)
 from diffusion.images import image_grid, to_pil
 from diffusion.sampling import ODE_SOLVERS
@@ -88,7 +88,7 @@ def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, cla
     return SampleRequest(checkpoint=str(checkpoint), sampler=str(sampler), solver=str(solver),
                          steps=widget_number(steps, "steps", int), eta=widget_number(eta, "eta"), spacing=str(spacing),
                          guidance=str(guidance), class_index=widget_class(class_index),
-                         scale=widget_number(scale, "guidance scale"), self_condition=bool(self_condition),
+                         scale=widget_number(scale, "guidance scale"), self_condition=widget_bool(self_condition, "self-conditioning"),
                          seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "batch size", int))
 
 
@@ -174,10 +174,10 @@ def compare(checkpoint, guidance, class_index, scale, seed, batch_size, spacing,
     try:
         base = make_request(checkpoint, "ddim", solver, 1, eta, spacing, guidance, class_index, scale, False, seed,
                             batch_size)
-        requests = [replace(base, sampler="ddpm", steps=int(ddpm_steps), eta=0.0),
-                    replace(base, sampler="ddim", steps=int(ddim_steps)),
-                    replace(base, sampler="ode", steps=int(ode_steps), eta=0.0)]
-    except (RequestError, TypeError, ValueError) as error:
+        requests = [replace(base, sampler="ddpm", steps=widget_number(ddpm_steps, "DDPM steps", int), eta=0.0),
+                    replace(base, sampler="ddim", steps=widget_number(ddim_steps, "DDIM steps", int)),
+                    replace(base, sampler="ode", steps=widget_number(ode_steps, "ODE steps", int), eta=0.0)]
+    except RequestError as error:
         raise user_error(error) from None
 
     def work(emit):
@@ -188,7 +188,7 @@ def compare(checkpoint, guidance, class_index, scale, seed, batch_size, spacing,
         progress((i * 1000 + done * 1000 // total, 3000), desc=f"{requests[i].sampler.upper()}: {done}/{total}")
 
     results, manifest = yield from stream_result(work, on_event, outputs=10)
-    columns = min(4, int(batch_size))
+    columns = min(4, results[0].request.batch_size)
     galleries = [to_pil(image_grid(r.images, columns), scale=3) for r in results]
     labels = [f"**{r.request.sampler.upper()}** {r.request.steps} steps"
               + (f", eta {r.request.eta}" if r.request.sampler == "ddim" else "")
@@ -230,7 +230,7 @@ def sweep(checkpoint, class_index, scales_text, modes, seed, per_row, sampler, s
         progress((row * total + done, rows * total), desc=f"row {row + 1}/{rows}")
 
     rows = yield from stream_result(work, on_event, outputs=6)
-    grid = image_grid(torch.cat([r.result.images for r in rows]), columns=int(per_row))
+    grid = image_grid(torch.cat([r.result.images for r in rows]), columns=base.batch_size)
     metrics = pd.DataFrame(
         [{"scale": r.scale, "value": v, "series": f"{name} ({r.mode})"} for r in rows
          for name, v in (("class confidence", r.confidence), ("accuracy", r.accuracy)) if v is not None])
@@ -253,11 +253,12 @@ def show_trajectory(checkpoint, sampler, solver, steps, guidance, class_index, s
     try:
         request = make_request(checkpoint, sampler, solver, steps, 0.0, "uniform", guidance, class_index, scale,
                                False, seed, 1)
+        frames = widget_number(frames, "frames", int)
     except RequestError as error:
         raise user_error(error) from None
 
     def work(emit):
-        return trajectory(cache, request, int(frames), progress=lambda done, total: emit((done, total)))
+        return trajectory(cache, request, frames, progress=lambda done, total: emit((done, total)))
 
     def on_event(event):
         progress(event, desc="sampling")
@@ -303,7 +304,10 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         classes = [(label, i) for i, label in enumerate(model.class_names)]
         self_cond_ok = model.self_condition
     guidance_choices = [g for g in GUIDANCE_LABELS if g[1] != "classifier" or cache.names("noisy-classifier")]
-    sampling = {"concurrency_limit": 1, "concurrency_id": "sampling"}  # one sampling job at a time per device
+    # One sampling job at a time per device. preprocess=False: the handlers get the raw values and check them
+    # themselves (diffusion.app.common.widget_number, the engine), so every wrong input, through the browser or
+    # the API, gets one sentence naming its field instead of a component's anonymous bounds error.
+    sampling = {"concurrency_limit": 1, "concurrency_id": "sampling", "preprocess": False}
 
     with gr.Blocks(title="diffusion-playground", fill_width=True) as demo:
         gr.Markdown(INTRO)

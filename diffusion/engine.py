@@ -88,12 +88,17 @@ class SampleResult:
 
 # --- validation -------------------------------------------------------------------------------
 def _check_number(name, value, low, high, integer=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        raise RequestError(f"{name} must be {'a whole number' if integer else 'a number'}, got {value!r}")
-    if not math.isfinite(value):
+    # Python ints are compared exactly (10**400 must not reach float() and overflow).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"{name} must be {'a whole number' if integer else 'a number'}, got {value!r:.40}")
+    if isinstance(value, float) and not math.isfinite(value):
         raise RequestError(f"{name} must be finite, got {value}")
+    if integer and isinstance(value, float) and not value.is_integer():
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
     if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low} and {high}, got {value}")
+        digits = str(value)
+        shown = f"{value:.3g}" if isinstance(value, float) else digits if len(digits) < 20 else f"a {len(digits)}-digit number"
+        raise RequestError(f"{name} must be between {low} and {high}, got {shown}")
 
 
 def validate_request(request: SampleRequest, model: LoadedModel, has_classifier: bool, max_batch: int = MAX_BATCH):

@@ -3,6 +3,7 @@ that streams a backend call's progress events to a Gradio generator handler."""
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import tempfile
@@ -66,14 +67,38 @@ def save_gif(frames, stem: str, duration_ms: int = 300) -> str:
 
 
 def widget_number(value, name: str, kind=float):
-    """A widget or API value as a float or int, or a RequestError naming the field; ranges are the engine's job."""
+    """A widget or API value as a float or int, or a RequestError naming the field; ranges are the engine's job.
+
+    One conversion for every endpoint: numbers and numeric strings pass; True, None, lists and words do not;
+    2.5 is not a whole number (never truncated to 2); huge and non-finite values get a sentence, not a crash."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise RequestError(f"{name} must be a number, got {value[:40]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"{name} must be a number, got {str(value)[:40]!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"{name} must be finite, got {value}")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise RequestError(f"{name} must be a whole number, got {value}")
+        return int(value)
     try:
-        converted = kind(value)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise RequestError(f"{name} must be a number, got {value!r}") from error
-    if kind is int and float(value) != converted:
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
-    return converted
+        return float(value)
+    except OverflowError:
+        raise RequestError(f"{name} is too large") from None
+
+
+def widget_bool(value, name: str) -> bool:
+    """A checkbox's value: true or false (also 1 / 0), nothing else."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise RequestError(f"{name} must be true or false, got {str(value)[:40]!r}")
 
 
 def widget_class(value):
