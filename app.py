@@ -32,6 +32,9 @@ from diffusion.studies import compare_samplers, difference_map, guidance_sweep, 
 CHECKPOINT_DIR = Path(os.environ.get("PLAYGROUND_CHECKPOINTS", Path(__file__).parent / "checkpoints"))
 DEFAULT_CHECKPOINT = "fashion-diffusion"
 SAMPLER_LABELS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("ODE (probability flow)", "ode")]
+# Each guidance mode's own starting scale: classifier guidance with our small noisy classifier needs ~8 to reach
+# 90 % evaluator accuracy (docs/evaluation), where classifier-free guidance is at 99 % by 3.
+DEFAULT_SCALES = {"none": 1.0, "cfg": 3.0, "classifier": 8.0}
 GUIDANCE_LABELS = [("none (conditional model)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier")]
 # Queue policy: sampling saturates the device, so sampling events share one worker ("sampling", limit 1);
 # running two at once only makes both slower. At most QUEUE_SIZE requests wait; beyond that Gradio answers
@@ -60,7 +63,8 @@ def checkpoint_table() -> str:
     rows = ["| checkpoint | kind | status |", "|---|---|---|"]
     for entry in cache.entries():
         status = "available" if entry.available else f"unavailable: {entry.error}"
-        rows.append(f"| `{entry.name}` | {entry.kind or '?'} | {status} |")
+        name, status = (text.replace("|", "\\|").replace("`", "'") for text in (entry.name, status))  # data, not markup
+        rows.append(f"| `{name}` | {entry.kind or '?'} | {status} |")
     return "\n".join(rows)
 
 
@@ -281,6 +285,15 @@ def model_card(name):
     return model_summary(name), {"kind": model.kind, "config": model.config, "training": model.training}
 
 
+def rescan():
+    """New, removed or replaced files in the checkpoint folder, without a restart: every checkpoint list anew."""
+    generative, denoisers = cache.names(*GENERATIVE_KINDS), cache.names("denoiser")
+    available = [e.name for e in cache.entries() if e.available]
+    pickers = [gr.Dropdown(choices=generative), *(gr.Dropdown(choices=denoisers) for _ in range(3)),
+               gr.Dropdown(choices=available), *(gr.CheckboxGroup(choices=generative) for _ in range(3))]
+    return (*pickers, "### Files in the checkpoint folder\n" + checkpoint_table())
+
+
 # --- layout -----------------------------------------------------------------------------------
 INTRO = """# diffusion-playground
 Sample class-conditional Fashion-MNIST images from a diffusion model, a rectified-flow model and a normalizing flow
@@ -341,7 +354,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                         run_flow = gr.Button("Generate", variant="primary", visible=False)  # normalizing flows
                         stop = gr.Button("Stop", variant="stop", size="sm")
                     with gr.Column(scale=2):
-                        status = gr.Markdown("Press **Generate**.")
+                        status = gr.Markdown("Press **Generate**.", label="Status")
                         preview = gr.Image(label="Grid (live x0 estimates while sampling)", format="png",
                                            interactive=False, height=320)
                         gallery = gr.Gallery(label="Images", columns=8, format="png", height="auto")
@@ -349,7 +362,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
                           self_condition, seed, batch_size]
                 generating = run.click(generate, inputs, [gallery, preview, status, download], api_name="generate",
-                          show_progress="minimal", **sampling)
+                                       show_progress="minimal", show_progress_on=[status], **sampling)
                 stop.click(None, None, None, cancels=[generating], api_name=False)
                 dice.click(random_seed, None, seed, api_name=False)
                 sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim")),
@@ -386,13 +399,13 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     col_images, col_labels = [], []
                     for title in ("DDPM", "DDIM", "ODE"):
                         with gr.Column():
-                            col_labels.append(gr.Markdown(f"**{title}**"))
+                            col_labels.append(gr.Markdown(f"**{title}**", label=f"{title} column"))
                             col_images.append(gr.Image(label=title, format="png", interactive=False))
                 with gr.Row():
                     c_a = gr.Dropdown([("DDPM", "ddpm"), ("DDIM", "ddim"), ("ODE", "ode")], value="ddim", label="Difference: A")
                     c_b = gr.Dropdown([("DDPM", "ddpm"), ("DDIM", "ddim"), ("ODE", "ode")], value="ode", label="B")
                     c_manifest = gr.File(label="Manifest (JSON) to reproduce this comparison")
-                c_diff_text = gr.Markdown()
+                c_diff_text = gr.Markdown(label="Difference summary")
                 c_diff = gr.Image(label="|A - B| per pixel", format="png", interactive=False)
                 c_state = gr.State({})
                 comparing = c_run.click(compare, [c_checkpoint, c_guidance, c_class, c_scale, c_seed, c_batch, c_spacing, c_ddpm,
@@ -422,8 +435,8 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=3):
                         s_grid = gr.Image(label="One row per scale", format="png", interactive=False)
-                        s_rows = gr.Markdown()
-                        s_table = gr.Markdown()
+                        s_rows = gr.Markdown(label="Rows")
+                        s_table = gr.Markdown(label="Metrics table")
                     with gr.Column(scale=2):
                         s_conf = gr.LinePlot(x="scale", y="value", color="series", title="Evaluator: class confidence",
                                              y_lim=[0, 1])
@@ -453,7 +466,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     t_run = gr.Button("Show trajectory", variant="primary", scale=4)
                     t_stop = gr.Button("Stop", variant="stop", scale=1)
                 t_strip = gr.Image(label="Filmstrip", format="png", interactive=False)
-                t_caption = gr.Markdown()
+                t_caption = gr.Markdown(label="Caption")
                 t_gif = gr.File(label="Animated GIF")
                 tracing = t_run.click(show_trajectory, [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
                                               t_seed, t_frames], [t_strip, t_caption, t_gif], api_name="trajectory",
@@ -461,15 +474,20 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 t_stop.click(None, None, None, cancels=[tracing], api_name=False)
 
             with gr.Tab("Families", id="families"):
-                build_families_tab(cache, classes, sampling)
+                family_pickers = build_families_tab(cache, classes, sampling)
 
             with gr.Tab("Model card", id="card"):
                 m_checkpoint = gr.Dropdown(available, value=default, label="Checkpoint")
-                m_card = gr.Markdown(model_summary(default) if default else "")
+                m_card = gr.Markdown(model_summary(default) if default else "", label="Card")
                 m_json = gr.JSON(label="Metadata")
-                gr.Markdown("### Files in the checkpoint folder\n" + checkpoint_table())
+                m_files = gr.Markdown("### Files in the checkpoint folder\n" + checkpoint_table(), label="Files")
+                m_rescan = gr.Button("Re-scan the checkpoint folder", size="sm")
                 m_checkpoint.change(model_card, m_checkpoint, [m_card, m_json], api_name="model_card")
                 demo.load(model_card, m_checkpoint, [m_card, m_json], api_name=False)
+                m_rescan.click(rescan, None, [checkpoint, c_checkpoint, s_checkpoint, t_checkpoint, m_checkpoint,
+                                              *family_pickers, m_files], api_name="rescan")
+            for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale)):
+                mode.change(lambda m: DEFAULT_SCALES.get(m, 1.0), mode, value, api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
 

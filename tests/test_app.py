@@ -160,6 +160,23 @@ def test_uploads_are_bounded(server):
     assert small.status_code == 200  # the route exists (Gradio's), but holds at most 1 KiB per file
 
 
+def test_rescan_lists_a_new_file_and_file_names_are_data_not_markup(server, client):
+    import app
+
+    folder = app.cache.checkpoint_dir
+    added = folder / "new|one.safetensors"
+    added.write_bytes((folder / "tiny.safetensors").read_bytes())
+    try:
+        files = client.predict(api_name="/rescan")[-1]
+        assert "`new\\|one`" in files and files.count("\n") == len(list(folder.glob("*.safetensors"))) + 2
+        gallery = client.predict("new|one", "ddim", "heun", 2, 0.0, "uniform", "cfg", 1, 2.0, False, 3, 2,
+                                 api_name="/generate")[0]
+        assert len(gallery) == 2
+    finally:
+        added.unlink()
+        client.predict(api_name="/rescan")
+
+
 def test_model_card(client):
     summary, metadata = client.predict("tiny", api_name="/model_card")
     assert "tiny test model" in summary and metadata["kind"] == "denoiser"

@@ -128,8 +128,8 @@ def _run(work, progress, columns: int, outputs: int):
 
 
 # --- layout -----------------------------------------------------------------------------------
-def build_families_tab(cache: ModelCache, class_choices, sampling: dict):
-    """The tab's widgets and events; call inside `with gr.Tab(...)`."""
+def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns its three checkpoint pickers."""
     names = cache.names(*GENERATIVE_KINDS)
     preferred = [n for n in ("fashion-nice", "fashion-diffusion", "fashion-flow") if n in names]
     default = preferred or names[:3]
@@ -159,7 +159,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict):
             n_stop = gr.Button("Stop", variant="stop", scale=1)
         n_gallery = gr.Image(label="One row per model (see the table); each column is one noise", format="png",
                              interactive=False)
-        n_table = gr.Markdown()
+        n_table = gr.Markdown(label="Models table")
         n_file = gr.File(label="PNG (rows in the table's order)")
         decoding = n_run.click(partial(run_same_noise, cache),
                     [n_checkpoints, n_class, n_seed, n_batch, n_steps, n_solver, n_scale, n_temperature],
@@ -181,7 +181,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict):
             w_run = gr.Button("Walk", variant="primary", scale=4)
             w_stop = gr.Button("Stop", variant="stop", scale=1)
         w_strip = gr.Image(label="Filmstrip: one row per model", format="png", interactive=False)
-        w_caption = gr.Markdown()
+        w_caption = gr.Markdown(label="Caption")
         w_gif = gr.File(label="Animated GIF")
         walking = w_run.click(partial(run_latent_walk, cache),
                     [w_checkpoints, w_class, w_seed_a, w_seed_b, w_frames, w_steps, w_solver, w_scale, w_temperature],
@@ -202,6 +202,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict):
         e_run = gr.Button("Encode and decode", variant="primary", interactive=installed)
         e_gallery = gr.Gallery(label="Original, then per model: latent and reconstructions", columns=6,
                                format="png", height="auto")
-        e_table = gr.Markdown()
+        e_table = gr.Markdown(label="Reconstruction errors")
         e_run.click(partial(run_encode, cache), [e_checkpoints, e_index], [e_gallery, e_table],
                     api_name="encode", show_progress="minimal", **sampling)
+    return [n_checkpoints, w_checkpoints, e_checkpoints]
