@@ -208,6 +208,36 @@ def test_browser_generate_and_compare(server, tmp_path):
         browser.close()
 
 
+@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (CI installs it)")
+def test_closing_the_tab_stops_the_sampling(server):
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.get_by_label("DDPM (ancestral)").check()
+        for label, value in (("number input for Steps", "1000"), ("number input for Images", "64")):
+            box = page.get_by_label(label)
+            box.fill(value)
+            box.press("Enter")
+        page.locator("button.primary:visible", has_text="Generate").first.click()
+        deadline = time.time() + 30
+        while _sampling_workers() == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert _sampling_workers() == 1  # still sampling: the 1000 DDPM steps x 64 images took effect (~20 s)
+        page.close()
+        browser.close()
+    deadline = time.time() + 15
+    while _sampling_workers() and time.time() < deadline:
+        time.sleep(0.05)
+    assert _sampling_workers() == 0, "the sampling thread kept running after the tab was closed"
+
+
 def test_a_failing_request_reaches_its_user_and_the_next_one_works(server, client):
     import app
     import torch
