@@ -126,6 +126,27 @@ def test_encode_handler_on_a_test_image(tmp_path):
     assert table.count("DDIM inversion") == 4
 
 
+@pytest.mark.parametrize("endpoint, args, message", [
+    ("/compare", ("tiny", "cfg", 1, 2.0, 5, 4, "uniform", 2.5, 6, 0.0, 4, "heun", "ddim", "ode"), "DDPM steps must be a whole number"),
+    ("/trajectory", ("tiny", "ode", "heun", 6, "cfg", 0, 2.0, 1, "nan"), "frames must be finite"),
+    ("/trajectory", ("tiny", "ode", "heun", True, "cfg", 0, 2.0, 1, 4), "steps must be a number"),
+    ("/sweep", ("tiny", 1, "0, 1, 1000", ["cfg"], 3, 4, "ddim", 4), "guidance scale must be between 0.0 and 100.0"),
+    ("/same_noise", (["tiny-nice", "tiny"], 0, 10**400, 3, 3, "heun", 1.0, 1.0), "seed must be between 0 and"),
+    ("/generate_flow", ("tiny-nice", 1, None, 3, 5), "temperature must be a number"),
+])
+def test_every_endpoint_names_the_field_of_a_wrong_input(client, endpoint, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name=endpoint)
+
+
+def test_class_index_as_documented_string_or_int(client):
+    as_text = client.predict("tiny", "ddim", "heun", 2, 0.0, "uniform", "cfg", "1", 2.0, False, 3, 2, api_name="/generate")
+    as_int = client.predict("tiny", "ddim", "heun", 2, 0.0, "uniform", "cfg", 1, 2.0, False, 3, 2, api_name="/generate")
+    assert Image.open(as_text[0][0]["image"]).tobytes() == Image.open(as_int[0][0]["image"]).tobytes()
+
+
 def test_compare_manifest_and_difference(client):
     out = client.predict("tiny", "cfg", 1, 2.0, 5, 4, "uniform", 8, 6, 0.0, 4, "heun", "ddim", "ode", api_name="/compare")
     ddpm, ddim, ode, label_ddpm, label_ddim, label_ode, diff, diff_text, manifest_path = out
