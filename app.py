@@ -438,10 +438,10 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                         s_rows = gr.Markdown(label="Rows")
                         s_table = gr.Markdown(label="Metrics table")
                     with gr.Column(scale=2):
-                        s_conf = gr.LinePlot(x="scale", y="value", color="series", title="Evaluator: class confidence",
+                        s_conf = gr.LinePlot(x="scale", y="value", color="series", label="Class confidence plot", title="Evaluator: class confidence",
                                              y_lim=[0, 1])
-                        s_div = gr.LinePlot(x="scale", y="diversity", color="series", title="Diversity (mean feature distance)")
-                        s_strength = gr.LinePlot(x="log-SNR", y="strength", color="series",
+                        s_div = gr.LinePlot(x="scale", y="diversity", color="series", label="Diversity plot", title="Diversity (mean feature distance)")
+                        s_strength = gr.LinePlot(x="log-SNR", y="strength", color="series", label="Guidance strength plot",
                                                  title="Guidance strength per step (|eps_c - eps_u| or classifier term)")
                 sweeping = s_run.click(sweep, [s_checkpoint, s_class, s_scales, s_modes, s_seed, s_per_row, s_sampler, s_steps],
                             [s_grid, s_rows, s_conf, s_div, s_strength, s_table], api_name="sweep",

@@ -44,6 +44,8 @@ def client(server):
 
 def test_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    unnamed = [(name, r["label"]) for name, e in endpoints.items() for r in e["returns"] if r["label"].startswith("value_")]
+    assert unnamed == []  # every output has a name in the API docs
     assert {"/generate", "/generate_flow", "/compare", "/sweep", "/trajectory", "/model_card", "/same_noise",
             "/latent_walk", "/encode"} <= set(endpoints)
 
