@@ -102,7 +102,7 @@ def command_sample(args):
         request = FlowRequest(**common, temperature=1.0 if args.temperature is None else args.temperature)
     else:
         if args.temperature is not None:
-            raise RequestError(f"checkpoint {name!r} is a {kind}: --temperature applies to normalizing flows only")
+            raise RequestError(f"checkpoint {name!r} has kind {kind!r}: --temperature applies to normalizing flows only")
         request = SampleRequest(**common, **(DENOISER_SAMPLE_DEFAULTS | sampler_options))
     classes = range(len(cache.get(name).class_names)) if every_class else [request.class_index]
     results = [run_request(cache, dc.replace(request, class_index=k)) for k in classes]

@@ -102,7 +102,7 @@ class Evaluator:
         self.model = model = self.cache.get(c.checkpoint)  # loaded once: every row samples the same bytes
         self.kind = model.kind
         if self.kind not in KIND_PARTS:
-            raise RequestError(f"checkpoint {c.checkpoint!r} is a {self.kind!r}; only generative checkpoints "
+            raise RequestError(f"checkpoint {c.checkpoint!r} has kind {self.kind!r}; only generative checkpoints "
                                f"({', '.join(KIND_PARTS)}) can be evaluated")
         self.classes = len(model.class_names)
         self.reference = self._reference_features()
