@@ -16,8 +16,8 @@ import torch
 from .data import to_uint8
 from .denoiser import Denoiser
 from .checkpoint import LoadedModel
-from .engine import (FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request, 
-                     image_shape, load_for, run_request)
+from .engine import (GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request, 
+                     image_shape, run_request)
 from .likelihood import bits_per_dim, uniform_dequantize
 from .metrics import evaluator_outputs, mean_pairwise_distance
 from .sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
@@ -231,8 +231,9 @@ def encode_image(cache: ModelCache, checkpoints: list[str], image: torch.Tensor,
         raise RequestError(f"choose between 1 and {MAX_FAMILY_COLUMNS} checkpoints, got {len(names)}")
     models = []
     for name in names:
-        model = load_for(cache, FlowRequest(checkpoint=name) if cache.get(name).kind == "normalizing-flow"
-                         else SampleRequest(checkpoint=name))
+        model = cache.get(name)
+        if model.kind not in GENERATIVE_KINDS:
+            raise RequestError(f"checkpoint {name!r} (kind {model.kind!r}) does not generate images")
         if image_shape(model) != tuple(image.shape[1:]):
             raise RequestError(f"checkpoint {name!r} makes {image_shape(model)} images, the picked image is "
                                f"{tuple(image.shape[1:])}")

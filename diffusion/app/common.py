@@ -8,6 +8,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -115,6 +116,7 @@ class Cancelled(Exception):
 
 
 TICK = object()  # run_in_worker's "nothing to show": a point where Gradio may close the handler
+TICK_SECONDS = 0.05  # at most this long between such points (plus one network evaluation)
 
 
 def run_in_worker(work, on_event):
@@ -145,10 +147,17 @@ def run_in_worker(work, on_event):
 
     worker = threading.Thread(target=target, daemon=True, name="sampling-worker")
     worker.start()
+    last_yield = time.monotonic()
     try:
         while (event := events.get()) is not None:
             update = on_event(event)
-            yield TICK if update is None else update
+            if update is not None:
+                yield update
+            elif time.monotonic() - last_yield >= TICK_SECONDS:  # a cancel point, without flooding the client
+                yield TICK
+            else:
+                continue
+            last_yield = time.monotonic()
         if "error" in outcome:
             error = outcome["error"]
             if isinstance(error, (RequestError, SamplingError)):
