@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -111,9 +112,7 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
         raise RequestError(f"unknown time spacing {request.spacing!r}; choose one of {', '.join(SPACINGS)}")
     _check_number("steps", request.steps, 1, MAX_STEPS, integer=True)
     _check_number("eta", request.eta, 0.0, 1.0)
-    _check_number("batch size", request.batch_size, 1, max_batch, integer=True)
-    _check_number("seed", request.seed, 0, MAX_SEED, integer=True)
-    _check_number("first image index", request.first_index, 0, 1_000_000, integer=True)
+    _check_images(request, max_batch)
     _check_number("guidance scale", request.scale, 0.0, MAX_SCALE)
     if request.guidance not in GUIDANCE_MODES:
         raise RequestError(f"unknown guidance mode {request.guidance!r}; choose one of {', '.join(GUIDANCE_MODES)}")
@@ -126,6 +125,13 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
         raise RequestError("classifier guidance needs a noisy classifier checkpoint, and none is available")
     if request.self_condition and not model.self_condition:
         raise RequestError(f"checkpoint {request.checkpoint!r} was not trained with self-conditioning")
+
+
+def _check_images(request, max_batch: int):
+    """What every generative request has: how many images, and which noise (seed, first index)."""
+    _check_number("batch size", request.batch_size, 1, max_batch, integer=True)
+    _check_number("seed", request.seed, 0, MAX_SEED, integer=True)
+    _check_number("first image index", request.first_index, 0, 1_000_000, integer=True)
 
 
 def _check_class(request, model: LoadedModel):
@@ -141,9 +147,7 @@ def _check_class(request, model: LoadedModel):
 
 def validate_flow_request(request: FlowRequest, model: LoadedModel, max_batch: int = MAX_BATCH):
     _check_number("temperature", request.temperature, 0.0, MAX_TEMPERATURE)
-    _check_number("batch size", request.batch_size, 1, max_batch, integer=True)
-    _check_number("seed", request.seed, 0, MAX_SEED, integer=True)
-    _check_number("first image index", request.first_index, 0, 1_000_000, integer=True)
+    _check_images(request, max_batch)
     _check_class(request, model)
 
 
@@ -328,15 +332,9 @@ def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor 
     model = load_for(cache, request, model)
     validate_flow_request(request, model)
     started = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            z = float(request.temperature) * _starting_noise(request, model, x_T, cache.device)
-            images = _finite(model.network.decode(z, _labels(request, cache.device)).float(), request).clamp(-1, 1).cpu()
-    except torch.cuda.OutOfMemoryError as error:
-        _free_cuda()
-        raise SamplingError("the device ran out of memory for this request; try a smaller batch") from error
-    except RuntimeError as error:
-        raise SamplingError(f"decoding failed: {error}") from error
+    with _sampling_failures("decoding"), torch.inference_mode():
+        z = float(request.temperature) * _starting_noise(request, model, x_T, cache.device)
+        images = _finite(model.network.decode(z, _labels(request, cache.device)).float(), request).clamp(-1, 1).cpu()
     return SampleResult(images, 1, time.perf_counter() - started, [], request)
 
 
@@ -356,7 +354,7 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
     schedule = model.schedule
     trajectory, total = [], expected_nfe(request)
     started = time.perf_counter()
-    try:
+    with _sampling_failures("sampling"):
         with torch.inference_mode(), _autocast(device):
             denoise = Denoiser(model.network, schedule, model.parameterization, labels=_labels(request, device),
                                guidance=Guidance(request.guidance, float(request.scale)),
@@ -382,14 +380,22 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
             else:
                 images = sample_ode(counted, x_T, grid, schedule=schedule, solver=request.solver, callback=callback)
             images = _finite(images.float(), request).clamp(-1, 1).cpu()
+    return SampleResult(images, denoise.nfe, time.perf_counter() - started, denoise.trace, request, trajectory)
+
+
+@contextmanager
+def _sampling_failures(what: str):
+    """A failure while sampling becomes this request's SamplingError (out of memory: with a hint); the
+    backend keeps serving. RequestError and SamplingError pass through as they are."""
+    try:
+        yield
     except torch.cuda.OutOfMemoryError as error:
         _free_cuda()
         raise SamplingError("the device ran out of memory for this request; try a smaller batch") from error
     except (RequestError, SamplingError):
         raise
     except RuntimeError as error:
-        raise SamplingError(f"sampling failed: {error}") from error
-    return SampleResult(images, denoise.nfe, time.perf_counter() - started, denoise.trace, request, trajectory)
+        raise SamplingError(f"{what} failed: {error}") from error
 
 
 def _finite(images: torch.Tensor, request) -> torch.Tensor:
