@@ -47,6 +47,23 @@ class Schedule:
         alpha2 = torch.exp(log_alpha2)
         return alpha2.sqrt(), (-torch.expm1(log_alpha2)).clamp_min(0).sqrt()
 
+    def alpha_sigma_derivative(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d alpha_t / dt, d sigma_t / dt), elementwise: the probability-flow drift needs them."""
+        t = torch.as_tensor(t)
+        if self.name == "flow":
+            return -torch.ones_like(t), torch.ones_like(t)
+        if self.name == "vp-cosine":
+            angle, rate = t * self._cosine_max_angle, self._cosine_max_angle
+            return -rate * torch.sin(angle), rate * torch.cos(angle)
+        # vp-linear: log alpha^2 is piecewise linear in t with slope s; alpha' = alpha s / 2, sigma' = -alpha alpha' / sigma.
+        alpha, sigma = self.alpha_sigma(t)
+        pos = t.to(torch.float64).clamp(0, 1) * LINEAR_STEPS
+        lo = pos.floor().clamp(max=LINEAR_STEPS - 1).long()
+        table = self._linear_table.to(pos.device)
+        slope = ((table[lo + 1] - table[lo]) * LINEAR_STEPS).to(alpha.dtype)
+        d_alpha = alpha * slope / 2
+        return d_alpha, -alpha * d_alpha / sigma
+
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """lambda_t = log(alpha_t^2 / sigma_t^2); +inf at t = 0."""
         alpha, sigma = self.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
