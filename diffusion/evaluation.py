@@ -13,6 +13,7 @@ same: an interrupted run resumes, and computing one part keeps the other parts' 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +24,8 @@ import torch
 from .checkpoint import atomic_write
 from .data import load_fashion_mnist, to_model_range
 from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
+from .sampling import image_generators
+from .likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
 from .metrics import class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance
 
 
@@ -36,9 +39,15 @@ class EvalConfig:
     seed: int = 0
     out_dir: str = "docs/evaluation"
     quick: bool = False  # a tiny run for CI: few samples, few configurations
+    likelihood_images: int = 1000  # the first N test images, for the likelihood part
+    likelihood_tolerance: float = 1e-4  # dopri5's rtol = atol (1e-5 costs 2.2x the NFE and moved bits/dim by 0.001)
+    progress_dir: str = "runs/likelihood"  # per-batch results of a likelihood row, so a killed run resumes
 
     def scaled(self) -> "EvalConfig":
-        return replace(self, samples=min(self.samples, 20), reference=min(self.reference, 200)) if self.quick else self
+        if not self.quick:
+            return self
+        return replace(self, samples=min(self.samples, 20), reference=min(self.reference, 200),
+                       likelihood_images=min(self.likelihood_images, 4), likelihood_tolerance=1e-3)
 
 
 def sampler_grid(quick: bool) -> list[dict]:
@@ -55,11 +64,12 @@ def sampler_grid(quick: bool) -> list[dict]:
 
 
 NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused
-METRICS = ("nfe", "samples", "fid", "accuracy", "diversity", "seconds")
-PARTS = ("samplers", "guidance", "quality_bar", "seed_spread", "temperatures")
+METRICS = ("nfe", "samples", "fid", "accuracy", "diversity", "seconds",
+           "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max")
+PARTS = ("samplers", "guidance", "quality_bar", "seed_spread", "temperatures", "likelihood")
 # The parts that make sense for each kind of generative checkpoint, the first ones being the default.
-KIND_PARTS = {"denoiser": (("samplers", "guidance"), ("quality_bar", "seed_spread")),
-              "normalizing-flow": (("temperatures", "quality_bar"), ())}
+KIND_PARTS = {"denoiser": (("samplers", "guidance"), ("quality_bar", "seed_spread", "likelihood")),
+              "normalizing-flow": (("temperatures", "quality_bar"), ("likelihood",))}
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 SPREAD_SEEDS = 5  # seed-spread: DDIM-20 with this many other seeds, for the noise of one row's numbers
 
@@ -82,6 +92,25 @@ def reusable_rows(path: Path, identity: dict) -> dict[str, dict]:
     parts = [earlier.get(part) for part in PARTS]
     rows = [r for part in parts for r in ([part] if isinstance(part, dict) else part or []) if isinstance(r, dict)]
     return {row_key(r): r for r in rows}
+
+
+def likelihood_rows(config: EvalConfig, kind: str) -> list[dict]:
+    """Conditioned on the true label, and not (a denoiser's null class; a flow's mixture over classes)."""
+    if kind == "normalizing-flow":
+        solver = {"method": "exact"}
+    else:
+        solver = {"method": "pf-ode dopri5", "tolerance": config.likelihood_tolerance,
+                  "t_start": ODELikelihoodConfig().t_start, "divergence": "hutchinson"}
+    return [dict(likelihood=condition, images=config.likelihood_images, **solver)
+            for condition in ("conditional", "unconditional")]
+
+
+def _read_progress(path: Path) -> dict:
+    try:
+        progress = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return progress if isinstance(progress, dict) else {}
 
 
 def guidance_grid(quick: bool, has_classifier: bool) -> list[dict]:
@@ -138,6 +167,41 @@ class Evaluator:
         return {**row, "nfe": nfe, **self.metrics(torch.cat(images), torch.tensor(labels)),
                 "seconds": round(seconds, 1)}
 
+    def likelihood(self, **row) -> dict:
+        """bits/dim of the first `images` test images (uniformly dequantized, noise and Hutchinson probe from image
+        i's own generator), conditioned on the true label or not; batches are kept under runs/likelihood/ as
+        they finish, so an interrupted row resumes."""
+        c = self.config
+        test = load_fashion_mnist("test")
+        count = min(row["images"], len(test))
+        ode = ODELikelihoodConfig(rtol=row["tolerance"], atol=row["tolerance"], t_start=row["t_start"]) \
+            if self.kind == "denoiser" else ODELikelihoodConfig()
+        run_id = hashlib.sha256(f"{self.model.sha256} {row_key(row)} {c.seed} {c.batch_size}".encode()).hexdigest()[:16]
+        progress_path = Path(c.progress_dir) / f"{c.checkpoint}-{run_id}.json"
+        progress = _read_progress(progress_path)
+        device = self.cache.device
+        for start in range(0, count, c.batch_size):
+            if str(start) in progress:
+                continue
+            end = min(start + c.batch_size, count)
+            generators = image_generators(c.seed, end - start, first_index=start)
+            x = dequantize_each(test.images[start:end], generators)
+            probes = rademacher_probes(generators, x.shape[1:])
+            labels = test.labels[start:end].to(device) if row["likelihood"] == "conditional" else None
+            began = time.perf_counter()
+            with torch.inference_mode():
+                result = model_log_likelihood(self.model, x.to(device), labels, probes.to(device), ode)
+            progress[str(start)] = {"bits": result.bits_per_dim.cpu().tolist(), "nfe": result.nfe,
+                                    "seconds": time.perf_counter() - began}
+            progress_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(progress_path, lambda tmp: Path(tmp).write_text(json.dumps(progress)))
+        bits = torch.tensor([b for start in sorted(progress, key=int) for b in progress[start]["bits"]], dtype=torch.float64)
+        nfes = [batch["nfe"] for batch in progress.values()]
+        return {**row, "bits_per_dim": float(bits.mean()), "stderr": float(bits.std() / len(bits) ** 0.5),
+                "median": float(bits.median()), "p05": float(bits.quantile(0.05)), "p95": float(bits.quantile(0.95)),
+                "nfe": round(sum(nfes) / len(nfes)), "nfe_max": max(nfes),
+                "seconds": round(sum(batch["seconds"] for batch in progress.values()), 1)}
+
     def metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         probs, features = evaluator_outputs(self.evaluator, images)
         diversity = sum(mean_pairwise_distance(features[labels == k]) for k in range(self.classes)) / self.classes
@@ -186,7 +250,8 @@ class Evaluator:
         started = time.time()
         results = {"config": asdict(c), "identity": identity, "checkpoint": c.checkpoint,
                    "device": str(self.cache.device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                   "real_data": self.real_data_floor(), "samplers": [], "guidance": [], "temperatures": []}
+                   "real_data": self.real_data_floor(), "samplers": [], "guidance": [], "temperatures": [],
+                   "likelihood": []}
         steps = 4 if c.quick else 50
         planned = {} if self.kind == "normalizing-flow" else {
             "samplers": [dict(**row, self_condition=s) for s in conditioning for row in sampler_grid(c.quick)],
@@ -199,6 +264,7 @@ class Evaluator:
         if self.kind == "normalizing-flow":
             planned = {"temperatures": [dict(temperature=t) for t in (TEMPERATURES[1:] if c.quick else TEMPERATURES)],
                        "quality_bar": [dict(temperature=1.0)]}
+        planned["likelihood"] = likelihood_rows(c, self.kind)
 
         def known(part):  # the rows of a part that are done, in table order (the quality bar is one row)
             rows = [done[row_key(r)] for r in planned[part] if row_key(r) in done]
@@ -209,7 +275,7 @@ class Evaluator:
         for part in [p for p in planned if p in wanted]:
             for row in planned[part]:
                 if row_key(row) not in done:
-                    done[row_key(row)] = self.score(**row)
+                    done[row_key(row)] = self.likelihood(**row) if part == "likelihood" else self.score(**row)
                     results[part] = known(part)
                     if write:
                         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
@@ -272,7 +338,32 @@ def markdown_tables(results: dict) -> str:
         lines += ["", f"Quality bar (DDIM-50, classifier-free guidance 3, self-conditioning "
                       f"{'on' if q['self_condition'] else 'off'}, {q['samples']} samples): evaluator accuracy "
                       f"{q['accuracy']:.3f}, feature FID {q['fid']:.2f}, diversity {q['diversity']:.3f}."]
+    if results.get("likelihood"):
+        rows = results["likelihood"]
+        lines += ["", f"Likelihood of the first {rows[0]['images']} test images, uniformly dequantized (bits/dim: lower is "
+                      f"better; ± is the standard error over images; 5-95 % is the spread of single images):", "",
+                  "| condition | method | bits/dim | ± | median | 5-95 % | NFE per batch (mean / max) | minutes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            method = r["method"] + (f", rtol = atol = {r['tolerance']:g}, from t = {r['t_start']:g}"
+                                    if "tolerance" in r else "")
+            nfe = f"{r['nfe']} / {r['nfe_max']}" if r["nfe_max"] else "one exact pass"
+            lines.append(f"| {r['likelihood']} | {method} | {r['bits_per_dim']:.3f} | {r['stderr']:.3f} | "
+                         f"{r['median']:.3f} | {r['p05']:.2f}-{r['p95']:.2f} | {nfe} | {r['seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def recorded_likelihood(model, out_dir: Path) -> list[dict]:
+    """The likelihood rows that `evaluate` wrote for exactly this checkpoint file (by SHA-256), if any."""
+    path = Path(out_dir) / f"{model.path.stem}.json" if model.path else None
+    try:
+        results = json.loads(path.read_text()) if path else {}
+    except (OSError, json.JSONDecodeError):
+        return []
+    if not isinstance(results, dict) or results.get("identity", {}).get("checkpoint_sha256") != model.sha256:
+        return []
+    rows = results.get("likelihood")
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 def write_report(results: dict, out_dir: Path):

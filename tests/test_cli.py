@@ -91,6 +91,33 @@ def test_evaluate_quick_on_a_normalizing_flow(fashion_sized_checkpoints, tmp_pat
     assert refused.returncode == 2 and "normalizing-flow: its evaluation parts are temperatures" in refused.stderr
 
 
+@pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+@pytest.mark.parametrize("checkpoint, method", [("tiny", "pf-ode dopri5"), ("tiny-nice", "exact")])
+def test_evaluate_likelihood_quick(fashion_sized_checkpoints, tmp_path, checkpoint, method):
+    import json
+
+    out = tmp_path / "eval"
+    args = ("evaluate", "--quick", "--parts", "likelihood", "--checkpoint", checkpoint, "--checkpoint-dir",
+            str(fashion_sized_checkpoints), "--out-dir", str(out), "--batch-size", "2")
+    result = run(*args, cwd=tmp_path)  # the resumable per-batch state goes to ./runs/likelihood
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((out / f"{checkpoint}.json").read_text())["likelihood"]
+    assert [r["likelihood"] for r in rows] == ["conditional", "unconditional"]
+    assert all(r["method"] == method and r["images"] == 4 and r["bits_per_dim"] > 0 and r["stderr"] > 0 for r in rows)
+    assert rows[0]["bits_per_dim"] != rows[1]["bits_per_dim"]
+    assert (rows[0]["nfe"] > 0) == (method != "exact")
+    assert "| conditional |" in (out / f"{checkpoint}.md").read_text()
+    progress = sorted((tmp_path / "runs" / "likelihood").glob(f"{checkpoint}-*.json"))
+    assert len(progress) == 2 and all(len(json.loads(p.read_text())) == 2 for p in progress)  # per row, per batch
+    written = [p.stat().st_mtime_ns for p in progress]
+    # A second run (the rows deleted from the JSON) resumes from the per-batch state: the same numbers, no solving.
+    (out / f"{checkpoint}.json").unlink()
+    again = run(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / f"{checkpoint}.json").read_text())["likelihood"][0]["bits_per_dim"] == rows[0]["bits_per_dim"]
+    assert [p.stat().st_mtime_ns for p in progress] == written  # nothing was solved again
+
+
 def test_benchmark_quick(tmp_path):
     write_tiny_checkpoints(tmp_path / "ckpt")
     out = tmp_path / "bench.md"
