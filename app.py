@@ -21,15 +21,18 @@ import pandas as pd
 import torch
 
 from diffusion.app.families import build_families_tab
+from diffusion.app.lens import build_lens_tab
 from diffusion.engine import (GENERATIVE_KINDS, MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache,
                               RequestError, SampleRequest, SamplingError, run_request)
 from diffusion.app.common import (output_path, pil_images, save_gif, save_png, stream_result, user_error, widget_bool, widget_class,
                                   widget_number)
+from diffusion.evaluation import likelihood_summary, recorded_likelihood
 from diffusion.images import image_grid, to_pil
 from diffusion.sampling import ODE_SOLVERS
 from diffusion.studies import compare_samplers, difference_map, guidance_sweep, parse_scales, trajectory
 
 CHECKPOINT_DIR = Path(os.environ.get("PLAYGROUND_CHECKPOINTS", Path(__file__).parent / "checkpoints"))
+EVALUATION_DIR = Path(__file__).parent / "docs" / "evaluation"  # `evaluate` results, shown on a file's card
 DEFAULT_CHECKPOINT = "fashion-diffusion"
 SAMPLER_LABELS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("ODE (probability flow)", "ode")]
 # Each guidance mode's own starting scale: classifier guidance with our small noisy classifier needs ~8 to reach
@@ -76,14 +79,16 @@ def model_summary(name: str) -> str:
     config, training = model.config, model.training
     parameters = sum(p.numel() for p in model.network.parameters())
     size = f"{parameters / 1e6:.2f} M parameters, {training.get('steps', '?')} training steps"
+    likelihood = likelihood_summary(recorded_likelihood(model, EVALUATION_DIR))
+    measured = f"\n\n**Likelihood:** {likelihood}." if likelihood else ""
     if model.kind == "normalizing-flow":
         bits = training.get("test_bits_per_dim")
         return (f"{model.card}\n\n*normalizing flow ({config['network']}), {size}"
-                + (f", {bits:.2f} bits/dim on the test set" if isinstance(bits, (int, float)) else "") + ".*")
+                + (f", {bits:.2f} bits/dim on the test set" if isinstance(bits, (int, float)) else "") + ".*" + measured)
     if model.kind != "denoiser":
         return f"{model.card}\n\n*{model.kind}, {size}.*"
     return (f"{model.card}\n\n*{config.get('schedule')} schedule, {config.get('parameterization')}-prediction, "
-            f"{size}, self-conditioning {'yes' if model.self_condition else 'no'}.*")
+            f"{size}, self-conditioning {'yes' if model.self_condition else 'no'}.*" + measured)
 
 
 def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
@@ -290,7 +295,8 @@ def rescan():
     generative, denoisers = cache.names(*GENERATIVE_KINDS), cache.names("denoiser")
     available = [e.name for e in cache.entries() if e.available]
     pickers = [gr.Dropdown(choices=generative), *(gr.Dropdown(choices=denoisers) for _ in range(3)),
-               gr.Dropdown(choices=available), *(gr.CheckboxGroup(choices=generative) for _ in range(3))]
+               gr.Dropdown(choices=available), *(gr.CheckboxGroup(choices=generative) for _ in range(4)),
+               gr.Dropdown(choices=generative)]
     return (*pickers, "### Files in the checkpoint folder\n" + checkpoint_table())
 
 
@@ -476,6 +482,9 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
             with gr.Tab("Families", id="families"):
                 family_pickers = build_families_tab(cache, classes, sampling)
 
+            with gr.Tab("Likelihood", id="likelihood"):
+                lens_checkpoints, lens_sample_checkpoint = build_lens_tab(cache, classes, sampling)
+
             with gr.Tab("Model card", id="card"):
                 m_checkpoint = gr.Dropdown(available, value=default, label="Checkpoint")
                 m_card = gr.Markdown(model_summary(default) if default else "", label="Card")
@@ -485,7 +494,8 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 m_checkpoint.change(model_card, m_checkpoint, [m_card, m_json], api_name="model_card")
                 demo.load(model_card, m_checkpoint, [m_card, m_json], api_name=False)
                 m_rescan.click(rescan, None, [checkpoint, c_checkpoint, s_checkpoint, t_checkpoint, m_checkpoint,
-                                              *family_pickers, m_files], api_name="rescan")
+                                              *family_pickers, lens_checkpoints, lens_sample_checkpoint, m_files],
+                               api_name="rescan")
             for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale)):
                 mode.change(lambda m: DEFAULT_SCALES.get(m, 1.0), mode, value, api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)

@@ -139,8 +139,10 @@ def command_benchmark(args):
 def command_cards(args):
     """A Markdown table of the checkpoints in a folder, from their metadata (checkpoints/README.md)."""
     from .checkpoint import load_checkpoint
+    from .evaluation import likelihood_summary, recorded_likelihood
 
-    rows = ["| file | kind | model | parameters | training | card |", "|---|---|---|---|---|---|"]
+    rows = ["| file | kind | model | parameters | training | likelihood (bits/dim) | card |",
+            "|---|---|---|---|---|---|---|"]
     for path in sorted(Path(args.checkpoint_dir).glob("*.safetensors")):
         model = load_checkpoint(path)
         config, training = model.config, model.training
@@ -158,8 +160,9 @@ def command_cards(args):
                    + (f"; test {bits:.2f} ± {training.get('test_bits_per_dim_stderr', 0):.2f} bits/dim" if bits else ""))
         parameters = sum(p.numel() for p in model.network.parameters())
         size = path.stat().st_size / 2**20
+        likelihood = likelihood_summary(recorded_likelihood(model, Path(args.evaluation_dir))) or "-"
         rows.append(f"| `{path.name}` ({size:.1f} MiB) | {model.kind} | {what} | {parameters / 1e6:.2f} M | {trained} | "
-                    f"{model.card} |")
+                    f"{likelihood} | {model.card} |")
     print("\n".join(rows))
 
 
@@ -240,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cards = commands.add_parser("cards", help="print a Markdown table of the checkpoints in a folder")
     cards.add_argument("--checkpoint-dir", default="checkpoints")
+    cards.add_argument("--evaluation-dir", default="docs/evaluation", help="where `evaluate` wrote its JSON")
     cards.set_defaults(handler=command_cards)
     return parser
 

@@ -121,12 +121,14 @@ def divergence(f: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None) ->
 
 
 def ode_log_likelihood(denoise, schedule: Schedule, x: torch.Tensor, probes: torch.Tensor | None = None,
-                       config: ODELikelihoodConfig = ODELikelihoodConfig(), record: int = 2) -> LikelihoodResult:
+                       config: ODELikelihoodConfig = ODELikelihoodConfig(), record: int = 2,
+                       on_evaluation=None) -> LikelihoodResult:
     """log p(x) under the probability-flow ODE of `denoise` (x_t, t) -> (x0_hat, eps_hat).
 
     probes: Rademacher probes (B, *x.shape[1:]) for config.divergence == "hutchinson". record: how many times
-    (geometric from t_start to 1) the path integral is kept at. Works under torch.inference_mode(): the
-    gradients are taken in a block with inference mode off, as classifier guidance does.
+    (geometric from t_start to 1) the path integral is kept at. on_evaluation(nfe, t) after every evaluation
+    (progress; an exception raised there stops the solve). Works under torch.inference_mode(): the gradients
+    are taken in a block with inference mode off, as classifier guidance does.
     """
     from torchdiffeq import odeint
 
@@ -143,6 +145,8 @@ def ode_log_likelihood(denoise, schedule: Schedule, x: torch.Tensor, probes: tor
             # dopri5 may step past t = 1 and interpolate back; beyond 1 the drift is held at its value at 1.
             f = probability_flow_drift(denoise, schedule, x_t, min(float(t), 1.0))
             div = divergence(f, x_t, probes if config.divergence == "hutchinson" else None)
+        if on_evaluation is not None:
+            on_evaluation(nfe, min(float(t), 1.0))
         return f.detach(), div.detach()
 
     times = torch.logspace(math.log10(config.t_start), 0, max(record, 2), dtype=torch.float64)
@@ -161,7 +165,8 @@ def ode_log_likelihood(denoise, schedule: Schedule, x: torch.Tensor, probes: tor
 
 
 def model_log_likelihood(model, x: torch.Tensor, labels: torch.Tensor | None, probes: torch.Tensor | None = None,
-                         config: ODELikelihoodConfig = ODELikelihoodConfig(), record: int = 2) -> LikelihoodResult:
+                         config: ODELikelihoodConfig = ODELikelihoodConfig(), record: int = 2,
+                         on_evaluation=None) -> LikelihoodResult:
     """log p(x | y) (labels given) or log p(x) (labels None) under a loaded generative checkpoint.
 
     A denoiser goes through its probability-flow ODE, unguided and without self-conditioning (which would make
@@ -175,7 +180,7 @@ def model_log_likelihood(model, x: torch.Tensor, labels: torch.Tensor | None, pr
     if labels is None and model.class_names and model.config.get("null_class") is None:
         raise ValueError("this class-conditional model has no null class, so it has no unconditional likelihood")
     denoise = Denoiser(model.network, model.schedule, model.parameterization, labels=labels)
-    return ode_log_likelihood(denoise, model.schedule, x, probes, config, record)
+    return ode_log_likelihood(denoise, model.schedule, x, probes, config, record, on_evaluation)
 
 
 def flow_log_likelihood(network, x: torch.Tensor, labels: torch.Tensor | None, classes: int) -> LikelihoodResult:

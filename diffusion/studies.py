@@ -199,6 +199,21 @@ def walk_noise(shape, seed_a: int, seed_b: int, frames: int) -> torch.Tensor:
     return slerp(a, b, torch.linspace(0, 1, frames))
 
 
+def generative_models(cache: ModelCache, names: list[str], shape: tuple[int, ...]) -> list[LoadedModel]:
+    """1 to MAX_FAMILY_COLUMNS distinct generative checkpoints that all model images of `shape` (C, H, W)."""
+    if not 1 <= len(names) <= MAX_FAMILY_COLUMNS:
+        raise RequestError(f"choose between 1 and {MAX_FAMILY_COLUMNS} checkpoints, got {len(names)}")
+    models = []
+    for name in names:
+        model = cache.get(name)
+        if model.kind not in GENERATIVE_KINDS:
+            raise RequestError(f"checkpoint {name!r} (kind {model.kind!r}) does not generate images")
+        if image_shape(model) != shape:
+            raise RequestError(f"checkpoint {name!r} makes {image_shape(model)} images, the picked image is {shape}")
+        models.append(model)
+    return models
+
+
 # --- encode: data -> noise -> data --------------------------------------------------------------
 @dataclass
 class Reconstruction:
@@ -227,19 +242,10 @@ def encode_image(cache: ModelCache, checkpoints: list[str], image: torch.Tensor,
     t = 0 to 1 with DDIM steps (conditional on `label`, no guidance, no self-conditioning) and integrates
     back with as many, so the reconstruction error shows the ODE solver's discretisation error."""
     names = list(dict.fromkeys(checkpoints or []))
-    if not 1 <= len(names) <= MAX_FAMILY_COLUMNS:
-        raise RequestError(f"choose between 1 and {MAX_FAMILY_COLUMNS} checkpoints, got {len(names)}")
-    models = []
-    for name in names:
-        model = cache.get(name)
-        if model.kind not in GENERATIVE_KINDS:
-            raise RequestError(f"checkpoint {name!r} (kind {model.kind!r}) does not generate images")
-        if image_shape(model) != tuple(image.shape[1:]):
-            raise RequestError(f"checkpoint {name!r} makes {image_shape(model)} images, the picked image is "
-                               f"{tuple(image.shape[1:])}")
+    models = generative_models(cache, names, tuple(image.shape[1:]))
+    for name, model in zip(names, models):
         if label is not None and not 0 <= label < len(model.class_names):
             raise RequestError(f"checkpoint {name!r} has no class {label}")
-        models.append(model)
     device = cache.device
     x = image.to(device)
     labels = None if label is None else torch.tensor([int(label)], device=device)

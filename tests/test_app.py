@@ -47,7 +47,7 @@ def test_named_endpoints(client):
     unnamed = [(name, r["label"]) for name, e in endpoints.items() for r in e["returns"] if r["label"].startswith("value_")]
     assert unnamed == []  # every output has a name in the API docs
     assert {"/generate", "/generate_flow", "/compare", "/sweep", "/trajectory", "/model_card", "/same_noise",
-            "/latent_walk", "/encode"} <= set(endpoints)
+            "/latent_walk", "/encode", "/likelihood"} <= set(endpoints)
 
 
 def test_generate_through_the_api(client):
@@ -113,6 +113,31 @@ def test_same_noise_latent_walk_and_encode_through_the_api(client):
     # The tiny models make 8x8 images, Fashion-MNIST's are 28x28: a readable refusal either way.
     with pytest.raises(AppError, match="makes \\(1, 8, 8\\) images|test set is not installed"):
         client.predict(["tiny-nice"], 0, api_name="/encode")
+
+
+def test_likelihood_of_a_sample_an_upload_and_their_probes_through_the_api(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    models = ["tiny-nice", "tiny", "tiny-flow"]
+    gallery, table, plot, caption = client.predict(models, "a sample", 0, None, "tiny", 1, 3, 0, api_name="/likelihood")
+    assert len(gallery) == 5 and "a sample of tiny" in caption
+    assert [item["caption"].split(":")[0] for item in gallery] == ["original", "flipped left-right", "inverted (255 - k)",
+                                                                   "constant grey (128)", "uniform noise"]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| probe | `tiny-nice` | `tiny` | `tiny-flow` |" and len(rows) == 7  # header, 5 probes, cost
+    assert "one exact pass" in rows[-1] and "ODE evaluations" in rows[-1]
+    assert Image.open(plot).size[0] > 2 * Image.open(plot).size[1]  # two ODE models side by side
+    # An upload is resized to the models' 8x8, in grey.
+    picture = tmp_path / "upload.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(picture)
+    gallery, table, plot, caption = client.predict(["tiny-nice"], "uploaded image", 0, handle_file(str(picture)),
+                                                   "tiny", 1, 3, 0, api_name="/likelihood")
+    assert "resized to 8x8" in caption and plot is None  # NICE is exact: no ODE path to plot
+    with pytest.raises(AppError, match="upload an image first"):
+        client.predict(["tiny-nice"], "uploaded image", 0, None, "tiny", 1, 3, 0, api_name="/likelihood")
+    with pytest.raises(AppError, match="at least one checkpoint"):
+        client.predict([], "a sample", 0, None, "tiny", 1, 3, 0, api_name="/likelihood")
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
@@ -379,5 +404,20 @@ def test_fuzzed_raw_api_calls_get_a_result_or_one_sentence(client):
             assert "Traceback" not in message
 
     call()
+
+    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def call_likelihood(data):  # every field but the upload, which Gradio itself decodes and checks
+        base = [["tiny-nice"], "a sample", 0, None, "tiny-nice", 1, 3, 0]
+        for position in data.draw(st.lists(st.sampled_from([0, 1, 2, 4, 5, 6, 7]), min_size=1, max_size=3, unique=True)):
+            base[position] = data.draw(wrong)
+        try:
+            client.predict(*base, api_name="/likelihood")
+        except AppError as error:
+            message = str(error)
+            assert message and "\n" not in message and "Unexpected error" not in message, message
+            assert "Traceback" not in message
+
+    call_likelihood()
     assert len(client.predict(*good, api_name="/generate")[0]) == 2  # and the app still serves
     assert len(client.predict(*good_flow, api_name="/generate_flow")[0]) == 2

@@ -116,6 +116,11 @@ def test_evaluate_likelihood_quick(fashion_sized_checkpoints, tmp_path, checkpoi
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / f"{checkpoint}.json").read_text())["likelihood"][0]["bits_per_dim"] == rows[0]["bits_per_dim"]
     assert [p.stat().st_mtime_ns for p in progress] == written  # nothing was solved again
+    # The cards table shows the measured likelihood for this file (matched by SHA-256), and not for the others.
+    cards = run("cards", "--checkpoint-dir", str(fashion_sized_checkpoints), "--evaluation-dir", str(out))
+    line = next(line for line in cards.stdout.splitlines() if f"`{checkpoint}.safetensors`" in line)
+    assert f"{rows[0]['bits_per_dim']:.2f} ± {rows[0]['stderr']:.2f} bits/dim given the class" in line
+    assert "bits/dim given the class" not in cards.stdout.replace(line, "")
 
 
 def test_benchmark_quick(tmp_path):

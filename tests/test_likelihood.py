@@ -186,3 +186,42 @@ def test_checkpoint_likelihood_for_every_generative_kind(checkpoint_dir):
         assert (conditional.nfe > 0) == (model.kind == "denoiser")
     with pytest.raises(ValueError, match="no likelihood"):
         model_log_likelihood(load_checkpoint(checkpoint_dir / "tiny-evaluator.safetensors"), x, labels)
+
+
+def test_probe_images():
+    from diffusion.lens import PROBES, probe_images
+
+    image = torch.arange(16, dtype=torch.uint8).view(1, 4, 4) * 10
+    probes = probe_images(image, seed=3)
+    assert probes.shape == (len(PROBES), 1, 4, 4) and probes.dtype == torch.uint8
+    assert torch.equal(probes[0], image) and torch.equal(probes[1], image.flip(-1))
+    assert torch.equal(probes[2], 255 - image) and torch.all(probes[3] == 128)
+    assert torch.equal(probes[4], probe_images(image, seed=3)[4]) and not torch.equal(probes[4], probe_images(image, 4)[4])
+    with pytest.raises(Exception, match="uint8"):
+        probe_images(image.float(), 0)
+
+
+def test_lens_scores_every_probe_as_the_library_does(checkpoint_dir):
+    from diffusion.engine import ModelCache, RequestError
+    from diffusion.lens import LENS_ODE, PATH_POINTS, likelihood_lens, probe_images
+
+    cache = ModelCache(checkpoint_dir, device="cpu")
+    image = torch.randint(0, 256, (1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    seen = []
+    columns = likelihood_lens(cache, ["tiny-nice", "tiny-flow"], image, seed=5,
+                              progress=lambda column, fraction: seen.append((column, fraction)))
+    assert [c.checkpoint for c in columns] == ["tiny-nice", "tiny-flow"]
+    nice, flow = columns
+    assert nice.nfe == 0 and nice.times is None and flow.nfe > 0 and flow.path_bits.shape == (PATH_POINTS, 5)
+    assert seen and {c for c, _ in seen} == {1} and all(0 <= f <= 1 for _, f in seen) and seen[-1][1] == 1.0
+    # The same numbers as the library on the same dequantization and probes (generator (seed, probe index)).
+    generators = image_generators(5, 5)
+    x = dequantize_each(probe_images(image, 5), generators)
+    probes = rademacher_probes(generators, x.shape[1:])
+    with torch.inference_mode():
+        expected = model_log_likelihood(cache.get("tiny-flow"), x, None, probes, LENS_ODE).bits_per_dim
+    torch.testing.assert_close(torch.tensor(flow.bits_per_dim, dtype=torch.float64), expected)
+    with pytest.raises(RequestError, match="does not generate"):
+        likelihood_lens(cache, ["tiny-evaluator"], image)
+    with pytest.raises(RequestError, match="between 1 and"):
+        likelihood_lens(cache, [], image)
