@@ -363,7 +363,13 @@ def recorded_likelihood(model, out_dir: Path) -> list[dict]:
     if not isinstance(results, dict) or results.get("identity", {}).get("checkpoint_sha256") != model.sha256:
         return []
     rows = results.get("likelihood")
-    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+    def well_formed(row) -> bool:  # the file is data: only rows with the fields and types we wrote are shown
+        return (isinstance(row, dict) and row.get("likelihood") in ("conditional", "unconditional")
+                and row.get("method") in ("exact", "pf-ode dopri5") and type(row.get("images")) is int
+                and all(type(row.get(key)) in (int, float) for key in ("bits_per_dim", "stderr")))
+
+    return [r for r in rows if well_formed(r)] if isinstance(rows, list) else []
 
 
 def likelihood_summary(rows: list[dict]) -> str:

@@ -225,3 +225,24 @@ def test_lens_scores_every_probe_as_the_library_does(checkpoint_dir):
         likelihood_lens(cache, ["tiny-evaluator"], image)
     with pytest.raises(RequestError, match="between 1 and"):
         likelihood_lens(cache, [], image)
+
+
+def test_recorded_likelihood_is_matched_by_hash_and_read_as_data(tmp_path):
+    import json
+
+    from diffusion.evaluation import likelihood_summary, recorded_likelihood
+
+    class Model:
+        path = tmp_path / "ckpt" / "m.safetensors"
+        sha256 = "abc"
+
+    good = {"likelihood": "conditional", "method": "pf-ode dopri5", "images": 1000, "bits_per_dim": 3.25, "stderr": 0.03}
+    hostile = {**good, "likelihood": "unconditional", "bits_per_dim": "<script>"}
+    (tmp_path / "m.json").write_text(json.dumps({"identity": {"checkpoint_sha256": "abc"}, "likelihood": [good, hostile]}))
+    rows = recorded_likelihood(Model, tmp_path)
+    assert rows == [good]
+    assert likelihood_summary(rows) == "3.25 ± 0.03 bits/dim given the class (probability-flow ODE, first 1000 test images)"
+    Model.sha256 = "other file"
+    assert recorded_likelihood(Model, tmp_path) == []
+    (tmp_path / "m.json").write_text("not json")
+    assert recorded_likelihood(Model, tmp_path) == []
