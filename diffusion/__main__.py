@@ -118,7 +118,7 @@ def command_evaluate(args):
     config = EvalConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, samples=args.samples,
                         reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=args.out_dir,
                         quick=args.quick, likelihood_images=args.likelihood_images,
-                        likelihood_tolerance=args.likelihood_tolerance)
+                        likelihood_tolerance=args.likelihood_tolerance, probe_images=args.probe_images)
     conditioning = {"both": (False, True), "on": (True,), "off": (False,)}[args.self_cond]
     parts = tuple(args.parts) if args.parts else None
     print(markdown_tables(Evaluator(config).run(parts=parts, self_conditioning=conditioning)))
@@ -217,12 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out-dir", default="docs/evaluation")
     evaluate.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
     evaluate.add_argument("--parts", nargs="+", default=None,
-                          choices=["samplers", "guidance", "quality-bar", "seed-spread", "temperatures", "likelihood"],
+                          choices=["samplers", "guidance", "quality-bar", "seed-spread", "temperatures", "likelihood",
+                                   "probes"],
                           help="which tables to compute (default: samplers and guidance for a denoiser, "
-                               "temperatures and quality-bar for a normalizing flow; likelihood: bits/dim of test images)")
+                               "temperatures and quality-bar for a normalizing flow; likelihood: bits/dim of test images; "
+                               "probes: bits/dim of out-of-distribution probes of test images)")
     evaluate.add_argument("--likelihood-images", type=int, default=1000, help="test images for the likelihood part")
     evaluate.add_argument("--likelihood-tolerance", type=float, default=1e-4,
                           help="the probability-flow ODE solver's rtol = atol (dopri5)")
+    evaluate.add_argument("--probe-images", type=int, default=100, help="test images for the probes part")
     evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
                           help="self-conditioning settings for the sampler table")
     evaluate.set_defaults(handler=command_evaluate)

@@ -25,6 +25,7 @@ from .checkpoint import atomic_write
 from .data import load_fashion_mnist, to_model_range
 from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
 from .sampling import image_generators
+from .lens import LENS_ODE, PROBES, probe_images
 from .likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
 from .metrics import class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance
 
@@ -42,12 +43,14 @@ class EvalConfig:
     likelihood_images: int = 1000  # the first N test images, for the likelihood part
     likelihood_tolerance: float = 1e-4  # dopri5's rtol = atol (1e-5 costs 2.2x the NFE and moved bits/dim by 0.001)
     progress_dir: str = "runs/likelihood"  # per-batch results of a likelihood row, so a killed run resumes
+    probe_images: int = 100  # test images whose out-of-distribution probes are scored (the probes part)
 
     def scaled(self) -> "EvalConfig":
         if not self.quick:
             return self
         return replace(self, samples=min(self.samples, 20), reference=min(self.reference, 200),
-                       likelihood_images=min(self.likelihood_images, 4), likelihood_tolerance=1e-3)
+                       likelihood_images=min(self.likelihood_images, 4), likelihood_tolerance=1e-3,
+                       probe_images=min(self.probe_images, 2))
 
 
 def sampler_grid(quick: bool) -> list[dict]:
@@ -65,11 +68,11 @@ def sampler_grid(quick: bool) -> list[dict]:
 
 NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused
 METRICS = ("nfe", "samples", "fid", "accuracy", "diversity", "seconds",
-           "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max")
-PARTS = ("samplers", "guidance", "quality_bar", "seed_spread", "temperatures", "likelihood")
+           "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max", "by_probe")
+PARTS = ("samplers", "guidance", "quality_bar", "seed_spread", "temperatures", "likelihood", "probes")
 # The parts that make sense for each kind of generative checkpoint, the first ones being the default.
-KIND_PARTS = {"denoiser": (("samplers", "guidance"), ("quality_bar", "seed_spread", "likelihood")),
-              "normalizing-flow": (("temperatures", "quality_bar"), ("likelihood",))}
+KIND_PARTS = {"denoiser": (("samplers", "guidance"), ("quality_bar", "seed_spread", "likelihood", "probes")),
+              "normalizing-flow": (("temperatures", "quality_bar"), ("likelihood", "probes"))}
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 SPREAD_SEEDS = 5  # seed-spread: DDIM-20 with this many other seeds, for the noise of one row's numbers
 
@@ -169,38 +172,71 @@ class Evaluator:
 
     def likelihood(self, **row) -> dict:
         """bits/dim of the first `images` test images (uniformly dequantized, noise and Hutchinson probe from image
-        i's own generator), conditioned on the true label or not; batches are kept under runs/likelihood/ as
-        they finish, so an interrupted row resumes."""
+        i's own generator), conditioned on the true label or not."""
         c = self.config
         test = load_fashion_mnist("test")
-        count = min(row["images"], len(test))
         ode = ODELikelihoodConfig(rtol=row["tolerance"], atol=row["tolerance"], t_start=row["t_start"]) \
             if self.kind == "denoiser" else ODELikelihoodConfig()
+
+        def batch(start, end):
+            generators = image_generators(c.seed, end - start, first_index=start)
+            x = dequantize_each(test.images[start:end], generators)
+            labels = test.labels[start:end] if row["likelihood"] == "conditional" else None
+            return x, rademacher_probes(generators, x.shape[1:]), labels
+
+        bits, nfes, seconds = self._resumable_bits(row, min(row["images"], len(test)), c.batch_size, batch, ode)
+        return {**row, "bits_per_dim": float(bits.mean()), "stderr": float(bits.std() / len(bits) ** 0.5),
+                "median": float(bits.median()), "p05": float(bits.quantile(0.05)), "p95": float(bits.quantile(0.95)),
+                "nfe": round(sum(nfes) / len(nfes)), "nfe_max": max(nfes), "seconds": seconds}
+
+    def probes(self, **row) -> dict:
+        """The out-of-distribution probes (diffusion.lens) of the first `images` test images, unconditional: mean
+        bits/dim per probe, and how often a probe is rated likelier than its own original."""
+        c = self.config
+        test = load_fashion_mnist("test")
+        ode = ODELikelihoodConfig(rtol=row["tolerance"], atol=row["tolerance"]) if self.kind == "denoiser" \
+            else ODELikelihoodConfig()
+
+        def batch(start, end):  # images start..end, each with its probes: image i's noise probe drawn from seed + i
+            pixels = torch.cat([probe_images(test.images[i], c.seed + i) for i in range(start, end)])
+            generators = image_generators(c.seed, len(pixels), first_index=start * len(PROBES))
+            x = dequantize_each(pixels, generators)
+            return x, rademacher_probes(generators, x.shape[1:]), None
+
+        count = min(row["images"], len(test))
+        step = max(1, c.batch_size // len(PROBES))
+        bits, nfes, seconds = self._resumable_bits(row, count, step, batch, ode)
+        bits = bits.view(count, len(PROBES))
+        by_probe = {probe: {"bits_per_dim": float(bits[:, p].mean()), "stderr": float(bits[:, p].std() / count ** 0.5),
+                            "likelier_than_original": float((bits[:, p] < bits[:, 0]).double().mean())}
+                    for p, probe in enumerate(PROBES)}
+        return {**row, "by_probe": by_probe, "nfe": round(sum(nfes) / len(nfes)), "nfe_max": max(nfes),
+                "seconds": seconds}
+
+    def _resumable_bits(self, row: dict, count: int, step: int, batch, ode: ODELikelihoodConfig):
+        """bits/dim for items 0..count in batches of `step` (batch(start, end) -> x, Hutchinson probes, labels),
+        unconditional when labels is None. Each batch is saved under progress_dir as it finishes, so an interrupted
+        row resumes. Returns (bits, NFE per batch, seconds)."""
+        c = self.config
         run_id = hashlib.sha256(f"{self.model.sha256} {row_key(row)} {c.seed} {c.batch_size}".encode()).hexdigest()[:16]
         progress_path = Path(c.progress_dir) / f"{c.checkpoint}-{run_id}.json"
         progress = _read_progress(progress_path)
         device = self.cache.device
-        for start in range(0, count, c.batch_size):
+        for start in range(0, count, step):
             if str(start) in progress:
                 continue
-            end = min(start + c.batch_size, count)
-            generators = image_generators(c.seed, end - start, first_index=start)
-            x = dequantize_each(test.images[start:end], generators)
-            probes = rademacher_probes(generators, x.shape[1:])
-            labels = test.labels[start:end].to(device) if row["likelihood"] == "conditional" else None
+            x, probes, labels = batch(start, min(start + step, count))
             began = time.perf_counter()
             with torch.inference_mode():
-                result = model_log_likelihood(self.model, x.to(device), labels, probes.to(device), ode)
+                result = model_log_likelihood(self.model, x.to(device), None if labels is None else labels.to(device),
+                                              probes.to(device), ode)
             progress[str(start)] = {"bits": result.bits_per_dim.cpu().tolist(), "nfe": result.nfe,
                                     "seconds": time.perf_counter() - began}
             progress_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(progress_path, lambda tmp: Path(tmp).write_text(json.dumps(progress)))
         bits = torch.tensor([b for start in sorted(progress, key=int) for b in progress[start]["bits"]], dtype=torch.float64)
-        nfes = [batch["nfe"] for batch in progress.values()]
-        return {**row, "bits_per_dim": float(bits.mean()), "stderr": float(bits.std() / len(bits) ** 0.5),
-                "median": float(bits.median()), "p05": float(bits.quantile(0.05)), "p95": float(bits.quantile(0.95)),
-                "nfe": round(sum(nfes) / len(nfes)), "nfe_max": max(nfes),
-                "seconds": round(sum(batch["seconds"] for batch in progress.values()), 1)}
+        nfes = [entry["nfe"] for entry in progress.values()]
+        return bits, nfes, round(sum(entry["seconds"] for entry in progress.values()), 1)
 
     def metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         probs, features = evaluator_outputs(self.evaluator, images)
@@ -265,24 +301,28 @@ class Evaluator:
             planned = {"temperatures": [dict(temperature=t) for t in (TEMPERATURES[1:] if c.quick else TEMPERATURES)],
                        "quality_bar": [dict(temperature=1.0)]}
         planned["likelihood"] = likelihood_rows(c, self.kind)
+        planned["probes"] = [dict(probes="unconditional", images=c.probe_images,
+                                  **({"tolerance": LENS_ODE.rtol} if self.kind == "denoiser" else {"method": "exact"}))]
 
         def known(part):  # the rows of a part that are done, in table order (the quality bar is one row)
             rows = [done[row_key(r)] for r in planned[part] if row_key(r) in done]
-            return rows if part != "quality_bar" else (rows[0] if rows else None)
+            return rows if part not in ("quality_bar", "probes") else (rows[0] if rows else None)
 
         for part in planned:  # the JSON holds every known row from its first write on
             results[part] = known(part)
         for part in [p for p in planned if p in wanted]:
             for row in planned[part]:
                 if row_key(row) not in done:
-                    done[row_key(row)] = self.likelihood(**row) if part == "likelihood" else self.score(**row)
+                    measure = {"likelihood": self.likelihood, "probes": self.probes}.get(part, self.score)
+                    done[row_key(row)] = measure(**row)
                     results[part] = known(part)
                     if write:
                         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
         for part in planned:  # rows shared between parts (a flow's quality bar is its T = 1 row) are known now
             results[part] = known(part)
-        if results["quality_bar"] is None:
-            del results["quality_bar"]
+        for part in ("quality_bar", "probes"):
+            if results[part] is None:
+                del results[part]
         results["wall_minutes"] = round((time.time() - started) / 60, 1)
         if write:
             write_report(results, Path(c.out_dir))
@@ -350,6 +390,15 @@ def markdown_tables(results: dict) -> str:
             nfe = f"{r['nfe']} / {r['nfe_max']}" if r["nfe_max"] else "one exact pass"
             lines.append(f"| {r['likelihood']} | {method} | {r['bits_per_dim']:.3f} | {r['stderr']:.3f} | "
                          f"{r['median']:.3f} | {r['p05']:.2f}-{r['p95']:.2f} | {nfe} | {r['seconds'] / 60:.1f} |")
+    if results.get("probes"):
+        r = results["probes"]
+        how = "exact" if r.get("method") == "exact" else f"probability-flow ODE, rtol = atol = {r['tolerance']:g}"
+        lines += ["", f"Out-of-distribution probes of the first {r['images']} test images, scored unconditionally ({how}; "
+                      f"Nalisnick et al. 2019 ask whether such inputs are rated *likelier* than real data):", "",
+                  "| probe | bits/dim | ± | rated likelier than its original |", "|---|---|---|---|"]
+        for probe, p in r["by_probe"].items():
+            share = "" if probe == PROBES[0] else f"{100 * p['likelier_than_original']:.0f} %"
+            lines.append(f"| {probe} | {p['bits_per_dim']:.2f} | {p['stderr']:.2f} | {share} |")
     return "\n".join(lines) + "\n"
 
 
