@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -139,8 +140,13 @@ class Evaluator:
         self.classes = len(model.class_names)
         self.reference = self._reference_features()
 
+    @cached_property
+    def test_set(self):
+        """The Fashion-MNIST test split, read once per Evaluator (reference features and every likelihood row)."""
+        return load_fashion_mnist("test")
+
     def _reference_features(self) -> torch.Tensor:
-        test = load_fashion_mnist("test")
+        test = self.test_set
         images = to_model_range(test.images[: self.config.reference])
         return evaluator_outputs(self.evaluator, images)[1]
 
@@ -174,7 +180,7 @@ class Evaluator:
         """bits/dim of the first `images` test images (uniformly dequantized, noise and Hutchinson probe from image
         i's own generator), conditioned on the true label or not."""
         c = self.config
-        test = load_fashion_mnist("test")
+        test = self.test_set
         ode = ODELikelihoodConfig(rtol=row["tolerance"], atol=row["tolerance"], t_start=row["t_start"]) \
             if self.kind == "denoiser" else ODELikelihoodConfig()
 
@@ -193,7 +199,7 @@ class Evaluator:
         """The out-of-distribution probes (diffusion.lens) of the first `images` test images, unconditional: mean
         bits/dim per probe, and how often a probe is rated likelier than its own original."""
         c = self.config
-        test = load_fashion_mnist("test")
+        test = self.test_set
         ode = ODELikelihoodConfig(rtol=row["tolerance"], atol=row["tolerance"]) if self.kind == "denoiser" \
             else ODELikelihoodConfig()
 

@@ -18,7 +18,7 @@ from .denoiser import Denoiser
 from .checkpoint import LoadedModel
 from .engine import (GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request, 
                      image_shape, run_request)
-from .likelihood import bits_per_dim, uniform_dequantize
+from .likelihood import model_log_likelihood, uniform_dequantize
 from .metrics import evaluator_outputs, mean_pairwise_distance
 from .sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
 from .schedules import time_grid
@@ -258,7 +258,7 @@ def encode_image(cache: ModelCache, checkpoints: list[str], image: torch.Tensor,
                 back = model.network.decode(z, labels)
                 seconds = time.perf_counter() - started
                 dequantized = uniform_dequantize(to_uint8(image), torch.Generator().manual_seed(0)).to(device)
-                bits = float(bits_per_dim(model.network(dequantized, labels), image[0].numel()))
+                bits = float(model_log_likelihood(model, dequantized, labels).bits_per_dim)
                 error = (back - x).abs()
                 inversions.append(Inversion(name, model.kind, z[0].cpu(), [Reconstruction(
                     0, 2, back[0].cpu(), float(error.max()), float(error.mean()), seconds)], bits))
