@@ -51,8 +51,15 @@ class LoadedModel:
         return tuple(self.config.get("class_names", ()))
 
     @property
+    def name(self) -> str:
+        """The name the app and CLI know it by: the file's stem, or a folder's name."""
+        if self.path is None:
+            return ""
+        return self.path.name if self.path.is_dir() else self.path.stem
+
+    @property
     def schedule(self) -> Schedule:
-        return Schedule(self.config["schedule"])
+        return Schedule.from_config(self.config["schedule"])
 
     @property
     def parameterization(self) -> str:
@@ -63,12 +70,19 @@ class LoadedModel:
         return bool(self.config.get("self_condition", False))
 
 
-def model_config(kind: str, network: torch.nn.Module, *, class_names=(), schedule: str | None = None,
+def model_config(kind: str, network: torch.nn.Module, *, class_names=(), schedule=None,
                  parameterization: str | None = None) -> dict:
-    """The `config` metadata for a network; denoisers also need schedule and parameterization."""
-    net_config = network.config
+    """The `config` metadata for a network; denoisers also need schedule (a Schedule.to_config value)
+    and parameterization."""
+    return config_metadata(kind, network_name(network), network.config, class_names=class_names, schedule=schedule,
+                           parameterization=parameterization)
+
+
+def config_metadata(kind: str, name: str, net_config, *, class_names=(), schedule=None,
+                    parameterization: str | None = None) -> dict:
+    """model_config from a registry name and a network config, for a network not built yet."""
     config = {
-        "network": network_name(network),
+        "network": name,
         "network_config": net_config.to_dict(),
         "image_size": net_config.image_size,
         "image_channels": net_config.image_channels,
@@ -178,25 +192,38 @@ def check_file(path) -> dict:
     path = Path(path)
     header, data_size, _ = _read_header(path)
     meta = _parse_metadata(path, header)
+    check_tensor_table(path, header, data_size, _network_on_meta(path, meta["config"]))
+    return meta
+
+
+def check_tensor_table(path: Path, header: dict, data_size: int, network: torch.nn.Module):
+    """A safetensors header's tensors against a network (built on the meta device: nothing allocated):
+    every tensor's bytes are in the file, and the names and shapes are the network's."""
     tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
     try:
-        shapes = {name: tuple(entry["shape"]) for name, entry in tensors.items()}
+        shapes = {name: tuple(int(n) for n in entry["shape"]) for name, entry in tensors.items()}
         data_end = max((int(entry["data_offsets"][1]) for entry in tensors.values()), default=0)
     except (TypeError, KeyError, IndexError, ValueError) as error:
         raise CheckpointError(f"{path.name}: malformed tensor table in the header") from error
     if data_end > data_size:
         raise CheckpointError(f"{path.name}: truncated (its tensors need {data_end} bytes of data, the file has "
                               f"{max(data_size, 0)})")
-    _check_shapes(path, {k: tuple(v.shape) for k, v in _network_on_meta(path, meta["config"]).state_dict().items()},
-                  shapes)
-    return meta
+    _check_shapes(path, {k: tuple(v.shape) for k, v in network.state_dict().items()}, shapes)
 
 
 def _network_on_meta(path: Path, config: dict) -> torch.nn.Module:
+    return _build(path, config, torch.device("meta"))
+
+
+def _build(path: Path, config: dict, device=None) -> torch.nn.Module:
     try:
-        with torch.device("meta"):
+        if device is None:
             return build_network(config["network"], config["network_config"])
-    except (TypeError, ValueError) as error:
+        with device:
+            return build_network(config["network"], config["network_config"])
+    except ImportError as error:  # an optional dependency of this network (diffusers) is missing
+        raise CheckpointError(f"{path.name}: {error}") from error
+    except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path.name}: invalid network_config ({error})") from error
 
 
@@ -206,13 +233,12 @@ def load_checkpoint(path, device="cpu") -> LoadedModel:
     The file is read once: metadata, tensors and the SHA-256 all come from the same bytes, so a file
     replaced meanwhile can never give a mix (and the hash names exactly what was loaded)."""
     path = Path(path)
-    header, _, data = _read_header(path, whole=True)
+    header, data_size, data = _read_header(path, whole=True)
     meta = _parse_metadata(path, header)
     config = meta["config"]
-    try:
-        network = build_network(config["network"], config["network_config"])
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path.name}: invalid network_config ({error})") from error
+    # The tensor table first, against the network on the meta device: a config asking for a huge network fails unallocated.
+    check_tensor_table(path, header, data_size, _network_on_meta(path, config))
+    network = _build(path, config)
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, OSError, ValueError) as error:
@@ -258,12 +284,15 @@ def _validate_config(kind: str, config: dict, path: Path):
     names = config.get("class_names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         fail("config.class_names must be a list of strings")
-    num_classes = config["network_config"].get("num_classes", 0)
+    try:
+        num_classes = NETWORKS[name].config.from_dict(config["network_config"]).num_classes
+    except (TypeError, ValueError) as error:
+        fail(f"invalid network_config ({error})")
     if num_classes and len(names) != num_classes:
         fail(f"{len(names)} class names for {num_classes} classes")
     if kind == "denoiser":
         try:
-            Schedule(config.get("schedule"))
+            Schedule.from_config(config.get("schedule"))
             check_parameterization(config.get("parameterization"))
-        except ValueError as error:
+        except (TypeError, ValueError) as error:
             fail(str(error))

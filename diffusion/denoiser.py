@@ -77,7 +77,7 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, t: float):
         self.nfe += 1
         alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
-        log_snr = float(self.schedule.log_snr(torch.tensor(t)))
+        log_snr = float(self.schedule.log_snr(torch.tensor(t, dtype=torch.float64)))
         if self.guidance.mode == "cfg":
             x0, eps = self._cfg(x_t, alpha, sigma, log_snr)
         else:

@@ -24,11 +24,11 @@ import torch
 
 from .checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
 from .denoiser import Denoiser, Guidance
+from .diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
 from .sampling import ODE_SOLVERS, draw_noise, image_generators, ode_nfe, sample_ddim, sample_ddpm, sample_ode
-from .schedules import time_grid
+from .schedules import SPACINGS, time_grid
 
 SAMPLERS = ("ddpm", "ddim", "ode")
-SPACINGS = ("uniform", "log-snr")
 GUIDANCE_MODES = ("none", "cfg", "classifier")
 MAX_STEPS = 1000
 MAX_BATCH = 64
@@ -60,7 +60,7 @@ class SampleRequest:
     self_condition: bool = False
     seed: int = 0
     batch_size: int = 16
-    clip_x0: bool = False
+    clip_x0: bool | None = None  # clamp x0_hat to [-1, 1]; None: the checkpoint's own setting (diffusers' clip_sample)
     first_index: int = 0  # image i of the request uses the noise of image first_index + i of the seed
 
 
@@ -102,6 +102,11 @@ def _check_number(name, value, low, high, integer=False):
         raise RequestError(f"{name} must be between {low} and {high}, got {shown}")
 
 
+def clip_x0(request: SampleRequest, model: LoadedModel) -> bool:
+    """The request's x0 clipping, or where it says None the checkpoint's (False for our own models)."""
+    return bool(model.config.get("clip_x0", False)) if request.clip_x0 is None else request.clip_x0
+
+
 def validate_request(request: SampleRequest, model: LoadedModel, has_classifier: bool, max_batch: int = MAX_BATCH):
     """Raise RequestError for anything out of range or inconsistent with the checkpoint."""
     if request.sampler not in SAMPLERS:
@@ -111,6 +116,12 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
     if request.spacing not in SPACINGS:
         raise RequestError(f"unknown time spacing {request.spacing!r}; choose one of {', '.join(SPACINGS)}")
     _check_number("steps", request.steps, 1, MAX_STEPS, integer=True)
+    if request.spacing == "leading":
+        discrete = model.schedule.discrete
+        if discrete is None:
+            raise RequestError(f"'leading' spacing (diffusers' default) needs a discrete-step schedule; checkpoint "
+                               f"{request.checkpoint!r} has the continuous {model.schedule.name!r} schedule")
+        _check_number("steps (leading spacing)", request.steps, 1, discrete.steps, integer=True)
     _check_number("eta", request.eta, 0.0, 1.0)
     _check_images(request, max_batch)
     _check_number("guidance scale", request.scale, 0.0, MAX_SCALE)
@@ -120,9 +131,14 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
         raise RequestError("guidance needs a class")
     _check_class(request, model)
     if request.guidance == "cfg" and model.config.get("null_class") is None:
-        raise RequestError(f"checkpoint {request.checkpoint!r} was not trained for classifier-free guidance")
+        why = (": a diffusers UNet2DModel records no null class (if its last class embedding was trained as the "
+               "dropped label, convert it with `python -m diffusion import-diffusers FOLDER --null-class N`)"
+               if model.config.get("source", {}).get("format") == "diffusers" else "")
+        raise RequestError(f"checkpoint {request.checkpoint!r} was not trained for classifier-free guidance{why}")
     if request.guidance == "classifier" and not has_classifier:
         raise RequestError("classifier guidance needs a noisy classifier checkpoint, and none is available")
+    if request.clip_x0 is not None and not isinstance(request.clip_x0, bool):
+        raise RequestError(f"clip_x0 must be true, false or null, got {request.clip_x0!r:.40}")
     if request.self_condition and not model.self_condition:
         raise RequestError(f"checkpoint {request.checkpoint!r} was not trained with self-conditioning")
 
@@ -135,10 +151,11 @@ def _check_images(request, max_batch: int):
 
 
 def _check_class(request, model: LoadedModel):
-    classes, conditional = model.class_names, bool(model.config["network_config"].get("num_classes"))
+    classes = model.class_names
+    conditional = bool(classes)
     if request.class_index is None:
-        if conditional and model.kind == "normalizing-flow":
-            raise RequestError(f"checkpoint {request.checkpoint!r} is class-conditional: choose a class")
+        if conditional and (model.kind == "normalizing-flow" or model.config.get("null_class", 0) is None):
+            raise RequestError(f"checkpoint {request.checkpoint!r} is class-conditional: choose a class (it has no null class to sample without one)")
         return
     if not classes:
         raise RequestError(f"checkpoint {request.checkpoint!r} is unconditional: it has no classes")
@@ -176,44 +193,59 @@ def pick_device() -> torch.device:
 
 
 class ModelCache:
-    """LRU of loaded models keyed by checkpoint name; a file changed on disk is reloaded.
+    """LRU of loaded models keyed by checkpoint name; a file or folder changed on disk is reloaded.
 
-    Only plain names of .safetensors files directly inside `checkpoint_dir` can be loaded.
+    What can be loaded: plain names of .safetensors files directly inside `checkpoint_dir`, diffusers pipeline
+    folders directly inside it (named by the folder), and the diffusers folders given in `extra_folders`.
     Thread-safe: loads happen under a lock; a loaded model is never mutated after it is cached.
     """
 
-    def __init__(self, checkpoint_dir="checkpoints", capacity: int = 4, device=None):
+    def __init__(self, checkpoint_dir="checkpoints", capacity: int = 4, device=None, extra_folders=()):
         self.checkpoint_dir = Path(checkpoint_dir).resolve()
+        self.extra_folders = tuple(Path(p).resolve() for p in extra_folders)
         self.capacity = capacity
         self.device = torch.device(device) if device else pick_device()
-        self._models: OrderedDict[str, tuple[tuple[int, int], LoadedModel]] = OrderedDict()
-        self._entries: dict[Path, tuple[tuple[int, int], CheckpointEntry]] = {}
+        self._models: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
+        self._entries: dict[Path, tuple[tuple, CheckpointEntry]] = {}
         self._lock = threading.Lock()
         self.loads = 0  # number of times a file was read (for tests and the benchmark)
 
+    def _candidates(self) -> list[Path]:
+        """Every .safetensors file and diffusers folder served, files first; a name is served once."""
+        files = [p for p in sorted(self.checkpoint_dir.glob("*.safetensors")) if not p.name.startswith(".")]
+        folders = [p for p in sorted(self.checkpoint_dir.iterdir()) if not p.name.startswith(".") and not p.is_symlink()
+                   and is_diffusers_folder(p)] if self.checkpoint_dir.is_dir() else []
+        taken, found = set(), []
+        for path in [*files, *folders, *self.extra_folders]:  # hidden files are never served, so never listed
+            name = path.stem if path.suffix == ".safetensors" and not path.is_dir() else path.name
+            if name not in taken:
+                taken.add(name)
+                found.append(path)
+        return found
+
     def entries(self) -> list[CheckpointEntry]:
-        """Every .safetensors file in the folder, with its kind, card, or why it is unavailable."""
+        """Every checkpoint served, with its kind, card, or why it is unavailable."""
         found = []
-        for path in sorted(self.checkpoint_dir.glob("*.safetensors")):
-            if path.name.startswith("."):
-                continue  # hidden files are never served (path_of refuses them), so never listed
+        for path in self._candidates():
+            folder = path.is_dir()
             try:
-                signature = file_signature(path)
+                signature = folder_signature(path) if folder else file_signature(path)
             except OSError:
                 continue  # removed since the listing
             cached = self._entries.get(path)
             if cached is None or cached[0] != signature:  # read each file's header once per version of it
+                name = path.name if folder else path.stem
                 try:
-                    meta = check_file(path)  # header, tensor table and config, no tensor data
-                    entry = CheckpointEntry(path.stem, path, meta["kind"], meta["card"], None)
+                    meta = check_folder(path) if folder else check_file(path)  # headers and configs, no tensor data
+                    entry = CheckpointEntry(name, path, meta["kind"], meta["card"], None)
                 except CheckpointError as error:
-                    entry = CheckpointEntry(path.stem, path, None, "", str(error))
+                    entry = CheckpointEntry(name, path, None, "", str(error))
                 cached = self._entries[path] = (signature, entry)
             found.append(cached[1])
         return found
 
     def names(self, *kinds: str) -> list[str]:
-        """Available checkpoints of the given kinds, in file-name order."""
+        """Available checkpoints of the given kinds, in listing order (files, then folders)."""
         return [e.name for e in self.entries() if e.available and e.kind in kinds]
 
     def path_of(self, name: str) -> Path:
@@ -223,16 +255,21 @@ class ModelCache:
         if "/" in stem or "\\" in stem or stem.startswith(".") or "\x00" in stem or len(stem) > 200:
             raise RequestError(f"checkpoint name {name[:80]!r} is not a plain file name in the checkpoint folder")
         path = self.checkpoint_dir / f"{stem}.safetensors"
-        if not path.is_file():
-            available = ", ".join(self.names(*GENERATIVE_KINDS)) or "none"
-            raise RequestError(f"no checkpoint named {stem!r} (available: {available})")
-        return path
+        if path.is_file():
+            return path
+        for folder in [self.checkpoint_dir / stem, *self.extra_folders]:
+            if folder.name == stem and not folder.is_symlink() and is_diffusers_folder(folder):
+                return folder
+        available = ", ".join(self.names(*GENERATIVE_KINDS)) or "none"
+        raise RequestError(f"no checkpoint named {stem!r} (available: {available})")
 
     def get(self, name: str) -> LoadedModel:
         path = self.path_of(name)
+        folder = path.is_dir()
+        signature_of = folder_signature if folder else file_signature
         with self._lock:
             try:
-                signature = file_signature(path)
+                signature = signature_of(path)
             except FileNotFoundError as error:
                 self._models.pop(name, None)
                 raise RequestError(f"checkpoint {name!r} was removed") from error
@@ -241,12 +278,12 @@ class ModelCache:
                 self._models.move_to_end(name)
                 return cached[1]
             try:
-                model = load_checkpoint(path, device=self.device)
+                model = load_folder(path, device=self.device) if folder else load_checkpoint(path, device=self.device)
             except CheckpointError as error:
                 self._models.pop(name, None)
                 raise RequestError(f"checkpoint {name!r} is unavailable: {error}") from error
             self.loads += 1
-            if file_signature(path) != signature:  # replaced while we read it: do not serve a mix
+            if signature_of(path) != signature:  # replaced while we read it: do not serve a mix
                 raise RequestError(f"checkpoint {name!r} changed while loading; try again")
             self._models[name] = (signature, model)
             self._models.move_to_end(name)
@@ -274,8 +311,8 @@ def load_for(cache: ModelCache, request: SampleRequest | FlowRequest, model: Loa
     name = request.checkpoint
     if model is None:
         model = cache.get(name)
-    elif model.path is not None and model.path.stem != name:
-        raise RequestError(f"request for checkpoint {name!r} given the model of {model.path.stem!r}")
+    elif model.path is not None and model.name != name:
+        raise RequestError(f"request for checkpoint {name!r} given the model of {model.name!r}")
     if model.kind == "normalizing-flow" and not isinstance(request, FlowRequest):
         raise RequestError(f"checkpoint {name!r} is a normalizing flow: it decodes noise in one exact pass and "
                            f"takes a temperature, not a sampler, steps or guidance")
@@ -308,11 +345,13 @@ def image_shape(model: LoadedModel) -> tuple[int, int, int]:
     return model.config["image_channels"], model.config["image_size"], model.config["image_size"]
 
 
-def _starting_noise(request, model: LoadedModel, x_T: torch.Tensor | None, device) -> torch.Tensor:
-    """x_T drawn from (seed, index), or the given one after checking its shape."""
+def _starting_noise(request, model: LoadedModel, x_T: torch.Tensor | None, device, generators=None) -> torch.Tensor:
+    """x_T drawn from (seed, index), or the given one after checking its shape. With `generators` (the ones the
+    sampler then draws its per-step noise from) x_T is their first draw, so no step reuses x_T's numbers."""
     shape = (int(request.batch_size), *image_shape(model))
     if x_T is None:
-        generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))
+        if generators is None:
+            generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))
         return draw_noise(generators, shape[1:], device)
     if tuple(x_T.shape) != shape:
         raise RequestError(f"starting noise has shape {tuple(x_T.shape)}, checkpoint {request.checkpoint!r} "
@@ -359,11 +398,11 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
             denoise = Denoiser(model.network, schedule, model.parameterization, labels=_labels(request, device),
                                guidance=Guidance(request.guidance, float(request.scale)),
                                classifier=classifier.network if classifier else None,
-                               self_condition=request.self_condition, clip_x0=request.clip_x0,
+                               self_condition=request.self_condition, clip_x0=clip_x0(request, model),
                                trace_guidance=trace_guidance)
             counted = _counting(denoise, progress, total)
             generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))
-            x_T = _starting_noise(request, model, x_T, device)
+            x_T = _starting_noise(request, model, x_T, device, generators)
             grid = time_grid(schedule, int(request.steps), request.spacing)
 
             def callback(step, t, x_t, x0_hat):

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from .classifier import Classifier, ClassifierConfig
+from .diffusers_unet import DiffusersUNet2D, DiffusersUNetConfig
 from .nice import NICE, NICEConfig
 from .unet import UNet, UNetConfig
 
-__all__ = ["NETWORKS", "NetworkSpec", "build_network", "network_name", "ClassifierConfig", "NICEConfig", "UNetConfig"]
+__all__ = ["NETWORKS", "NetworkSpec", "build_network", "network_name", "ClassifierConfig", "DiffusersUNetConfig", "NICEConfig", "UNetConfig"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ NETWORKS = {
     "UNet": NetworkSpec(UNet, UNetConfig, ("denoiser",)),
     "Classifier": NetworkSpec(Classifier, ClassifierConfig, ("noisy-classifier", "evaluator")),
     "NICE": NetworkSpec(NICE, NICEConfig, ("normalizing-flow",)),
+    "DiffusersUNet2D": NetworkSpec(DiffusersUNet2D, DiffusersUNetConfig, ("denoiser",)),  # needs diffusers
 }
 
 
