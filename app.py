@@ -1,6 +1,6 @@
 """diffusion-playground: sample, compare and teach diffusion and flow models in the browser.
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--checkpoints checkpoints]
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--checkpoints checkpoints] [--add-model FOLDER ...]
 
 Layout and wiring only: every handler turns widget values into a SampleRequest and calls the backend
 (diffusion.engine / diffusion.studies). Sampling runs in a worker thread so the handler can stream
@@ -22,12 +22,11 @@ import torch
 
 from diffusion.app.families import build_families_tab
 from diffusion.app.lens import build_lens_tab
-from diffusion.engine import (GENERATIVE_KINDS, MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache,
+from diffusion.engine import (GENERATIVE_KINDS, MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, image_shape,
                               RequestError, SampleRequest, SamplingError, run_request)
-from diffusion.app.common import (output_path, pil_images, save_gif, save_png, stream_result, user_error, widget_bool, widget_class,
+from diffusion.app.common import (EXPORT_PX, SINGLE_PX, grid_pil, output_path, pil_images, save_gif, save_png, stream_result, user_error, widget_bool, widget_class,
                                   widget_number)
 from diffusion.evaluation import likelihood_summary, recorded_likelihood
-from diffusion.images import image_grid, to_pil
 from diffusion.sampling import ODE_SOLVERS
 from diffusion.studies import compare_samplers, difference_map, guidance_sweep, parse_scales, trajectory
 
@@ -38,7 +37,10 @@ SAMPLER_LABELS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("ODE (probabi
 # Each guidance mode's own starting scale: classifier guidance with our small noisy classifier needs ~8 to reach
 # 90 % evaluator accuracy (docs/evaluation), where classifier-free guidance is at 99 % by 3.
 DEFAULT_SCALES = {"none": 1.0, "cfg": 3.0, "classifier": 8.0}
-GUIDANCE_LABELS = [("none (conditional model)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier")]
+GUIDANCE_LABELS = [("none (the model as it is)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier")]
+SPACING_LABELS = [("uniform in t", "uniform"), ("uniform in log-SNR", "log-snr"),
+                  ("diffusers' 'leading' (discrete-step models)", "leading")]
+UNCONDITIONAL = ("no class (unconditional model)", "")  # widget_class("") is None
 # Queue policy: sampling saturates the device, so sampling events share one worker ("sampling", limit 1);
 # running two at once only makes both slower. At most QUEUE_SIZE requests wait; beyond that Gradio answers
 # "Queue is full! Please try again." at once instead of letting a class of students wait minutes.
@@ -50,11 +52,11 @@ LAUNCH_OPTIONS = {"max_file_size": 1024}
 cache = ModelCache(CHECKPOINT_DIR, capacity=4)
 
 
-def configure(checkpoint_dir) -> None:
-    """Point the app at another checkpoint folder (tests, --checkpoints)."""
+def configure(checkpoint_dir, extra_folders=()) -> None:
+    """Point the app at another checkpoint folder and/or diffusers folders elsewhere (tests, --checkpoints, --add-model)."""
     global cache, CHECKPOINT_DIR
     CHECKPOINT_DIR = Path(checkpoint_dir)
-    cache = ModelCache(CHECKPOINT_DIR, capacity=4)
+    cache = ModelCache(CHECKPOINT_DIR, capacity=4, extra_folders=extra_folders)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -87,8 +89,39 @@ def model_summary(name: str) -> str:
                 + (f", {bits:.2f} bits/dim on the test set" if isinstance(bits, (int, float)) else "") + ".*" + measured)
     if model.kind != "denoiser":
         return f"{model.card}\n\n*{model.kind}, {size}.*"
-    return (f"{model.card}\n\n*{config.get('schedule')} schedule, {config.get('parameterization')}-prediction, "
-            f"{size}, self-conditioning {'yes' if model.self_condition else 'no'}.*" + measured)
+    schedule = model.schedule
+    steps = f" ({schedule.discrete.steps} {schedule.discrete.kind} betas)" if schedule.name == "vp-discrete" else ""
+    shape = f"{config['image_channels']} x {config['image_size']}^2 px"
+    return (f"{model.card}\n\n*{schedule.name} schedule{steps}, {config.get('parameterization')}-prediction, "
+            f"{shape}, {size}, self-conditioning {'yes' if model.self_condition else 'no'}.*" + measured)
+
+
+def class_and_guidance(model):
+    """The class choices and the guidance modes that apply to a checkpoint: classifier-free guidance needs a null
+    class, classifier guidance a noisy classifier of the model's image shape and classes."""
+    classes = [(label, index) for index, label in enumerate(model.class_names)]
+    if not classes or model.config.get("null_class") is not None:  # a null class can also sample with no class
+        classes.append(UNCONDITIONAL)
+    allowed = {"none"}
+    if model.config.get("null_class") is not None:
+        allowed.add("cfg")
+    classifier = cache.first_of_kind("noisy-classifier")
+    if classifier is not None and model.class_names and image_shape(classifier) == image_shape(model) \
+            and classifier.class_names == model.class_names:
+        allowed.add("classifier")
+    return classes, [g for g in GUIDANCE_LABELS if g[1] in allowed]
+
+
+def on_sampler_checkpoint_change(name, guidance_value):
+    """Compare, Sweep and Trajectory: the checkpoint's classes and the guidance modes it allows."""
+    try:
+        model = cache.get(name)
+    except RequestError as error:
+        raise user_error(error) from None
+    classes, guidance_choices = class_and_guidance(model)
+    values = [g[1] for g in guidance_choices]
+    guidance_value = guidance_value if guidance_value in values else ("cfg" if "cfg" in values else "none")
+    return gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value)
 
 
 def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
@@ -122,7 +155,7 @@ def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_i
             progress((event[1], event[2]), desc=f"network evaluation {event[1]}/{event[2]}")
             return None
         if event[0] == "preview":
-            preview = to_pil(image_grid(event[2], columns), scale=3)
+            preview = grid_pil(event[2], columns)
             return gr.skip(), preview, f"step {event[1] + 1}/{request.steps}: x0 estimate", gr.skip()
         return None
 
@@ -130,7 +163,7 @@ def generate(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_i
     status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
               f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}")
     path = save_png(result.images, columns, "samples")
-    yield pil_images(result.images), to_pil(image_grid(result.images, columns), scale=3), status, path
+    yield pil_images(result.images), grid_pil(result.images, columns), status, path
 
 
 def generate_flow(checkpoint, class_index, temperature, seed, batch_size):
@@ -145,7 +178,7 @@ def generate_flow(checkpoint, class_index, temperature, seed, batch_size):
     columns = min(8, request.batch_size)
     status = (f"**{len(result.images)} images**, one exact pass (NFE 1), {result.seconds:.3f} s, "
               f"{len(result.images) / max(result.seconds, 1e-9):.0f} images/s on {cache.device}")
-    return (pil_images(result.images), to_pil(image_grid(result.images, columns), scale=3), status,
+    return (pil_images(result.images), grid_pil(result.images, columns), status,
             save_png(result.images, columns, "samples"))
 
 
@@ -158,15 +191,14 @@ def on_checkpoint_change(name, sampler):
         model = cache.get(name)
     except RequestError as error:
         raise user_error(error) from None
-    classes = [(label, index) for index, label in enumerate(model.class_names)]
-    has_classifier = bool(cache.names("noisy-classifier"))
+    classes, guidance_choices = class_and_guidance(model)
     denoiser = model.kind == "denoiser"
     self_cond = gr.Checkbox(value=model.self_condition, interactive=model.self_condition, visible=denoiser,
                             info="feed the previous x0 estimate back into the network" if model.self_condition
                             else "this checkpoint was not trained with self-conditioning")
-    guidance_choices = [g for g in GUIDANCE_LABELS if g[1] != "classifier" or has_classifier]
-    return (gr.Dropdown(choices=classes, value=classes[0][1] if classes else None), self_cond,
-            gr.Radio(choices=guidance_choices, visible=denoiser), model_summary(name),
+    guidance_value = "cfg" if any(g[1] == "cfg" for g in guidance_choices) else "none"
+    return (gr.Dropdown(choices=classes, value=classes[0][1]), self_cond,
+            gr.Radio(choices=guidance_choices, value=guidance_value, visible=denoiser), model_summary(name),
             gr.Radio(visible=denoiser), gr.Dropdown(visible=denoiser and sampler == "ode"),
             gr.Slider(visible=denoiser), gr.Slider(visible=denoiser and sampler == "ddim"), gr.Radio(visible=denoiser),
             gr.Slider(visible=denoiser), gr.Slider(visible=not denoiser),
@@ -198,7 +230,7 @@ def compare(checkpoint, guidance, class_index, scale, seed, batch_size, spacing,
 
     results, manifest = yield from stream_result(work, on_event, outputs=10)
     columns = min(4, results[0].request.batch_size)
-    galleries = [to_pil(image_grid(r.images, columns), scale=3) for r in results]
+    galleries = [grid_pil(r.images, columns) for r in results]
     labels = [f"**{r.request.sampler.upper()}** {r.request.steps} steps"
               + (f", eta {r.request.eta}" if r.request.sampler == "ddim" else "")
               + (f", {r.request.solver}" if r.request.sampler == "ode" else "")
@@ -218,7 +250,7 @@ def render_difference(state, column_a, column_b):
     heat = diff / peak * 2 - 1  # black = identical, white = the largest difference in this comparison
     text = (f"mean |{column_a.upper()} - {column_b.upper()}| = {float(diff.mean()):.3f}, max {peak:.3f} "
             f"(pixel values span 2). Black = identical, white = {peak:.3f}.")
-    return to_pil(image_grid(heat, min(4, len(diff))), scale=3), text
+    return grid_pil(heat, min(4, len(diff))), text
 
 
 # --- Guidance sweep ---------------------------------------------------------------------------
@@ -239,7 +271,7 @@ def sweep(checkpoint, class_index, scales_text, modes, seed, per_row, sampler, s
         progress((row * total + done, rows * total), desc=f"row {row + 1}/{rows}")
 
     rows = yield from stream_result(work, on_event, outputs=6)
-    grid = image_grid(torch.cat([r.result.images for r in rows]), columns=base.batch_size)
+    grid = grid_pil(torch.cat([r.result.images for r in rows]), columns=base.batch_size, target_px=EXPORT_PX)
     metrics = pd.DataFrame(
         [{"scale": r.scale, "value": v, "series": f"{name} ({r.mode})"} for r in rows
          for name, v in (("class confidence", r.confidence), ("accuracy", r.accuracy)) if v is not None])
@@ -249,7 +281,7 @@ def sweep(checkpoint, class_index, scales_text, modes, seed, per_row, sampler, s
     table = "| mode | scale | class confidence | accuracy | diversity |\n|---|---|---|---|---|\n" + "\n".join(
         f"| {r.mode} | {r.scale:g} | {_fmt(r.confidence)} | {_fmt(r.accuracy)} | {r.diversity:.3f} |" for r in rows)
     labels = ", ".join(f"row {i + 1}: {r.mode} w={r.scale:g}" for i, r in enumerate(rows))
-    yield to_pil(grid, scale=2), labels, metrics, diversity, strength, table
+    yield grid, labels, metrics, diversity, strength, table
 
 
 def _fmt(value):
@@ -273,12 +305,12 @@ def show_trajectory(checkpoint, sampler, solver, steps, guidance, class_index, s
         progress(event, desc="sampling")
 
     result, picked = yield from stream_result(work, on_event, outputs=3)
-    strip = image_grid(torch.stack([p[3] for p in picked] + [p[4] for p in picked]), columns=len(picked))
+    strip = grid_pil(torch.stack([p[3] for p in picked] + [p[4] for p in picked]), columns=len(picked))
     axis = " | ".join(f"t={t:.2f}, λ={lam:+.1f}" if lam != float("inf") else "t=0 (data)" for _, t, lam, _, _ in picked)
-    frames_pil = [to_pil(image_grid(torch.stack([p[3], p[4]]), columns=2), scale=4) for p in picked]
+    frames_pil = [grid_pil(torch.stack([p[3], p[4]]), columns=2, target_px=SINGLE_PX) for p in picked]
     gif_path = save_gif(frames_pil, "trajectory", duration_ms=400)
     caption = f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}"
-    yield to_pil(strip, scale=3), caption, gif_path
+    yield strip, caption, gif_path
 
 
 # --- Model card -------------------------------------------------------------------------------
@@ -317,12 +349,12 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     generative = cache.names(*GENERATIVE_KINDS)  # Generate also offers normalizing flows
     available = [e.name for e in cache.entries() if e.available]  # the Model card shows every loadable file
     default = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
-    classes, self_cond_ok = [], False
+    classes, self_cond_ok, guidance_choices = [], False, GUIDANCE_LABELS[:1]
     if default:
         model = cache.get(default)
-        classes = [(label, i) for i, label in enumerate(model.class_names)]
+        classes, guidance_choices = class_and_guidance(model)
         self_cond_ok = model.self_condition
-    guidance_choices = [g for g in GUIDANCE_LABELS if g[1] != "classifier" or cache.names("noisy-classifier")]
+    guidance_default = "cfg" if any(g[1] == "cfg" for g in guidance_choices) else "none"
     # One sampling job at a time per device. preprocess=False: the handlers get the raw values and check them
     # themselves (diffusion.app.common.widget_number, the engine), so every wrong input, through the browser or
     # the API, gets one sentence naming its field instead of a component's anonymous bounds error.
@@ -342,9 +374,8 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                         solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver", visible=False)
                         steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
                         eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta (0 = deterministic, 1 = DDPM-like)")
-                        spacing = gr.Radio([("uniform in t", "uniform"), ("uniform in log-SNR", "log-snr")],
-                                           value="uniform", label="Time spacing")
-                        guidance = gr.Radio(guidance_choices, value="cfg", label="Guidance")
+                        spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
+                        guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
                         class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
                         scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
                         temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
@@ -384,14 +415,13 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                             "stream, so differences come from the samplers alone.")
                 with gr.Row():
                     c_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
-                    c_guidance = gr.Radio(guidance_choices, value="cfg", label="Guidance")
+                    c_guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
                     c_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
                     c_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
                 with gr.Row():
                     c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                     c_batch = gr.Slider(1, 16, value=8, step=1, label="Images")
-                    c_spacing = gr.Radio([("uniform in t", "uniform"), ("uniform in log-SNR", "log-snr")],
-                                         value="uniform", label="Time spacing")
+                    c_spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
                 with gr.Row():
                     c_ddpm = gr.Slider(1, MAX_STEPS, value=100, step=1, label="DDPM steps")
                     c_ddim = gr.Slider(1, MAX_STEPS, value=50, step=1, label="DDIM steps")
@@ -428,7 +458,8 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     s_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
                     s_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
                     s_scales = gr.Textbox("0, 1, 2, 4, 8", label="Guidance scales (one row each)")
-                    s_modes = gr.CheckboxGroup([g for g in guidance_choices if g[1] != "none"], value=["cfg"],
+                    s_modes = gr.CheckboxGroup([g for g in guidance_choices if g[1] != "none"],
+                                               value=["cfg"] if guidance_default == "cfg" else [],
                                                label="Guidance modes")
                 with gr.Row():
                     s_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
@@ -463,7 +494,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     t_solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver")
                     t_steps = gr.Slider(2, 200, value=50, step=1, label="Steps")
                 with gr.Row():
-                    t_guidance = gr.Radio(guidance_choices, value="cfg", label="Guidance")
+                    t_guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
                     t_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
                     t_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
                     t_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
@@ -496,6 +527,10 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 m_rescan.click(rescan, None, [checkpoint, c_checkpoint, s_checkpoint, t_checkpoint, m_checkpoint,
                                               *family_pickers, lens_checkpoints, lens_sample_checkpoint, m_files],
                                api_name="rescan")
+            for picker, class_box, mode in ((c_checkpoint, c_class, c_guidance), (t_checkpoint, t_class, t_guidance)):
+                picker.change(on_sampler_checkpoint_change, [picker, mode], [class_box, mode], api_name=False)
+            s_checkpoint.change(lambda name: on_sampler_checkpoint_change(name, "none")[0], s_checkpoint, s_class,
+                                api_name=False)
             for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale)):
                 mode.change(lambda m: DEFAULT_SCALES.get(m, 1.0), mode, value, api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
@@ -507,13 +542,17 @@ def parse_args(argv=None):
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
-    parser.add_argument("--checkpoints", default=None, help="checkpoint folder (default: ./checkpoints)")
+    parser.add_argument("--checkpoints", default=None, help="checkpoint folder (default: ./checkpoints); diffusers "
+                        "pipeline folders inside it are served too")
+    parser.add_argument("--add-model", action="append", default=[], metavar="FOLDER",
+                        help="also serve this diffusers pipeline folder (UNet2DModel + DDPM-style scheduler, "
+                             "safetensors weights); repeatable")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
-    if args.checkpoints:
-        configure(args.checkpoints)
+    if args.checkpoints or args.add_model:
+        configure(args.checkpoints or CHECKPOINT_DIR, args.add_model)
     demo = build_demo()
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)

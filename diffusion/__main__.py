@@ -84,12 +84,12 @@ def command_sample(args):
     import torch
 
     from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
-    from .images import image_grid, to_pil
+    from .images import display_scale, image_grid, to_pil
 
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
     cache = ModelCache(given.parent if is_path else Path(args.checkpoint_dir))
-    name = given.stem if is_path else args.checkpoint
+    name = (given.name if given.is_dir() else given.stem) if is_path else args.checkpoint
     kind = cache.get(name).kind
     every_class = args.class_index == "all"
     common = dict(checkpoint=name, class_index=0 if every_class else int(args.class_index), seed=args.seed,
@@ -107,9 +107,22 @@ def command_sample(args):
     classes = range(len(cache.get(name).class_names)) if every_class else [request.class_index]
     results = [run_request(cache, dc.replace(request, class_index=k)) for k in classes]
     images = torch.cat([r.images for r in results])
-    to_pil(image_grid(images, columns=args.columns), scale=2).save(args.out)
+    to_pil(image_grid(images, columns=args.columns), scale=display_scale(images.shape[-1], 56)).save(args.out)
     seconds = sum(r.seconds for r in results)
     print(f"{args.out}: {len(images)} images, NFE {results[0].nfe} per image batch, {seconds:.2f} s")
+
+
+def command_import_diffusers(args):
+    """A diffusers pipeline folder (UNet2DModel + DDPM-style scheduler) as one of our checkpoint files."""
+    from .checkpoint import load_checkpoint
+    from .diffusers_folder import convert_folder
+
+    names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else None
+    out = convert_folder(Path(args.folder), Path(args.out), class_names=names, null_class=args.null_class)
+    model = load_checkpoint(out)
+    parameters = sum(p.numel() for p in model.network.parameters())
+    print(f"{out}: {parameters / 1e6:.2f} M parameters, {model.config['image_channels']} x {model.config['image_size']}"
+          f"^2 px, {len(model.class_names) or 'no'} classes, predicts {model.parameterization}\n{model.card}")
 
 
 def command_evaluate(args):
@@ -147,7 +160,7 @@ def command_cards(args):
         model = load_checkpoint(path)
         config, training = model.config, model.training
         if model.kind == "denoiser":
-            what = (f"{config['schedule']}, {config['parameterization']}-prediction"
+            what = (f"{model.schedule.name}, {config['parameterization']}-prediction"
                     + (", self-cond" if model.self_condition else ""))
         elif model.kind == "normalizing-flow":
             net = model.network.config
@@ -167,6 +180,7 @@ def command_cards(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .schedules import SPACINGS
     from .training import PRESETS, TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m diffusion", description=__doc__)
@@ -193,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--solver", help="ODE solver: euler, heun, dpm++2m (default heun)")
     sample.add_argument("--steps", type=int, help="denoisers (default 50)")
     sample.add_argument("--eta", type=float, help="DDIM eta (default 0)")
-    sample.add_argument("--spacing", choices=["uniform", "log-snr"], help="time spacing (default uniform)")
+    sample.add_argument("--spacing", choices=list(SPACINGS), help="time spacing (default uniform; leading: diffusers' default)")
     sample.add_argument("--guidance", choices=["none", "cfg", "classifier"], help="denoisers (default cfg)")
     sample.add_argument("--class", dest="class_index", default="0", help="class index, or 'all' for one row per class")
     sample.add_argument("--scale", type=float, help="guidance scale (default 3)")
@@ -205,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--columns", type=int, default=8)
     sample.add_argument("--out", default="samples.png")
     sample.set_defaults(handler=command_sample)
+
+    importer = commands.add_parser("import-diffusers", help="convert a diffusers UNet2DModel pipeline folder into one "
+                                   "checkpoint file (needs the diffusers extra)", description=command_import_diffusers.__doc__)
+    importer.add_argument("folder", help="folder with model_index.json, unet/ and scheduler/ (safetensors weights)")
+    importer.add_argument("--out", required=True, help="output .safetensors path, e.g. checkpoints/NAME.safetensors")
+    importer.add_argument("--class-names", help="comma-separated names of a class-conditional UNet's classes")
+    importer.add_argument("--null-class", type=int, help="the class embedding trained as 'no class' (must be the "
+                          "last one): enables classifier-free guidance")
+    importer.set_defaults(handler=command_import_diffusers)
 
     evaluate = commands.add_parser("evaluate", help="feature FID, class accuracy and diversity per sampler and guidance",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -329,6 +329,10 @@ def prepare(cache: ModelCache, request: SampleRequest, model: LoadedModel | None
     model = load_for(cache, request, model)
     classifier = cache.first_of_kind("noisy-classifier") if request.guidance == "classifier" else None
     validate_request(request, model, has_classifier=classifier is not None)
+    if classifier is not None and (image_shape(classifier), classifier.class_names) != (image_shape(model), model.class_names):
+        raise RequestError(f"the noisy classifier judges {image_shape(classifier)} images of {len(classifier.class_names)} "
+                           f"classes; checkpoint {request.checkpoint!r} makes {image_shape(model)} images of "
+                           f"{len(model.class_names)} classes, so classifier guidance does not apply")
     return model, classifier
 
 

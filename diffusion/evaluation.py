@@ -123,6 +123,17 @@ def guidance_grid(quick: bool, has_classifier: bool) -> list[dict]:
     return [dict(guidance=mode, scale=s) for mode in modes for s in scales]
 
 
+def check_evaluator_fits(model, evaluator, name: str):
+    """Our evaluator scores Fashion-MNIST images of its own shape and classes; anything else is refused (an
+    imported colour model's 'FID' in a grey garment classifier's feature space would mean nothing)."""
+    want = (evaluator.config["image_channels"], evaluator.config["image_size"], len(evaluator.class_names))
+    have = (model.config["image_channels"], model.config["image_size"], len(model.class_names))
+    if have != want:
+        raise RequestError(f"checkpoint {name!r} makes {have[0]}-channel {have[1]} px images of {have[2]} classes; the "
+                           f"evaluator ({want[0]}-channel {want[1]} px Fashion-MNIST, {want[2]} classes) does not apply, "
+                           f"so accuracy, FID and likelihood on the test set cannot be measured for it")
+
+
 class Evaluator:
     def __init__(self, config: EvalConfig, cache: ModelCache | None = None):
         self.config = c = config.scaled()
@@ -137,6 +148,7 @@ class Evaluator:
         if self.kind not in KIND_PARTS:
             raise RequestError(f"checkpoint {c.checkpoint!r} has kind {self.kind!r}; only generative checkpoints "
                                f"({', '.join(KIND_PARTS)}) can be evaluated")
+        check_evaluator_fits(model, evaluator, c.checkpoint)
         self.classes = len(model.class_names)
         self.reference = self._reference_features()
 

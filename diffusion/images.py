@@ -24,3 +24,8 @@ def to_pil(image_uint8: torch.Tensor, scale: int = 1) -> Image.Image:
     array = rearrange(image_uint8, "c h w -> h w c").numpy()
     pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
+
+
+def display_scale(side: int, target: int = 96) -> int:
+    """Whole-number enlargement that shows a side-px image at about `target` px (28 -> 3, 64 -> 2, >= 96 -> 1)."""
+    return max(1, round(target / side))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import write_tiny_checkpoints
+from conftest import write_diffusers_folder, write_tiny_checkpoints
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 CHROMIUM = "/usr/bin/chromium"
@@ -27,6 +27,7 @@ def server(tmp_path_factory):
 
     folder = write_tiny_checkpoints(tmp_path_factory.mktemp("app") / "checkpoints")
     (folder / "corrupt.safetensors").write_bytes(b"\x00" * 50)  # listed as unavailable, app still starts
+    write_diffusers_folder(folder / "colour32", channels=3, size=32, clip_sample=True)  # a user's diffusers folder
     app.configure(folder)
     demo = app.build_demo()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
@@ -54,7 +55,7 @@ def test_generate_through_the_api(client):
     gallery, grid, status, download = client.predict(
         "tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, True, 7, 6, api_name="/generate")
     assert len(gallery) == 6 and "NFE 5" in status and "images/s" in status
-    assert Image.open(gallery[0]["image"]).size == (32, 32)  # 8 px shown at 4x
+    assert Image.open(gallery[0]["image"]).size == (112, 112)  # 8 px enlarged 14x towards 112 px
     assert Image.open(download).format == "PNG"
     again = client.predict("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, True, 7, 6, api_name="/generate")
     assert Image.open(again[0][3]["image"]).tobytes() == Image.open(gallery[3]["image"]).tobytes()
@@ -103,7 +104,7 @@ def test_same_noise_latent_walk_and_encode_through_the_api(client):
 
     grid, table, png = client.predict(["tiny-nice", "tiny", "tiny-flow"], 0, 4, 3, 3, "dpm++2m", 1.0, 1.0,
                                       api_name="/same_noise")
-    assert Image.open(grid).size == (3 * (3 * 10 + 2), 3 * (3 * 10 + 2))  # 3 models x 3 images of 8 px, at 3x
+    assert Image.open(grid).size == (10 * (3 * 10 + 2), 10 * (3 * 10 + 2))  # 3 models x 3 images of 8 px (+2 padding), enlarged 10x towards 84 px
     assert table.count("\n") == 4 and "| 1 | `tiny-nice` | normalizing flow | exact decode" in table
     assert Image.open(png).format == "PNG"
     strip, caption, gif = client.predict(["tiny-nice", "tiny"], 2, 0, 1, 5, 3, "heun", 2.0, 1.0, api_name="/latent_walk")
@@ -216,13 +217,32 @@ def test_rescan_lists_a_new_file_and_file_names_are_data_not_markup(server, clie
     added.write_bytes((folder / "tiny.safetensors").read_bytes())
     try:
         files = client.predict(api_name="/rescan")[-1]
-        assert "`new\\|one`" in files and files.count("\n") == len(list(folder.glob("*.safetensors"))) + 2
+        assert "`new\\|one`" in files and files.count("\n") == len(list(folder.glob("*.safetensors"))) + 3  # + the colour32 folder
         gallery = client.predict("new|one", "ddim", "heun", 2, 0.0, "uniform", "cfg", 1, 2.0, False, 3, 2,
                                  api_name="/generate")[0]
         assert len(gallery) == 2
     finally:
         added.unlink()
         client.predict(api_name="/rescan")
+
+
+def test_a_diffusers_folder_generates_in_colour_through_the_api(client):
+    from gradio_client.exceptions import AppError
+
+    summary, metadata = client.predict("colour32", api_name="/model_card")
+    assert "diffusers DDPMPipeline folder" in summary and "vp-discrete schedule (1000 linear betas)" in summary
+    assert metadata["config"]["image_channels"] == 3 and metadata["config"]["source"]["format"] == "diffusers"
+    gallery, grid, status, download = client.predict(
+        "colour32", "ddim", "heun", 10, 0.0, "leading", "none", "", 1.0, False, 3, 4, api_name="/generate")
+    first = Image.open(gallery[0]["image"])
+    assert first.mode == "RGB" and first.size == (128, 128) and "NFE 10" in status  # 32 px enlarged 4x towards 112
+    assert Image.open(download).mode == "RGB"
+    with pytest.raises(AppError, match="no classes|unconditional"):
+        client.predict("colour32", "ddim", "heun", 10, 0.0, "uniform", "none", 0, 1.0, False, 3, 4, api_name="/generate")
+    with pytest.raises(AppError, match="guidance needs a class"):
+        client.predict("colour32", "ddim", "heun", 10, 0.0, "uniform", "cfg", "", 3.0, False, 3, 4, api_name="/generate")
+    with pytest.raises(AppError, match="'leading' spacing .*continuous 'vp-cosine'"):
+        client.predict("tiny", "ddim", "heun", 5, 0.0, "leading", "cfg", 2, 3.0, True, 7, 6, api_name="/generate")
 
 
 def test_model_card(client):
@@ -253,6 +273,36 @@ def test_browser_generate_and_compare(server, tmp_path):
         page.get_by_role("button", name="Decode the same noise").click()
         page.wait_for_selector("text=exact decode", timeout=60_000)
         page.screenshot(path=str(tmp_path / "families.png"))
+        browser.close()
+
+
+def _has_colour(png_bytes: bytes) -> bool:
+    import io
+
+    import numpy as np
+
+    image = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB")).astype(int)
+    return bool((np.abs(image[..., 0] - image[..., 1]) + np.abs(image[..., 1] - image[..., 2]) > 30).mean() > 0.05)
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (CI installs it)")
+def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.get_by_label("Checkpoint").first.click()
+        page.get_by_role("option", name="colour32").click()
+        page.wait_for_selector("text=diffusers DDPMPipeline folder", timeout=30_000)  # its card: listed and loaded
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_selector("text=images/s", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "colour.png"))
+        sources = [img.get_attribute("src") for img in page.locator("img").all()]
+        pictures = [page.request.get(src).body() for src in sources if src and not src.startswith("data:")]
+        assert pictures and any(_has_colour(picture) for picture in pictures)  # the random UNet's colour reaches the page
         browser.close()
 
 

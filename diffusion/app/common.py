@@ -15,15 +15,24 @@ import gradio as gr
 import torch
 
 from ..engine import RequestError, SamplingError
-from ..images import image_grid, to_pil
+from ..images import display_scale, image_grid, to_pil
 
-DISPLAY_SCALE = 4  # 28 px images are shown at 112 px, nearest-neighbour
+# On-screen sizes in px that images are enlarged towards (nearest-neighbour, whole factors: 28 px -> x4, 3, 2;
+# 256 px images are shown as they are).
+SINGLE_PX, GRID_PX, EXPORT_PX = 112, 84, 56
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "diffusion-playground"
 MAX_OUTPUT_FILES = 200  # PNGs, GIFs and manifests the app keeps for download; older ones are deleted
 
 
-def pil_images(images: torch.Tensor, scale: int = DISPLAY_SCALE):
+def pil_images(images: torch.Tensor, target_px: int = SINGLE_PX):
+    """One PIL image per tensor image (grey or colour), enlarged towards target_px."""
+    scale = display_scale(images.shape[-1], target_px)
     return [to_pil(image_grid(image[None], columns=1, padding=0), scale=scale) for image in images]
+
+
+def grid_pil(images: torch.Tensor, columns: int, target_px: int = GRID_PX):
+    """(N, C, H, W) in [-1, 1] -> one PIL grid (colour kept), each image enlarged towards target_px."""
+    return to_pil(image_grid(images, columns), scale=display_scale(images.shape[-1], target_px))
 
 
 def output_path(stem: str, suffix: str, folder: Path = OUTPUT_DIR, keep: int = MAX_OUTPUT_FILES) -> str:
@@ -56,7 +65,7 @@ def prune_outputs(folder: Path, keep: int) -> int:
 
 def save_png(images: torch.Tensor, columns: int, stem: str) -> str:
     path = output_path(stem, ".png")
-    to_pil(image_grid(images, columns), scale=2).save(path)
+    grid_pil(images, columns, EXPORT_PX).save(path)
     return path
 
 

@@ -13,11 +13,10 @@ import torch
 
 from ..data import DataError, FASHION_MNIST_DIR, load_fashion_mnist, to_model_range
 from ..engine import GENERATIVE_KINDS, ModelCache, RequestError, image_shape
-from ..images import image_grid, to_pil
 from ..sampling import ODE_SOLVERS
 from ..studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
                        same_noise, walk_noise)
-from .common import pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_number
+from .common import SINGLE_PX, grid_pil, pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_number
 
 INTRO = """**Same noise, three families.** A normalizing flow (NICE) turns Gaussian noise into an image in one exact,
 invertible pass; a diffusion model and a rectified flow do it by integrating their probability-flow ODE. Give them
@@ -65,7 +64,7 @@ def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size
                               progress, len(requests), outputs=3)
     per_row = requests[0].batch_size  # one row per model: each column is one noise through every model
     everything = torch.cat([c.result.images for c in columns])
-    yield (to_pil(image_grid(everything, per_row), scale=3), _table(columns),
+    yield (grid_pil(everything, per_row), _table(columns),
            save_png(everything, per_row, "same-noise"))
 
 
@@ -84,12 +83,12 @@ def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b,
     columns = yield from _run(lambda emit: same_noise(cache, requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
                               progress, len(requests), outputs=3)
     strip = torch.cat([c.result.images for c in columns])  # one row per model
-    gif_frames = [to_pil(image_grid(torch.stack([c.result.images[k] for c in columns]), len(columns)), scale=4)
+    gif_frames = [grid_pil(torch.stack([c.result.images[k] for c in columns]), len(columns), SINGLE_PX)
                   for k in range(frames)]
     gif_frames += gif_frames[-2:0:-1]  # there and back
     caption = ("Rows, top to bottom: " + "; ".join(f"`{c.checkpoint}` ({c.how})" for c in columns)
                + f". Columns: spherical interpolation from seed {seed_a} to seed {seed_b} in {frames} frames.")
-    yield to_pil(image_grid(strip, frames), scale=3), caption, save_gif(gif_frames, "latent-walk")
+    yield grid_pil(strip, frames), caption, save_gif(gif_frames, "latent-walk")
 
 
 def run_encode(cache: ModelCache, checkpoints, index):
