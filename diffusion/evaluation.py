@@ -140,7 +140,7 @@ class Evaluator:
         self.cache = cache or ModelCache(c.checkpoint_dir)
         evaluator = self.cache.first_of_kind("evaluator")
         if evaluator is None:
-            raise RuntimeError(f"no evaluator checkpoint in {c.checkpoint_dir}; train one with "
+            raise RequestError(f"no evaluator checkpoint in {c.checkpoint_dir}; train one with "
                                f"`python -m diffusion train --preset fashion-evaluator`")
         self.evaluator = evaluator.network
         self.model = model = self.cache.get(c.checkpoint)  # loaded once: every row samples the same bytes

@@ -245,6 +245,26 @@ def test_a_diffusers_folder_generates_in_colour_through_the_api(client):
         client.predict("tiny", "ddim", "heun", 5, 0.0, "leading", "cfg", 2, 3.0, True, 7, 6, api_name="/generate")
 
 
+def test_a_diffusers_folder_in_every_tab(client):
+    """Compare, trajectory, families (same noise, latent walk), likelihood: they work for the colour folder, or say why not."""
+    from gradio_client.exceptions import AppError
+
+    out = client.predict("colour32", "none", "", 1.0, 5, 2, "leading", 6, 6, 0.0, 3, "dpm++2m", "ddim", "ode",
+                         api_name="/compare")
+    assert all(Image.open(out[i]).mode == "RGB" for i in range(3)) and "NFE 6" in out[3]
+    strip, caption, gif = client.predict("colour32", "ddim", "heun", 6, "none", "", 1.0, 1, 4, api_name="/trajectory")
+    assert Image.open(strip).mode == "RGB" and Image.open(gif).n_frames == 4
+    with pytest.raises(AppError, match="guidance needs a class"):
+        client.predict("colour32", "", "0, 2", ["cfg"], 3, 4, "ddim", 4, api_name="/sweep")
+    grid, table, png = client.predict(["colour32"], "", 0, 3, 3, "dpm++2m", 1.0, 1.0, api_name="/same_noise")
+    assert Image.open(grid).mode == "RGB" and "`colour32`" in table
+    with pytest.raises(AppError, match="makes \\(3, 32, 32\\) images|test set is not installed"):
+        client.predict(["colour32"], 0, api_name="/encode")
+    gallery, table, plot, caption = client.predict(["colour32"], "a sample", 0, None, "colour32", "", 3, 0,
+                                                   api_name="/likelihood")
+    assert "bits/dim" in table and len(gallery) == 5
+
+
 def test_model_card(client):
     summary, metadata = client.predict("tiny", api_name="/model_card")
     assert "tiny test model" in summary and metadata["kind"] == "denoiser"

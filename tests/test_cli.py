@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import write_tiny_checkpoints
+from conftest import write_diffusers_folder, write_tiny_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -34,7 +34,32 @@ def test_sample_writes_a_png_grid(tmp_path):
                  "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "NFE 5" in result.stdout
-    assert Image.open(out).size == (2 * (2 * 10 + 2), 2 * (2 * 10 + 2))  # 2x2 cells of 8 px + 2 px padding, x2
+    assert Image.open(out).size == (7 * (2 * 10 + 2), 7 * (2 * 10 + 2))  # 2x2 cells of 8 px + 2 px padding, x7 (to ~56 px)
+
+
+def test_import_diffusers_then_sample_and_evaluate_refuses(tmp_path):
+    pytest.importorskip("diffusers")
+    folder, _, _ = write_diffusers_folder(tmp_path / "my-ddpm", channels=3, size=16, num_class_embeds=3)
+    out = tmp_path / "ckpt" / "mine.safetensors"
+    result = run("import-diffusers", str(folder), "--out", str(out), "--class-names", "cat, dog", "--null-class", "2")
+    assert result.returncode == 0, result.stderr
+    assert "2 classes, predicts eps" in result.stdout and "UNet2DModel" in result.stdout
+    grid = tmp_path / "grid.png"
+    result = run("sample", "--checkpoint", str(out), "--steps", "4", "--class", "1", "--batch-size", "4",
+                 "--columns", "4", "--spacing", "leading", "--out", str(grid))  # CFG (the default) through the null class
+    assert result.returncode == 0, result.stderr
+    assert Image.open(grid).mode == "RGB" and Image.open(grid).size == (4 * (4 * 18 + 2), 4 * (18 + 2))  # 16 px x4
+    result = run("sample", "--checkpoint", str(folder), "--steps", "3", "--guidance", "none", "--class", "0",
+                 "--batch-size", "2", "--out", str(grid))  # the folder itself, given by path
+    assert result.returncode == 0, result.stderr
+    result = run("evaluate", "--checkpoint", "mine", "--checkpoint-dir", str(out.parent), "--quick")
+    assert result.returncode != 0 and "no evaluator checkpoint" in result.stderr and "Traceback" not in result.stderr
+    write_tiny_checkpoints(out.parent)  # now with an evaluator, of 1-channel 8 px images of 3 classes
+    result = run("evaluate", "--checkpoint", "mine", "--checkpoint-dir", str(out.parent), "--quick")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "3-channel 16 px images of 2 classes; the evaluator (1-channel 8 px" in result.stderr
+    result = run("import-diffusers", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.safetensors"))
+    assert result.returncode != 0 and "not a folder" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sample_with_a_bad_request_prints_one_clear_line(tmp_path):
