@@ -4,6 +4,7 @@ conversion to one file, and untrusted folders."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -214,3 +215,44 @@ def test_without_diffusers_the_error_says_how_to_install(tmp_path, monkeypatch):
         load_checkpoint(out)
     with pytest.raises(CheckpointError, match="optional diffusers package"):
         check_folder(tmp_path / "f")
+
+
+def test_hostile_config_values_give_a_checkpoint_error_and_nothing_else(tmp_path):
+    """Any JSON value in any scheduler or UNet config field: the folder loads, or CheckpointError names the problem."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    folder, _, _ = write_diffusers_folder(tmp_path / "base", channels=1)
+    scheduler_file, unet_file = folder / "scheduler/scheduler_config.json", folder / "unet/config.json"
+    scheduler, unet = json.loads(scheduler_file.read_text()), json.loads(unet_file.read_text())
+    values = st.recursive(st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True)
+                          | st.text(max_size=8), lambda inner: st.lists(inner, max_size=4), max_leaves=6)
+    fields = st.sampled_from([("scheduler", k) for k in (*scheduler, "trained_betas", "steps_offset")]
+                             + [("unet", k) for k in unet])
+
+    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(changes=st.lists(st.tuples(fields, values), min_size=1, max_size=3))
+    def check(changes):
+        edited = {"scheduler": dict(scheduler), "unet": dict(unet)}
+        for (where, key), value in changes:
+            edited[where][key] = value
+        scheduler_file.write_text(json.dumps(edited["scheduler"]))
+        unet_file.write_text(json.dumps(edited["unet"]))
+        try:
+            check_folder(folder)
+        except CheckpointError:
+            pass
+
+    check()
+
+
+def test_grids_keep_colour_and_scale_with_the_image_size():
+    from diffusion.images import display_scale, image_grid, to_pil
+
+    assert [display_scale(side) for side in (8, 28, 32, 64, 128, 256)] == [12, 3, 3, 2, 1, 1]
+    images = torch.zeros(3, 3, 32, 32)
+    images[:, 0] = 1.0  # red in [-1, 1]: R = 255, G = B = 128 (0 maps to mid-grey)
+    picture = to_pil(image_grid(images, columns=3), scale=display_scale(32))
+    assert picture.mode == "RGB" and picture.size == (3 * (3 * 34 + 2), 3 * (34 + 2))
+    assert picture.getpixel((3 * 10, 3 * 10)) == (255, 128, 128)

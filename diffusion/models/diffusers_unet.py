@@ -61,6 +61,7 @@ class DiffusersUNetConfig:
         if u.get("class_embed_type") is not None:
             raise ValueError(f"class_embed_type {str(u.get('class_embed_type'))[:40]!r} is not supported "
                              f"(only the num_class_embeds lookup table)")
+        _check_sizes(u)
         classes = u.get("num_class_embeds")
         if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= 100_000):
             raise ValueError(f"num_class_embeds must be a positive whole number, got {str(classes)[:40]}")
@@ -96,6 +97,27 @@ class DiffusersUNetConfig:
         if unknown:
             raise ValueError(f"unknown DiffusersUNetConfig fields {sorted(unknown)}")
         return cls(**data)
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+
+
+def _check_sizes(unet: dict):
+    """Bounds on the sizes that decide how many modules a config builds: a hostile config cannot make building
+    (even on the meta device) take hours. Wide enough for published DDPM models (CIFAR-10 to LSUN 256)."""
+    widths = unet.get("block_out_channels", (224, 448, 672, 896))
+    if not isinstance(widths, (list, tuple)) or not 1 <= len(widths) <= 8 or not all(_whole(w, 1, 4096) for w in widths):
+        raise ValueError("block_out_channels must be 1 to 8 whole numbers of at most 4096")
+    for key in ("down_block_types", "up_block_types"):
+        kinds = unet.get(key, ("",) * len(widths))
+        if not isinstance(kinds, (list, tuple)) or len(kinds) != len(widths) or not all(isinstance(k, str) for k in kinds):
+            raise ValueError(f"{key} must name one block type per entry of block_out_channels")
+    for key, high in (("layers_per_block", 8), ("norm_num_groups", 4096), ("attention_head_dim", 4096),
+                      ("in_channels", 3), ("out_channels", 6)):
+        value = unet.get(key)
+        if value is not None and not _whole(value, 1, high):
+            raise ValueError(f"{key} must be a whole number in [1, {high}], got {str(value)[:40]}")
 
 
 class DiffusersUNet2D(nn.Module):
