@@ -74,7 +74,7 @@ def test_sample_from_a_normalizing_flow_and_options_of_the_other_kind_are_errors
     result = run("sample", "--checkpoint", "tiny-nice", "--checkpoint-dir", str(folder), "--temperature", "0.7",
                  "--class", "all", "--columns", "3", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert "NFE 1" in result.stdout and Image.open(out).size == (2 * (3 * 10 + 2), 2 * (3 * 10 + 2))
+    assert "NFE 1" in result.stdout and Image.open(out).size == (7 * (3 * 10 + 2), 7 * (3 * 10 + 2))  # 8 px x7
     refused = run("sample", "--checkpoint", "tiny-nice", "--checkpoint-dir", str(folder), "--steps", "5")
     assert refused.returncode == 2 and "normalizing flow: --steps do not apply" in refused.stderr
     refused = run("sample", "--checkpoint", "tiny", "--checkpoint-dir", str(folder), "--temperature", "0.5")
