@@ -101,6 +101,24 @@ def test_evaluate_quick(fashion_sized_checkpoints, tmp_path):
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+@pytest.mark.parametrize("checkpoint, rows", [("tiny", 2), ("tiny-nice", 1)])
+def test_evaluate_texture_quick(fashion_sized_checkpoints, tmp_path, checkpoint, rows):
+    out = tmp_path / "eval"
+    result = run("evaluate", "--quick", "--checkpoint", checkpoint, "--checkpoint-dir", str(fashion_sized_checkpoints),
+                 "--out-dir", str(out), "--parts", "texture")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    results = json.loads((out / f"{checkpoint}.json").read_text())
+    real = results["real_data"]
+    assert len(results["texture"]) == rows and all(r["texture_fid"] > 0 for r in results["texture"])
+    assert real["blurred"]["texture_fid"] > real["texture_fid"] and real["noisy"]["texture_fid"] > 0  # (a random tiny evaluator)
+    table = (out / f"{checkpoint}.md").read_text()
+    assert "| texture position |" in table.replace("texture FID | texture position", "| texture position") \
+        and "blurred by a 3x3 box" in table
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
 def test_evaluate_quick_on_a_normalizing_flow(fashion_sized_checkpoints, tmp_path):
     import json
 

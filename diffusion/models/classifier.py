@@ -52,6 +52,15 @@ class Classifier(nn.Module):
         self.feature_dim = ch
 
     def features(self, x, log_snr=None):
+        h = self._trunk(x, log_snr, self.blocks)
+        return F.silu(self.norm(h)).mean(dim=(2, 3))  # (B, D)
+
+    def early_features(self, x, log_snr=None):
+        """The first residual block's feature maps, at full resolution (B, base_channels, H, W): local edges and
+        texture, before any pooling (what texture statistics are computed from)."""
+        return self._trunk(x, log_snr, self.blocks[:1])
+
+    def _trunk(self, x, log_snr, blocks):
         c = self.config
         if self.noise_mlp is not None:
             if log_snr is None:
@@ -60,9 +69,9 @@ class Classifier(nn.Module):
         else:
             emb = torch.zeros(x.shape[0], c.embedding_dim, device=x.device, dtype=x.dtype)
         h = self.stem(x)
-        for block in self.blocks:
+        for block in blocks:
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
-        return F.silu(self.norm(h)).mean(dim=(2, 3))  # (B, D)
+        return h
 
     def forward(self, x, log_snr=None):
         return self.head(self.features(x, log_snr))
