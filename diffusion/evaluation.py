@@ -85,16 +85,20 @@ def row_key(row: dict) -> str:
     return json.dumps({k: v for k, v in row.items() if k not in METRICS}, sort_keys=True)
 
 
-def reusable_rows(path: Path, identity: dict) -> dict[str, dict]:
-    """Rows of an earlier run at `path` whose checkpoint and sample settings equal `identity`."""
+def earlier_run(path: Path, identity: dict) -> dict:
+    """The JSON of an earlier run at `path` if its checkpoint and sample settings equal `identity`, else {}."""
     if not path.exists():
         return {}
     try:
         earlier = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    if earlier.get("identity") != identity:
-        return {}
+    return earlier if isinstance(earlier, dict) and earlier.get("identity") == identity else {}
+
+
+def reusable_rows(path: Path, identity: dict) -> dict[str, dict]:
+    """Rows of an earlier run at `path` whose checkpoint and sample settings equal `identity`."""
+    earlier = earlier_run(path, identity)
     parts = [earlier.get(part) for part in PARTS]
     rows = [r for part in parts for r in ([part] if isinstance(part, dict) else part or []) if isinstance(r, dict)]
     return {row_key(r): r for r in rows}
@@ -351,8 +355,13 @@ class Evaluator:
             rows = [done[row_key(r)] for r in planned[part] if row_key(r) in done]
             return rows if part not in ("quality_bar", "probes") else (rows[0] if rows else None)
 
+        earlier = earlier_run(path, identity) if write else {}
+
+        def known_or_kept(part):  # a part not computed now keeps the earlier run's rows as they are (other settings)
+            return earlier[part] if part not in wanted and earlier.get(part) else known(part)
+
         for part in planned:  # the JSON holds every known row from its first write on
-            results[part] = known(part)
+            results[part] = known_or_kept(part)
         for part in [p for p in planned if p in wanted]:
             for row in planned[part]:
                 if row_key(row) not in done:
@@ -362,7 +371,7 @@ class Evaluator:
                     if write:
                         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
         for part in planned:  # rows shared between parts (a flow's quality bar is its T = 1 row) are known now
-            results[part] = known(part)
+            results[part] = known_or_kept(part)
         for part in ("quality_bar", "probes"):
             if results[part] is None:
                 del results[part]

@@ -49,6 +49,18 @@ def test_a_second_run_reuses_every_row_and_other_parts_are_kept(setup):
     assert calls == [] and len(guidance_only["samplers"]) == 6 and len(saved["samplers"]) == 6
 
 
+def test_a_part_computed_under_other_settings_survives_a_run_of_another_part(setup):
+    """Rows of a part that is not computed now stay as the earlier run wrote them, even when today's settings for
+    that part differ (a probes row of 2 images must survive a texture run whose defaults say 1)."""
+    from dataclasses import replace
+
+    folder, config = setup
+    Evaluator(replace(config, probe_images=2)).run(parts=("probes",))
+    texture = Evaluator(replace(config, probe_images=1)).run(parts=("texture",))
+    saved = json.loads((Path(config.out_dir) / "tiny.json").read_text())
+    assert texture["probes"]["images"] == 2 and saved["probes"]["images"] == 2 and len(saved["texture"]) == 2
+
+
 def test_rows_are_recomputed_when_the_checkpoint_changes(setup):
     folder, config = setup
     Evaluator(config).run(parts=("guidance",))
