@@ -1,0 +1,105 @@
+"""The Compare samplers tab: DDPM, DDIM and the probability-flow ODE on one seed, side by side, with a difference map
+and a manifest that reproduces the comparison."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+
+from ..engine import MAX_STEPS, ModelCache, RequestError
+from ..sampling import ODE_SOLVERS
+from ..studies import compare_samplers, difference_map
+from .common import grid_pil, output_path, stream_result, user_error, widget_number
+from .controls import SPACING_LABELS, make_request
+
+
+def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, batch_size, spacing, ddpm_steps, ddim_steps, eta,
+            ode_steps, solver, column_a, column_b, progress=gr.Progress()):
+    try:
+        base = make_request(checkpoint, "ddim", solver, 1, eta, spacing, guidance, class_index, scale, False, seed,
+                            batch_size)
+        requests = [replace(base, sampler="ddpm", steps=widget_number(ddpm_steps, "DDPM steps", int), eta=0.0),
+                    replace(base, sampler="ddim", steps=widget_number(ddim_steps, "DDIM steps", int)),
+                    replace(base, sampler="ode", steps=widget_number(ode_steps, "ODE steps", int), eta=0.0)]
+    except RequestError as error:
+        raise user_error(error) from None
+
+    def work(emit):
+        return compare_samplers(cache, requests, progress=lambda i, done, total: emit((i, done, total)))
+
+    def on_event(event):
+        i, done, total = event
+        progress((i * 1000 + done * 1000 // total, 3000), desc=f"{requests[i].sampler.upper()}: {done}/{total}")
+
+    results, manifest = yield from stream_result(work, on_event, outputs=10)
+    columns = min(4, results[0].request.batch_size)
+    galleries = [grid_pil(r.images, columns) for r in results]
+    labels = [f"**{r.request.sampler.upper()}** {r.request.steps} steps"
+              + (f", eta {r.request.eta}" if r.request.sampler == "ddim" else "")
+              + (f", {r.request.solver}" if r.request.sampler == "ode" else "")
+              + f": NFE {r.nfe}, {r.seconds:.2f} s" for r in results]
+    manifest_path = output_path("comparison", ".json")
+    Path(manifest_path).write_text(json.dumps(manifest, indent=2))
+    state = {r.request.sampler: r.images for r in results}
+    diff_image, diff_text = render_difference(state, column_a, column_b)
+    yield (*galleries, *labels, diff_image, diff_text, manifest_path, state)
+
+
+def render_difference(state, column_a, column_b):
+    if not state or column_a not in state or column_b not in state:
+        return None, "Run a comparison first."
+    diff = difference_map(state[column_a], state[column_b])  # (B, 1, H, W) in 0..2
+    peak = max(float(diff.max()), 1e-6)
+    heat = diff / peak * 2 - 1  # black = identical, white = the largest difference in this comparison
+    text = (f"mean |{column_a.upper()} - {column_b.upper()}| = {float(diff.mean()):.3f}, max {peak:.3f} "
+            f"(pixel values span 2). Black = identical, white = {peak:.3f}.")
+    return grid_pil(heat, min(4, len(diff))), text
+
+
+def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, class, guidance, scale)."""
+    gr.Markdown("The same seed gives every column the same starting noise and the same per-step noise "
+                "stream, so differences come from the samplers alone.")
+    with gr.Row():
+        c_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+        c_guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
+        c_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+        c_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+    with gr.Row():
+        c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+        c_batch = gr.Slider(1, 16, value=8, step=1, label="Images")
+        c_spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
+    with gr.Row():
+        c_ddpm = gr.Slider(1, MAX_STEPS, value=100, step=1, label="DDPM steps")
+        c_ddim = gr.Slider(1, MAX_STEPS, value=50, step=1, label="DDIM steps")
+        c_eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta")
+        c_ode = gr.Slider(1, MAX_STEPS, value=10, step=1, label="ODE steps")
+        c_solver = gr.Dropdown(list(ODE_SOLVERS), value="dpm++2m", label="ODE solver")
+    with gr.Row():
+        c_run = gr.Button("Compare", variant="primary", scale=4)
+        c_stop = gr.Button("Stop", variant="stop", scale=1)
+    with gr.Row():
+        col_images, col_labels = [], []
+        for title in ("DDPM", "DDIM", "ODE"):
+            with gr.Column():
+                col_labels.append(gr.Markdown(f"**{title}**", label=f"{title} column"))
+                col_images.append(gr.Image(label=title, format="png", interactive=False))
+    with gr.Row():
+        c_a = gr.Dropdown([("DDPM", "ddpm"), ("DDIM", "ddim"), ("ODE", "ode")], value="ddim", label="Difference: A")
+        c_b = gr.Dropdown([("DDPM", "ddpm"), ("DDIM", "ddim"), ("ODE", "ode")], value="ode", label="B")
+        c_manifest = gr.File(label="Manifest (JSON) to reproduce this comparison")
+    c_diff_text = gr.Markdown(label="Difference summary")
+    c_diff = gr.Image(label="|A - B| per pixel", format="png", interactive=False)
+    c_state = gr.State({})
+    comparing = c_run.click(partial(compare, cache), [c_checkpoint, c_guidance, c_class, c_scale, c_seed, c_batch, c_spacing, c_ddpm,
+                          c_ddim, c_eta, c_ode, c_solver, c_a, c_b],
+                [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state],
+                api_name="compare", show_progress="minimal", **sampling)
+    c_stop.click(None, None, None, cancels=[comparing], api_name=False)
+    for picker in (c_a, c_b):
+        picker.change(render_difference, [c_state, c_a, c_b], [c_diff, c_diff_text], api_name=False)
+    return c_checkpoint, c_class, c_guidance, c_scale

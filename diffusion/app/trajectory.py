@@ -1,0 +1,66 @@
+"""The Trajectory tab: one sample's x_t and x0 estimate on its way from noise to data, as a filmstrip and a GIF."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import gradio as gr
+import torch
+
+from ..engine import ModelCache, RequestError
+from ..sampling import ODE_SOLVERS
+from ..studies import trajectory
+from .common import SINGLE_PX, grid_pil, save_gif, stream_result, user_error, widget_number
+from .controls import SAMPLER_LABELS, make_request
+
+
+def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, frames,
+                    progress=gr.Progress()):
+    try:
+        request = make_request(checkpoint, sampler, solver, steps, 0.0, "uniform", guidance, class_index, scale,
+                               False, seed, 1)
+        frames = widget_number(frames, "frames", int)
+    except RequestError as error:
+        raise user_error(error) from None
+
+    def work(emit):
+        return trajectory(cache, request, frames, progress=lambda done, total: emit((done, total)))
+
+    def on_event(event):
+        progress(event, desc="sampling")
+
+    result, picked = yield from stream_result(work, on_event, outputs=3)
+    strip = grid_pil(torch.stack([p[3] for p in picked] + [p[4] for p in picked]), columns=len(picked))
+    axis = " | ".join(f"t={t:.2f}, λ={lam:+.1f}" if lam != float("inf") else "t=0 (data)" for _, t, lam, _, _ in picked)
+    frames_pil = [grid_pil(torch.stack([p[3], p[4]]), columns=2, target_px=SINGLE_PX) for p in picked]
+    gif_path = save_gif(frames_pil, "trajectory", duration_ms=400)
+    caption = f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}"
+    yield strip, caption, gif_path
+
+
+def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, class, guidance, scale)."""
+    gr.Markdown("One sample on its way from noise (left) to data (right): the noisy state x_t and the "
+                "model's current guess of the clean image.")
+    with gr.Row():
+        t_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+        t_sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
+        t_solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver")
+        t_steps = gr.Slider(2, 200, value=50, step=1, label="Steps")
+    with gr.Row():
+        t_guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
+        t_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+        t_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+        t_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+        t_frames = gr.Slider(2, 16, value=10, step=1, label="Frames")
+    with gr.Row():
+        t_run = gr.Button("Show trajectory", variant="primary", scale=4)
+        t_stop = gr.Button("Stop", variant="stop", scale=1)
+    t_strip = gr.Image(label="Filmstrip", format="png", interactive=False)
+    t_caption = gr.Markdown(label="Caption")
+    t_gif = gr.File(label="Animated GIF")
+    tracing = t_run.click(partial(show_trajectory, cache), [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
+                                  t_seed, t_frames], [t_strip, t_caption, t_gif], api_name="trajectory",
+                show_progress="minimal", **sampling)
+    t_stop.click(None, None, None, cancels=[tracing], api_name=False)
+    return t_checkpoint, t_class, t_guidance, t_scale
