@@ -1,0 +1,139 @@
+"""The Generate tab: one checkpoint, every sampler and guidance option (or a normalizing flow's temperature), live
+progress and x0 previews, then the gallery, NFE and time, and a PNG download."""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+
+from ..engine import MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError, run_request
+from ..sampling import ODE_SOLVERS
+from .card import model_summary
+from .common import grid_pil, pil_images, save_png, stream_result, user_error, widget_class, widget_number
+from .controls import SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, make_request
+
+
+def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition, seed,
+             batch_size, progress=gr.Progress()):
+    try:
+        request = make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+                               self_condition, seed, batch_size)
+    except RequestError as error:
+        raise user_error(error) from None
+    preview_every = max(1, request.steps // 10)
+    columns = min(8, request.batch_size)
+
+    def work(emit):
+        return run_request(cache, request, progress=lambda done, total: emit(("progress", done, total)),
+                           preview=lambda step, t, x_t, x0: emit(("preview", step, x0.float().cpu()))
+                           if step % preview_every == 0 else None)
+
+    def on_event(event):
+        if event[0] == "progress":
+            progress((event[1], event[2]), desc=f"network evaluation {event[1]}/{event[2]}")
+            return None
+        if event[0] == "preview":
+            preview = grid_pil(event[2], columns)
+            return gr.skip(), preview, f"step {event[1] + 1}/{request.steps}: x0 estimate", gr.skip()
+        return None
+
+    result = yield from stream_result(work, on_event, outputs=4)
+    status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
+              f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}")
+    path = save_png(result.images, columns, "samples")
+    yield pil_images(result.images), grid_pil(result.images, columns), status, path
+
+
+def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed, batch_size):
+    """A normalizing flow: x = decode(T z, y), one exact pass, so no progress bar is needed."""
+    try:
+        request = FlowRequest(checkpoint=str(checkpoint), temperature=widget_number(temperature, "temperature"),
+                              class_index=widget_class(class_index), seed=widget_number(seed, "seed", int),
+                              batch_size=widget_number(batch_size, "batch size", int))
+        result = run_request(cache, request)
+    except (RequestError, SamplingError) as error:
+        raise user_error(error) from None
+    columns = min(8, request.batch_size)
+    status = (f"**{len(result.images)} images**, one exact pass (NFE 1), {result.seconds:.3f} s, "
+              f"{len(result.images) / max(result.seconds, 1e-9):.0f} images/s on {cache.device}")
+    return (pil_images(result.images), grid_pil(result.images, columns), status,
+            save_png(result.images, columns, "samples"))
+
+
+def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler):
+    """Class names, the controls that apply to the checkpoint's kind, and its card.
+
+    A denoiser shows the sampler, steps, guidance and self-conditioning; a normalizing flow shows a
+    temperature instead, and its own Generate button (API /generate_flow)."""
+    try:
+        model = cache.get(name)
+    except RequestError as error:
+        raise user_error(error) from None
+    classes, guidance_choices = class_and_guidance(cache, model)
+    denoiser = model.kind == "denoiser"
+    self_cond = gr.Checkbox(value=model.self_condition, interactive=model.self_condition, visible=denoiser,
+                            info="feed the previous x0 estimate back into the network" if model.self_condition
+                            else "this checkpoint was not trained with self-conditioning")
+    guidance_value = "cfg" if any(g[1] == "cfg" for g in guidance_choices) else "none"
+    return (gr.Dropdown(choices=classes, value=classes[0][1]), self_cond,
+            gr.Radio(choices=guidance_choices, value=guidance_value, visible=denoiser), model_summary(cache, evaluation_dir, name),
+            gr.Radio(visible=denoiser), gr.Dropdown(visible=denoiser and sampler == "ode"),
+            gr.Slider(visible=denoiser), gr.Slider(visible=denoiser and sampler == "ddim"), gr.Radio(visible=denoiser),
+            gr.Slider(visible=denoiser), gr.Slider(visible=not denoiser),
+            gr.Button(visible=denoiser), gr.Button(visible=not denoiser))
+
+
+def random_seed():
+    return random.randint(0, 2**31 - 1)
+
+
+def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, default, classes, guidance_choices,
+                       guidance_default, self_cond_ok: bool, sampling: dict):
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, guidance, scale)."""
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            checkpoint = gr.Dropdown(generative, value=default, label="Checkpoint")
+            card = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "")
+            sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
+            solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver", visible=False)
+            steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
+            eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta (0 = deterministic, 1 = DDPM-like)")
+            spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
+            guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
+            class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+            scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+            temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
+                                    label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
+            self_condition = gr.Checkbox(value=self_cond_ok, label="Self-conditioning", interactive=self_cond_ok,
+                                         info="feed the previous x0 estimate back into the network"
+                                         if self_cond_ok else "this checkpoint was not trained with it")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                dice = gr.Button("Random seed", size="sm")
+            batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
+            run = gr.Button("Generate", variant="primary")
+            run_flow = gr.Button("Generate", variant="primary", visible=False)  # normalizing flows
+            stop = gr.Button("Stop", variant="stop", size="sm")
+        with gr.Column(scale=2):
+            status = gr.Markdown("Press **Generate**.", label="Status")
+            preview = gr.Image(label="Grid (live x0 estimates while sampling)", format="png",
+                               interactive=False, height=320)
+            gallery = gr.Gallery(label="Images", columns=8, format="png", height="auto")
+            download = gr.File(label="Download PNG grid")
+    inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+              self_condition, seed, batch_size]
+    generating = run.click(partial(generate, cache), inputs, [gallery, preview, status, download], api_name="generate",
+                           show_progress="minimal", show_progress_on=[status], **sampling)
+    stop.click(None, None, None, cancels=[generating], api_name=False)
+    dice.click(random_seed, None, seed, api_name=False)
+    sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim")),
+                   sampler, [solver, eta], api_name=False)
+    run_flow.click(partial(generate_flow, cache), [checkpoint, class_index, temperature, seed, batch_size],
+                   [gallery, preview, status, download], api_name="generate_flow", **sampling)
+    checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler],
+                      [class_index, self_condition, guidance, card, sampler, solver, steps, eta, spacing,
+                       scale, temperature, run, run_flow], api_name=False)
+    return checkpoint, guidance, scale
