@@ -37,23 +37,14 @@ QUEUE_SIZE = 32
 # to store data on the server. Every launch (here and in the tests) passes these options.
 LAUNCH_OPTIONS = {"max_file_size": 1024}
 
-cache = ModelCache(CHECKPOINT_DIR, capacity=4)
-
-
-def configure(checkpoint_dir, extra_folders=()) -> None:
-    """Point the app at another checkpoint folder and/or diffusers folders elsewhere (tests, --checkpoints, --add-model)."""
-    global cache, CHECKPOINT_DIR
-    CHECKPOINT_DIR = Path(checkpoint_dir)
-    cache = ModelCache(CHECKPOINT_DIR, capacity=4, extra_folders=extra_folders)
-
-
 # --- layout -----------------------------------------------------------------------------------
 INTRO = """# diffusion-playground
 Sample class-conditional Fashion-MNIST images from a diffusion model, a rectified-flow model and a normalizing flow
 (NICE), compare samplers and model families on the *same noise*, and see what the guidance scale does. Every image is a pure function of (checkpoint, settings, seed, index)."""
 
 
-def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The whole app over one model cache (the backend every tab's handlers are given)."""
     names = cache.names("denoiser")  # the Compare, Sweep and Trajectory tabs need a sampler
     generative = cache.names(*GENERATIVE_KINDS)  # Generate also offers normalizing flows
     available = [e.name for e in cache.entries() if e.available]  # the Model card shows every loadable file
@@ -72,7 +63,7 @@ def build_demo(queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     with gr.Blocks(title="diffusion-playground", fill_width=True) as demo:
         gr.Markdown(INTRO)
         if not names:
-            gr.Markdown(f"**No usable checkpoint in `{CHECKPOINT_DIR}`.**\n\n{checkpoint_table(cache)}")
+            gr.Markdown(f"**No usable checkpoint in `{cache.checkpoint_dir}`.**\n\n{checkpoint_table(cache)}")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 checkpoint, guidance, scale = build_generate_tab(
@@ -137,7 +128,5 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
-    if args.checkpoints or args.add_model:
-        configure(args.checkpoints or CHECKPOINT_DIR, args.add_model)
-    demo = build_demo()
+    demo = build_demo(ModelCache(args.checkpoints or CHECKPOINT_DIR, capacity=4, extra_folders=args.add_model))
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)

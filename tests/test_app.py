@@ -22,14 +22,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import app
+def app_cache(tmp_path_factory):
+    """The model cache the test server runs on (the app's whole backend)."""
+    from diffusion.engine import ModelCache
 
     folder = write_tiny_checkpoints(tmp_path_factory.mktemp("app") / "checkpoints")
     (folder / "corrupt.safetensors").write_bytes(b"\x00" * 50)  # listed as unavailable, app still starts
     write_diffusers_folder(folder / "colour32", channels=3, size=32, clip_sample=True)  # a user's diffusers folder
-    app.configure(folder)
-    demo = app.build_demo()
+    return ModelCache(folder, capacity=4)
+
+
+@pytest.fixture(scope="module")
+def server(app_cache):
+    import app
+
+    demo = app.build_demo(app_cache)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **app.LAUNCH_OPTIONS)
     yield url
@@ -209,10 +216,8 @@ def test_uploads_are_bounded(server):
     assert small.status_code == 200  # the route exists (Gradio's), but holds at most 1 KiB per file
 
 
-def test_rescan_lists_a_new_file_and_file_names_are_data_not_markup(server, client):
-    import app
-
-    folder = app.cache.checkpoint_dir
+def test_rescan_lists_a_new_file_and_file_names_are_data_not_markup(app_cache, client):
+    folder = app_cache.checkpoint_dir
     added = folder / "new|one.safetensors"
     added.write_bytes((folder / "tiny.safetensors").read_bytes())
     try:
@@ -356,12 +361,11 @@ def test_closing_the_tab_stops_the_sampling(server):
     assert _sampling_workers() == 0, "the sampling thread kept running after the tab was closed"
 
 
-def test_a_failing_request_reaches_its_user_and_the_next_one_works(server, client):
-    import app
+def test_a_failing_request_reaches_its_user_and_the_next_one_works(app_cache, client):
     import torch
     from gradio_client.exceptions import AppError
 
-    model = app.cache.get("tiny")
+    model = app_cache.get("tiny")
     original = model.network.forward
 
     def out_of_memory(*args, **kwargs):
@@ -374,7 +378,7 @@ def test_a_failing_request_reaches_its_user_and_the_next_one_works(server, clien
     finally:
         model.network.forward = original
     gallery = client.predict("tiny", "ddim", "heun", 3, 0.0, "uniform", "cfg", 0, 3.0, False, 1, 2, api_name="/generate")[0]
-    assert len(gallery) == 2 and app.cache.get("tiny") is model
+    assert len(gallery) == 2 and app_cache.get("tiny") is model
 
 
 def _sampling_workers() -> int:
@@ -411,9 +415,9 @@ def test_a_full_queue_says_try_again(tmp_path):
     from gradio_client import Client
     from gradio_client.utils import QueueError
 
-    previous = app.cache
-    app.configure(write_tiny_checkpoints(tmp_path / "ckpt"))
-    demo = app.build_demo(queue_size=1)
+    from diffusion.engine import ModelCache
+
+    demo = app.build_demo(ModelCache(write_tiny_checkpoints(tmp_path / "ckpt")), queue_size=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **app.LAUNCH_OPTIONS)
     try:
@@ -431,11 +435,9 @@ def test_a_full_queue_says_try_again(tmp_path):
         assert outcomes.count("ok") >= 1 and outcomes.count("full") >= 1, outcomes
     finally:
         demo.close()
-        app.cache = previous
 
 
-def test_sixteen_concurrent_clients_match_their_requests_run_alone(server):
-    import app
+def test_sixteen_concurrent_clients_match_their_requests_run_alone(server, app_cache):
     from loadtest import run_load
 
     from loadtest import rss_mib
@@ -443,7 +445,7 @@ def test_sixteen_concurrent_clients_match_their_requests_run_alone(server):
     run_load(server, ["tiny", "tiny-flow"], clients=2, per_client=2, steps=3)  # warm caches and threads
     before = rss_mib(os.getpid())
     stats = run_load(server, ["tiny", "tiny-flow"], clients=16, per_client=2, steps=3,
-                     self_condition_ok=lambda name: app.cache.get(name).self_condition)
+                     self_condition_ok=lambda name: app_cache.get(name).self_condition)
     assert stats["errors"] == [] and stats["succeeded"] == 32 and stats["mismatches"] == []
     assert rss_mib(os.getpid()) - before < 150  # server and 16 clients share this process
 
