@@ -18,7 +18,8 @@ import gradio as gr
 
 from diffusion.app.card import build_card_tab, checkpoint_table
 from diffusion.app.compare import build_compare_tab
-from diffusion.app.controls import DEFAULT_SCALES, GUIDANCE_LABELS, class_and_guidance, on_sampler_checkpoint_change
+from diffusion.app.controls import (DEFAULT_SCALES, GUIDANCE_LABELS, class_and_guidance, on_class_checkpoint_change,
+                                    on_sampler_checkpoint_change)
 from diffusion.app.families import build_families_tab
 from diffusion.app.generate import build_generate_tab
 from diffusion.app.lens import build_lens_tab
@@ -105,8 +106,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                                api_name="rescan")
             for picker, class_box, mode in ((c_checkpoint, c_class, c_guidance), (t_checkpoint, t_class, t_guidance)):
                 picker.change(partial(on_sampler_checkpoint_change, cache), [picker, mode], [class_box, mode], api_name=False)
-            s_checkpoint.change(lambda name: on_sampler_checkpoint_change(cache, name, "none")[0], s_checkpoint, s_class,
-                                api_name=False)
+            s_checkpoint.change(partial(on_class_checkpoint_change, cache), s_checkpoint, s_class, api_name=False)
             for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale)):
                 mode.change(lambda m: DEFAULT_SCALES.get(m, 1.0), mode, value, api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)

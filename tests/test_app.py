@@ -328,6 +328,15 @@ def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(ser
         sources = [img.get_attribute("src") for img in page.locator("img").all()]
         pictures = [page.request.get(src).body() for src in sources if src and not src.startswith("data:")]
         assert pictures and any(_has_colour(picture) for picture in pictures)  # the random UNet's colour reaches the page
+        # Another tab's class list and guidance modes follow its own checkpoint.
+        page.get_by_role("tab", name="Compare samplers").click()
+        page.wait_for_timeout(500)
+        assert page.get_by_label("classifier-free").filter(visible=True).count() == 1  # the tiny model's CFG
+        page.locator("input[aria-label='Checkpoint']:visible").first.click()
+        page.get_by_role("option", name="colour32").click()
+        page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.offsetParent !== null && "
+                               "i.value === 'no class (unconditional model)')", timeout=30_000)
+        assert page.get_by_label("classifier-free").filter(visible=True).count() == 0
         browser.close()
 
 

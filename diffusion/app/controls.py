@@ -56,3 +56,13 @@ def on_sampler_checkpoint_change(cache: ModelCache, name, guidance_value):
     values = [g[1] for g in guidance_choices]
     guidance_value = guidance_value if guidance_value in values else ("cfg" if "cfg" in values else "none")
     return gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value)
+
+
+def on_class_checkpoint_change(cache: ModelCache, name):
+    """A class list that follows its checkpoint (a tab without guidance controls)."""
+    try:
+        model = cache.get(name)
+    except RequestError as error:
+        raise user_error(error) from None
+    classes, _ = class_and_guidance(cache, model)
+    return gr.Dropdown(choices=classes, value=classes[0][1])

@@ -15,6 +15,7 @@ from ..engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, Reques
 from ..lens import PROBES, likelihood_lens, probe_images
 from ..studies import MAX_FAMILY_COLUMNS
 from .common import output_path, pil_images, stream_result, user_error, widget_class, widget_number
+from .controls import on_class_checkpoint_change
 from .families import test_image
 
 SOURCES = ("test image", "uploaded image", "a sample")
@@ -194,4 +195,5 @@ def build_lens_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
                         [checkpoints, source, index, upload, sample_checkpoint, sample_class, sample_seed, seed],
                         [gallery, table, plot, caption], api_name="likelihood", show_progress="minimal", **sampling)
     stop.click(None, None, None, cancels=[scoring], api_name=False)
+    sample_checkpoint.change(partial(on_class_checkpoint_change, cache), sample_checkpoint, sample_class, api_name=False)
     return [checkpoints, sample_checkpoint]
