@@ -14,7 +14,7 @@ from ..engine import MAX_STEPS, ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
 from ..studies import compare_samplers, difference_map
 from .common import grid_pil, output_path, stream_result, user_error, widget_number
-from .controls import SPACING_LABELS, make_request
+from .controls import SPACING_LABELS, make_request, run_and_stop, stop_cancels
 
 
 def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, batch_size, spacing, ddpm_steps, ddim_steps, eta,
@@ -79,9 +79,7 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
         c_eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta")
         c_ode = gr.Slider(1, MAX_STEPS, value=10, step=1, label="ODE steps")
         c_solver = gr.Dropdown(list(ODE_SOLVERS), value="dpm++2m", label="ODE solver")
-    with gr.Row():
-        c_run = gr.Button("Compare", variant="primary", scale=4)
-        c_stop = gr.Button("Stop", variant="stop", scale=1)
+    c_run, c_stop = run_and_stop("Compare")
     with gr.Row():
         col_images, col_labels = [], []
         for title in ("DDPM", "DDIM", "ODE"):
@@ -99,7 +97,7 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
                           c_ddim, c_eta, c_ode, c_solver, c_a, c_b],
                 [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state],
                 api_name="compare", show_progress="minimal", **sampling)
-    c_stop.click(None, None, None, cancels=[comparing], api_name=False)
+    stop_cancels(c_stop, comparing)
     for picker in (c_a, c_b):
         picker.change(render_difference, [c_state, c_a, c_b], [c_diff, c_diff_text], api_name=False)
     return c_checkpoint, c_class, c_guidance, c_scale

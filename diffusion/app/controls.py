@@ -66,3 +66,16 @@ def on_class_checkpoint_change(cache: ModelCache, name):
         raise user_error(error) from None
     classes, _ = class_and_guidance(cache, model)
     return gr.Dropdown(choices=classes, value=classes[0][1])
+
+
+def run_and_stop(label: str):
+    """A wide primary button and its Stop button, in one row; wire them with stop_cancels."""
+    with gr.Row():
+        run = gr.Button(label, variant="primary", scale=4)
+        stop = gr.Button("Stop", variant="stop", scale=1)
+    return run, stop
+
+
+def stop_cancels(stop: gr.Button, event) -> None:
+    """The Stop button cancels the running event (the work stops at its next network evaluation)."""
+    stop.click(None, None, None, cancels=[event], api_name=False)

@@ -17,6 +17,7 @@ from ..sampling import ODE_SOLVERS
 from ..studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
                        same_noise, walk_noise)
 from .common import SINGLE_PX, grid_pil, pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_number
+from .controls import run_and_stop, stop_cancels
 
 INTRO = """**Same noise, three families.** A normalizing flow (NICE) turns Gaussian noise into an image in one exact,
 invertible pass; a diffusion model and a rectified flow do it by integrating their probability-flow ODE. Give them
@@ -153,9 +154,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list
             n_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
             n_batch = gr.Slider(1, 16, value=8, step=1, label="Images")
         n_steps, n_solver, n_scale, n_temperature = ode_controls()
-        with gr.Row():
-            n_run = gr.Button("Decode the same noise", variant="primary", scale=4)
-            n_stop = gr.Button("Stop", variant="stop", scale=1)
+        n_run, n_stop = run_and_stop("Decode the same noise")
         n_gallery = gr.Image(label="One row per model (see the table); each column is one noise", format="png",
                              interactive=False)
         n_table = gr.Markdown(label="Models table")
@@ -163,7 +162,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list
         decoding = n_run.click(partial(run_same_noise, cache),
                     [n_checkpoints, n_class, n_seed, n_batch, n_steps, n_solver, n_scale, n_temperature],
                     [n_gallery, n_table, n_file], api_name="same_noise", show_progress="minimal", **sampling)
-        n_stop.click(None, None, None, cancels=[decoding], api_name=False)
+        stop_cancels(n_stop, decoding)
 
     with gr.Accordion("Latent walk", open=False):
         gr.Markdown("Walk on the sphere from one seed's noise to another's (spherical interpolation keeps the "
@@ -176,16 +175,14 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list
             w_seed_b = gr.Number(value=1, precision=0, label="Seed B", minimum=0)
             w_frames = gr.Slider(2, MAX_WALK_FRAMES, value=10, step=1, label="Frames")
         w_steps, w_solver, w_scale, w_temperature = ode_controls()
-        with gr.Row():
-            w_run = gr.Button("Walk", variant="primary", scale=4)
-            w_stop = gr.Button("Stop", variant="stop", scale=1)
+        w_run, w_stop = run_and_stop("Walk")
         w_strip = gr.Image(label="Filmstrip: one row per model", format="png", interactive=False)
         w_caption = gr.Markdown(label="Caption")
         w_gif = gr.File(label="Animated GIF")
         walking = w_run.click(partial(run_latent_walk, cache),
                     [w_checkpoints, w_class, w_seed_a, w_seed_b, w_frames, w_steps, w_solver, w_scale, w_temperature],
                     [w_strip, w_caption, w_gif], api_name="latent_walk", show_progress="minimal", **sampling)
-        w_stop.click(None, None, None, cancels=[walking], api_name=False)
+        stop_cancels(w_stop, walking)
 
     with gr.Accordion("Encode an image", open=False):
         installed = (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists()

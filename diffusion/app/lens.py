@@ -15,7 +15,7 @@ from ..engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, Reques
 from ..lens import PROBES, likelihood_lens, probe_images
 from ..studies import MAX_FAMILY_COLUMNS
 from .common import output_path, pil_images, stream_result, user_error, widget_class, widget_number
-from .controls import on_class_checkpoint_change
+from .controls import on_class_checkpoint_change, run_and_stop, stop_cancels
 from .families import test_image
 
 SOURCES = ("test image", "uploaded image", "a sample")
@@ -181,9 +181,7 @@ def build_lens_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
         sample_checkpoint = gr.Dropdown(names, value=names[0] if names else None, label="Sample from")
         sample_class = gr.Dropdown(class_choices, value=class_choices[0][1] if class_choices else None, label="Class")
         sample_seed = gr.Number(value=0, precision=0, minimum=0, label="Sample seed")
-    with gr.Row():
-        run = gr.Button("How likely?", variant="primary", scale=4)
-        stop = gr.Button("Stop", variant="stop", scale=1)
+    run, stop = run_and_stop("How likely?")
     gallery = gr.Gallery(label="The image and its probes (bits/dim per model, in the table's order)", columns=5,
                          format="png", height="auto")
     table = gr.Markdown(label="bits/dim table")
@@ -194,6 +192,6 @@ def build_lens_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
     scoring = run.click(partial(run_lens, cache),
                         [checkpoints, source, index, upload, sample_checkpoint, sample_class, sample_seed, seed],
                         [gallery, table, plot, caption], api_name="likelihood", show_progress="minimal", **sampling)
-    stop.click(None, None, None, cancels=[scoring], api_name=False)
+    stop_cancels(stop, scoring)
     sample_checkpoint.change(partial(on_class_checkpoint_change, cache), sample_checkpoint, sample_class, api_name=False)
     return [checkpoints, sample_checkpoint]

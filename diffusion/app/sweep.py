@@ -12,7 +12,7 @@ import torch
 from ..engine import ModelCache, RequestError
 from ..studies import guidance_sweep, parse_scales
 from .common import EXPORT_PX, grid_pil, stream_result, user_error
-from .controls import SAMPLER_LABELS, make_request
+from .controls import SAMPLER_LABELS, make_request, run_and_stop, stop_cancels
 
 SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
 (`eps_c`) and without it (`eps_u`). Classifier-free guidance uses `eps_u + w (eps_c - eps_u)`: `w = 0` ignores the class,
@@ -70,9 +70,7 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
         s_per_row = gr.Slider(2, 16, value=8, step=1, label="Images per row")
         s_sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
         s_steps = gr.Slider(1, 200, value=25, step=1, label="Steps")
-    with gr.Row():
-        s_run = gr.Button("Sweep", variant="primary", scale=4)
-        s_stop = gr.Button("Stop", variant="stop", scale=1)
+    s_run, s_stop = run_and_stop("Sweep")
     with gr.Row():
         with gr.Column(scale=3):
             s_grid = gr.Image(label="One row per scale", format="png", interactive=False)
@@ -87,5 +85,5 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
     sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_modes, s_seed, s_per_row, s_sampler, s_steps],
                 [s_grid, s_rows, s_conf, s_div, s_strength, s_table], api_name="sweep",
                 show_progress="minimal", **sampling)
-    s_stop.click(None, None, None, cancels=[sweeping], api_name=False)
+    stop_cancels(s_stop, sweeping)
     return s_checkpoint, s_class

@@ -11,7 +11,7 @@ from ..engine import ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
 from ..studies import trajectory
 from .common import SINGLE_PX, grid_pil, save_gif, stream_result, user_error, widget_number
-from .controls import SAMPLER_LABELS, make_request
+from .controls import SAMPLER_LABELS, make_request, run_and_stop, stop_cancels
 
 
 def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, frames,
@@ -53,14 +53,12 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
         t_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
         t_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         t_frames = gr.Slider(2, 16, value=10, step=1, label="Frames")
-    with gr.Row():
-        t_run = gr.Button("Show trajectory", variant="primary", scale=4)
-        t_stop = gr.Button("Stop", variant="stop", scale=1)
+    t_run, t_stop = run_and_stop("Show trajectory")
     t_strip = gr.Image(label="Filmstrip", format="png", interactive=False)
     t_caption = gr.Markdown(label="Caption")
     t_gif = gr.File(label="Animated GIF")
     tracing = t_run.click(partial(show_trajectory, cache), [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
                                   t_seed, t_frames], [t_strip, t_caption, t_gif], api_name="trajectory",
                 show_progress="minimal", **sampling)
-    t_stop.click(None, None, None, cancels=[tracing], api_name=False)
+    stop_cancels(t_stop, tracing)
     return t_checkpoint, t_class, t_guidance, t_scale
