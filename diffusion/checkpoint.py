@@ -212,10 +212,11 @@ def check_tensor_table(path: Path, header: dict, data_size: int, network: torch.
 
 
 def _network_on_meta(path: Path, config: dict) -> torch.nn.Module:
-    return _build(path, config, torch.device("meta"))
+    return build_from_config(path, config, torch.device("meta"))
 
 
-def _build(path: Path, config: dict, device=None) -> torch.nn.Module:
+def build_from_config(path: Path, config: dict, device=None) -> torch.nn.Module:
+    """The network a checkpoint config names; a CheckpointError naming `path` for a bad config or a missing extra."""
     try:
         if device is None:
             return build_network(config["network"], config["network_config"])
@@ -238,7 +239,7 @@ def load_checkpoint(path, device="cpu") -> LoadedModel:
     config = meta["config"]
     # The tensor table first, against the network on the meta device: a config asking for a huge network fails unallocated.
     check_tensor_table(path, header, data_size, _network_on_meta(path, config))
-    network = _build(path, config)
+    network = build_from_config(path, config)
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, OSError, ValueError) as error:

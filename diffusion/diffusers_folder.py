@@ -25,8 +25,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from .checkpoint import CheckpointError, LoadedModel, _read_header, check_tensor_table, config_metadata, save_checkpoint
-from .models import build_network
+from .checkpoint import (CheckpointError, LoadedModel, _read_header, check_tensor_table, config_metadata,
+                         save_checkpoint)
+from .checkpoint import build_from_config
 from .models.diffusers_unet import DiffusersUNetConfig
 from .schedules import DiscreteBetas, Schedule
 
@@ -235,16 +236,9 @@ def _weights_path(folder: Path) -> Path:
 
 
 def _build(folder: DiffusersFolder, device=None) -> torch.nn.Module:
-    try:
-        if device is None:
-            return build_network("DiffusersUNet2D", folder.network_config)
-        with torch.device(device):
-            return build_network("DiffusersUNet2D", folder.network_config)
-    except ImportError as error:
-        raise CheckpointError(f"{folder.path.name}: {error}") from error
-    except Exception as error:  # noqa: BLE001 - diffusers' constructor on untrusted (size-bounded) values: any failure is the file's
-        raise CheckpointError(f"{folder.path.name}/{UNET_CONFIG}: UNet2DModel refused the config "
-                              f"({type(error).__name__}: {str(error)[:200]})") from error
+    """The adapter network, built as checkpoint files build theirs (the same errors, named by the folder)."""
+    return build_from_config(folder.path, {"network": "DiffusersUNet2D", "network_config": folder.network_config},
+                             None if device is None else torch.device(device))
 
 
 @contextmanager

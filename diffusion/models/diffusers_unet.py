@@ -127,7 +127,10 @@ class DiffusersUNet2D(nn.Module):
         super().__init__()
         self.config = config
         unet_class = import_unet2d()
-        self.unet = unet_class.from_config({k: v for k, v in config.unet.items() if not k.startswith("_")})
+        try:
+            self.unet = unet_class.from_config({k: v for k, v in config.unet.items() if not k.startswith("_")})
+        except Exception as error:  # noqa: BLE001 - diffusers' constructor on untrusted (size-bounded) values
+            raise ValueError(f"UNet2DModel refused the config ({type(error).__name__}: {str(error)[:200]})") from error
         self.schedule = Schedule("vp-discrete", DiscreteBetas.from_dict(config.betas))
 
     def timestep(self, log_snr: torch.Tensor) -> torch.Tensor:
