@@ -8,11 +8,10 @@ sampling run (they are cheap; the network is shared), never share one between re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from .guidance import AdaptiveProjectedGuidance, Guidance, cfg_combine, dynamic_threshold, rescale_to_conditional
 from .parameterization import to_x0_eps
 from .schedules import Schedule
 
@@ -29,32 +28,18 @@ def network_prediction(network: nn.Module, x_t, alpha, sigma, log_snr, labels=No
     return network(scaled, log_snr, labels, x0_previous)
 
 
-@dataclass(frozen=True)
-class Guidance:
-    """mode "none": the (conditional) model as is; "cfg": classifier-free guidance with scale w
-    (w = 0 unconditional, w = 1 conditional, w > 1 guided); "classifier": the unconditional model
-    plus `scale` times the noisy classifier's gradient."""
-
-    mode: str = "none"
-    scale: float = 1.0
-
-    def __post_init__(self):
-        if self.mode not in ("none", "cfg", "classifier"):
-            raise ValueError(f"unknown guidance mode {self.mode!r}; expected 'none', 'cfg' or 'classifier'")
-        if not math.isfinite(self.scale):
-            raise ValueError(f"guidance scale must be finite, got {self.scale}")
-
-
 class Denoiser:
     """Callable (x_t, t) -> (x0_hat, eps_hat) for one sampling run.
 
-    t is a Python float shared by the batch. With trace_guidance, `trace` records per-call guidance strength
-    (mean per-image norm of eps_cond - eps_uncond, or of the classifier term) for teaching plots; it is off by
-    default because reading the number back synchronises a GPU every step.
+    t is a Python float shared by the batch. `guide` is autoguidance's weaker model, (network, parameterization),
+    called on the same x_t and labels. With trace_guidance, `trace` records per-call guidance strength (mean
+    per-image norm of eps_cond - eps_uncond, or of the classifier term) for teaching plots; it is off by default
+    because reading the number back synchronises a GPU every step.
     """
 
     def __init__(self, network: nn.Module, schedule: Schedule, parameterization: str, *, labels=None,
                  guidance: Guidance = Guidance(), classifier: nn.Module | None = None,
+                 guide: tuple[nn.Module, str] | None = None,
                  self_condition: bool = False, clip_x0: bool = False, trace_guidance: bool = False):
         config = getattr(network, "config", None)
         self.null_class = getattr(config, "null_class", None)
@@ -64,12 +49,18 @@ class Denoiser:
             raise ValueError(f"guidance mode {guidance.mode!r} needs class labels")
         if guidance.mode == "classifier" and classifier is None:
             raise ValueError("classifier guidance needs a noisy classifier")
+        if guidance.mode == "autoguidance" and guide is None:
+            raise ValueError("autoguidance needs a guide: a weaker model of the same family")
+        if (guidance.rescale or guidance.uses_apg) and not guidance.pairs_predictions:
+            raise ValueError("CFG rescale and APG modify classifier-free guidance or autoguidance")
         if self_condition and not getattr(config, "self_condition", False):
             raise ValueError("this network was not trained with self-conditioning")
         self.network, self.schedule, self.parameterization = network, schedule, parameterization
-        self.labels, self.guidance, self.classifier = labels, guidance, classifier
+        self.labels, self.guidance, self.classifier, self.guide = labels, guidance, classifier, guide
         self.self_condition, self.clip_x0 = self_condition, clip_x0
-        self.x0_previous = None  # (B or 2B, C, H, W) once a call has been made with self-conditioning on
+        self.apg = AdaptiveProjectedGuidance(guidance.apg_eta, guidance.apg_norm, guidance.apg_momentum) \
+            if guidance.uses_apg else None
+        self.x0_previous: dict[str, torch.Tensor] = {}  # self-conditioning: last x0_hat of each branch
         self.nfe = 0
         self.trace_guidance = trace_guidance
         self.trace: list[tuple[float, float]] = []  # (log-SNR, guidance strength)
@@ -78,30 +69,48 @@ class Denoiser:
         self.nfe += 1
         alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
         log_snr = float(self.schedule.log_snr(torch.tensor(t, dtype=torch.float64)))
-        if self.guidance.mode == "cfg":
-            x0, eps = self._cfg(x_t, alpha, sigma, log_snr)
+        g = self.guidance
+        if g.pairs_predictions and g.active_at(log_snr):
+            x0, eps = self._paired(x_t, alpha, sigma, log_snr)
         else:
             labels = self.labels
-            if self.guidance.mode == "classifier" or labels is None:
+            if g.mode == "classifier" or labels is None:
                 labels = self._null_labels(x_t) if self.null_class is not None else None
-            x0, eps = self._predict(x_t, alpha, sigma, log_snr, labels)
-            if self.guidance.mode == "classifier":
+            x0, eps = self._predict(x_t, alpha, sigma, log_snr, labels, "cond")
+            if g.mode == "classifier" and g.active_at(log_snr):
                 x0, eps = self._classifier_guidance(x_t, x0, eps, alpha, sigma, log_snr)
+        if g.threshold:
+            x0 = dynamic_threshold(x0, g.threshold)
+            eps = self._eps_from(x_t, x0, alpha, sigma, eps)
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)
-            eps = (x_t - alpha * x0) / sigma if sigma > 0 else eps
+            eps = self._eps_from(x_t, x0, alpha, sigma, eps)
         return x0, eps
 
+    @staticmethod
+    def _eps_from(x_t, x0, alpha, sigma, eps):
+        """eps_hat consistent with a modified x0_hat: x_t = alpha x0 + sigma eps (at sigma = 0 eps is kept)."""
+        return (x_t - alpha * x0) / sigma if sigma > 0 else eps
+
     # --- guidance --------------------------------------------------------------------------
-    def _cfg(self, x_t, alpha, sigma, log_snr):
-        # Ho & Salimans 2022: eps = eps_u + w (eps_c - eps_u); both rows in one forward call.
-        batch = x_t.shape[0]
-        labels = torch.cat([self.labels, self._null_labels(x_t)])
-        x0, eps = self._predict(torch.cat([x_t, x_t]), alpha, sigma, log_snr, labels)  # (2B, ...)
-        (x0_c, x0_u), (eps_c, eps_u) = x0.split(batch), eps.split(batch)
-        w = self.guidance.scale
+    def _paired(self, x_t, alpha, sigma, log_snr):
+        """CFG or autoguidance, with their modifiers: the guided prediction from a strong and a weak one."""
+        g = self.guidance
+        if g.mode == "cfg":  # conditional and unconditional rows in one forward call
+            batch = x_t.shape[0]
+            labels = torch.cat([self.labels, self._null_labels(x_t)])
+            x0, eps = self._predict(torch.cat([x_t, x_t]), alpha, sigma, log_snr, labels, "cond", "uncond")
+            (x0_c, x0_u), (eps_c, eps_u) = x0.split(batch), eps.split(batch)
+        else:  # Karras et al. 2024: the weak model sees the same x_t and class; two networks, two calls
+            x0_c, eps_c = self._predict(x_t, alpha, sigma, log_snr, self.labels, "cond")
+            x0_u, eps_u = self._predict(x_t, alpha, sigma, log_snr, self.labels, "guide")
         self._record(log_snr, eps_c - eps_u)
-        return x0_u + w * (x0_c - x0_u), eps_u + w * (eps_c - eps_u)
+        w = g.scale
+        if self.apg is None and not g.rescale:
+            return cfg_combine(x0_c, x0_u, w), cfg_combine(eps_c, eps_u, w)
+        x0 = self.apg(x0_c, x0_u, w) if self.apg is not None else cfg_combine(x0_c, x0_u, w)
+        x0 = rescale_to_conditional(x0, x0_c, g.rescale)
+        return x0, self._eps_from(x_t, x0, alpha, sigma, cfg_combine(eps_c, eps_u, w))
 
     def _classifier_guidance(self, x_t, x0, eps, alpha, sigma, log_snr):
         # Dhariwal & Nichol 2021: eps <- eps - s * sigma * grad_x log p(y | x_t); x0 follows from x_t.
@@ -119,15 +128,20 @@ class Denoiser:
             self.trace.append((log_snr, float(difference.flatten(1).norm(dim=1).mean())))
 
     # --- network call ----------------------------------------------------------------------
-    def _predict(self, x_t, alpha, sigma, log_snr, labels):
+    def _predict(self, x_t, alpha, sigma, log_snr, labels, *branches: str):
+        """x0_hat, eps_hat from the network ("cond", "uncond" rows) or the guide ("guide"); rows of the named
+        branches in order, each branch with its own self-conditioning estimate."""
+        network, parameterization = self.guide if branches == ("guide",) else (self.network, self.parameterization)
+        rows = x_t.shape[0] // len(branches)
+        use_previous = self.self_condition and getattr(getattr(network, "config", None), "self_condition", False)
         x0_previous = None
-        if self.self_condition:
-            x0_previous = self.x0_previous if self.x0_previous is not None else torch.zeros_like(x_t)
+        if use_previous:
+            x0_previous = torch.cat([self.x0_previous.get(b, torch.zeros_like(x_t[:rows])) for b in branches])
         log_snr_batch = torch.full((x_t.shape[0],), log_snr, device=x_t.device)
-        prediction = network_prediction(self.network, x_t, alpha, sigma, log_snr_batch, labels, x0_previous)
-        x0, eps = to_x0_eps(self.parameterization, prediction.float(), x_t, alpha, sigma)
-        if self.self_condition:
-            self.x0_previous = x0  # Chen et al. 2022 ("Analog Bits"): feed back the last x0 estimate
+        prediction = network_prediction(network, x_t, alpha, sigma, log_snr_batch, labels, x0_previous)
+        x0, eps = to_x0_eps(parameterization, prediction.float(), x_t, alpha, sigma)
+        if use_previous:  # Chen et al. 2022 ("Analog Bits"): feed back the last x0 estimate
+            self.x0_previous.update(zip(branches, x0.split(rows)))
         return x0, eps
 
     def _null_labels(self, x_t):

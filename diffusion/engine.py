@@ -23,13 +23,14 @@ from typing import Callable
 import torch
 
 from .checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
-from .denoiser import Denoiser, Guidance
+from .denoiser import Denoiser
+from .guidance import GUIDANCE_MODES, Guidance
 from .diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
 from .sampling import ODE_SOLVERS, draw_noise, image_generators, ode_nfe, sample_ddim, sample_ddpm, sample_ode
 from .schedules import SPACINGS, time_grid
 
 SAMPLERS = ("ddpm", "ddim", "ode")
-GUIDANCE_MODES = ("none", "cfg", "classifier")
+MAX_LOG_SNR = 30.0  # guidance intervals are given in log-SNR; every schedule here spans less than [-30, 30]
 MAX_STEPS = 1000
 MAX_BATCH = 64
 MAX_SCALE = 100.0
@@ -54,9 +55,18 @@ class SampleRequest:
     steps: int = 50
     eta: float = 0.0  # ddim only
     spacing: str = "uniform"  # uniform | log-snr
-    guidance: str = "cfg"  # none | cfg | classifier
+    guidance: str = "cfg"  # none | cfg | classifier | autoguidance
     class_index: int | None = 0  # None: unconditional (guidance "none" only)
     scale: float = 3.0
+    guide: str = ""  # autoguidance: the weaker checkpoint ("": CHECKPOINT-weak)
+    # Modifiers of the guided prediction (guidance.py); each default is neutral, i.e. plain CFG.
+    rescale: float = 0.0  # CFG rescale phi (Lin et al. 2024)
+    interval_low: float | None = None  # guidance interval in log-SNR (Kynkaanniemi et al. 2024); None: unbounded
+    interval_high: float | None = None
+    apg_eta: float = 1.0  # APG (Sadat et al. 2024): parallel weight eta, norm bound r (0: none), momentum beta
+    apg_norm: float = 0.0
+    apg_momentum: float = 0.0
+    threshold: float = 0.0  # dynamic thresholding percentile (Saharia et al. 2022; 0: off)
     self_condition: bool = False
     seed: int = 0
     batch_size: int = 16
@@ -137,10 +147,44 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
         raise RequestError(f"checkpoint {request.checkpoint!r} was not trained for classifier-free guidance{why}")
     if request.guidance == "classifier" and not has_classifier:
         raise RequestError("classifier guidance needs a noisy classifier checkpoint, and none is available")
+    _check_guidance_modifiers(request)
     if request.clip_x0 is not None and not isinstance(request.clip_x0, bool):
         raise RequestError(f"clip_x0 must be true, false or null, got {request.clip_x0!r:.40}")
     if request.self_condition and not model.self_condition:
         raise RequestError(f"checkpoint {request.checkpoint!r} was not trained with self-conditioning")
+
+
+def _check_guidance_modifiers(request: SampleRequest):
+    _check_number("CFG rescale phi", request.rescale, 0.0, 1.0)
+    _check_number("APG eta", request.apg_eta, 0.0, 1.0)
+    _check_number("APG norm bound", request.apg_norm, 0.0, 1000.0)
+    _check_number("APG momentum", request.apg_momentum, -0.99, 0.99)
+    _check_number("dynamic thresholding percentile", request.threshold, 0.0, 0.9999)
+    for name in ("interval_low", "interval_high"):
+        if getattr(request, name) is not None:
+            _check_number(f"guidance interval {name.split('_')[1]} (log-SNR)", getattr(request, name), -MAX_LOG_SNR, MAX_LOG_SNR)
+    if None not in (request.interval_low, request.interval_high) and request.interval_low > request.interval_high:
+        raise RequestError(f"guidance interval is empty: low {request.interval_low:g} > high "
+                           f"{request.interval_high:g} (log-SNR)")
+    guidance = guidance_of(request)
+    if (guidance.rescale or guidance.uses_apg) and not guidance.pairs_predictions:
+        raise RequestError("CFG rescale and APG change classifier-free guidance or autoguidance; choose one of those")
+    if not isinstance(request.guide, str) or len(request.guide) > 200:
+        raise RequestError("guide must be a checkpoint name")
+
+
+def guidance_of(request: SampleRequest) -> Guidance:
+    """The request's guidance settings as the Denoiser takes them."""
+    low = -math.inf if request.interval_low is None else float(request.interval_low)
+    high = math.inf if request.interval_high is None else float(request.interval_high)
+    return Guidance(request.guidance, float(request.scale), rescale=float(request.rescale), interval=(low, high),
+                    apg_eta=float(request.apg_eta), apg_norm=float(request.apg_norm),
+                    apg_momentum=float(request.apg_momentum), threshold=float(request.threshold))
+
+
+def guide_name(request: SampleRequest) -> str:
+    """Autoguidance's weaker model: the one named, or the checkpoint's '-weak' sibling."""
+    return request.guide or f"{request.checkpoint}-weak"
 
 
 def _check_images(request, max_batch: int):
@@ -325,7 +369,7 @@ def load_for(cache: ModelCache, request: SampleRequest | FlowRequest, model: Loa
 
 
 def prepare(cache: ModelCache, request: SampleRequest, model: LoadedModel | None = None):
-    """Load and validate a denoiser request; returns (model, classifier or None)."""
+    """Load and validate a denoiser request; returns (model, classifier or None, autoguidance's guide or None)."""
     model = load_for(cache, request, model)
     classifier = cache.first_of_kind("noisy-classifier") if request.guidance == "classifier" else None
     validate_request(request, model, has_classifier=classifier is not None)
@@ -333,7 +377,27 @@ def prepare(cache: ModelCache, request: SampleRequest, model: LoadedModel | None
         raise RequestError(f"the noisy classifier judges {image_shape(classifier)} images of {len(classifier.class_names)} "
                            f"classes; checkpoint {request.checkpoint!r} makes {image_shape(model)} images of "
                            f"{len(model.class_names)} classes, so classifier guidance does not apply")
-    return model, classifier
+    guide = load_guide(cache, request, model) if request.guidance == "autoguidance" else None
+    return model, classifier, guide
+
+
+def load_guide(cache: ModelCache, request: SampleRequest, model: LoadedModel) -> LoadedModel:
+    """Autoguidance's weaker model, refused unless it is a denoiser of the same family: same schedule, image
+    shape and classes (Karras et al. 2024 guide with a smaller, shorter-trained version of the same model)."""
+    name = guide_name(request)
+    try:
+        guide = cache.get(name)
+    except RequestError as error:
+        hint = "" if request.guide else f" (autoguidance looks for {name!r} unless you name a guide)"
+        raise RequestError(f"autoguidance needs a weaker model of the same family: {error}{hint}") from None
+    if guide.kind != "denoiser":
+        raise RequestError(f"autoguidance's guide {name!r} is a {guide.kind}, not a denoiser")
+    same = (guide.schedule.to_config(), image_shape(guide), guide.class_names) == \
+           (model.schedule.to_config(), image_shape(model), model.class_names)
+    if not same:
+        raise RequestError(f"autoguidance's guide {name!r} is not of {request.checkpoint!r}'s family: it needs the "
+                           f"same noise schedule, image shape and classes")
+    return guide
 
 
 def check_request(cache: ModelCache, request: SampleRequest | FlowRequest, model: LoadedModel | None = None) -> LoadedModel:
@@ -392,7 +456,7 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
     version of the checkpoint (a study loads it once, so all its cells come from the same file)."""
     if isinstance(request, FlowRequest):
         return run_flow_request(cache, request, x_T, model)
-    model, classifier = prepare(cache, request, model)
+    model, classifier, guide = prepare(cache, request, model)
     device = cache.device
     schedule = model.schedule
     trajectory, total = [], expected_nfe(request)
@@ -400,8 +464,8 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
     with _sampling_failures("sampling"):
         with torch.inference_mode(), _autocast(device):
             denoise = Denoiser(model.network, schedule, model.parameterization, labels=_labels(request, device),
-                               guidance=Guidance(request.guidance, float(request.scale)),
-                               classifier=classifier.network if classifier else None,
+                               guidance=guidance_of(request), classifier=classifier.network if classifier else None,
+                               guide=(guide.network, guide.parameterization) if guide else None,
                                self_condition=request.self_condition, clip_x0=clip_x0(request, model),
                                trace_guidance=trace_guidance)
             counted = _counting(denoise, progress, total)

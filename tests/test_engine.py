@@ -151,3 +151,52 @@ def test_a_failure_stays_with_its_request(cache):
         model.network.forward = original
     assert run_request(cache, BASE).images.shape == (4, 1, 8, 8)
     assert cache.get("tiny") is model
+
+
+# --- guidance methods through the engine ---------------------------------------------------------------------
+def write_weak(checkpoint_dir, name="tiny-weak", schedule="vp-cosine"):
+    from conftest import TINY_CLASSES, tiny_unet
+    from diffusion.checkpoint import model_config, save_checkpoint
+
+    weak = tiny_unet(seed=11)
+    save_checkpoint(checkpoint_dir / f"{name}.safetensors", "denoiser", weak,
+                    model_config("denoiser", weak, class_names=TINY_CLASSES, schedule=schedule, parameterization="v"),
+                    {"steps": 0}, "A weaker tiny model.")
+
+
+def test_neutral_guidance_fields_are_plain_cfg_and_each_method_changes_the_images(cache):
+    plain = run_request(cache, BASE).images
+    neutral = replace(BASE, rescale=0.0, interval_low=None, interval_high=None, apg_eta=1.0, apg_norm=0.0,
+                      apg_momentum=0.0, threshold=0.0)
+    assert torch.equal(run_request(cache, neutral).images, plain)
+    for change in [dict(rescale=0.7), dict(interval_low=-2.0, interval_high=2.0), dict(apg_eta=0.0, apg_norm=1.0),
+                   dict(threshold=0.9), dict(scale=8.0, apg_momentum=-0.5)]:
+        assert not torch.equal(run_request(cache, replace(BASE, **change)).images, plain), change
+
+
+def test_autoguidance_finds_the_weak_sibling_or_the_named_guide_and_checks_its_family(cache, checkpoint_dir):
+    auto = replace(BASE, guidance="autoguidance")
+    with pytest.raises(RequestError, match="tiny-weak"):
+        run_request(cache, auto)  # no guide yet: the message names the one it looked for
+    write_weak(checkpoint_dir)
+    by_sibling = run_request(cache, auto)
+    by_name = run_request(cache, replace(auto, guide="tiny-weak"))
+    assert torch.equal(by_sibling.images, by_name.images) and by_sibling.nfe == BASE.steps
+    assert not torch.equal(by_sibling.images, run_request(cache, BASE).images)
+    write_weak(checkpoint_dir, "other-family", schedule="flow")
+    with pytest.raises(RequestError, match="family"):
+        run_request(cache, replace(auto, guide="other-family"))
+    with pytest.raises(RequestError, match="not a denoiser"):
+        run_request(cache, replace(auto, guide="tiny-evaluator"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(rescale=2.0), "rescale"), (dict(apg_eta=-0.1), "APG eta"), (dict(apg_momentum=1.0), "momentum"),
+    (dict(apg_norm=float("inf")), "finite"), (dict(threshold=1.0), "percentile"),
+    (dict(interval_low=3.0, interval_high=-3.0), "empty"), (dict(interval_low=-1e9), "interval low"),
+    (dict(interval_high="x"), "number"), (dict(guidance="none", rescale=0.5), "rescale and APG"),
+    (dict(guidance="classifier", apg_eta=0.5), "rescale and APG"), (dict(guide=3), "guide"),
+])
+def test_bad_guidance_settings_are_refused_with_a_sentence(cache, change, message):
+    with pytest.raises(RequestError, match=message):
+        run_request(cache, replace(BASE, **change))

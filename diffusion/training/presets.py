@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import ClassifierConfig, NICEConfig
+from ..models import ClassifierConfig, NICEConfig, UNetConfig
 from ..objective import ObjectiveConfig
 from .config import TrainConfig
 
@@ -20,6 +20,24 @@ PRESETS = {
                                   time_sampling="logit-normal", uniform_fraction=0.1),
         card="Class-conditional Fashion-MNIST rectified flow: velocity prediction, logit-normal time sampling "
              "(SD3) with 10% of times drawn uniformly so that both ends are seen, self-conditioning, 10% label dropout for classifier-free guidance."),
+    # Autoguidance's "bad versions" (Karras et al. 2024): the same objective as the model they guide, a quarter of
+    # its width's compute (16 base channels) and a few minutes of training, so their errors are the main model's,
+    # only larger. Minutes on a CPU.
+    "fashion-diffusion-weak": TrainConfig(
+        run_dir="runs/fashion-diffusion-weak", export_to="checkpoints/fashion-diffusion-weak.safetensors",
+        name="fashion-diffusion-weak", steps=1500, sample_every=500, save_every=500,
+        unet=UNetConfig(num_classes=10, self_condition=True, blocks_per_level=1, base_channels=16),
+        objective=ObjectiveConfig(schedule="vp-cosine", parameterization="v", self_condition=True, label_dropout=0.1),
+        card="A deliberately weak fashion-diffusion (16 base channels, 1,500 steps) for autoguidance: same "
+             "schedule, v-prediction, classes and self-conditioning as fashion-diffusion. Not meant to sample alone."),
+    "fashion-flow-weak": TrainConfig(
+        run_dir="runs/fashion-flow-weak", export_to="checkpoints/fashion-flow-weak.safetensors",
+        name="fashion-flow-weak", steps=1500, sample_every=500, save_every=500,
+        unet=UNetConfig(num_classes=10, self_condition=True, blocks_per_level=1, base_channels=16),
+        objective=ObjectiveConfig(schedule="flow", parameterization="flow", self_condition=True, label_dropout=0.1,
+                                  time_sampling="logit-normal", uniform_fraction=0.1),
+        card="A deliberately weak fashion-flow (16 base channels, 1,500 steps) for autoguidance: same velocity "
+             "objective, classes and self-conditioning as fashion-flow. Not meant to sample alone."),
     "fashion-nice": TrainConfig(
         task="normalizing-flow", run_dir="runs/fashion-nice", export_to="checkpoints/fashion-nice.safetensors",
         name="fashion-nice", steps=24_000, batch_size=128, lr=1e-3, lr_drop_at=18_000, sample_every=4000,
