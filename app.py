@@ -18,12 +18,13 @@ import gradio as gr
 
 from diffusion.app.card import build_card_tab, checkpoint_table
 from diffusion.app.compare import build_compare_tab
-from diffusion.app.controls import (DEFAULT_SCALES, GUIDANCE_LABELS, class_and_guidance, on_class_checkpoint_change,
+from diffusion.app.controls import (DEFAULT_SCALES, GUIDANCE_LABELS, class_and_guidance, on_methods_checkpoint_change,
                                     on_sampler_checkpoint_change)
 from diffusion.app.families import build_families_tab
 from diffusion.app.generate import build_generate_tab
 from diffusion.app.lens import build_lens_tab
 from diffusion.app.sweep import build_sweep_tab
+from diffusion.app.xy import build_xy_tab
 from diffusion.app.trajectory import build_trajectory_tab
 from diffusion.engine import GENERATIVE_KINDS, ModelCache
 
@@ -76,8 +77,12 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("Guidance sweep", id="sweep"):
-                s_checkpoint, s_class = build_sweep_tab(cache, names, default, classes, guidance_choices, guidance_default,
+                s_checkpoint, s_class, s_methods = build_sweep_tab(cache, names, default, classes, guidance_choices, guidance_default,
                                                         sampling)
+
+            with gr.Tab("X/Y grid", id="xy"):
+                x_checkpoint, x_class, x_guidance, x_scale = build_xy_tab(
+                    cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("Trajectory", id="trajectory"):
                 t_checkpoint, t_class, t_guidance, t_scale = build_trajectory_tab(
@@ -96,18 +101,20 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     """New, removed or replaced checkpoints, without a restart: every checkpoint list anew."""
                     generative, denoisers = cache.names(*GENERATIVE_KINDS), cache.names("denoiser")
                     available = [e.name for e in cache.entries() if e.available]
-                    pickers = [gr.Dropdown(choices=generative), *(gr.Dropdown(choices=denoisers) for _ in range(3)),
+                    pickers = [gr.Dropdown(choices=generative), *(gr.Dropdown(choices=denoisers) for _ in range(4)),
                                gr.Dropdown(choices=available), *(gr.CheckboxGroup(choices=generative) for _ in range(4)),
                                gr.Dropdown(choices=generative)]
                     return (*pickers, "### Files in the checkpoint folder\n" + checkpoint_table(cache))
 
-                m_rescan.click(rescan, None, [checkpoint, c_checkpoint, s_checkpoint, t_checkpoint, m_checkpoint,
+                m_rescan.click(rescan, None, [checkpoint, c_checkpoint, s_checkpoint, t_checkpoint, x_checkpoint, m_checkpoint,
                                               *family_pickers, lens_checkpoints, lens_sample_checkpoint, m_files],
                                api_name="rescan")
-            for picker, class_box, mode in ((c_checkpoint, c_class, c_guidance), (t_checkpoint, t_class, t_guidance)):
+            for picker, class_box, mode in ((c_checkpoint, c_class, c_guidance), (t_checkpoint, t_class, t_guidance),
+                                            (x_checkpoint, x_class, x_guidance)):
                 picker.change(partial(on_sampler_checkpoint_change, cache), [picker, mode], [class_box, mode], api_name=False)
-            s_checkpoint.change(partial(on_class_checkpoint_change, cache), s_checkpoint, s_class, api_name=False)
-            for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale)):
+            s_checkpoint.change(partial(on_methods_checkpoint_change, cache), [s_checkpoint, s_methods],
+                                [s_class, s_methods], api_name=False)
+            for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale), (x_guidance, x_scale)):
                 mode.change(lambda m: DEFAULT_SCALES.get(m, 1.0), mode, value, api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo

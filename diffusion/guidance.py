@@ -142,3 +142,31 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
     s = torch.quantile(_per_image(x0).abs().float(), percentile, dim=1).clamp_min(1.0).to(x0.dtype)
     s = _broadcast(s, x0)
     return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+@dataclass(frozen=True)
+class GuidanceMethod:
+    """A named way to guide, as the request fields that select it (the app's sweep, the X/Y grid and the
+    evaluation read this one registry). Settings are the papers' suggestions, as far as they carry over."""
+
+    label: str
+    settings: dict  # SampleRequest fields
+    paper: str
+
+
+# Kynkaanniemi et al. guide EDM2 (data std 0.5) for sigma in (0.28, 5.42]; log-SNR = -2 ln(sigma / 0.5) for data
+# of that spread, i.e. about (-4.7, 1.2]. APG's r bounds ||x0_c - x0_u|| per image (784 pixels here).
+GUIDANCE_METHODS = {
+    "cfg": GuidanceMethod("CFG", {"guidance": "cfg"}, "Ho & Salimans 2022"),
+    "cfg-rescale": GuidanceMethod("CFG rescale, phi 0.7", {"guidance": "cfg", "rescale": 0.7}, "Lin et al. 2024"),
+    "interval": GuidanceMethod("interval, log-SNR -4.7 to 1.2",
+                               {"guidance": "cfg", "interval_low": -4.7, "interval_high": 1.2},
+                               "Kynkaanniemi et al. 2024"),
+    "apg": GuidanceMethod("APG, eta 0, r 6, beta -0.5",
+                          {"guidance": "cfg", "apg_eta": 0.0, "apg_norm": 6.0, "apg_momentum": -0.5},
+                          "Sadat et al. 2024"),
+    "dynamic-threshold": GuidanceMethod("CFG + dynamic thresholding, p 0.995", {"guidance": "cfg", "threshold": 0.995},
+                                        "Saharia et al. 2022"),
+    "autoguidance": GuidanceMethod("autoguidance", {"guidance": "autoguidance"}, "Karras et al. 2024"),
+    "classifier": GuidanceMethod("classifier guidance", {"guidance": "classifier"}, "Dhariwal & Nichol 2021"),
+}

@@ -18,6 +18,7 @@ from .denoiser import Denoiser
 from .checkpoint import LoadedModel
 from .engine import (GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request, 
                      image_shape, run_request)
+from .guidance import GUIDANCE_METHODS
 from .likelihood import model_log_likelihood, uniform_dequantize
 from .metrics import evaluator_outputs, mean_pairwise_distance
 from .sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
@@ -79,32 +80,42 @@ class SweepRow:
     diversity: float  # mean pairwise distance (evaluator features, or pixels without an evaluator)
 
 
-def guidance_sweep(cache: ModelCache, base: SampleRequest, scales: list[float], modes: list[str],
+def guidance_sweep(cache: ModelCache, base: SampleRequest, scales: list[float], methods: list[str],
                    progress=None) -> list[SweepRow]:
+    """One row per (guidance method, scale); methods are names in guidance.GUIDANCE_METHODS."""
     if not scales or len(scales) > MAX_SWEEP_SCALES:
         raise RequestError(f"give between 1 and {MAX_SWEEP_SCALES} guidance scales")
-    if not modes:
-        raise RequestError("choose at least one guidance mode")
-    requests = [replace(base, guidance=mode, scale=float(scale)) for mode in modes for scale in scales]
+    if not methods:
+        raise RequestError("choose at least one guidance method")
+    unknown = [m for m in methods if m not in GUIDANCE_METHODS]
+    if unknown:
+        raise RequestError(f"unknown guidance method {unknown[0]!r:.40}; choose from {', '.join(GUIDANCE_METHODS)}")
+    requests = [replace(base, **GUIDANCE_METHODS[method].settings, scale=float(scale))
+                for method in methods for scale in scales]
+    names = [method for method in methods for _ in scales]
     model = pinned_model(cache, requests)
     evaluator = cache.first_of_kind("evaluator")
     rows, total = [], len(requests)
-    for request in requests:
-        mode, scale = request.guidance, request.scale
+    for method, request in zip(names, requests):
         index = len(rows)
         step_progress = (lambda done, steps, i=index: progress(i, total, done, steps)) if progress else None
         result = run_request(cache, request, progress=step_progress, trace_guidance=True, model=model)
-        confidence = accuracy = None
-        if evaluator is not None:
-            probs, features = evaluator_outputs(evaluator.network, result.images)
-            labels = torch.full((len(probs),), int(base.class_index))
-            confidence = float(probs[:, int(base.class_index)].mean())
-            accuracy = float((probs.argmax(1) == labels).float().mean())
-            diversity = mean_pairwise_distance(features)
-        else:
-            diversity = mean_pairwise_distance(result.images.flatten(1))
-        rows.append(SweepRow(mode, float(scale), result, confidence, accuracy, diversity))
+        confidence, accuracy, diversity = class_confidence_and_diversity(evaluator, result.images, base.class_index)
+        rows.append(SweepRow(method, float(request.scale), result, confidence, accuracy, diversity))
     return rows
+
+
+def class_confidence_and_diversity(evaluator: LoadedModel | None, images: torch.Tensor, class_index):
+    """(mean probability of the class, share assigned to it, mean pairwise feature distance) by the evaluator;
+    without an evaluator (or a class) the first two are None and diversity is measured in pixels."""
+    if evaluator is None or image_shape(evaluator) != tuple(images.shape[1:]):
+        return None, None, mean_pairwise_distance(images.flatten(1))
+    probs, features = evaluator_outputs(evaluator.network, images)
+    if class_index is None:
+        return None, None, mean_pairwise_distance(features)
+    labels = torch.full((len(probs),), int(class_index))
+    return (float(probs[:, int(class_index)].mean()), float((probs.argmax(1) == labels).float().mean()),
+            mean_pairwise_distance(features))
 
 
 def parse_scales(text: str) -> list[float]:

@@ -205,6 +205,68 @@ def test_sweep_and_trajectory(client):
     assert Image.open(gif).n_frames == 4
 
 
+def test_guidance_methods_through_generate_and_the_sweep(client):
+    plain = ("tiny", "ddim", "heun", 4, 0.0, "uniform", "cfg", 1, 4.0, False, 2, 4)
+    neutral = client.predict(*plain, 0.0, None, None, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
+    reference = client.predict(*plain, api_name="/generate")  # the 12 arguments of before still work
+    pixels = lambda out: [Image.open(g["image"]).tobytes() for g in out[0]]
+    assert pixels(neutral) == pixels(reference)
+    for methods in [(0.7, None, None, 1.0, 0.0, 0.0, 0.0), (0.0, -2.0, 2.0, 1.0, 0.0, 0.0, 0.0),
+                    (0.0, None, None, 0.0, 3.0, -0.5, 0.0), (0.0, None, None, 1.0, 0.0, 0.0, 0.95)]:
+        assert pixels(client.predict(*plain, *methods, api_name="/generate")) != pixels(reference), methods
+    with pytest.raises(Exception, match="guidance interval is empty"):
+        client.predict(*plain, 0.0, 3.0, -3.0, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
+    grid, rows, confidence, diversity, strength, table = client.predict(
+        "tiny", 1, "1, 4", ["cfg", "cfg-rescale", "apg", "interval", "dynamic-threshold"], 3, 3, "ddim", 3,
+        api_name="/sweep")
+    assert table.count("\n") == 1 + 10 and "cfg-rescale" in table and "dynamic-threshold" in table
+    assert {row[-1] for row in diversity["data"]} == {"cfg", "cfg-rescale", "apg", "interval", "dynamic-threshold"}
+    with pytest.raises(Exception, match="unknown guidance method"):
+        client.predict("tiny", 1, "1", ["magic"], 3, 3, "ddim", 3, api_name="/sweep")
+
+
+def test_xy_grid_through_the_api(client):
+    picture, table, png, manifest_path = client.predict(
+        "tiny", "ddim", "heun", 3, "cfg", 1, 2.0, 5, 2, "scale", "1, 3", "sampler", "ddim, ode", api_name="/xy_grid")
+    assert Image.open(picture).size == Image.open(png).size
+    assert table.count("\n") == 1 + 4 and "| ode | 3 |" in table
+    manifest = json.loads(Path(manifest_path).read_text())
+    cells = manifest["cells"]
+    assert [(c["x"], c["y"]) for c in cells] == [(1.0, "ddim"), (3.0, "ddim"), (1.0, "ode"), (3.0, "ode")]
+    assert {c["request"]["seed"] for c in cells} == {5} and len(manifest["checkpoints"]["tiny"]) == 64
+    assert [c["nfe"] for c in cells] == [3, 3, 5, 5]  # Heun: 2 per step, the last step to t=0 Euler: 2 * 3 - 1
+    # a range on one axis only
+    _, table, _, manifest_path = client.predict(
+        "tiny", "ddim", "heun", 2, "cfg", 1, 2.0, 5, 1, "steps", "1-5 (+2)", "", "", api_name="/xy_grid")
+    assert [c["x"] for c in json.loads(Path(manifest_path).read_text())["cells"]] == [1, 3, 5]
+
+
+@pytest.mark.parametrize("x_field, x_values, y_field, y_values, message", [
+    ("scale", "1-9", "", "", "needs a step or a count"),
+    ("steps", "1-100", "", "", "at most 8 values"),
+    ("scale", "1", "scale", "2", "two different fields"),
+    ("steps", "1000, 1000", "seed", "1, 2, 3, 4", "image-evaluations"),
+    ("class_index", "0, 7", "", "", "cell class_index=7: class must be between 0 and 2"),
+    ("nonsense", "1", "", "", "cannot go on an axis"),
+])
+def test_xy_grid_refuses_bad_axes_before_any_work(client, x_field, x_values, y_field, y_values, message):
+    with pytest.raises(Exception, match=message):
+        client.predict("tiny", "ddim", "heun", 3, "cfg", 1, 2.0, 5, 2, x_field, x_values, y_field, y_values,
+                       api_name="/xy_grid")
+
+
+def test_autoguidance_is_offered_where_a_weak_sibling_exists(tmp_path):
+    from diffusion.app.controls import class_and_guidance
+    from diffusion.engine import ModelCache
+
+    folder = write_tiny_checkpoints(tmp_path / "checkpoints")
+    cache = ModelCache(folder, device="cpu")
+    modes = lambda: [value for _, value in class_and_guidance(cache, cache.get("tiny"))[1]]
+    assert "autoguidance" not in modes()
+    shutil.copy(folder / "tiny.safetensors", folder / "tiny-weak.safetensors")
+    assert "autoguidance" in modes()
+
+
 def test_uploads_are_bounded(server):
     import httpx
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 import gradio as gr
 
 from ..engine import ModelCache, RequestError, SampleRequest, image_shape
+from ..guidance import GUIDANCE_METHODS
 from ..schedules import SPACINGS
 from .common import user_error, widget_bool, widget_class, widget_number
 
 SAMPLER_LABELS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("ODE (probability flow)", "ode")]
 # Each guidance mode's own starting scale: classifier guidance with our small noisy classifier needs ~8 to reach
 # 90 % evaluator accuracy (docs/evaluation), where classifier-free guidance is at 99 % by 3.
-DEFAULT_SCALES = {"none": 1.0, "cfg": 3.0, "classifier": 8.0}
-GUIDANCE_LABELS = [("none (the model as it is)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier")]
+# Autoguidance's weak model differs from the strong one less than the unconditional branch does, so it needs a
+# larger w for the same push (Karras et al. 2024 report their best results at w = 2 to 3).
+DEFAULT_SCALES = {"none": 1.0, "cfg": 3.0, "classifier": 8.0, "autoguidance": 3.0}
+GUIDANCE_LABELS = [("none (the model as it is)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier"),
+                   ("autoguidance (by the -weak model)", "autoguidance")]
 SPACING_LABELS = [("uniform in t", "uniform"), ("uniform in log-SNR", "log-snr"),
                   ("diffusers' 'leading' (discrete-step models)", "leading")]
 assert [value for _, value in SPACING_LABELS] == list(SPACINGS)
@@ -21,13 +25,44 @@ UNCONDITIONAL = ("no class (unconditional model)", "")  # widget_class("") is No
 
 
 def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
-                 seed, batch_size) -> SampleRequest:
-    """Widget values -> SampleRequest; the engine validates ranges, this only converts types."""
-    return SampleRequest(checkpoint=str(checkpoint), sampler=str(sampler), solver=str(solver),
+                 seed, batch_size, methods: dict | None = None) -> SampleRequest:
+    """Widget values -> SampleRequest; the engine validates ranges, this only converts types. `methods`: the
+    guidance-method fields (method_settings), or None for plain guidance."""
+    return SampleRequest(**(methods or {}), checkpoint=str(checkpoint), sampler=str(sampler), solver=str(solver),
                          steps=widget_number(steps, "steps", int), eta=widget_number(eta, "eta"), spacing=str(spacing),
                          guidance=str(guidance), class_index=widget_class(class_index),
                          scale=widget_number(scale, "guidance scale"), self_condition=widget_bool(self_condition, "self-conditioning"),
                          seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "batch size", int))
+
+
+def guidance_method_controls():
+    """The guidance methods' settings (guidance.py), each at its neutral value: left alone, plain guidance."""
+    with gr.Accordion("Guidance methods (each is plain CFG at its default)", open=False):
+        gr.Markdown("Fixes for CFG's side effects. **Rescale** (Lin et al. 2024) pulls the guided image's spread "
+                    "back to the conditional one's. **Interval** (Kynkaanniemi et al. 2024) guides only between two "
+                    "log-SNRs (noise levels; empty = no bound). **APG** (Sadat et al. 2024) down-weights the part of "
+                    "the update that over-saturates (eta), bounds its size (r) and averages it with reverse momentum "
+                    "(beta). **Dynamic thresholding** (Imagen) clamps each x0 estimate at a percentile of its pixels.")
+        rescale = gr.Slider(0, 1, value=0.0, step=0.05, label="CFG rescale phi")
+        with gr.Row():
+            interval_low = gr.Number(value=None, label="Interval: from log-SNR", minimum=-30, maximum=30)
+            interval_high = gr.Number(value=None, label="to log-SNR", minimum=-30, maximum=30)
+        with gr.Row():
+            apg_eta = gr.Slider(0, 1, value=1.0, step=0.05, label="APG eta (parallel part)")
+            apg_norm = gr.Slider(0, 50, value=0.0, step=0.5, label="APG norm bound r (0: none)")
+            apg_momentum = gr.Slider(-0.9, 0.9, value=0.0, step=0.05, label="APG momentum beta")
+        threshold = gr.Slider(0, 0.999, value=0.0, step=0.005, label="Dynamic thresholding percentile (0: off)")
+    return [rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold]
+
+
+def method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold) -> dict:
+    """guidance_method_controls' values -> SampleRequest fields (an empty interval bound is None: unbounded)."""
+    bound = lambda value, name: None if value in (None, "") else widget_number(value, name)
+    return dict(rescale=widget_number(rescale, "CFG rescale"), interval_low=bound(interval_low, "interval start"),
+                interval_high=bound(interval_high, "interval end"), apg_eta=widget_number(apg_eta, "APG eta"),
+                apg_norm=widget_number(apg_norm, "APG norm bound"),
+                apg_momentum=widget_number(apg_momentum, "APG momentum"),
+                threshold=widget_number(threshold, "thresholding percentile"))
 
 
 def class_and_guidance(cache: ModelCache, model):
@@ -43,6 +78,8 @@ def class_and_guidance(cache: ModelCache, model):
     if classifier is not None and model.class_names and image_shape(classifier) == image_shape(model) \
             and classifier.class_names == model.class_names:
         allowed.add("classifier")
+    if model.class_names and f"{model.name}-weak" in cache.names("denoiser"):
+        allowed.add("autoguidance")
     return classes, [g for g in GUIDANCE_LABELS if g[1] in allowed]
 
 
@@ -56,6 +93,25 @@ def on_sampler_checkpoint_change(cache: ModelCache, name, guidance_value):
     values = [g[1] for g in guidance_choices]
     guidance_value = guidance_value if guidance_value in values else ("cfg" if "cfg" in values else "none")
     return gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value)
+
+
+def method_choices(guidance_choices) -> list[tuple[str, str]]:
+    """The guidance methods (guidance.GUIDANCE_METHODS) a checkpoint allows, given its guidance modes."""
+    modes = {value for _, value in guidance_choices}
+    return [(f"{method.label} ({method.paper})", name) for name, method in GUIDANCE_METHODS.items()
+            if method.settings["guidance"] in modes]
+
+
+def on_methods_checkpoint_change(cache: ModelCache, name, chosen):
+    """Guidance sweep: the checkpoint's classes and the guidance methods it allows (kept where still allowed)."""
+    try:
+        model = cache.get(name)
+    except RequestError as error:
+        raise user_error(error) from None
+    classes, guidance_choices = class_and_guidance(cache, model)
+    methods = method_choices(guidance_choices)
+    kept = [m for m in (chosen or []) if m in {value for _, value in methods}]
+    return gr.Dropdown(choices=classes, value=classes[0][1]), gr.CheckboxGroup(choices=methods, value=kept)
 
 
 def on_class_checkpoint_change(cache: ModelCache, name):

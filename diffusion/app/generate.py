@@ -13,14 +13,17 @@ from ..engine import MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCa
 from ..sampling import ODE_SOLVERS
 from .card import model_summary
 from .common import grid_pil, pil_images, save_png, stream_result, user_error, widget_class, widget_number
-from .controls import SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, make_request
+from .controls import (SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, guidance_method_controls, make_request,
+                       method_settings)
 
 
 def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition, seed,
-             batch_size, progress=gr.Progress()):
+             batch_size, rescale=0.0, interval_low=None, interval_high=None, apg_eta=1.0, apg_norm=0.0,
+             apg_momentum=0.0, threshold=0.0, progress=gr.Progress()):
     try:
+        methods = method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold)
         request = make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
-                               self_condition, seed, batch_size)
+                               self_condition, seed, batch_size, methods)
     except RequestError as error:
         raise user_error(error) from None
     preview_every = max(1, request.steps // 10)
@@ -105,6 +108,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
             class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
             scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+            methods = guidance_method_controls()
             temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
                                     label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
             self_condition = gr.Checkbox(value=self_cond_ok, label="Self-conditioning", interactive=self_cond_ok,
@@ -124,7 +128,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             gallery = gr.Gallery(label="Images", columns=8, format="png", height="auto")
             download = gr.File(label="Download PNG grid")
     inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
-              self_condition, seed, batch_size]
+              self_condition, seed, batch_size, *methods]
     generating = run.click(partial(generate, cache), inputs, [gallery, preview, status, download], api_name="generate",
                            show_progress="minimal", show_progress_on=[status], **sampling)
     stop.click(None, None, None, cancels=[generating], api_name=False)

@@ -12,16 +12,18 @@ import torch
 from ..engine import ModelCache, RequestError
 from ..studies import guidance_sweep, parse_scales
 from .common import EXPORT_PX, grid_pil, stream_result, user_error
-from .controls import SAMPLER_LABELS, make_request, run_and_stop, stop_cancels
+from .controls import SAMPLER_LABELS, make_request, method_choices, run_and_stop, stop_cancels
 
 SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
 (`eps_c`) and without it (`eps_u`). Classifier-free guidance uses `eps_u + w (eps_c - eps_u)`: `w = 0` ignores the class,
 `w = 1` is the plain conditional model, `w > 1` exaggerates what makes the image *this* class. Classifier guidance instead
 pushes the unconditional model along the gradient of a noisy classifier's `log p(class | x_t)`. Watch the rows: as `w`
-grows, the garments become more typical (confidence rises) and more alike (diversity falls)."""
+grows, the garments become more typical (confidence rises) and more alike (diversity falls). Tick several **methods** to
+see how the fixes for CFG's side effects (rescale, interval, APG, thresholding, autoguidance) trade confidence against
+diversity on one chart; each is CFG with the paper's suggested setting (Generate's *Guidance methods* has the knobs)."""
 
 
-def sweep(cache: ModelCache, checkpoint, class_index, scales_text, modes, seed, per_row, sampler, steps, progress=gr.Progress()):
+def sweep(cache: ModelCache, checkpoint, class_index, scales_text, methods, seed, per_row, sampler, steps, progress=gr.Progress()):
     try:
         scales = parse_scales(scales_text)
         base = make_request(checkpoint, sampler, "heun", steps, 0.0, "uniform", "cfg", class_index, 1.0, False, seed,
@@ -30,7 +32,7 @@ def sweep(cache: ModelCache, checkpoint, class_index, scales_text, modes, seed, 
         raise user_error(error) from None
 
     def work(emit):
-        return guidance_sweep(cache, base, scales, list(modes or []),
+        return guidance_sweep(cache, base, scales, list(methods or []),
                               progress=lambda row, rows, done, total: emit((row, rows, done, total)))
 
     def on_event(event):
@@ -45,7 +47,7 @@ def sweep(cache: ModelCache, checkpoint, class_index, scales_text, modes, seed, 
     diversity = pd.DataFrame([{"scale": r.scale, "diversity": r.diversity, "series": r.mode} for r in rows])
     strength = pd.DataFrame([{"log-SNR": lam, "strength": s, "series": f"{r.mode} w={r.scale:g}"}
                              for r in rows if r.scale > 0 for lam, s in r.result.guidance_trace])
-    table = "| mode | scale | class confidence | accuracy | diversity |\n|---|---|---|---|---|\n" + "\n".join(
+    table = "| method | scale | class confidence | accuracy | diversity |\n|---|---|---|---|---|\n" + "\n".join(
         f"| {r.mode} | {r.scale:g} | {_fmt(r.confidence)} | {_fmt(r.accuracy)} | {r.diversity:.3f} |" for r in rows)
     labels = ", ".join(f"row {i + 1}: {r.mode} w={r.scale:g}" for i, r in enumerate(rows))
     yield grid, labels, metrics, diversity, strength, table
@@ -62,9 +64,9 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
         s_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
         s_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
         s_scales = gr.Textbox("0, 1, 2, 4, 8", label="Guidance scales (one row each)")
-        s_modes = gr.CheckboxGroup([g for g in guidance_choices if g[1] != "none"],
+        s_methods = gr.CheckboxGroup(method_choices(guidance_choices),
                                    value=["cfg"] if guidance_default == "cfg" else [],
-                                   label="Guidance modes")
+                                   label="Guidance methods")
     with gr.Row():
         s_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         s_per_row = gr.Slider(2, 16, value=8, step=1, label="Images per row")
@@ -82,8 +84,8 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
             s_div = gr.LinePlot(x="scale", y="diversity", color="series", label="Diversity plot", title="Diversity (mean feature distance)")
             s_strength = gr.LinePlot(x="log-SNR", y="strength", color="series", label="Guidance strength plot",
                                      title="Guidance strength per step (|eps_c - eps_u| or classifier term)")
-    sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_modes, s_seed, s_per_row, s_sampler, s_steps],
+    sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_methods, s_seed, s_per_row, s_sampler, s_steps],
                 [s_grid, s_rows, s_conf, s_div, s_strength, s_table], api_name="sweep",
                 show_progress="minimal", **sampling)
     stop_cancels(s_stop, sweeping)
-    return s_checkpoint, s_class
+    return s_checkpoint, s_class, s_methods

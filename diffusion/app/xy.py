@@ -1,0 +1,92 @@
+"""The X/Y grid tab: any request field on X and on Y, a list of values for each, the same noise in every cell; the
+labelled grid, per-cell figures, a PNG and the JSON manifest that reproduces it (API /xy_grid)."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+
+from ..engine import MAX_STEPS, ModelCache, RequestError
+from ..sampling import ODE_SOLVERS
+from ..xy import (AXIS_FIELDS, MAX_AXIS_VALUES, MAX_CELLS, MAX_IMAGE_EVALUATIONS, grid_manifest, grid_picture, plan_grid,
+                  run_grid, value_label)
+from .common import output_path, stream_result, user_error
+from .controls import SAMPLER_LABELS, make_request, run_and_stop, stop_cancels
+
+XY_TEXT = f"""Put any setting on **X** and another on **Y**, type the values (`1, 2, 4`; ranges `1-8 (+2)` or `0-1 [5]`;
+`none` for an open interval bound or no class), and every cell samples from the **same noise**. Limits: at most
+{MAX_AXIS_VALUES} values per axis, {MAX_CELLS} cells, and {MAX_IMAGE_EVALUATIONS:,} image-evaluations in all (cells x images x
+network evaluations, CFG and autoguidance count twice), checked before any work starts."""
+
+
+def xy_grid(cache: ModelCache, checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, images,
+            x_field, x_values, y_field, y_values, progress=gr.Progress()):
+    try:
+        base = make_request(checkpoint, sampler, solver, steps, 0.0, "uniform", guidance, class_index, scale, False,
+                            seed, images)
+        plan = plan_grid(cache, base, str(x_field), str(x_values), str(y_field or ""), str(y_values or ""))
+    except RequestError as error:
+        raise user_error(error) from None
+
+    def work(emit):
+        return run_grid(cache, plan, progress=lambda cell, cells, done, total: emit((cell, cells, done, total)))
+
+    def on_event(event):
+        cell, cells, done, total = event
+        progress((cell * total + done, cells * total), desc=f"cell {cell + 1}/{cells}: {done}/{total}")
+
+    cells = yield from stream_result(work, on_event, outputs=4)
+    picture = grid_picture(plan, cells, columns=min(4, base.batch_size))
+    png = output_path("xy-grid", ".png")
+    picture.save(png)
+    manifest = output_path("xy-grid", ".json")
+    Path(manifest).write_text(json.dumps(grid_manifest(cache, plan, cells), indent=2))
+    yield picture, cell_table(plan, cells), png, manifest
+
+
+def cell_table(plan, cells) -> str:
+    y_head = f"{plan.y_field} | " if plan.y_field else ""
+    lines = [f"| {y_head}{plan.x_field} | NFE | seconds | class confidence | diversity |",
+             "|" + "---|" * (5 + bool(plan.y_field))]
+    for row in cells:
+        for c in row:
+            y_cell = f"{value_label(c.y)} | " if plan.y_field else ""
+            confidence = "n/a" if c.confidence is None else f"{c.confidence:.3f}"
+            lines.append(f"| {y_cell}{value_label(c.x)} | {c.result.nfe} | {c.result.seconds:.2f} | {confidence} | "
+                         f"{c.diversity:.3f} |")
+    return "\n".join(lines)
+
+
+def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, class, guidance, scale)."""
+    gr.Markdown(XY_TEXT)
+    with gr.Row():
+        checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
+        sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
+        solver = gr.Dropdown(list(ODE_SOLVERS), value="dpm++2m", label="ODE solver")
+        steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps")
+    with gr.Row():
+        guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
+        class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+        scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+        seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+        images = gr.Slider(1, 16, value=4, step=1, label="Images per cell")
+    with gr.Row():
+        x_field = gr.Dropdown(list(AXIS_FIELDS), value="scale", label="X: field")
+        x_values = gr.Textbox("1, 2, 4, 8", label="X: values")
+        y_field = gr.Dropdown(["", *AXIS_FIELDS], value="sampler", label="Y: field (empty: one row)")
+        y_values = gr.Textbox("ddim, ode", label="Y: values")
+    run, stop = run_and_stop("Make grid")
+    picture = gr.Image(label="X/Y grid", format="png", interactive=False)
+    table = gr.Markdown(label="Per cell")
+    with gr.Row():
+        png = gr.File(label="PNG")
+        manifest = gr.File(label="Manifest (JSON) to reproduce this grid")
+    making = run.click(partial(xy_grid, cache), [checkpoint, sampler, solver, steps, guidance, class_index, scale, seed,
+                                                 images, x_field, x_values, y_field, y_values],
+                       [picture, table, png, manifest], api_name="xy_grid", show_progress="minimal", **sampling)
+    stop_cancels(stop, making)
+    return checkpoint, class_index, guidance, scale

@@ -1,0 +1,213 @@
+"""The X/Y grid: any request field on each axis, a typed list of values for each, the same noise in every cell.
+
+Values follow AUTOMATIC1111's X/Y plot syntax: `1, 2, 4`; ranges `1-8` (step 1), `1-8 (+2)` (step 2), `0-1 [5]`
+(5 evenly spaced values). Every cell is checked before any sampling starts, and the work (cells x images x network
+evaluations) is bounded so that a grid stays interactive on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .engine import ModelCache, RequestError, SampleRequest, SampleResult, check_request, expected_nfe, run_request
+from .images import display_scale, image_grid, to_pil
+from .studies import class_confidence_and_diversity
+
+MAX_AXIS_VALUES = 8
+MAX_CELLS = 36
+MAX_IMAGE_EVALUATIONS = 20_000  # sum over cells of images x network evaluations (x 2 rows for CFG)
+AXIS_FIELDS = ("checkpoint", "sampler", "solver", "steps", "eta", "spacing", "guidance", "guide", "scale", "rescale",
+               "interval_low", "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold", "class_index",
+               "seed", "self_condition")
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*\+?\s*({_NUMBER})\s*\)|\[\s*(\d+)\s*\])?\s*$")
+
+
+def field_kind(name: str):
+    """The Python type of a SampleRequest field that may go on an axis."""
+    if name not in AXIS_FIELDS:
+        raise RequestError(f"{name!r:.40} cannot go on an axis; choose one of {', '.join(AXIS_FIELDS)}")
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    annotation = {f.name: f.type for f in fields(SampleRequest)}[name]
+    return kinds[str(annotation).split(" ")[0].split("|")[0].strip()]
+
+
+def parse_axis(name: str, text: str) -> list:
+    """An axis' typed values from A1111-style text; RequestError with the offending item otherwise."""
+    kind = field_kind(name)
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if not items:
+        raise RequestError(f"give at least one value for {name}")
+    values = []
+    for item in items:
+        values.extend(_parse_item(name, kind, item))
+        if len(values) > MAX_AXIS_VALUES:
+            raise RequestError(f"at most {MAX_AXIS_VALUES} values per axis ({name} has more)")
+    return values
+
+
+def _parse_item(name: str, kind, item: str) -> list:
+    if kind is str:
+        return [item]
+    if kind is bool:
+        truth = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
+        if item.lower() not in truth:
+            raise RequestError(f"{name} takes true or false, got {item!r:.40}")
+        return [truth[item.lower()]]
+    if item.lower() == "none" and name in ("interval_low", "interval_high", "class_index"):
+        return [None]
+    match = _RANGE.match(item)
+    if match is None:
+        try:
+            number = float(item)
+        except ValueError:
+            raise RequestError(f"{name}: {item!r:.40} is neither a number nor a range like 1-8 (+2) or 0-1 [5]") from None
+        return [_typed(name, kind, number)]
+    start, stop, step, count = match.groups()
+    start, stop = float(start), float(stop)
+    if count is not None:
+        count = int(count)
+        if not 1 <= count <= MAX_AXIS_VALUES:
+            raise RequestError(f"{name}: a range takes 1 to {MAX_AXIS_VALUES} values, got [{count}]")
+        numbers = [start] if count == 1 else [start + (stop - start) * i / (count - 1) for i in range(count)]
+    else:
+        step = float(step) if step is not None else (1.0 if kind is int else None)
+        if step is None:
+            raise RequestError(f"{name}: a range of decimals needs a step or a count, e.g. {item} (+0.5) or {item} [5]")
+        if step == 0 or (stop - start) / step < 0 or not math.isfinite(step):
+            raise RequestError(f"{name}: step {step:g} never gets from {start:g} to {stop:g}")
+        n = math.floor((stop - start) / step + 1e-9) + 1
+        if n > MAX_AXIS_VALUES:
+            raise RequestError(f"at most {MAX_AXIS_VALUES} values per axis ({name}: {item} has {n})")
+        numbers = [start + i * step for i in range(n)]
+    return [_typed(name, kind, round(number, 10)) for number in numbers]
+
+
+def _typed(name: str, kind, number: float):
+    if not math.isfinite(number):
+        raise RequestError(f"{name} must be finite")
+    if kind is int:
+        if not float(number).is_integer():
+            raise RequestError(f"{name} takes whole numbers, got {number:g}")
+        return int(number)
+    return float(number)
+
+
+@dataclass
+class XYCell:
+    x: object
+    y: object
+    result: SampleResult
+    confidence: float | None  # evaluator's mean probability of the requested class
+    diversity: float  # mean pairwise evaluator-feature distance over the cell's images
+
+
+@dataclass
+class XYPlan:
+    x_field: str
+    x_values: list
+    y_field: str  # "" for a single row
+    y_values: list
+    requests: list  # rows of cells: requests[y][x]
+
+    @property
+    def work(self) -> int:
+        return sum(r.batch_size * expected_nfe(r) * (2 if r.guidance in ("cfg", "autoguidance") else 1)
+                   for row in self.requests for r in row)
+
+
+def plan_grid(cache: ModelCache, base: SampleRequest, x_field: str, x_text: str, y_field: str = "",
+              y_text: str = "") -> XYPlan:
+    """Every cell's request, checked (and the work bounded) before any sampling starts."""
+    x_values = parse_axis(x_field, x_text)
+    if y_field:
+        if y_field == x_field:
+            raise RequestError(f"X and Y are both {x_field}; choose two different fields")
+        y_values = parse_axis(y_field, y_text)
+    else:
+        y_values = [None]
+    if len(x_values) * len(y_values) > MAX_CELLS:
+        raise RequestError(f"{len(x_values)} x {len(y_values)} = {len(x_values) * len(y_values)} cells; at most {MAX_CELLS}")
+    requests = [[replace(base, **{x_field: x}, **({y_field: y} if y_field else {})) for x in x_values]
+                for y in y_values]
+    plan = XYPlan(x_field, x_values, y_field, y_values, requests)
+    if plan.work > MAX_IMAGE_EVALUATIONS:
+        raise RequestError(f"this grid needs {plan.work:,} image-evaluations (cells x images x network evaluations, "
+                           f"CFG counts twice); the limit is {MAX_IMAGE_EVALUATIONS:,}: fewer cells, images or steps")
+    for y, row in zip(y_values, requests):
+        for x, request in zip(x_values, row):
+            try:
+                check_request(cache, request)
+            except RequestError as error:
+                where = f"{x_field}={x}" + (f", {y_field}={y}" if y_field else "")
+                raise RequestError(f"cell {where}: {error}") from None
+    return plan
+
+
+def run_grid(cache: ModelCache, plan: XYPlan, progress=None) -> list[list[XYCell]]:
+    """Sample every cell (rows of XYCell); progress(cell, cells, done, total) per network evaluation."""
+    evaluator = cache.first_of_kind("evaluator")
+    count = len(plan.x_values) * len(plan.y_values)
+    rows = []
+    for j, (y, row) in enumerate(zip(plan.y_values, plan.requests)):
+        cells = []
+        for i, (x, request) in enumerate(zip(plan.x_values, row)):
+            index = j * len(plan.x_values) + i
+            step_progress = (lambda done, total, k=index: progress(k, count, done, total)) if progress else None
+            result = run_request(cache, request, progress=step_progress)
+            confidence, _, diversity = class_confidence_and_diversity(evaluator, result.images, request.class_index)
+            cells.append(XYCell(x, y, result, confidence, diversity))
+        rows.append(cells)
+    return rows
+
+
+def value_label(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def grid_picture(plan: XYPlan, cells: list[list[XYCell]], columns: int, target_px: int = 64) -> Image.Image:
+    """All cells as one labelled picture: X values over the columns, Y values beside the rows."""
+    tiles = [[to_pil(image_grid(c.result.images, columns),
+                     scale=display_scale(c.result.images.shape[-1], target_px)) for c in row] for row in cells]
+    font = ImageFont.load_default()
+    tile_w = max(t.width for row in tiles for t in row)
+    tile_h = max(t.height for row in tiles for t in row)
+    pad, top = 6, 34
+    left = 10 + max((len(f"{plan.y_field} = {value_label(y)}") for y in plan.y_values), default=0) * 6 if plan.y_field else pad
+    width = left + len(plan.x_values) * (tile_w + pad)
+    height = top + len(plan.y_values) * (tile_h + pad)
+    picture = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(picture)
+    for i, x in enumerate(plan.x_values):
+        draw.text((left + i * (tile_w + pad), 8), f"{plan.x_field} = {value_label(x)}"[:tile_w // 6], fill="black", font=font)
+    for j, (y, row) in enumerate(zip(plan.y_values, tiles)):
+        y0 = top + j * (tile_h + pad)
+        if plan.y_field:
+            draw.text((4, y0 + tile_h // 2 - 6), f"{plan.y_field} = {value_label(y)}", fill="black", font=font)
+        for i, tile in enumerate(row):
+            picture.paste(tile.convert("RGB"), (left + i * (tile_w + pad), y0))
+    return picture
+
+
+def grid_manifest(cache: ModelCache, plan: XYPlan, cells: list[list[XYCell]]) -> dict:
+    """Everything needed to reproduce the grid: each cell's full request, the checkpoints' SHA-256, and its figures."""
+    names = sorted({c.result.request.checkpoint for row in cells for c in row})
+    return {
+        "what": "diffusion-playground X/Y grid",
+        "x": {"field": plan.x_field, "values": plan.x_values},
+        "y": {"field": plan.y_field, "values": plan.y_values} if plan.y_field else None,
+        "checkpoints": {name: cache.get(name).sha256 for name in names},
+        "cells": [{"x": c.x, "y": c.y, "request": asdict(c.result.request), "nfe": c.result.nfe,
+                   "seconds": round(c.result.seconds, 3), "class_confidence": c.confidence,
+                   "diversity": round(c.diversity, 4)} for row in cells for c in row],
+        "noise": "image i uses a CPU torch.Generator seeded from sha256(f'{seed}:{i}') in every cell",
+        "device": str(cache.device), "torch": torch.__version__, "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
