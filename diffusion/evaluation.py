@@ -27,6 +27,7 @@ from .data import load_fashion_mnist, to_model_range
 from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
 from .sampling import image_generators
 from .lens import LENS_ODE, PROBES, probe_images
+from .guidance import GUIDANCE_METHODS
 from .likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
 from .metrics import (box_blur, class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance,
                       texture_position, texture_statistics)
@@ -71,9 +72,11 @@ def sampler_grid(quick: bool) -> list[dict]:
 NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused
 METRICS = ("nfe", "samples", "fid", "texture_fid", "accuracy", "diversity", "seconds",
            "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max", "by_probe")
-PARTS = ("samplers", "guidance", "quality_bar", "seed_spread", "temperatures", "likelihood", "probes", "texture")
+PARTS = ("samplers", "guidance", "quality_bar", "seed_spread", "temperatures", "likelihood", "probes", "texture",
+         "guidance_methods")
 # The parts that make sense for each kind of generative checkpoint, the first ones being the default.
-KIND_PARTS = {"denoiser": (("samplers", "guidance"), ("quality_bar", "seed_spread", "likelihood", "probes", "texture")),
+KIND_PARTS = {"denoiser": (("samplers", "guidance"), ("quality_bar", "seed_spread", "likelihood", "probes", "texture",
+                                                     "guidance_methods")),
               "normalizing-flow": (("temperatures", "quality_bar"), ("likelihood", "probes", "texture"))}
 NOISY_REFERENCE_SIGMA = 0.1  # the noisy reference: real images plus N(0, 0.1^2) per pixel (in [-1, 1] units)
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
@@ -113,6 +116,18 @@ def texture_rows(config: EvalConfig, kind: str, self_condition: bool) -> list[di
     return [dict(measure="texture", sampler="ode", solver="dpm++2m", steps=steps[0], guidance="none",
                  self_condition=self_condition),
             dict(measure="texture", sampler="ddim", steps=steps[1], guidance="cfg", scale=3.0, self_condition=self_condition)]
+
+
+METHOD_SCALES = (1.0, 2.0, 3.0, 5.0, 8.0)
+
+
+def guidance_method_rows(config: EvalConfig, available: set[str]) -> list[dict]:
+    """The guidance-methods part: every method of guidance.GUIDANCE_METHODS the checkpoint allows, on one scale
+    grid, DDIM-50 (self-conditioning off, as the guidance table), the same noise for every point."""
+    scales = (3.0,) if config.quick else METHOD_SCALES
+    steps = 4 if config.quick else 50
+    return [dict(measure="guidance-methods", method=name, sampler="ddim", steps=steps, **method.settings, scale=s)
+            for name, method in GUIDANCE_METHODS.items() if name in available for s in scales]
 
 
 def likelihood_rows(config: EvalConfig, kind: str) -> list[dict]:
@@ -179,6 +194,18 @@ class Evaluator:
         images = to_model_range(self.test_set.images[: self.config.reference])
         return evaluator_outputs(self.evaluator, images)[1], texture_statistics(self.evaluator, images)
 
+    def available_methods(self) -> set[str]:
+        """The guidance methods this checkpoint allows: CFG and its variants with a null class, classifier guidance
+        with a noisy classifier, autoguidance with a -weak sibling."""
+        methods = set()
+        if self.model.config.get("null_class") is not None:
+            methods |= {n for n, m in GUIDANCE_METHODS.items() if m.settings["guidance"] == "cfg"}
+        if self.cache.names("noisy-classifier"):
+            methods.add("classifier")
+        if f"{self.config.checkpoint}-weak" in self.cache.names("denoiser"):
+            methods.add("autoguidance")
+        return methods
+
     def score(self, **request_fields) -> dict:
         """Sample config.samples images (equal share per class) with one request setting and score them.
 
@@ -186,7 +213,8 @@ class Evaluator:
         c = self.config
         row = dict(request_fields)
         seed = request_fields.pop("seed", c.seed)
-        request_fields.pop("measure", None)  # marks a row of the texture part (it has its own key)
+        request_fields.pop("measure", None)  # marks a row of the texture or methods part (it has its own key)
+        request_fields.pop("method", None)  # a guidance method's name; its settings are the row's request fields
         per_class = max(1, c.samples // self.classes)
         images, labels, nfe, seconds = [], [], 0, 0.0
         for label in range(self.classes):
@@ -348,6 +376,8 @@ class Evaluator:
                        "quality_bar": [dict(temperature=1.0)]}
         planned["likelihood"] = likelihood_rows(c, self.kind)
         planned["texture"] = texture_rows(c, self.kind, model.kind == "denoiser" and model.self_condition)
+        if self.kind == "denoiser":
+            planned["guidance_methods"] = guidance_method_rows(c, self.available_methods())
         planned["probes"] = [dict(probes="unconditional", images=c.probe_images,
                                   **({"tolerance": LENS_ODE.rtol} if self.kind == "denoiser" else {"method": "exact"}))]
 
@@ -435,6 +465,13 @@ def markdown_tables(results: dict) -> str:
                   "| mode | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
         for r in results["guidance"]:
             lines.append(f"| {r['guidance']} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | "
+                         f"{r['diversity']:.3f} |")
+    if results.get("guidance_methods"):
+        lines += ["", "Guidance methods (DDIM-50, self-conditioning off, the same noise for every point; each "
+                      "method at its paper's suggested setting, guidance.GUIDANCE_METHODS):", "",
+                  "| method | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
+        for r in results["guidance_methods"]:
+            lines.append(f"| {r['method']} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | "
                          f"{r['diversity']:.3f} |")
     if results.get("seed_spread"):
         rows = results["seed_spread"]
@@ -536,6 +573,34 @@ def plot_results(results: dict, out_dir: Path):
         plot_guidance(results, out_dir / f"{name}-guidance.png", plt)
     if results.get("temperatures"):
         plot_temperatures(results, out_dir / f"{name}-temperature.png", plt)
+    if results.get("guidance_methods"):
+        plot_guidance_methods(results, out_dir / f"{name}-guidance-methods.png", plt)
+
+
+def plot_guidance_methods(results: dict, path: Path, plt):
+    """Accuracy and feature FID against scale, and FID against accuracy (the trade-off), one line per method."""
+    rows = results["guidance_methods"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted((r["scale"], r["accuracy"], r["fid"]) for r in rows if r["method"] == method)
+        label = GUIDANCE_METHODS[method].label if method in GUIDANCE_METHODS else method
+        axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        axes[1].plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+        axes[2].plot([p[1] for p in points], [p[2] for p in points], marker="o", label=label)
+    real = results.get("real_data")
+    if real:
+        for ax, key in ((axes[0], "accuracy"), (axes[1], "fid"), (axes[2], "fid")):
+            ax.axhline(real[key], color="0.5", linestyle="--", label="real images")
+    axes[0].set(xlabel="guidance scale", title="class accuracy (evaluator)", ylim=(0, 1.02))
+    axes[1].set(xlabel="guidance scale", title="feature FID (lower is better)", yscale="log")
+    axes[2].set(xlabel="class accuracy", ylabel="feature FID", title="the trade-off (lower right is better)",
+                yscale="log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{results['checkpoint']}: guidance methods against scale ({results['config']['samples']} samples "
+                 f"per point, DDIM-50)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_temperatures(results: dict, path: Path, plt):

@@ -138,3 +138,21 @@ def test_an_interrupted_run_keeps_earlier_rows_that_come_later_in_the_table(setu
         evaluator.run(parts=("samplers",), self_conditioning=(False, True))
     saved = json.loads((Path(config.out_dir) / "tiny.json").read_text())
     assert [r["self_condition"] for r in saved["samplers"]] == [False, True, True, True]
+
+
+def test_guidance_methods_part_scores_every_method_the_checkpoint_allows_and_plots_them(setup):
+    import shutil
+
+    folder, config = setup
+    shutil.copy(folder / "tiny.safetensors", folder / "tiny-weak.safetensors")  # autoguidance's guide
+    results = Evaluator(config).run(parts=("guidance-methods",))
+    rows = results["guidance_methods"]
+    assert [r["method"] for r in rows] == ["cfg", "cfg-rescale", "interval", "apg", "dynamic-threshold",
+                                           "autoguidance", "classifier"]
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["apg"]["apg_momentum"] == -0.5 and by_method["cfg-rescale"]["rescale"] == 0.7
+    # the weak model is a copy: autoguidance by an identical model is the conditional model at any scale
+    assert by_method["autoguidance"]["fid"] != by_method["cfg"]["fid"]
+    assert all(r["samples"] == 20 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert (Path(config.out_dir) / "tiny-guidance-methods.png").stat().st_size > 10_000
+    assert "| apg | 3 |" in (Path(config.out_dir) / "tiny.md").read_text()
