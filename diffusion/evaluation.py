@@ -118,7 +118,7 @@ def texture_rows(config: EvalConfig, kind: str, self_condition: bool) -> list[di
             dict(measure="texture", sampler="ddim", steps=steps[1], guidance="cfg", scale=3.0, self_condition=self_condition)]
 
 
-METHOD_SCALES = (1.0, 2.0, 3.0, 5.0, 8.0)
+METHOD_SCALES = (2.0, 4.0, 7.0)  # at 1 every CFG variant is the conditional model
 
 
 def guidance_method_rows(config: EvalConfig, available: set[str]) -> list[dict]:
@@ -128,6 +128,7 @@ def guidance_method_rows(config: EvalConfig, available: set[str]) -> list[dict]:
     steps = 4 if config.quick else 50
     return [dict(measure="guidance-methods", method=name, sampler="ddim", steps=steps, **method.settings, scale=s)
             for name, method in GUIDANCE_METHODS.items() if name in available for s in scales]
+    # classifier guidance is left to the guidance table: it needs scales near 8 to do anything
 
 
 def likelihood_rows(config: EvalConfig, kind: str) -> list[dict]:
@@ -195,13 +196,11 @@ class Evaluator:
         return evaluator_outputs(self.evaluator, images)[1], texture_statistics(self.evaluator, images)
 
     def available_methods(self) -> set[str]:
-        """The guidance methods this checkpoint allows: CFG and its variants with a null class, classifier guidance
-        with a noisy classifier, autoguidance with a -weak sibling."""
+        """The guidance methods this part compares: CFG and its variants with a null class, autoguidance with a -weak
+        sibling (classifier guidance has its rows in the guidance table)."""
         methods = set()
         if self.model.config.get("null_class") is not None:
             methods |= {n for n, m in GUIDANCE_METHODS.items() if m.settings["guidance"] == "cfg"}
-        if self.cache.names("noisy-classifier"):
-            methods.add("classifier")
         if f"{self.config.checkpoint}-weak" in self.cache.names("denoiser"):
             methods.add("autoguidance")
         return methods

@@ -148,7 +148,7 @@ def test_guidance_methods_part_scores_every_method_the_checkpoint_allows_and_plo
     results = Evaluator(config).run(parts=("guidance-methods",))
     rows = results["guidance_methods"]
     assert [r["method"] for r in rows] == ["cfg", "cfg-rescale", "interval", "apg", "dynamic-threshold",
-                                           "autoguidance", "classifier"]
+                                           "autoguidance"]
     by_method = {r["method"]: r for r in rows}
     assert by_method["apg"]["apg_momentum"] == -0.5 and by_method["cfg-rescale"]["rescale"] == 0.7
     # the weak model is a copy: autoguidance by an identical model is the conditional model at any scale
