@@ -374,6 +374,34 @@ def _has_colour(png_bytes: bytes) -> bool:
 
 @pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
                     reason="needs Debian's chromium (CI installs it)")
+@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (CI installs it)")
+def test_browser_xy_grid_and_a_guidance_method(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(server)
+        page.get_by_text("Guidance methods (each is plain CFG at its default)").click()
+        rescale = page.get_by_label("number input for CFG rescale phi")
+        rescale.fill("0.7")
+        rescale.press("Enter")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_selector("text=images/s", timeout=60_000)
+        page.get_by_role("tab", name="X/Y grid").click()
+        page.get_by_label("X: values").fill("1, 3")
+        page.get_by_role("button", name="Make grid").click()
+        page.wait_for_selector("text=class confidence", timeout=60_000)
+        assert page.get_by_text("| ode |").count() == 0  # rendered as a table, not raw Markdown
+        assert page.locator("table tr").count() >= 5  # header + 2 x 2 cells
+        page.get_by_label("X: values").fill("1-100")
+        page.get_by_role("button", name="Make grid").click()
+        page.wait_for_selector("text=at most 8 values", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "xy.png"))
+        browser.close()
+
+
 def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
