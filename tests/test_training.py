@@ -154,7 +154,20 @@ def test_two_process_ddp_ranks_end_identical(tmp_path):
     run = Path(config.run_dir)
     digests = [(run / f"digest-rank{r}.txt").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "state.safetensors")
+    assert not torch.equal(saved["rng.torch.rank0"], saved["rng.torch.rank1"])  # each rank draws its own noise
     state = Trainer(replace(config, steps=4), dataset=load_image_folder(folder, 8))
     state.load_state()
     assert state.step == 4
     assert state.world == 1 and weights_digest(state.network) == digests[0]
+
+
+def test_learning_rate_warms_up_linearly_then_drops():
+    from diffusion.training.trainer import learning_rate
+
+    config = TrainConfig(lr=1e-3, warmup_steps=4, lr_drop_at=10, lr_drop_factor=0.2)
+    rates = [learning_rate(config, step) for step in (0, 1, 3, 9, 10, 50)]
+    assert rates == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3, 2e-4, 2e-4])
+    assert learning_rate(replace(config, lr_drop_at=0), 50) == pytest.approx(1e-3)

@@ -54,6 +54,20 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The rate of step `step` (0-based): linear warm-up to config.lr over warmup_steps, then constant, times
+    lr_drop_factor from step lr_drop_at on. Parameter groups scale it by their own "lr_scale"."""
+    warmup = min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    drop = config.lr_drop_factor if config.lr_drop_at and step >= config.lr_drop_at else 1.0
+    return config.lr * warmup * drop
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Each process draws its own times, noise and label dropout: the same seed on every rank would give every
+    rank the same draws on different images."""
+    return seed + 1_000_003 * rank
+
+
 # --- the trainer ------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None, device=None):
@@ -68,6 +82,7 @@ class Trainer:
                       if self.world > 1 else self.network)
         self.optimizer = torch.optim.AdamW(self.task.parameter_groups(self.network), lr=c.lr,
                                            weight_decay=c.weight_decay)
+        torch.manual_seed(rank_seed(c.seed, self.rank))  # the weights are equal on every rank; the draws are not
         self.ema = EMA(self.network, beta=c.ema_decay, update_after_step=0, update_every=1, power=c.ema_power,
                        include_online_model=False)
         self.sampler = DistributedSampler(range(len(self.dataset)), num_replicas=self.world, rank=self.rank,
@@ -101,9 +116,8 @@ class Trainer:
 
     def train_step(self) -> float:
         c = self.config
-        drop = c.lr_drop_factor if c.lr_drop_at and self.step >= c.lr_drop_at else 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = group.get("lr_scale", 1.0) * c.lr * drop * min(1.0, (self.step + 1) / max(c.warmup_steps, 1))
+            group["lr"] = group.get("lr_scale", 1.0) * learning_rate(c, self.step)
         images, labels = self.batch_for_step(self.step)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.bf16 and self.device.type == "cuda")
         with autocast:
@@ -157,8 +171,20 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     # --- state ----------------------------------------------------------------------------
+    def rng_states(self) -> dict[str, torch.Tensor]:
+        """This process's random-number states: the CPU generator's and, on a GPU, the device's."""
+        states = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
     def save_state(self):
-        """Model, EMA, optimizer, step and RNG in one safetensors file, written atomically (rank 0)."""
+        """Model, EMA, optimizer, step and every rank's RNG states in one safetensors file, written atomically by
+        rank 0 (every rank must call it: the RNG states are gathered)."""
+        ranks = [self.rng_states()]
+        if self.world > 1:
+            ranks = [None] * self.world
+            dist.all_gather_object(ranks, {k: v.cpu() for k, v in self.rng_states().items()})
         if self.rank != 0:
             return
         tensors = {f"model.{k}": v for k, v in self.network.state_dict().items()}
@@ -167,7 +193,8 @@ class Trainer:
         for index, state in optimizer["state"].items():
             for key, value in state.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-        tensors["rng.torch"] = torch.get_rng_state()
+        for rank, states in enumerate(ranks):
+            tensors |= {f"rng.{name}.rank{rank}": state for name, state in states.items()}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         metadata = {"step": str(self.step), "wall_seconds": repr(self.wall_seconds),
                     "config": json.dumps(self.config.to_dict()),
@@ -189,7 +216,15 @@ class Trainer:
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value
         self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-        torch.set_rng_state(tensors["rng.torch"])
+        own = f"rank{self.rank}"
+        if self.rank == 0 and "rng.torch" in tensors:  # a state file from before per-rank states
+            tensors[f"rng.torch.{own}"] = tensors["rng.torch"]
+        if f"rng.torch.{own}" not in tensors:
+            raise ValueError(f"{path} holds no random-number state for rank {self.rank} (saved by fewer processes); "
+                             f"resume with as many processes as the run had")
+        torch.set_rng_state(tensors[f"rng.torch.{own}"])
+        if self.device.type == "cuda" and f"rng.cuda.{own}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{own}"], self.device)
         self.step, self.wall_seconds = int(metadata["step"]), float(metadata["wall_seconds"])
 
     # --- outputs --------------------------------------------------------------------------
