@@ -180,6 +180,8 @@ def command_cards(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .guidance import GUIDANCE_MODES
+    from .sampling import SAMPLERS
     from .schedules import SPACINGS
     from .training import PRESETS, TrainConfig
 
@@ -203,12 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sample.add_argument("--checkpoint", required=True, help="checkpoint file or name in --checkpoint-dir")
     sample.add_argument("--checkpoint-dir", default="checkpoints")
-    sample.add_argument("--sampler", choices=["ddpm", "ddim", "ode"], help="denoisers (default ddim)")
+    sample.add_argument("--sampler", choices=list(SAMPLERS), help="denoisers (default ddim)")
     sample.add_argument("--solver", help="ODE solver: euler, heun, dpm++2m (default heun)")
     sample.add_argument("--steps", type=int, help="denoisers (default 50)")
     sample.add_argument("--eta", type=float, help="DDIM eta (default 0)")
     sample.add_argument("--spacing", choices=list(SPACINGS), help="time spacing (default uniform; leading: diffusers' default)")
-    sample.add_argument("--guidance", choices=["none", "cfg", "classifier"], help="denoisers (default cfg)")
+    sample.add_argument("--guidance", choices=list(GUIDANCE_MODES), help="denoisers (default cfg; autoguidance guides "
+                        "with CHECKPOINT-weak)")
     sample.add_argument("--class", dest="class_index", default="0", help="class index, or 'all' for one row per class")
     sample.add_argument("--scale", type=float, help="guidance scale (default 3)")
     sample.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=None,

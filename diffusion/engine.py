@@ -26,10 +26,9 @@ from .checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoin
 from .denoiser import Denoiser
 from .guidance import GUIDANCE_MODES, Guidance
 from .diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
-from .sampling import ODE_SOLVERS, draw_noise, image_generators, ode_nfe, sample_ddim, sample_ddpm, sample_ode
+from .sampling import ODE_SOLVERS, SAMPLERS, draw_noise, image_generators
 from .schedules import SPACINGS, time_grid
 
-SAMPLERS = ("ddpm", "ddim", "ode")
 MAX_LOG_SNR = 30.0  # guidance intervals are given in log-SNR; every schedule here spans less than [-30, 30]
 MAX_STEPS = 1000
 MAX_BATCH = 64
@@ -345,8 +344,13 @@ Progress = Callable[[int, int], None]  # (network evaluations done, total)
 Preview = Callable[[int, float, torch.Tensor, torch.Tensor], None]  # (step, t, x_t, x0_hat)
 
 
+def sampler_options(request: SampleRequest) -> dict:
+    """The request fields its sampler reads (sampling.SAMPLERS)."""
+    return {name: getattr(request, name) for name in SAMPLERS[request.sampler].options}
+
+
 def expected_nfe(request: SampleRequest) -> int:
-    return ode_nfe(request.solver, request.steps) if request.sampler == "ode" else request.steps
+    return SAMPLERS[request.sampler].nfe(int(request.steps), **sampler_options(request))
 
 
 def load_for(cache: ModelCache, request: SampleRequest | FlowRequest, model: LoadedModel | None = None) -> LoadedModel:
@@ -479,13 +483,8 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
                 if preview:
                     preview(step, t, x_t, x0_hat)
 
-            if request.sampler == "ddpm":
-                images = sample_ddpm(counted, x_T, grid, schedule=schedule, generators=generators, callback=callback)
-            elif request.sampler == "ddim":
-                images = sample_ddim(counted, x_T, grid, schedule=schedule, generators=generators,
-                                     eta=float(request.eta), callback=callback)
-            else:
-                images = sample_ode(counted, x_T, grid, schedule=schedule, solver=request.solver, callback=callback)
+            images = SAMPLERS[request.sampler].sample(counted, x_T, grid, schedule=schedule, generators=generators,
+                                                      callback=callback, **sampler_options(request))
             images = _finite(images.float(), request).clamp(-1, 1).cpu()
     return SampleResult(images, denoise.nfe, time.perf_counter() - started, denoise.trace, request, trajectory)
 

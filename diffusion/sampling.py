@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -161,3 +162,36 @@ def sample_ode(denoise: Denoise, x_T, grid, *, schedule: Schedule, solver: str =
 def ode_nfe(solver: str, steps: int) -> int:
     """Network evaluations of sample_ode: Heun evaluates twice per step except the last."""
     return 2 * steps - 1 if solver == "heun" else steps
+
+
+# --- the registry -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler as the engine, the app and the CLI see it: a label, the sampling function, the request fields it
+    reads (passed by name), and its network evaluations for a number of steps."""
+
+    label: str
+    sample: Callable  # (denoise, x_T, grid, *, schedule, generators, callback, **options) -> x_0
+    options: tuple[str, ...]
+    nfe: Callable[..., int]  # (steps, **options) -> network evaluations
+
+
+def _ddpm(denoise, x_T, grid, *, schedule, generators, callback=None):
+    return sample_ddpm(denoise, x_T, grid, schedule=schedule, generators=generators, callback=callback)
+
+
+def _ddim(denoise, x_T, grid, *, schedule, generators, callback=None, eta=0.0):
+    return sample_ddim(denoise, x_T, grid, schedule=schedule, generators=generators, eta=float(eta), callback=callback)
+
+
+def _ode(denoise, x_T, grid, *, schedule, generators, callback=None, solver="heun"):
+    return sample_ode(denoise, x_T, grid, schedule=schedule, solver=solver, callback=callback)
+
+
+# The one list of samplers: adding one here puts it in the engine's validation, the app's sampler choices, the CLI
+# and the X/Y grid.
+SAMPLERS = {
+    "ddpm": SamplerSpec("DDPM (ancestral)", _ddpm, (), lambda steps: steps),
+    "ddim": SamplerSpec("DDIM", _ddim, ("eta",), lambda steps, eta=0.0: steps),
+    "ode": SamplerSpec("ODE (probability flow)", _ode, ("solver",), lambda steps, solver="heun": ode_nfe(solver, steps)),
+}

@@ -7,10 +7,11 @@ import gradio as gr
 
 from ..engine import ModelCache, RequestError, SampleRequest, image_shape
 from ..guidance import GUIDANCE_METHODS
+from ..sampling import SAMPLERS
 from ..schedules import SPACINGS
 from .common import user_error, widget_bool, widget_class, widget_number
 
-SAMPLER_LABELS = [("DDPM (ancestral)", "ddpm"), ("DDIM", "ddim"), ("ODE (probability flow)", "ode")]
+SAMPLER_LABELS = [(spec.label, name) for name, spec in SAMPLERS.items()]
 # Each guidance mode's own starting scale: classifier guidance with our small noisy classifier needs ~8 to reach
 # 90 % evaluator accuracy (docs/evaluation), where classifier-free guidance is at 99 % by 3.
 # Autoguidance's weak model differs from the strong one less than the unconditional branch does, so it needs a
