@@ -255,6 +255,24 @@ def test_xy_grid_refuses_bad_axes_before_any_work(client, x_field, x_values, y_f
                        api_name="/xy_grid")
 
 
+def test_autoguidance_through_the_api(app_cache, client):
+    from gradio_client.exceptions import AppError
+
+    args = ("tiny", "ddim", "heun", 3, 0.0, "uniform", "autoguidance", 1, 2.0, False, 4, 2)
+    with pytest.raises(AppError, match="tiny-weak"):
+        client.predict(*args, api_name="/generate")
+    weak = app_cache.checkpoint_dir / "tiny-weak.safetensors"
+    shutil.copy(app_cache.checkpoint_dir / "tiny-flow.safetensors", weak)  # another family: refused
+    try:
+        with pytest.raises(AppError, match="family"):
+            client.predict(*args, api_name="/generate")
+        shutil.copy(app_cache.checkpoint_dir / "tiny.safetensors", weak)
+        gallery, _, status, _ = client.predict(*args, api_name="/generate")
+        assert len(gallery) == 2 and "NFE 3" in status
+    finally:
+        weak.unlink()
+
+
 def test_autoguidance_is_offered_where_a_weak_sibling_exists(tmp_path):
     from diffusion.app.controls import class_and_guidance
     from diffusion.engine import ModelCache
