@@ -26,11 +26,12 @@ from .checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoin
 from .denoiser import Denoiser
 from .guidance import GUIDANCE_MODES, Guidance
 from .diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
-from .sampling import ODE_SOLVERS, SAMPLERS, draw_noise, image_generators
+from .sampling import MAX_SDE_LOG_SNR_STEP, ODE_SOLVERS, SAMPLERS, draw_noise, image_generators, log_snr_step
 from .schedules import SPACINGS, time_grid
 
 MAX_LOG_SNR = 30.0  # guidance intervals are given in log-SNR; every schedule here spans less than [-30, 30]
 MAX_STEPS = 1000
+MAX_NFE = 5000  # network evaluations of one request (the stochastic samplers multiply steps)
 MAX_BATCH = 64
 MAX_SCALE = 100.0
 MAX_SEED = 2**63 - 1
@@ -53,6 +54,12 @@ class SampleRequest:
     solver: str = "heun"  # ode only: euler | heun | dpm++2m
     steps: int = 50
     eta: float = 0.0  # ddim only
+    stochasticity: float = 1.0  # sde: 0 the probability-flow ODE, 1 the reverse SDE
+    predictor: str = "ddpm"  # pc: ddpm (ancestral) or ddim step before the correctors
+    correctors: int = 1  # pc: Langevin corrector steps per step (one network evaluation each)
+    snr: float = 0.16  # pc: the correctors' signal-to-noise ratio r (Song et al. 2021 use 0.16 on CIFAR-10)
+    langevin_steps: int = 5  # langevin: steps per noise level
+    step_size: float = 1.0  # langevin: c in a = c (sigma / alpha)^2
     spacing: str = "uniform"  # uniform | log-snr
     guidance: str = "cfg"  # none | cfg | classifier | autoguidance
     class_index: int | None = 0  # None: unconditional (guidance "none" only)
@@ -132,6 +139,7 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
                                f"{request.checkpoint!r} has the continuous {model.schedule.name!r} schedule")
         _check_number("steps (leading spacing)", request.steps, 1, discrete.steps, integer=True)
     _check_number("eta", request.eta, 0.0, 1.0)
+    _check_stochastic_sampler(request, model)
     _check_images(request, max_batch)
     _check_number("guidance scale", request.scale, 0.0, MAX_SCALE)
     if request.guidance not in GUIDANCE_MODES:
@@ -151,6 +159,32 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
         raise RequestError(f"clip_x0 must be true, false or null, got {request.clip_x0!r:.40}")
     if request.self_condition and not model.self_condition:
         raise RequestError(f"checkpoint {request.checkpoint!r} was not trained with self-conditioning")
+
+
+def _check_stochastic_sampler(request: SampleRequest, model: LoadedModel):
+    """The sde, pc and langevin samplers' settings, their NFE, and Euler-Maruyama's stability on this grid."""
+    if request.sampler == "sde":
+        _check_number("stochasticity", request.stochasticity, 0.0, 1.0)
+        points = [tuple(map(float, model.schedule.alpha_sigma(t))) for t in
+                  time_grid(model.schedule, int(request.steps), request.spacing).double()]
+        steps = [log_snr_step(*points[i], *points[i + 1]) for i in range(len(points) - 1)]
+        worst = max((d for d in steps if math.isfinite(d)), default=0.0)  # infinite steps take no Langevin part
+        if request.stochasticity > 0 and worst >= MAX_SDE_LOG_SNR_STEP:
+            raise RequestError(f"the reverse SDE's Euler-Maruyama step is unstable on this grid: one step crosses "
+                               f"{worst:.1f} in log-SNR (at most {MAX_SDE_LOG_SNR_STEP:g}); take more steps or "
+                               f"'uniform in log-SNR' spacing")
+    if request.sampler == "pc":
+        if request.predictor not in ("ddpm", "ddim"):
+            raise RequestError(f"unknown predictor {request.predictor!r:.40}; choose ddpm or ddim")
+        _check_number("corrector steps", request.correctors, 0, 10, integer=True)
+        _check_number("corrector signal-to-noise ratio", request.snr, 0.001, 1.0)
+    if request.sampler == "langevin":
+        _check_number("Langevin steps per level", request.langevin_steps, 1, 50, integer=True)
+        _check_number("Langevin step size", request.step_size, 0.001, 2.0)
+        _check_number("steps (annealed Langevin: noise levels + 1)", request.steps, 2, MAX_STEPS, integer=True)
+    nfe = expected_nfe(request)
+    if nfe > MAX_NFE:
+        raise RequestError(f"this request needs {nfe:,} network evaluations per image batch; at most {MAX_NFE:,}")
 
 
 def _check_guidance_modifiers(request: SampleRequest):

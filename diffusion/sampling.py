@@ -159,6 +159,118 @@ def sample_ode(denoise: Denoise, x_T, grid, *, schedule: Schedule, solver: str =
     return x
 
 
+# --- stochastic samplers (score-based SDEs) ---------------------------------------------------
+# The score is grad log p_t(x) = -eps_hat / sigma_t. Every noise draw comes from the per-image generators.
+MAX_SDE_LOG_SNR_STEP = 2.0  # Euler-Maruyama's Langevin part inflates a Gaussian's variance by 1 / (1 - dl/4)
+
+
+def log_snr_step(alpha_t, sigma_t, alpha_s, sigma_s) -> float:
+    """lambda_s - lambda_t, lambda = log(alpha^2 / sigma^2); +inf from alpha_t = 0 or onto sigma_s = 0."""
+    if alpha_t <= 0 or sigma_s <= 0:
+        return math.inf
+    return 2 * math.log((alpha_s * sigma_t) / (sigma_s * alpha_t))
+
+
+def sample_sde(denoise: Denoise, x_T, grid, *, schedule: Schedule, generators, stochasticity: float = 1.0,
+               callback: Callback = None):
+    """The reverse-SDE family dx = [f x - (1 + l^2)/2 g^2 score] dt + l g dw (Zhang & Chen 2022, eq. 4; l = 0 the
+    probability-flow ODE, l = 1 the reverse SDE of Song et al. 2021), split as Karras et al. 2022 (eq. 6) do: the
+    ODE part by the ODE sampler's Euler (DDIM) step, the rest, a Langevin diffusion of strength l^2, by
+    Euler-Maruyama in lambda (g^2 dt = -sigma^2 dlambda):
+
+        x_s = ddim_step(x0_hat, eps_hat) - (l^2 / 2) sigma_t dlambda eps_hat + l sigma_t sqrt(dlambda) z
+
+    l = 0 is the ODE sampler exactly. A step from alpha_t = 0 (pure noise) or onto sigma_s = 0 (the data) has no
+    Langevin part: there dlambda is infinite. Larger dlambda makes Euler-Maruyama unstable (variance x 1/(1 -
+    dlambda/4) on a Gaussian), so the engine asks for steps below MAX_SDE_LOG_SNR_STEP (log-SNR spacing helps)."""
+    x = x_T
+    for step, (t, s) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist())):
+        x0, eps = denoise(x, t)
+        alpha_t, sigma_t = _alpha_sigma(schedule, t)
+        alpha_s, sigma_s = _alpha_sigma(schedule, s)
+        x_next = ddim_step(x0, eps, alpha_s, sigma_s)
+        d_lambda = log_snr_step(alpha_t, sigma_t, alpha_s, sigma_s)
+        if stochasticity > 0 and math.isfinite(d_lambda):
+            noise = draw_noise(generators, x.shape[1:], x.device, x.dtype)
+            x_next = (x_next - 0.5 * stochasticity**2 * sigma_t * d_lambda * eps
+                      + stochasticity * sigma_t * math.sqrt(d_lambda) * noise)
+        x = x_next
+        if callback:
+            callback(step, s, x, x0)
+    return x
+
+
+def langevin_step(x, eps, sigma, step_size, noise):
+    """One Langevin step on p_t: x + (a/2) score + sqrt(a) z, score = -eps_hat / sigma (a: a number or per image)."""
+    return x - (0.5 * step_size / sigma) * eps + step_size**0.5 * noise
+
+
+def corrector_step_size(eps, noise, sigma, snr: float) -> torch.Tensor:
+    """Song et al. 2021, Alg. 4-5: a = 2 (r ||z|| / ||score||)^2 per image, so the step's noise is r times its drift."""
+    score_norm = (eps.flatten(1).norm(dim=1) / sigma).clamp_min(1e-12)
+    ratio = snr * noise.flatten(1).norm(dim=1) / score_norm
+    return (2 * ratio**2).reshape(-1, *([1] * (eps.ndim - 1)))
+
+
+def sample_pc(denoise: Denoise, x_T, grid, *, schedule: Schedule, generators, predictor: str = "ddpm",
+              correctors: int = 1, snr: float = 0.16, callback: Callback = None):
+    """Predictor-corrector (Song et al. 2021, Alg. 5 for VP): each step a predictor (the DDPM ancestral step or
+    the DDIM / ODE-Euler step) to the next noise level, then `correctors` Langevin steps on p_s with the step
+    size set by the signal-to-noise ratio r. Each corrector step costs one network evaluation; none at sigma = 0."""
+    if predictor not in ("ddpm", "ddim"):
+        raise ValueError(f"unknown predictor {predictor!r}; expected 'ddpm' or 'ddim'")
+    x = x_T
+    for step, (t, s) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist())):
+        x0, eps = denoise(x, t)
+        alpha_t, sigma_t = _alpha_sigma(schedule, t)
+        alpha_s, sigma_s = _alpha_sigma(schedule, s)
+        if predictor == "ddpm":
+            mean, std = posterior_mean_std(x, x0, alpha_t, sigma_t, alpha_s, sigma_s)
+            x = mean + std * draw_noise(generators, x.shape[1:], x.device, x.dtype) if std > 0 else mean
+        else:
+            x = ddim_step(x0, eps, alpha_s, sigma_s)
+        for _ in range(correctors if sigma_s > 0 else 0):
+            _, eps_s = denoise(x, s)
+            noise = draw_noise(generators, x.shape[1:], x.device, x.dtype)
+            x = langevin_step(x, eps_s, sigma_s, corrector_step_size(eps_s, noise, sigma_s, snr), noise)
+        if callback:
+            callback(step, s, x, x0)
+    return x
+
+
+def sample_langevin(denoise: Denoise, x_T, grid, *, schedule: Schedule, generators, langevin_steps: int = 5,
+                    step_size: float = 1.0, callback: Callback = None):
+    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1; SMLD / NCSN): corrector-only sampling, T Langevin
+    steps on each noise level of the grid, then x0_hat at the last level (Tweedie's formula, as NCSNv2's final
+    denoising step).
+
+    SMLD's levels are variance-exploding: the signal keeps its scale and only the noise shrinks. So the chain runs
+    in x~ = x / alpha_t, whose noise is sigma~ = sigma_t / alpha_t, with step a = c sigma~^2 (their
+    alpha_i = eps sigma_i^2 / sigma_L^2, c = eps / sigma_L^2) and score -eps_hat / sigma~. In x itself the signal
+    scale alpha_t would move between levels faster than a low-noise chain mixes. The levels are the grid's inner
+    points (its ends are pure noise and data); x_T is taken as a draw of the first level."""
+    levels = grid[1:-1].tolist()
+    if not levels or min(min(_alpha_sigma(schedule, t)) for t in levels) <= 0:
+        raise ValueError("annealed Langevin needs a grid of at least 2 steps whose inner points are noisy images")
+    x_tilde = x_T / _alpha_sigma(schedule, levels[0])[0]
+    for step, t in enumerate(levels):
+        alpha, sigma = _alpha_sigma(schedule, t)
+        sigma_tilde = sigma / alpha
+        a = step_size * sigma_tilde**2
+        for _ in range(langevin_steps):
+            _, eps = denoise(alpha * x_tilde, t)
+            x_tilde = langevin_step(x_tilde, eps, sigma_tilde, a, draw_noise(generators, x_T.shape[1:], x_T.device, x_T.dtype))
+        if callback:
+            callback(step, t, alpha * x_tilde, x_tilde)
+    x0, _ = denoise(_alpha_sigma(schedule, levels[-1])[0] * x_tilde, levels[-1])
+    return x0
+
+
+def langevin_nfe(grid_steps: int, langevin_steps: int) -> int:
+    """sample_langevin's network evaluations on a grid of `grid_steps` steps: T on each inner point, then one."""
+    return (grid_steps - 1) * langevin_steps + 1
+
+
 def ode_nfe(solver: str, steps: int) -> int:
     """Network evaluations of sample_ode: Heun evaluates twice per step except the last."""
     return 2 * steps - 1 if solver == "heun" else steps
@@ -190,8 +302,28 @@ def _ode(denoise, x_T, grid, *, schedule, generators, callback=None, solver="heu
 
 # The one list of samplers: adding one here puts it in the engine's validation, the app's sampler choices, the CLI
 # and the X/Y grid.
+def _sde(denoise, x_T, grid, *, schedule, generators, callback=None, stochasticity=1.0):
+    return sample_sde(denoise, x_T, grid, schedule=schedule, generators=generators,
+                      stochasticity=float(stochasticity), callback=callback)
+
+
+def _pc(denoise, x_T, grid, *, schedule, generators, callback=None, predictor="ddpm", correctors=1, snr=0.16):
+    return sample_pc(denoise, x_T, grid, schedule=schedule, generators=generators, predictor=predictor,
+                     correctors=int(correctors), snr=float(snr), callback=callback)
+
+
+def _langevin(denoise, x_T, grid, *, schedule, generators, callback=None, langevin_steps=5, step_size=1.0):
+    return sample_langevin(denoise, x_T, grid, schedule=schedule, generators=generators,
+                           langevin_steps=int(langevin_steps), step_size=float(step_size), callback=callback)
+
+
 SAMPLERS = {
     "ddpm": SamplerSpec("DDPM (ancestral)", _ddpm, (), lambda steps: steps),
     "ddim": SamplerSpec("DDIM", _ddim, ("eta",), lambda steps, eta=0.0: steps),
     "ode": SamplerSpec("ODE (probability flow)", _ode, ("solver",), lambda steps, solver="heun": ode_nfe(solver, steps)),
+    "sde": SamplerSpec("reverse SDE (Euler-Maruyama)", _sde, ("stochasticity",), lambda steps, stochasticity=1.0: steps),
+    "pc": SamplerSpec("predictor-corrector", _pc, ("predictor", "correctors", "snr"),
+                      lambda steps, predictor="ddpm", correctors=1, snr=0.16: steps + int(correctors) * (steps - 1)),
+    "langevin": SamplerSpec("annealed Langevin (SMLD)", _langevin, ("langevin_steps", "step_size"),
+                            lambda steps, langevin_steps=5, step_size=1.0: langevin_nfe(steps, int(langevin_steps))),
 }
