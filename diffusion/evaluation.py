@@ -66,6 +66,10 @@ def sampler_grid(quick: bool) -> list[dict]:
     for spacing in ("log-snr", "uniform"):  # the 2nd-order solvers on both time spacings
         rows += [dict(sampler="ode", solver="heun", steps=s, spacing=spacing) for s in (5, 10, 25)]  # NFE 9, 19, 49
         rows += [dict(sampler="ode", solver="dpm++2m", steps=s, spacing=spacing) for s in (10, 20, 50)]
+    # the score-SDE samplers (issue 17); Euler-Maruyama needs log-SNR steps below 2, hence that spacing
+    rows += [dict(sampler="sde", stochasticity=1.0, steps=s, spacing="log-snr") for s in (50, 100, 250)]
+    rows += [dict(sampler="pc", predictor="ddpm", correctors=1, snr=0.16, steps=s) for s in (25, 50)]  # NFE 49, 99
+    rows += [dict(sampler="langevin", langevin_steps=2, step_size=1.0, steps=s, spacing="log-snr") for s in (25, 50)]
     return rows
 
 

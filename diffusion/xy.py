@@ -23,9 +23,10 @@ from .studies import class_confidence_and_diversity
 MAX_AXIS_VALUES = 8
 MAX_CELLS = 36
 MAX_IMAGE_EVALUATIONS = 20_000  # sum over cells of images x network evaluations (x 2 rows for CFG)
-AXIS_FIELDS = ("checkpoint", "sampler", "solver", "steps", "eta", "spacing", "guidance", "guide", "scale", "rescale",
-               "interval_low", "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold", "class_index",
-               "seed", "self_condition")
+AXIS_FIELDS = ("checkpoint", "sampler", "solver", "steps", "eta", "stochasticity", "predictor", "correctors", "snr",
+               "langevin_steps", "step_size", "spacing", "guidance", "guide", "scale", "rescale", "interval_low",
+               "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold", "class_index", "seed",
+               "self_condition")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*\+?\s*({_NUMBER})\s*\)|\[\s*(\d+)\s*\])?\s*$")
 

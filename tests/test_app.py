@@ -227,7 +227,7 @@ def test_guidance_methods_through_generate_and_the_sweep(client):
 
 def test_xy_grid_through_the_api(client):
     picture, table, png, manifest_path = client.predict(
-        "tiny", "ddim", "heun", 3, "cfg", 1, 2.0, 5, 2, "scale", "1, 3", "sampler", "ddim, ode", api_name="/xy_grid")
+        "tiny", "ddim", "heun", 3, "uniform", "cfg", 1, 2.0, 5, 2, "scale", "1, 3", "sampler", "ddim, ode", api_name="/xy_grid")
     assert Image.open(picture).size == Image.open(png).size
     assert table.count("\n") == 1 + 4 and "| ode | 3 |" in table
     manifest = json.loads(Path(manifest_path).read_text())
@@ -237,7 +237,7 @@ def test_xy_grid_through_the_api(client):
     assert [c["nfe"] for c in cells] == [3, 3, 5, 5]  # Heun: 2 per step, the last step to t=0 Euler: 2 * 3 - 1
     # a range on one axis only
     _, table, _, manifest_path = client.predict(
-        "tiny", "ddim", "heun", 2, "cfg", 1, 2.0, 5, 1, "steps", "1-5 (+2)", "", "", api_name="/xy_grid")
+        "tiny", "ddim", "heun", 2, "uniform", "cfg", 1, 2.0, 5, 1, "steps", "1-5 (+2)", "", "", api_name="/xy_grid")
     assert [c["x"] for c in json.loads(Path(manifest_path).read_text())["cells"]] == [1, 3, 5]
 
 
@@ -251,8 +251,26 @@ def test_xy_grid_through_the_api(client):
 ])
 def test_xy_grid_refuses_bad_axes_before_any_work(client, x_field, x_values, y_field, y_values, message):
     with pytest.raises(Exception, match=message):
-        client.predict("tiny", "ddim", "heun", 3, "cfg", 1, 2.0, 5, 2, x_field, x_values, y_field, y_values,
+        client.predict("tiny", "ddim", "heun", 3, "uniform", "cfg", 1, 2.0, 5, 2, x_field, x_values, y_field, y_values,
                        api_name="/xy_grid")
+
+
+def test_stochastic_samplers_through_generate_and_the_xy_grid(client):
+    plain = ("tiny", "sde", "heun", 20, 0.0, "log-snr", "cfg", 1, 2.0, False, 2, 2)
+    methods = (0.0, None, None, 1.0, 0.0, 0.0, 0.0)
+    gallery, _, status, _ = client.predict(*plain, *methods, 1.0, "ddpm", 1, 0.16, 5, 1.0, api_name="/generate")
+    assert len(gallery) == 2 and "NFE 20" in status
+    _, _, status, _ = client.predict("tiny", "pc", "heun", 4, 0.0, "uniform", "cfg", 1, 2.0, False, 2, 2, *methods,
+                                     1.0, "ddim", 2, 0.2, 5, 1.0, api_name="/generate")
+    assert "NFE 10" in status  # 4 predictor steps + 2 correctors after each of the first 3
+    _, _, status, _ = client.predict("tiny", "langevin", "heun", 4, 0.0, "uniform", "cfg", 1, 2.0, False, 2, 2,
+                                     *methods, 1.0, "ddpm", 1, 0.16, 3, 0.5, api_name="/generate")
+    assert "NFE 10" in status  # 3 inner levels x 3 steps + the final denoising
+    with pytest.raises(Exception, match="unstable on this grid"):
+        client.predict("tiny", "sde", "heun", 8, 0.0, "uniform", "cfg", 1, 2.0, False, 2, 2, api_name="/generate")
+    _, table, _, manifest = client.predict("tiny", "ddim", "heun", 20, "log-snr", "cfg", 1, 2.0, 5, 1, "sampler",
+                                           "ddim, sde, pc, langevin", "", "", api_name="/xy_grid")
+    assert [c["nfe"] for c in json.loads(Path(manifest).read_text())["cells"]] == [20, 20, 39, 96]
 
 
 def test_autoguidance_through_the_api(app_cache, client):

@@ -36,6 +36,36 @@ def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, cla
                          seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "batch size", int))
 
 
+def stochastic_sampler_controls(sampler: str = "ddim"):
+    """The settings of the score-SDE samplers (shown for their sampler only): reverse SDE, predictor-corrector,
+    annealed Langevin."""
+    stochasticity = gr.Slider(0, 1, value=1.0, step=0.05, visible=sampler == "sde",
+                              label="Stochasticity (0 = probability-flow ODE, 1 = reverse SDE)")
+    predictor = gr.Radio([("DDPM step", "ddpm"), ("DDIM step", "ddim")], value="ddpm", label="Predictor",
+                         visible=sampler == "pc")
+    correctors = gr.Slider(0, 10, value=1, step=1, label="Corrector steps per step", visible=sampler == "pc")
+    snr = gr.Slider(0.01, 1, value=0.16, step=0.01, label="Corrector signal-to-noise ratio r", visible=sampler == "pc")
+    langevin_steps = gr.Slider(1, 50, value=5, step=1, label="Langevin steps per noise level",
+                               visible=sampler == "langevin")
+    step_size = gr.Slider(0.01, 2, value=1.0, step=0.01, label="Langevin step size c (a = c (sigma / alpha)^2)",
+                          visible=sampler == "langevin")
+    return [stochasticity, predictor, correctors, snr, langevin_steps, step_size]
+
+
+def stochastic_visibility(sampler):
+    """stochastic_sampler_controls' visibility for a sampler."""
+    return (gr.Slider(visible=sampler == "sde"), *(gr.update(visible=sampler == "pc") for _ in range(3)),
+            *(gr.Slider(visible=sampler == "langevin") for _ in range(2)))
+
+
+def stochastic_settings(stochasticity, predictor, correctors, snr, langevin_steps, step_size) -> dict:
+    """stochastic_sampler_controls' values -> SampleRequest fields."""
+    return dict(stochasticity=widget_number(stochasticity, "stochasticity"), predictor=str(predictor),
+                correctors=widget_number(correctors, "corrector steps", int), snr=widget_number(snr, "corrector SNR"),
+                langevin_steps=widget_number(langevin_steps, "Langevin steps", int),
+                step_size=widget_number(step_size, "Langevin step size"))
+
+
 def guidance_method_controls():
     """The guidance methods' settings (guidance.py), each at its neutral value: left alone, plain guidance."""
     with gr.Accordion("Guidance methods (each is plain CFG at its default)", open=False):

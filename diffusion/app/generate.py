@@ -14,14 +14,16 @@ from ..sampling import ODE_SOLVERS
 from .card import model_summary
 from .common import grid_pil, pil_images, save_png, stream_result, user_error, widget_class, widget_number
 from .controls import (SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, guidance_method_controls, make_request,
-                       method_settings)
+                       method_settings, stochastic_sampler_controls, stochastic_settings, stochastic_visibility)
 
 
 def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition, seed,
              batch_size, rescale=0.0, interval_low=None, interval_high=None, apg_eta=1.0, apg_norm=0.0,
-             apg_momentum=0.0, threshold=0.0, progress=gr.Progress()):
+             apg_momentum=0.0, threshold=0.0, stochasticity=1.0, predictor="ddpm", correctors=1, snr=0.16,
+             langevin_steps=5, step_size=1.0, progress=gr.Progress()):
     try:
         methods = method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold)
+        methods |= stochastic_settings(stochasticity, predictor, correctors, snr, langevin_steps, step_size)
         request = make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
                                self_condition, seed, batch_size, methods)
     except RequestError as error:
@@ -104,6 +106,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver", visible=False)
             steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
             eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta (0 = deterministic, 1 = DDPM-like)")
+            stochastic = stochastic_sampler_controls()
             spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
             guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
             class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
@@ -128,13 +131,13 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             gallery = gr.Gallery(label="Images", columns=8, format="png", height="auto")
             download = gr.File(label="Download PNG grid")
     inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
-              self_condition, seed, batch_size, *methods]
+              self_condition, seed, batch_size, *methods, *stochastic]
     generating = run.click(partial(generate, cache), inputs, [gallery, preview, status, download], api_name="generate",
                            show_progress="minimal", show_progress_on=[status], **sampling)
     stop.click(None, None, None, cancels=[generating], api_name=False)
     dice.click(random_seed, None, seed, api_name=False)
-    sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim")),
-                   sampler, [solver, eta], api_name=False)
+    sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim"), *stochastic_visibility(s)),
+                   sampler, [solver, eta, *stochastic], api_name=False)
     run_flow.click(partial(generate_flow, cache), [checkpoint, class_index, temperature, seed, batch_size],
                    [gallery, preview, status, download], api_name="generate_flow", **sampling)
     checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler],

@@ -14,7 +14,7 @@ from ..sampling import ODE_SOLVERS
 from ..xy import (AXIS_FIELDS, MAX_AXIS_VALUES, MAX_CELLS, MAX_IMAGE_EVALUATIONS, grid_manifest, grid_picture, plan_grid,
                   run_grid, value_label)
 from .common import output_path, stream_result, user_error
-from .controls import SAMPLER_LABELS, make_request, run_and_stop, stop_cancels
+from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, run_and_stop, stop_cancels
 
 XY_TEXT = f"""Put any setting on **X** and another on **Y**, type the values (`1, 2, 4`; ranges `1-8 (+2)` or `0-1 [5]`;
 `none` for an open interval bound or no class), and every cell samples from the **same noise**. Limits: at most
@@ -22,10 +22,10 @@ XY_TEXT = f"""Put any setting on **X** and another on **Y**, type the values (`1
 network evaluations, CFG and autoguidance count twice), checked before any work starts."""
 
 
-def xy_grid(cache: ModelCache, checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, images,
+def xy_grid(cache: ModelCache, checkpoint, sampler, solver, steps, spacing, guidance, class_index, scale, seed, images,
             x_field, x_values, y_field, y_values, progress=gr.Progress()):
     try:
-        base = make_request(checkpoint, sampler, solver, steps, 0.0, "uniform", guidance, class_index, scale, False,
+        base = make_request(checkpoint, sampler, solver, steps, 0.0, spacing, guidance, class_index, scale, False,
                             seed, images)
         plan = plan_grid(cache, base, str(x_field), str(x_values), str(y_field or ""), str(y_values or ""))
     except RequestError as error:
@@ -68,6 +68,7 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
         sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
         solver = gr.Dropdown(list(ODE_SOLVERS), value="dpm++2m", label="ODE solver")
         steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps")
+        spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
     with gr.Row():
         guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
         class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
@@ -85,7 +86,7 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
     with gr.Row():
         png = gr.File(label="PNG")
         manifest = gr.File(label="Manifest (JSON) to reproduce this grid")
-    making = run.click(partial(xy_grid, cache), [checkpoint, sampler, solver, steps, guidance, class_index, scale, seed,
+    making = run.click(partial(xy_grid, cache), [checkpoint, sampler, solver, steps, spacing, guidance, class_index, scale, seed,
                                                  images, x_field, x_values, y_field, y_values],
                        [picture, table, png, manifest], api_name="xy_grid", show_progress="minimal", **sampling)
     stop_cancels(stop, making)
