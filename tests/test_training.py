@@ -171,3 +171,18 @@ def test_learning_rate_warms_up_linearly_then_drops():
     rates = [learning_rate(config, step) for step in (0, 1, 3, 9, 10, 50)]
     assert rates == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3, 2e-4, 2e-4])
     assert learning_rate(replace(config, lr_drop_at=0), 50) == pytest.approx(1e-3)
+
+
+def test_a_dit_denoiser_trains_lowers_its_loss_and_exports(tmp_path):
+    from diffusion.models import DiTConfig
+
+    dit = DiTConfig(width=32, depth=2, heads=2, num_classes=3, self_condition=True, embedding_dim=16)
+    config = tiny_config(tmp_path, network="DiT", dit=dit, steps=60, export_to=str(tmp_path / "dit.safetensors"))
+    trainer = Trainer(config, dataset=shapes_dataset())
+    images, labels = trainer.batch_for_step(0)
+    before = fixed_loss(trainer, images, labels)
+    trainer.train(progress=False)
+    assert fixed_loss(trainer, images, labels) < 0.7 * before
+    loaded = load_checkpoint(tmp_path / "dit.safetensors")
+    assert loaded.config["network"] == "DiT" and loaded.config["network_config"]["image_size"] == 8
+    assert loaded.self_condition and loaded.config["null_class"] == 3

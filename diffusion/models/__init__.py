@@ -14,10 +14,12 @@ from torch import nn
 
 from .classifier import Classifier, ClassifierConfig
 from .diffusers_unet import DiffusersUNet2D, DiffusersUNetConfig
+from .dit import DiT, DiTConfig
 from .nice import NICE, NICEConfig
 from .unet import UNet, UNetConfig
 
-__all__ = ["NETWORKS", "NetworkSpec", "build_network", "network_name", "ClassifierConfig", "DiffusersUNetConfig", "NICEConfig", "UNetConfig"]
+__all__ = ["NETWORKS", "NetworkSpec", "build_network", "network_name", "ClassifierConfig", "DiffusersUNetConfig",
+           "DiTConfig", "NICEConfig", "UNetConfig"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class NetworkSpec:
 
 NETWORKS = {
     "UNet": NetworkSpec(UNet, UNetConfig, ("denoiser",)),
+    "DiT": NetworkSpec(DiT, DiTConfig, ("denoiser",)),
     "Classifier": NetworkSpec(Classifier, ClassifierConfig, ("noisy-classifier", "evaluator")),
     "NICE": NetworkSpec(NICE, NICEConfig, ("normalizing-flow",)),
     "DiffusersUNet2D": NetworkSpec(DiffusersUNet2D, DiffusersUNetConfig, ("denoiser",)),  # needs diffusers

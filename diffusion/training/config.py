@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from ..data import FASHION_MNIST_DIR
-from ..models import ClassifierConfig, NICEConfig, UNetConfig
+from ..models import ClassifierConfig, DiTConfig, NICEConfig, UNetConfig
 from ..objective import ObjectiveConfig
 
 
@@ -29,7 +29,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_power: float = 2 / 3  # EMA warm-up: decay = 1 - (1 + step)^-power, capped at ema_decay
+    network: str = "UNet"  # a denoiser's backbone: "UNet" (config `unet`) or "DiT" (config `dit`)
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(num_classes=10, self_condition=True, blocks_per_level=1))
+    dit: DiTConfig = field(default_factory=lambda: DiTConfig(num_classes=10, self_condition=True))
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     nice: NICEConfig = field(default_factory=lambda: NICEConfig(num_classes=10))
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -48,6 +50,8 @@ class TrainConfig:
 
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {tuple(TASKS)}, got {self.task!r}")
+        if self.network not in ("UNet", "DiT"):
+            raise ValueError(f"network must be 'UNet' or 'DiT', got {self.network!r}")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -57,7 +61,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        nested = {"unet": UNetConfig, "classifier": ClassifierConfig, "nice": NICEConfig, "objective": ObjectiveConfig}
+        nested = {"unet": UNetConfig, "dit": DiTConfig, "classifier": ClassifierConfig, "nice": NICEConfig,
+                  "objective": ObjectiveConfig}
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -46,14 +46,18 @@ class Task:
 class DenoiserTask(Task):
     kind = "denoiser"
 
+    def backbone(self):
+        """The chosen network's config in the run: `unet` or `dit`."""
+        return self.config.dit if self.config.network == "DiT" else self.config.unet
+
     def build_network(self, class_names):
         c = self.config
-        return build_network("UNet", replace(c.unet, image_size=c.image_size, image_channels=c.image_channels,
-                                             num_classes=len(class_names) if c.unet.num_classes else 0,
-                                             self_condition=c.objective.self_condition))
+        return build_network(c.network, replace(self.backbone(), image_size=c.image_size, image_channels=c.image_channels,
+                                                num_classes=len(class_names) if self.backbone().num_classes else 0,
+                                                self_condition=c.objective.self_condition))
 
     def loss(self, model, images, labels):
-        return diffusion_loss(model, images, labels if self.config.unet.num_classes else None, self.config.objective)
+        return diffusion_loss(model, images, labels if self.backbone().num_classes else None, self.config.objective)
 
     def export_config(self, network, class_names) -> dict:
         objective = self.config.objective
@@ -67,7 +71,7 @@ class DenoiserTask(Task):
         """One row per class, DDIM-20 with classifier-free guidance."""
         c = self.config
         schedule = Schedule(c.objective.schedule)
-        conditional = bool(c.unet.num_classes)
+        conditional = bool(self.backbone().num_classes)
         labels = torch.arange(len(class_names), device=device).repeat_interleave(PREVIEW_COLUMNS)
         denoise = Denoiser(network, schedule, c.objective.parameterization, labels=labels if conditional else None,
                            guidance=Guidance("cfg", scale) if conditional else Guidance(),
