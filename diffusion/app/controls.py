@@ -114,13 +114,18 @@ def class_and_guidance(cache: ModelCache, model):
     return classes, [g for g in GUIDANCE_LABELS if g[1] in allowed]
 
 
-def on_sampler_checkpoint_change(cache: ModelCache, name, guidance_value):
-    """Compare, Sweep and Trajectory: the checkpoint's classes and the guidance modes it allows."""
+def checkpoint_choices(cache: ModelCache, name):
+    """class_and_guidance of a checkpoint chosen in a tab; a checkpoint that fails to load is the user's error."""
     try:
         model = cache.get(name)
     except RequestError as error:
         raise user_error(error) from None
-    classes, guidance_choices = class_and_guidance(cache, model)
+    return class_and_guidance(cache, model)
+
+
+def on_sampler_checkpoint_change(cache: ModelCache, name, guidance_value):
+    """Compare, X/Y grid and Trajectory: the checkpoint's classes and the guidance modes it allows."""
+    classes, guidance_choices = checkpoint_choices(cache, name)
     values = [g[1] for g in guidance_choices]
     guidance_value = guidance_value if guidance_value in values else ("cfg" if "cfg" in values else "none")
     return gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value)
@@ -135,11 +140,7 @@ def method_choices(guidance_choices) -> list[tuple[str, str]]:
 
 def on_methods_checkpoint_change(cache: ModelCache, name, chosen):
     """Guidance sweep: the checkpoint's classes and the guidance methods it allows (kept where still allowed)."""
-    try:
-        model = cache.get(name)
-    except RequestError as error:
-        raise user_error(error) from None
-    classes, guidance_choices = class_and_guidance(cache, model)
+    classes, guidance_choices = checkpoint_choices(cache, name)
     methods = method_choices(guidance_choices)
     kept = [m for m in (chosen or []) if m in {value for _, value in methods}]
     return gr.Dropdown(choices=classes, value=classes[0][1]), gr.CheckboxGroup(choices=methods, value=kept)
@@ -147,11 +148,7 @@ def on_methods_checkpoint_change(cache: ModelCache, name, chosen):
 
 def on_class_checkpoint_change(cache: ModelCache, name):
     """A class list that follows its checkpoint (a tab without guidance controls)."""
-    try:
-        model = cache.get(name)
-    except RequestError as error:
-        raise user_error(error) from None
-    classes, _ = class_and_guidance(cache, model)
+    classes, _ = checkpoint_choices(cache, name)
     return gr.Dropdown(choices=classes, value=classes[0][1])
 
 
