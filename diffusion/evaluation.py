@@ -463,19 +463,13 @@ def markdown_tables(results: dict) -> str:
                          f"{'on' if r['self_condition'] else 'off'} | {r['fid']:.2f} | {r['accuracy']:.3f} | "
                          f"{r['diversity']:.3f} |")
     if results["guidance"]:
-        lines += ["", "Guidance (DDIM, self-conditioning off; scale 0 is the unconditional model, classifier-free "
-                      "scale 1 the conditional one):", "",
-                  "| mode | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
-        for r in results["guidance"]:
-            lines.append(f"| {r['guidance']} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | "
-                         f"{r['diversity']:.3f} |")
+        lines += scale_table(results["guidance"], "mode", "guidance",
+                             "Guidance (DDIM, self-conditioning off; scale 0 is the unconditional model, "
+                             "classifier-free scale 1 the conditional one):")
     if results.get("guidance_methods"):
-        lines += ["", "Guidance methods (DDIM-50, self-conditioning off, the same noise for every point; each "
-                      "method at its paper's suggested setting, guidance.GUIDANCE_METHODS):", "",
-                  "| method | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
-        for r in results["guidance_methods"]:
-            lines.append(f"| {r['method']} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | "
-                         f"{r['diversity']:.3f} |")
+        lines += scale_table(results["guidance_methods"], "method", "method",
+                             "Guidance methods (DDIM-50, self-conditioning off, the same noise for every point; each "
+                             "method at its paper's suggested setting, guidance.GUIDANCE_METHODS):")
     if results.get("seed_spread"):
         rows = results["seed_spread"]
         fids = torch.tensor([r["fid"] for r in rows], dtype=torch.float64)
@@ -521,6 +515,13 @@ def markdown_tables(results: dict) -> str:
             share = "" if probe == PROBES[0] else f"{100 * p['likelier_than_original']:.0f} %"
             lines.append(f"| {probe} | {p['bits_per_dim']:.2f} | {p['stderr']:.2f} | {share} |")
     return "\n".join(lines) + "\n"
+
+
+def scale_table(rows: list[dict], header: str, key: str, caption: str) -> list[str]:
+    """Markdown lines of a table of rows by (row[key], scale): feature FID, accuracy, diversity."""
+    lines = ["", caption, "", f"| {header} | scale | feature FID | accuracy | diversity |", "|---|---|---|---|---|"]
+    return lines + [f"| {r[key]} | {r['scale']:g} | {r['fid']:.2f} | {r['accuracy']:.3f} | {r['diversity']:.3f} |"
+                    for r in rows]
 
 
 def recorded_likelihood(model, out_dir: Path) -> list[dict]:
