@@ -70,6 +70,21 @@ def command_export(args):
     print(trainer.export(args.out))
 
 
+def command_pairs(args):
+    from .training.pairs import PairConfig, generate_pairs
+
+    count, shard = (40, 20) if args.quick else (args.count, args.shard_size)
+    config = PairConfig(teacher=args.teacher, count=count, shard_size=shard, solver=args.solver,
+                        steps=3 if args.quick else args.steps, scale=args.scale, seed=args.seed,
+                        self_condition=args.self_condition, batch_size=args.batch_size)
+    try:
+        part = tuple(int(n) for n in args.part.split("/"))
+    except ValueError:
+        raise SystemExit(f"--part must look like 0/2, got {args.part!r}") from None
+    paths = generate_pairs(config, args.out, log=lambda line: print(line, file=sys.stderr, flush=True), part=part)
+    print(f"{len(paths)} shards ({config.count} pairs) in {args.out}" + (f", part {args.part}" if args.part != "0/1" else ""))
+
+
 DENOISER_SAMPLE_DEFAULTS = {"sampler": "ddim", "solver": "heun", "steps": 50, "eta": 0.0, "spacing": "uniform",
                             "guidance": "cfg", "scale": 3.0, "self_condition": False}
 
@@ -195,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state.safetensors")
     _dataclass_options(train, TrainConfig)
     train.set_defaults(handler=command_train)
+
+    pairs = commands.add_parser("pairs", help="reflow's training pairs: noise and the teacher's ODE solution from it, as "
+                                "resumable safetensors shards", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pairs.add_argument("--teacher", default="checkpoints/fashion-flow.safetensors", help="a flow checkpoint file")
+    pairs.add_argument("--out", default="runs/reflow-pairs", help="folder of pairs-NNNNN.safetensors shards")
+    pairs.add_argument("--count", type=int, default=20_000)
+    pairs.add_argument("--shard-size", type=int, default=1000)
+    pairs.add_argument("--solver", default="dpm++2m", help="euler, heun or dpm++2m")
+    pairs.add_argument("--steps", type=int, default=20)
+    pairs.add_argument("--scale", type=float, default=2.0, help="the teacher's classifier-free guidance")
+    pairs.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=True)
+    pairs.add_argument("--seed", type=int, default=1)
+    pairs.add_argument("--batch-size", type=int, default=100)
+    pairs.add_argument("--part", default="0/1", help="i/n: make only shards k with k mod n = i (n processes, one folder)")
+    pairs.add_argument("--quick", action="store_true", help="40 pairs in 2 shards with 3 steps (CI)")
+    pairs.set_defaults(handler=command_pairs)
 
     export = commands.add_parser("export", help="write a run's EMA weights as a checkpoint")
     export.add_argument("run", help="run folder (holds config.json and state.safetensors)")

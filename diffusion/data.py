@@ -30,6 +30,10 @@ class ImageDataset:
     def __len__(self):
         return len(self.labels)
 
+    def batch(self, indices: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images in [-1, 1], labels) of the given rows, on the device."""
+        return to_model_range(self.images[indices]).to(device), self.labels[indices].to(device)
+
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""

@@ -52,8 +52,12 @@ def sample_times(config: ObjectiveConfig, batch: int, device) -> torch.Tensor:
     return torch.where(use_uniform, uniform, logit_normal)
 
 
-def diffusion_loss(network: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, config: ObjectiveConfig):
+def diffusion_loss(network: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, config: ObjectiveConfig,
+                   noise: torch.Tensor | None = None):
     """Mean squared error of the prediction against its target, averaged over the batch.
+
+    `noise` is eps drawn independently of x0 unless given: reflow passes the noise each image was decoded from
+    (Liu et al. 2022), so on the flow schedule x_t = (1 - t) x + t z and the flow target is z - x.
 
     Classifier-free label dropout replaces labels with the network's null class. Self-conditioning
     (Chen et al. 2022): on half the batches the first x0 estimate is made under torch.no_grad() (not
@@ -62,7 +66,7 @@ def diffusion_loss(network: nn.Module, x0: torch.Tensor, labels: torch.Tensor | 
     schedule = Schedule(config.schedule)
     batch = x0.shape[0]
     t = sample_times(config, batch, x0.device)
-    eps = torch.randn_like(x0)
+    eps = torch.randn_like(x0) if noise is None else noise
     x_t, alpha, sigma = q_sample(schedule, x0, t, eps)
     log_snr = schedule.log_snr(t).float()
 

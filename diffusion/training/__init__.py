@@ -1,10 +1,10 @@
 """Training: TrainConfig (config.py), one task object per checkpoint kind (tasks.py), the Trainer loop
-(trainer.py) and the recipes of the shipped checkpoints (presets.py)."""
+(trainer.py), reflow's pair shards (pairs.py) and the recipes of the shipped checkpoints (presets.py)."""
 
 from .config import TrainConfig
 from .presets import PRESETS
-from .tasks import TASKS
-from .trainer import STATE_FILE, Trainer, default_device, load_dataset, weights_digest
+from .tasks import TASKS, load_dataset
+from .trainer import STATE_FILE, Trainer, default_device, weights_digest
 
 __all__ = ["PRESETS", "STATE_FILE", "TASKS", "TrainConfig", "Trainer", "default_device", "load_dataset",
            "weights_digest"]

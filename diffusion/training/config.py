@@ -36,6 +36,9 @@ class TrainConfig:
     nice: NICEConfig = field(default_factory=lambda: NICEConfig(num_classes=10))
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     noise_schedule: str = "vp-cosine"  # noisy-classifier: the schedule used to noise its inputs
+    teacher: str = ""  # reflow: the flow checkpoint whose weights start the run and whose pairs it learns
+    pairs: str = ""  # reflow: the folder of pair shards (`python -m diffusion pairs`)
+    default_steps: int = 0  # reflow: the few-step count the app starts the checkpoint at
     sample_every: int = 1000  # write a grid of EMA samples every N steps (0: never)
     save_every: int = 250
     log_every: int = 50

@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import model_config
-from ..data import load_fashion_mnist, to_model_range, to_uint8
+from ..checkpoint import load_checkpoint, model_config
+from ..data import DataError, ImageDataset, load_fashion_mnist, load_image_folder, to_model_range, to_uint8
 from ..denoiser import Denoiser, Guidance
 from ..likelihood import bits_per_dim, uniform_dequantize
 from ..models import build_network
 from ..objective import diffusion_loss
 from ..sampling import draw_noise, image_generators, sample_ddim
 from ..schedules import Schedule, time_grid
+from .pairs import PairSet, load_pairs
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -38,6 +39,10 @@ class Task:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+
+    def load_data(self):
+        """The training set: anything with len(), class_names and batch(indices, device) -> the loss's arguments."""
+        return load_dataset(self.config)
 
     def parameter_groups(self, network) -> list[dict]:
         return [{"params": list(network.parameters())}]
@@ -71,13 +76,66 @@ class DenoiserTask(Task):
         """One row per class, DDIM-20 with classifier-free guidance."""
         c = self.config
         schedule = Schedule(c.objective.schedule)
-        conditional = bool(self.backbone().num_classes)
+        conditional = bool(network.config.num_classes)
         labels = torch.arange(len(class_names), device=device).repeat_interleave(PREVIEW_COLUMNS)
+        guided = conditional and scale != 1
         denoise = Denoiser(network, schedule, c.objective.parameterization, labels=labels if conditional else None,
-                           guidance=Guidance("cfg", scale) if conditional else Guidance(),
+                           guidance=Guidance("cfg", scale) if guided else Guidance(),
                            self_condition=c.objective.self_condition)
         x_T = draw_noise(image_generators(0, len(labels)), (c.image_channels, c.image_size, c.image_size), device)
         return sample_ddim(denoise, x_T, time_grid(schedule, steps), schedule=schedule)
+
+
+class ReflowTask(DenoiserTask):
+    """2-rectified flow (Liu, Gong & Liu 2022, Alg. 1): the teacher's network, trained on with the flow objective on
+    the teacher's own (noise z, image x = T(z, y)) pairs, x_t = (1 - t) x + t z and target z - x. Where paths of the
+    teacher's coupling cross, the least-squares velocity averages them, and the new flow's paths cannot cross, so
+    they straighten. Label dropout stays, so classifier-free guidance still works on the student."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        if not config.teacher or not config.pairs:
+            raise ValueError("reflow needs `teacher` (a flow checkpoint) and `pairs` (a folder of pair shards)")
+        if (config.objective.schedule, config.objective.parameterization) != ("flow", "flow"):
+            raise ValueError("reflow trains a rectified flow: objective schedule and parameterization must be 'flow'")
+        if config.hflip:
+            raise ValueError("reflow pairs must not be flipped: T(flip z) is not flip T(z) for a learned teacher")
+
+    def teacher(self):
+        """The teacher checkpoint, loaded afresh (its network becomes the student), refused unless a rectified flow."""
+        teacher = load_checkpoint(self.config.teacher)
+        if teacher.kind != "denoiser" or teacher.schedule.name != "flow" or teacher.parameterization != "flow":
+            raise ValueError(f"the teacher {self.config.teacher} is not a rectified flow (kind {teacher.kind})")
+        if teacher.self_condition != self.config.objective.self_condition:
+            raise ValueError("objective.self_condition must match the teacher's network")
+        return teacher
+
+    def load_data(self) -> PairSet:
+        teacher_sha256 = self.teacher().sha256
+        pairs = load_pairs(self.config.pairs)
+        if pairs.settings.get("teacher_sha256") != teacher_sha256:
+            raise DataError(f"the pairs in {self.config.pairs} were made by another teacher than {self.config.teacher} "
+                            f"(SHA-256 {str(pairs.settings.get('teacher_sha256'))[:12]}..., file {teacher_sha256[:12]}...)")
+        return pairs
+
+    def build_network(self, class_names):
+        teacher = self.teacher()
+        if tuple(class_names) != teacher.class_names:
+            raise ValueError("the pairs' classes differ from the teacher's")
+        return teacher.network.train().requires_grad_(True)  # loaded for inference: frozen
+
+    def loss(self, model, images, noise, labels):
+        conditional = bool(getattr(model, "module", model).config.num_classes)
+        return diffusion_loss(model, images, labels if conditional else None, self.config.objective, noise=noise)
+
+    def export_config(self, network, class_names) -> dict:
+        pairs = self.load_data()
+        return super().export_config(network, class_names) | {
+            "reflow": {"pairs": len(pairs)} | pairs.settings,
+            "defaults": {"sampler": "ode", "solver": "euler", "steps": self.config.default_steps, "guidance": "none"}}
+
+    def preview(self, network, class_names, device):
+        return super().preview(network, class_names, device, steps=self.config.default_steps, scale=1.0)
 
 
 class NormalizingFlowTask(Task):
@@ -177,6 +235,12 @@ class NoisyClassifierTask(ClassifierTask):
     noise_conditioned = True
 
 
+def load_dataset(config: TrainConfig) -> ImageDataset:
+    if config.data == "fashion-mnist":
+        return load_fashion_mnist("train", config.data_dir)
+    return load_image_folder(config.data, config.image_size, config.image_channels)
+
+
 def random_shift(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
     """Random translation by up to `pad` pixels (reflect-padded crop), a cheap augmentation for classifiers."""
     b, _, h, w = images.shape
@@ -185,5 +249,5 @@ def random_shift(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
     return padded[:, :, dy:dy + h, dx:dx + w]
 
 
-TASKS = {"denoiser": DenoiserTask, "normalizing-flow": NormalizingFlowTask,
+TASKS = {"denoiser": DenoiserTask, "reflow": ReflowTask, "normalizing-flow": NormalizingFlowTask,
          "noisy-classifier": NoisyClassifierTask, "evaluator": ClassifierTask}

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from ..checkpoint import atomic_write, save_checkpoint
-from ..data import ImageDataset, load_fashion_mnist, load_image_folder, to_model_range
+from ..data import ImageDataset
 from ..images import image_grid, to_pil
 from .config import TrainConfig
 from .tasks import PREVIEW_COLUMNS, TASKS
@@ -75,8 +75,8 @@ class Trainer:
         self.rank, self.world = _distributed()
         self.device = torch.device(device) if device else default_device(self.rank)
         torch.manual_seed(c.seed)
-        self.dataset = dataset or load_dataset(c)
         self.task = TASKS[c.task](c)
+        self.dataset = dataset or self.task.load_data()
         self.network = self.task.build_network(self.dataset.class_names).to(self.device)
         self.model = (DistributedDataParallel(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                       if self.world > 1 else self.network)
@@ -95,33 +95,35 @@ class Trainer:
         self.run_dir = Path(c.run_dir)
 
     # --- data -----------------------------------------------------------------------------
-    def batch_for_step(self, step: int):
-        """The batch of a step is a function of (seed, step, rank) alone, so resuming repeats nothing."""
+    def batch_for_step(self, step: int) -> tuple[torch.Tensor, ...]:
+        """The batch of a step is a function of (seed, step, rank) alone, so resuming repeats nothing. It is what
+        the data set's batch() gives: (images, labels), or reflow's (images, noise, labels); a flip mirrors every
+        image-shaped tensor of a row alike."""
         c = self.config
         epoch, position = divmod(step, self.steps_per_epoch)
         if self._epoch_indices[0] != epoch:
             self.sampler.set_epoch(epoch)
             self._epoch_indices = (epoch, torch.tensor(list(self.sampler)))
         indices = self._epoch_indices[1][position * c.batch_size:(position + 1) * c.batch_size]
-        images = to_model_range(self.dataset.images[indices]).to(self.device)
-        labels = self.dataset.labels[indices].to(self.device)
+        batch = self.dataset.batch(indices, self.device)
         if c.hflip:
             flip = torch.rand(len(indices), generator=torch.Generator().manual_seed(c.seed * 1_000_003 + step)) < 0.5
-            images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
-        return images, labels
+            flip = flip.to(self.device)[:, None, None, None]
+            batch = tuple(torch.where(flip, t.flip(-1), t) if t.dim() == 4 else t for t in batch)
+        return batch
 
     # --- one step -------------------------------------------------------------------------
-    def loss(self, images, labels):
-        return self.task.loss(self.model, images, labels)
+    def loss(self, *batch):
+        return self.task.loss(self.model, *batch)
 
     def train_step(self) -> float:
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = group.get("lr_scale", 1.0) * learning_rate(c, self.step)
-        images, labels = self.batch_for_step(self.step)
+        batch = self.batch_for_step(self.step)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.bf16 and self.device.type == "cuda")
         with autocast:
-            loss = self.loss(images, labels)
+            loss = self.loss(*batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip > 0:
@@ -249,8 +251,3 @@ class Trainer:
         config = self.task.export_config(network, self.dataset.class_names)
         return save_checkpoint(out, self.task.kind, network, config, training, card.strip())
 
-
-def load_dataset(config: TrainConfig) -> ImageDataset:
-    if config.data == "fashion-mnist":
-        return load_fashion_mnist("train", config.data_dir)
-    return load_image_folder(config.data, config.image_size, config.image_channels)
