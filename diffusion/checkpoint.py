@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from .models import NETWORKS, build_network, network_name
 from .parameterization import check_parameterization
 from .schedules import Schedule
+from .sampling import ODE_SOLVERS
 
 FORMAT = "diffusion-playground/1"
 # What a checkpoint can do: a denoiser goes through the samplers, a normalizing flow decodes noise exactly,
@@ -68,6 +69,11 @@ class LoadedModel:
     @property
     def self_condition(self) -> bool:
         return bool(self.config.get("self_condition", False))
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """The settings a few-step model is meant to be sampled with (validated on load); {} for most models."""
+        return dict(self.config.get("defaults", {}))
 
 
 def model_config(kind: str, network: torch.nn.Module, *, class_names=(), schedule=None,
@@ -297,3 +303,22 @@ def _validate_config(kind: str, config: dict, path: Path):
             check_parameterization(config.get("parameterization"))
         except (TypeError, ValueError) as error:
             fail(str(error))
+        problem = defaults_problem(config.get("defaults", {}))
+        if problem:
+            fail(f"config.defaults: {problem}")
+
+
+# A few-step model (a reflow student) names the settings it is meant to be sampled with; the app starts there.
+DEFAULT_FIELDS = {"sampler": ("ode",), "solver": ODE_SOLVERS, "guidance": ("none", "cfg"), "steps": range(1, 1001)}
+
+
+def defaults_problem(defaults) -> str:
+    """Why a checkpoint's `defaults` cannot be used, or "" (they are data from a file: checked, never trusted)."""
+    if not isinstance(defaults, dict):
+        return "must be a JSON object"
+    for key, value in defaults.items():
+        if key not in DEFAULT_FIELDS:
+            return f"unknown field {key!r:.40}"
+        if isinstance(value, bool) or value not in DEFAULT_FIELDS[key]:
+            return f"{key} {value!r:.40} is not one of the allowed values"
+    return ""

@@ -253,6 +253,7 @@ class CheckpointEntry:
     kind: str | None
     card: str
     error: str | None  # None when the file's metadata is valid
+    few_step: bool = False  # its file names few-step sampling defaults (a reflow student)
 
     @property
     def available(self) -> bool:
@@ -314,7 +315,8 @@ class ModelCache:
                 name = path.name if folder else path.stem
                 try:
                     meta = check_folder(path) if folder else check_file(path)  # headers and configs, no tensor data
-                    entry = CheckpointEntry(name, path, meta["kind"], meta["card"], None)
+                    few_step = bool((meta.get("config") or {}).get("defaults"))
+                    entry = CheckpointEntry(name, path, meta["kind"], meta["card"], None, few_step)
                 except CheckpointError as error:
                     entry = CheckpointEntry(name, path, None, "", str(error))
                 cached = self._entries[path] = (signature, entry)
@@ -324,6 +326,10 @@ class ModelCache:
     def names(self, *kinds: str) -> list[str]:
         """Available checkpoints of the given kinds, in listing order (files, then folders)."""
         return [e.name for e in self.entries() if e.available and e.kind in kinds]
+
+    def few_step_names(self) -> list[str]:
+        """Available denoisers meant for a few steps (their files name sampling defaults)."""
+        return [e.name for e in self.entries() if e.available and e.kind == "denoiser" and e.few_step]
 
     def path_of(self, name: str) -> Path:
         if not isinstance(name, str) or not name:

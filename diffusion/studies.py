@@ -23,6 +23,7 @@ from .likelihood import model_log_likelihood, uniform_dequantize
 from .metrics import evaluator_outputs, mean_pairwise_distance
 from .sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
 from .schedules import time_grid
+from .straightness import readout_from_trajectory
 
 MAX_SWEEP_SCALES = 8
 
@@ -132,12 +133,17 @@ def parse_scales(text: str) -> list[float]:
 
 # --- trajectory -------------------------------------------------------------------------------
 def trajectory(cache: ModelCache, request: SampleRequest, frames: int, progress=None):
-    """One image's (t, log-SNR, x_t, x0_hat) at `frames` steps spread over the run, last step included."""
+    """One image's (t, log-SNR, x_t, x0_hat) at `frames` steps spread over the run, last step included, and the
+    path's straightness (straightness.PathReadout; exact for DDIM and ODE-Euler, each step's first evaluation for
+    other samplers)."""
     if not 2 <= frames <= 16:
         raise RequestError(f"frames must be between 2 and 16, got {frames}")
     request = replace(request, batch_size=1)
     model = pinned_model(cache, [request])
     result = run_request(cache, request, progress=progress, record_trajectory=True, model=model)
+    x_T = draw_noise(image_generators(int(request.seed), 1, int(request.first_index)), image_shape(model))  # its start
+    readout = readout_from_trajectory(model.schedule, time_grid(model.schedule, int(request.steps), request.spacing),
+                                      x_T, result.trajectory)
     steps = len(result.trajectory)
     chosen = sorted({round(i * (steps - 1) / (frames - 1)) for i in range(frames)})
     schedule = model.schedule
@@ -145,7 +151,7 @@ def trajectory(cache: ModelCache, request: SampleRequest, frames: int, progress=
     for step, t, x_t, x0_hat in (result.trajectory[i] for i in chosen):
         log_snr = float(schedule.log_snr(torch.tensor(t))) if t > 0 else float("inf")
         picked.append((step, t, log_snr, x_t[0], x0_hat[0]))
-    return result, picked
+    return result, picked, readout
 
 
 # --- families: one noise, several kinds of model ------------------------------------------------

@@ -152,6 +152,34 @@ def plan_grid(cache: ModelCache, base: SampleRequest, x_field: str, x_text: str,
     return plan
 
 
+def few_step_plan(cache: ModelCache, student: str, steps_text: str, base: SampleRequest) -> XYPlan:
+    """A reflow student and its teacher on the same noise, Euler steps along X: the teacher with the classifier-free
+    guidance its pairs were made with, the student as it is (the pairs carry that guidance)."""
+    model = cache.get(student)
+    reflow = model.config.get("reflow") if model.kind == "denoiser" else None
+    if not isinstance(reflow, dict):
+        raise RequestError(f"{student!r:.60} is not a reflow student: its file names no teacher")
+    teacher, scale = reflow.get("teacher_name"), reflow.get("scale", 1.0)
+    if not isinstance(teacher, str) or teacher not in cache.names("denoiser"):
+        raise RequestError(f"{student!r:.60}'s teacher {teacher!r:.60} is not among the checkpoints")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 20:
+        raise RequestError(f"{student!r:.60} records an unusable guidance scale {scale!r:.20}")
+    steps = parse_axis("steps", steps_text)
+    euler = replace(base, sampler="ode", solver="euler", spacing="uniform")
+    rows = [replace(euler, checkpoint=teacher, guidance="cfg" if scale != 1 else "none", scale=float(scale)),
+            replace(euler, checkpoint=student, guidance="none", scale=1.0)]
+    labels = [f"{teacher} (teacher, CFG {scale:g})", f"{student} (student)"]
+    rows = [replace(r, self_condition=cache.get(r.checkpoint).self_condition) for r in rows]
+    plan = XYPlan("steps", steps, "checkpoint", labels, [[replace(r, steps=n) for n in steps] for r in rows])
+    if plan.work > MAX_IMAGE_EVALUATIONS:
+        raise RequestError(f"this comparison needs {plan.work:,} image-evaluations; the limit is "
+                           f"{MAX_IMAGE_EVALUATIONS:,}: fewer images or steps")
+    for row in plan.requests:
+        for request in row:
+            check_request(cache, request)
+    return plan
+
+
 def run_grid(cache: ModelCache, plan: XYPlan, progress=None) -> list[list[XYCell]]:
     """Sample every cell (rows of XYCell); progress(cell, cells, done, total) per network evaluation."""
     evaluator = cache.first_of_kind("evaluator")

@@ -116,6 +116,11 @@ def widget_class(value):
     return None if value in (None, "") else widget_number(value, "class", int)
 
 
+def markdown_text(text: str) -> str:
+    """Text from a file (a checkpoint's name or metadata) shown in Markdown as data: every markup character escaped."""
+    return "".join(f"\\{ch}" if ch in "\\`*_{}[]()#+-.!|<>~" else ch for ch in str(text))
+
+
 def user_error(error: Exception) -> gr.Error:
     return gr.Error(str(error), print_exception=False)
 

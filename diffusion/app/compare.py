@@ -10,10 +10,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..engine import MAX_STEPS, ModelCache, RequestError
+from ..engine import MAX_STEPS, ModelCache, RequestError, SamplingError
 from ..sampling import ODE_SOLVERS
 from ..studies import compare_samplers, difference_map
-from .common import grid_pil, output_path, stream_result, user_error, widget_number
+from ..xy import few_step_plan, grid_picture, run_grid
+from .common import grid_pil, markdown_text, output_path, stream_result, user_error, widget_number
 from .controls import SPACING_LABELS, make_request, run_and_stop, stop_cancels
 
 
@@ -47,6 +48,23 @@ def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, b
     state = {r.request.sampler: r.images for r in results}
     diff_image, diff_text = render_difference(state, column_a, column_b)
     yield (*galleries, *labels, diff_image, diff_text, manifest_path, state)
+
+
+def compare_few_steps(cache: ModelCache, student, steps_text, class_index, seed, batch_size):
+    """A reflow student and its teacher on the same noise at a few Euler steps each (xy.few_step_plan)."""
+    try:
+        base = make_request(student, "ode", "euler", 1, 0.0, "uniform", "none", class_index, 1.0, False, seed, batch_size)
+        plan = few_step_plan(cache, str(student), str(steps_text), base)
+        cells = run_grid(cache, plan)
+    except (RequestError, SamplingError) as error:
+        raise user_error(error) from None
+    picture = grid_picture(plan, cells, columns=min(4, base.batch_size))
+    table = "| | " + " | ".join(f"{n} steps" for n in plan.x_values) + " |\n|---|" + "---|" * len(plan.x_values) + "\n"
+    for label, row in zip(plan.y_values, cells):
+        table += f"| {markdown_text(label)} | " + " | ".join(
+            f"NFE {c.result.nfe}, {c.result.seconds:.2f} s" + (f", confidence {c.confidence:.2f}" if c.confidence is not None else "")
+            for c in row) + " |\n"
+    return picture, table
 
 
 def render_difference(state, column_a, column_b):
@@ -100,4 +118,18 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
     stop_cancels(c_stop, comparing)
     for picker in (c_a, c_b):
         picker.change(render_difference, [c_state, c_a, c_b], [c_diff, c_diff_text], api_name=False)
+    students = cache.few_step_names()
+    with gr.Accordion("Few steps: a reflow student beside its teacher", open=bool(students)):
+        gr.Markdown("The same noise (seed, class and images above) through the teacher and through its reflow "
+                    "student, with 1, 2, 4 ... Euler steps of the probability-flow ODE. The teacher gets the guidance "
+                    "its training pairs were made with; the student runs as it is, since the pairs carry it. Curved "
+                    "paths need many steps; straightened ones do not.")
+        with gr.Row():
+            f_student = gr.Dropdown(students, value=students[0] if students else None, label="Student (few-step checkpoint)")
+            f_steps = gr.Textbox("1, 2, 4", label="Euler steps (list or range, at most 8 values)")
+        f_run = gr.Button("Compare few steps", variant="primary")
+        f_picture = gr.Image(label="Rows: teacher, student; columns: steps", format="png", interactive=False)
+        f_table = gr.Markdown(label="Few-step figures")
+    f_run.click(partial(compare_few_steps, cache), [f_student, f_steps, c_class, c_seed, c_batch], [f_picture, f_table],
+                api_name="compare_few_steps", **sampling)
     return c_checkpoint, c_class, c_guidance, c_scale

@@ -12,22 +12,27 @@ import gradio as gr
 from ..engine import MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError, run_request
 from ..sampling import ODE_SOLVERS
 from .card import model_summary
-from .common import grid_pil, pil_images, save_png, stream_result, user_error, widget_class, widget_number
-from .controls import (SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, guidance_method_controls, make_request,
+from .common import grid_pil, pil_images, save_png, stream_result, user_error, widget_bool, widget_class, widget_number
+from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, guidance_method_controls, make_request,
                        method_settings, stochastic_sampler_controls, stochastic_settings, stochastic_visibility)
 
 
-def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition, seed,
-             batch_size, rescale=0.0, interval_low=None, interval_high=None, apg_eta=1.0, apg_norm=0.0,
-             apg_momentum=0.0, threshold=0.0, stochasticity=1.0, predictor="ddpm", correctors=1, snr=0.16,
-             langevin_steps=5, step_size=1.0, progress=gr.Progress()):
+def generate_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
+                     seed, batch_size, rescale=0.0, interval_low=None, interval_high=None, apg_eta=1.0, apg_norm=0.0,
+                     apg_momentum=0.0, threshold=0.0, stochasticity=1.0, predictor="ddpm", correctors=1, snr=0.16,
+                     langevin_steps=5, step_size=1.0):
+    """The Generate tab's widget values -> SampleRequest (the user's error if one does not convert)."""
     try:
         methods = method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold)
         methods |= stochastic_settings(stochasticity, predictor, correctors, snr, langevin_steps, step_size)
-        request = make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
-                               self_condition, seed, batch_size, methods)
+        return make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+                            self_condition, seed, batch_size, methods)
     except RequestError as error:
         raise user_error(error) from None
+
+
+def generate(cache: ModelCache, *values, progress=gr.Progress()):
+    request = generate_request(*values)
     preview_every = max(1, request.steps // 10)
     columns = min(8, request.batch_size)
 
@@ -46,10 +51,29 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
         return None
 
     result = yield from stream_result(work, on_event, outputs=4)
+    yield finished(cache, result, columns)
+
+
+def finished(cache: ModelCache, result, columns: int, note: str = ""):
+    """Gallery, grid, status line and PNG download of a finished request."""
     status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
-              f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}")
+              f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}{note}")
     path = save_png(result.images, columns, "samples")
-    yield pil_images(result.images), grid_pil(result.images, columns), status, path
+    return pil_images(result.images), grid_pil(result.images, columns), status, path
+
+
+def generate_live(cache: ModelCache, live, *values):
+    """Live mode: one request at once, without progress or previews, when a class, scale or seed changes and the box
+    is ticked. Stale events are dropped before they reach this handler: its events are wired with
+    trigger_mode="always_last", so while one runs the browser keeps only the newest change and sends that next."""
+    if not widget_bool(live, "live mode"):
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    request = generate_request(*values)
+    try:
+        result = run_request(cache, request)
+    except (RequestError, SamplingError) as error:
+        raise user_error(error) from None
+    return finished(cache, result, min(8, request.batch_size), note=" (live)")
 
 
 def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed, batch_size):
@@ -68,27 +92,45 @@ def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed,
             save_png(result.images, columns, "samples"))
 
 
-def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler):
+APP_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 50}  # where the tab starts for most denoisers
+
+
+def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler, few_step_before):
     """Class names, the controls that apply to the checkpoint's kind, and its card.
 
-    A denoiser shows the sampler, steps, guidance and self-conditioning; a normalizing flow shows a
-    temperature instead, and its own Generate button (API /generate_flow)."""
+    A denoiser shows the sampler, steps, guidance and self-conditioning; a normalizing flow shows a temperature
+    instead, and its own Generate button (API /generate_flow). A few-step model (one whose file names its sampling
+    defaults, e.g. a reflow student) sets the sampler, steps and guidance to them and offers live mode; leaving one
+    puts the tab's own defaults back. The last output is whether a few-step model is now selected."""
     try:
         model = cache.get(name)
     except RequestError as error:
         raise user_error(error) from None
     classes, guidance_choices = class_and_guidance(cache, model)
     denoiser = model.kind == "denoiser"
+    defaults = model.sampling_defaults if denoiser else {}
+    few_step = bool(defaults)
     self_cond = gr.Checkbox(value=model.self_condition, interactive=model.self_condition, visible=denoiser,
                             info="feed the previous x0 estimate back into the network" if model.self_condition
                             else "this checkpoint was not trained with self-conditioning")
-    guidance_value = "cfg" if any(g[1] == "cfg" for g in guidance_choices) else "none"
+    modes = [g[1] for g in guidance_choices]
+    guidance_value = defaults.get("guidance", "cfg" if "cfg" in modes else "none")
+    guidance_value = guidance_value if guidance_value in modes else "none"
+    setting = defaults if few_step else APP_SAMPLING if few_step_before else {}  # {}: keep the user's choices
+    sampler = setting.get("sampler", sampler)
     return (gr.Dropdown(choices=classes, value=classes[0][1]), self_cond,
             gr.Radio(choices=guidance_choices, value=guidance_value, visible=denoiser), model_summary(cache, evaluation_dir, name),
-            gr.Radio(visible=denoiser), gr.Dropdown(visible=denoiser and sampler == "ode"),
-            gr.Slider(visible=denoiser), gr.Slider(visible=denoiser and sampler == "ddim"), gr.Radio(visible=denoiser),
-            gr.Slider(visible=denoiser), gr.Slider(visible=not denoiser),
-            gr.Button(visible=denoiser), gr.Button(visible=not denoiser))
+            gr.Radio(visible=denoiser, **_value(setting, "sampler")),
+            gr.Dropdown(visible=denoiser and sampler == "ode", **_value(setting, "solver")),
+            gr.Slider(visible=denoiser, **_value(setting, "steps")), gr.Slider(visible=denoiser and sampler == "ddim"),
+            gr.Radio(visible=denoiser),
+            gr.Slider(visible=denoiser, **({"value": DEFAULT_SCALES.get(guidance_value, 1.0)} if setting else {})),
+            gr.Slider(visible=not denoiser), gr.Button(visible=denoiser), gr.Button(visible=not denoiser),
+            gr.Checkbox(visible=few_step, value=False), few_step)
+
+
+def _value(setting: dict, key: str) -> dict:
+    return {"value": setting[key]} if key in setting else {}
 
 
 def random_seed():
@@ -98,6 +140,8 @@ def random_seed():
 def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, default, classes, guidance_choices,
                        guidance_default, self_cond_ok: bool, sampling: dict):
     """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, guidance, scale)."""
+    default_model = cache.get(default) if default else None
+    default_few_step = bool(default_model and default_model.kind == "denoiser" and default_model.sampling_defaults)
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             checkpoint = gr.Dropdown(generative, value=default, label="Checkpoint")
@@ -121,6 +165,9 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
                 seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                 dice = gr.Button("Random seed", size="sm")
             batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
+            live = gr.Checkbox(False, label="Live: regenerate at once when the class, scale or seed changes",
+                               info="for few-step models; the newest change wins, stale ones are dropped",
+                               visible=default_few_step)
             run = gr.Button("Generate", variant="primary")
             run_flow = gr.Button("Generate", variant="primary", visible=False)  # normalizing flows
             stop = gr.Button("Stop", variant="stop", size="sm")
@@ -140,7 +187,11 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
                    sampler, [solver, eta, *stochastic], api_name=False)
     run_flow.click(partial(generate_flow, cache), [checkpoint, class_index, temperature, seed, batch_size],
                    [gallery, preview, status, download], api_name="generate_flow", **sampling)
-    checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler],
+    few_step = gr.State(default_few_step)
+    checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler, few_step],
                       [class_index, self_condition, guidance, card, sampler, solver, steps, eta, spacing,
-                       scale, temperature, run, run_flow], api_name=False)
+                       scale, temperature, run, run_flow, live, few_step], api_name=False)
+    for trigger in (live, class_index, scale, seed):
+        trigger.change(partial(generate_live, cache), [live, *inputs], [gallery, preview, status, download],
+                       api_name=False, trigger_mode="always_last", show_progress="hidden", **sampling)
     return checkpoint, guidance, scale

@@ -1,10 +1,12 @@
-"""The Trajectory tab: one sample's x_t and x0 estimate on its way from noise to data, as a filmstrip and a GIF."""
+"""The Trajectory tab: one sample's x_t and x0 estimate on its way from noise to data, as a filmstrip and a GIF, and
+how straight its path is (straightness S and the velocity's distance from z - x along the way)."""
 
 from __future__ import annotations
 
 from functools import partial
 
 import gradio as gr
+import pandas as pd
 import torch
 
 from ..engine import ModelCache, RequestError
@@ -29,13 +31,19 @@ def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guida
     def on_event(event):
         progress(event, desc="sampling")
 
-    result, picked = yield from stream_result(work, on_event, outputs=3)
+    result, picked, readout = yield from stream_result(work, on_event, outputs=4)
     strip = grid_pil(torch.stack([p[3] for p in picked] + [p[4] for p in picked]), columns=len(picked))
     axis = " | ".join(f"t={t:.2f}, λ={lam:+.1f}" if lam != float("inf") else "t=0 (data)" for _, t, lam, _, _ in picked)
     frames_pil = [grid_pil(torch.stack([p[3], p[4]]), columns=2, target_px=SINGLE_PX) for p in picked]
     gif_path = save_gif(frames_pil, "trajectory", duration_ms=400)
-    caption = f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}"
-    yield strip, caption, gif_path
+    exact = request.sampler == "ddim" and request.eta == 0 or request.sampler == "ode" and request.solver == "euler"
+    caption = (f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}\n\n"
+               f"**Straightness S = {readout.mean:.4f}** per pixel (Liu et al. 2022: the integral over the path of "
+               f"|v - (z - x)|², 0 for a straight path, which one Euler step follows exactly)"
+               + ("" if exact else "; velocities are each step's first evaluation: exact for DDIM and ODE-Euler only"))
+    deviation = pd.DataFrame({"flow time s (1 = noise)": readout.s[:-1].numpy(),
+                              "rms of v - (z - x)": readout.deviation[:, 0].numpy()})
+    yield strip, caption, gif_path, deviation
 
 
 def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
@@ -57,8 +65,10 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
     t_strip = gr.Image(label="Filmstrip", format="png", interactive=False)
     t_caption = gr.Markdown(label="Caption")
     t_gif = gr.File(label="Animated GIF")
+    t_path = gr.LinePlot(x="flow time s (1 = noise)", y="rms of v - (z - x)", label="How far each step's velocity is "
+                         "from the straight line z - x (flat at 0: a straight path)", height=260)
     tracing = t_run.click(partial(show_trajectory, cache), [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
-                                  t_seed, t_frames], [t_strip, t_caption, t_gif], api_name="trajectory",
+                                  t_seed, t_frames], [t_strip, t_caption, t_gif, t_path], api_name="trajectory",
                 show_progress="minimal", **sampling)
     stop_cancels(t_stop, tracing)
     return t_checkpoint, t_class, t_guidance, t_scale

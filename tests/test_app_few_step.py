@@ -1,0 +1,150 @@
+"""Few-step models in the app (issue 15): defaults on selection, live mode, the teacher/student comparison and the
+Trajectory tab's straightness readout."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import write_tiny_checkpoints
+from test_app import CHROMIUM, free_port
+
+from diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+FEW_STEP_DEFAULTS = {"sampler": "ode", "solver": "euler", "steps": 2, "guidance": "none"}
+
+
+def write_tiny_student(folder: Path, defaults=FEW_STEP_DEFAULTS, name="tiny-reflow"):
+    """tiny-flow's network saved as a reflow student of it: few-step defaults and its teacher in the metadata."""
+    teacher = load_checkpoint(folder / "tiny-flow.safetensors")
+    config = teacher.config | {"defaults": defaults,
+                               "reflow": {"teacher_name": "tiny-flow", "teacher_sha256": teacher.sha256, "scale": 2.0}}
+    return save_checkpoint(folder / f"{name}.safetensors", "denoiser", teacher.network, config, {"steps": 0},
+                           "A tiny few-step student.")
+
+
+@pytest.fixture(scope="module")
+def few_step_cache(tmp_path_factory):
+    from diffusion.engine import ModelCache
+
+    folder = write_tiny_checkpoints(tmp_path_factory.mktemp("few-step") / "checkpoints")
+    write_tiny_student(folder)
+    return ModelCache(folder, capacity=8)
+
+
+@pytest.fixture(scope="module")
+def few_step_server(few_step_cache):
+    import app
+
+    demo = app.build_demo(few_step_cache)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            **app.LAUNCH_OPTIONS)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def few_step_client(few_step_server):
+    from gradio_client import Client
+
+    return Client(few_step_server, verbose=False)
+
+
+@pytest.mark.parametrize("defaults, problem", [({"steps": 0}, "steps 0"), ({"steps": True}, "steps True"),
+                                               ({"sampler": "<b>x</b>"}, "sampler"), ({"colour": 1}, "unknown field"),
+                                               ("2 steps", "must be a JSON object")])
+def test_hostile_sampling_defaults_are_refused_on_load(tmp_path, defaults, problem):
+    folder = write_tiny_checkpoints(tmp_path)
+    with pytest.raises(CheckpointError, match=problem):
+        write_tiny_student(folder, defaults=defaults)  # save_checkpoint validates like load_checkpoint
+
+
+def test_selecting_a_few_step_model_sets_its_defaults_and_offers_live_mode(few_step_cache):
+    from diffusion.app.generate import on_checkpoint_change
+
+    outputs = on_checkpoint_change(few_step_cache, Path("docs/evaluation"), "tiny-reflow", "ddim", False)
+    sampler, solver, steps, scale, live, few_step = (outputs[i] for i in (4, 5, 6, 9, 13, 14))
+    assert (sampler.value, solver.value, steps.value, solver.visible) == ("ode", "euler", 2, True)
+    assert outputs[2].value == "none" and scale.value == 1.0
+    assert live.visible is True and few_step is True
+    back = on_checkpoint_change(few_step_cache, Path("docs/evaluation"), "tiny", "ode", True)
+    assert (back[4].value, back[6].value, back[2].value, back[13].visible, back[14]) == ("ddim", 50, "cfg", False, False)
+    kept = on_checkpoint_change(few_step_cache, Path("docs/evaluation"), "tiny-flow", "ode", False)
+    assert kept[6].value is None or "value" not in kept[6].constructor_args  # a user's steps are kept between others
+
+
+def test_live_handler_skips_unless_ticked_and_samples_when_it_is(few_step_cache):
+    import gradio as gr
+
+    from diffusion.app.generate import generate_live
+
+    values = ["tiny-reflow", "ode", "euler", 2, 0.0, "uniform", "none", 1, 1.0, False, 5, 4]
+    assert all(out is gr.skip() or isinstance(out, type(gr.skip())) for out in generate_live(few_step_cache, False, *values))
+    gallery, grid, status, path = generate_live(few_step_cache, True, *values)
+    assert len(gallery) == 4 and "NFE 2" in status and "(live)" in status and Path(path).exists()
+
+
+def test_teacher_and_student_side_by_side_through_the_api(few_step_client):
+    picture, table = few_step_client.predict("tiny-reflow", "1, 2, 4", 1, 0, 2, api_name="/compare_few_steps")
+    assert "tiny\\-flow \\(teacher, CFG 2\\)" in table and "tiny\\-reflow \\(student\\)" in table
+    assert table.count("NFE 1,") == 2 and table.count("NFE 4,") == 2  # one network call per Euler step, CFG batched
+    width, height = Image.open(picture).size
+    assert width > height  # three columns, two rows
+    with pytest.raises(Exception, match="not a reflow student"):
+        few_step_client.predict("tiny-flow", "1, 2", 1, 0, 2, api_name="/compare_few_steps")
+
+
+def test_trajectory_reports_the_paths_straightness(few_step_client):
+    strip, caption, gif, deviation = few_step_client.predict("tiny-flow", "ode", "euler", 6, "none", 0, 1.0, 1, 4,
+                                                             api_name="/trajectory")
+    assert "Straightness S =" in caption and "exact for DDIM" not in caption
+    assert len(deviation["data"]) == 6  # one velocity per Euler step
+    _, caption, _, _ = few_step_client.predict("tiny-flow", "ode", "heun", 6, "none", 0, 1.0, 1, 4, api_name="/trajectory")
+    assert "exact for DDIM and ODE-Euler only" in caption
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (CI installs it)")
+def test_browser_live_mode_drops_stale_changes(few_step_server, monkeypatch, tmp_path):
+    """Six seed changes while each live run takes 0.6 s: the newest one runs, the ones overtaken while a run was
+    going are dropped (Gradio's trigger_mode="always_last")."""
+    from playwright.sync_api import sync_playwright
+
+    import diffusion.app.generate as generate_module
+
+    seeds, real_run = [], generate_module.run_request
+
+    def slow_run(cache, request, *args, **kwargs):
+        seeds.append(request.seed)
+        time.sleep(0.6)
+        return real_run(cache, request, *args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "run_request", slow_run)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(few_step_server)
+        page.get_by_label("Checkpoint").first.click()
+        page.get_by_role("option", name="tiny-reflow").click()
+        live = page.get_by_label("Live: regenerate at once when the class, scale or seed changes")
+        live.wait_for(state="visible", timeout=30_000)
+        assert page.get_by_label("number input for Steps").input_value() == "2"
+        live.check()
+        page.wait_for_selector("text=(live)", timeout=30_000)
+        seed = page.get_by_label("Seed").first
+        for value in range(1, 7):
+            seed.fill(str(value))
+            seed.press("Enter")
+            page.wait_for_timeout(50)
+        deadline = time.time() + 30
+        while (not seeds or seeds[-1] != 6) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # anything still queued would have started by now
+        page.screenshot(path=str(tmp_path / "live.png"))
+        browser.close()
+    live_runs = seeds[1:]  # after the run that ticking the box started
+    assert live_runs and live_runs[-1] == 6 and seeds.count(6) == 1
+    assert len(live_runs) < 6, f"stale changes ran: {seeds}"
