@@ -25,7 +25,9 @@ import torch
 from .checkpoint import atomic_write
 from .data import load_fashion_mnist, to_model_range
 from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
-from .sampling import image_generators
+from .sampling import draw_noise, image_generators
+from .schedules import time_grid
+from .straightness import readout_from_trajectory
 from .lens import LENS_ODE, PROBES, probe_images
 from .guidance import GUIDANCE_METHODS
 from .likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
@@ -75,12 +77,13 @@ def sampler_grid(quick: bool) -> list[dict]:
 
 NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused
 METRICS = ("nfe", "samples", "fid", "texture_fid", "accuracy", "diversity", "seconds",
-           "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max", "by_probe")
+           "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max", "by_probe",
+           "straightness", "straightness_std", "flow_time", "deviation")
 PARTS = ("samplers", "guidance", "quality_bar", "seed_spread", "temperatures", "likelihood", "probes", "texture",
-         "guidance_methods")
+         "guidance_methods", "few_step", "straightness")
 # The parts that make sense for each kind of generative checkpoint, the first ones being the default.
 KIND_PARTS = {"denoiser": (("samplers", "guidance"), ("quality_bar", "seed_spread", "likelihood", "probes", "texture",
-                                                     "guidance_methods")),
+                                                     "guidance_methods", "few_step", "straightness")),
               "normalizing-flow": (("temperatures", "quality_bar"), ("likelihood", "probes", "texture"))}
 NOISY_REFERENCE_SIGMA = 0.1  # the noisy reference: real images plus N(0, 0.1^2) per pixel (in [-1, 1] units)
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
@@ -133,6 +136,39 @@ def guidance_method_rows(config: EvalConfig, available: set[str]) -> list[dict]:
     return [dict(measure="guidance-methods", method=name, sampler="ddim", steps=steps, **method.settings, scale=s)
             for name, method in GUIDANCE_METHODS.items() if name in available for s in scales]
     # classifier guidance is left to the guidance table: it needs scales near 8 to do anything
+
+
+FEW_STEPS = (1, 2, 4, 8)
+TEACHER_SCALE = 2.0  # the classifier-free guidance fashion-reflow's pairs were made with (`pairs --scale`)
+STRAIGHTNESS_STEPS = 50  # DDIM (Euler in flow coordinates) steps along which a path's straightness is read
+
+
+def few_step_setting(model) -> dict:
+    """How a model is run in the few-step and straightness parts: a reflow student as it is (its pairs carry the
+    teacher's guidance), every other model with the guidance the student's pairs were made with, so the two
+    integrate the same map."""
+    reflow = model.config.get("reflow")
+    if isinstance(reflow, dict):
+        return dict(guidance="none", scale=1.0)
+    return dict(guidance="cfg", scale=TEACHER_SCALE) if model.config.get("null_class") is not None else dict(guidance="none")
+
+
+def few_step_rows(config: EvalConfig, model) -> list[dict]:
+    """Issue 15's steps-vs-FID curve: the probability-flow ODE with 1, 2, 4, 8 Euler steps, and DPM-Solver++(2M)-20
+    as the converged reference, at the model's few-step setting (self-conditioning as the model was trained)."""
+    setting = few_step_setting(model) | dict(self_condition=model.self_condition)
+    steps = (1, 2) if config.quick else FEW_STEPS
+    return ([dict(measure="few-step", sampler="ode", solver="euler", steps=n, **setting) for n in steps]
+            + [dict(measure="few-step", sampler="ode", solver="dpm++2m", steps=3 if config.quick else 20, **setting)])
+
+
+def straightness_rows(config: EvalConfig, model) -> list[dict]:
+    """Straightness (Liu et al. 2022) along DDIM paths at the few-step setting, and without guidance."""
+    settings = [few_step_setting(model)]
+    if settings[0]["guidance"] != "none":
+        settings.append(dict(guidance="none", scale=1.0))
+    return [dict(measure="straightness", sampler="ddim", steps=4 if config.quick else STRAIGHTNESS_STEPS,
+                 self_condition=model.self_condition, **setting) for setting in settings]
 
 
 def likelihood_rows(config: EvalConfig, kind: str) -> list[dict]:
@@ -236,6 +272,31 @@ class Evaluator:
                 nfe, seconds = result.nfe, seconds + result.seconds
         return {**row, "nfe": nfe, **self.metrics(torch.cat(images), torch.tensor(labels)),
                 "seconds": round(seconds, 1)}
+
+    def straightness(self, **row) -> dict:
+        """Straightness of config.samples class-balanced paths (the score() rows' noise), each read along its own
+        DDIM run (straightness.readout_from_trajectory): mean and spread over images, and the mean rms distance of
+        the velocity from z - x at every step (the curve plotted against flow time)."""
+        c = self.config
+        fields = {k: v for k, v in row.items() if k != "measure"}
+        per_class = max(1, c.samples // self.classes)
+        per_image, deviation, flow_time = [], [], None
+        schedule = self.model.schedule
+        for label in range(self.classes):
+            for start in range(0, per_class, c.batch_size):
+                first, count = label * per_class + start, min(c.batch_size, per_class - start)
+                request = SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=c.seed, first_index=first,
+                                        batch_size=count, **fields)
+                result = run_request(self.cache, request, model=self.model, record_trajectory=True)
+                x_T = draw_noise(image_generators(c.seed, count, first), result.images.shape[1:])
+                readout = readout_from_trajectory(schedule, time_grid(schedule, request.steps), x_T, result.trajectory)
+                per_image.append(readout.per_image)
+                deviation.append(readout.deviation)
+                flow_time = readout.s[:-1]
+        per_image, deviation = torch.cat(per_image).double(), torch.cat(deviation, dim=1).double()
+        return {**row, "samples": len(per_image), "straightness": float(per_image.mean()),
+                "straightness_std": float(per_image.std()), "flow_time": [round(float(v), 5) for v in flow_time],
+                "deviation": [round(float(v), 5) for v in deviation.mean(1)]}
 
     def likelihood(self, **row) -> dict:
         """bits/dim of the first `images` test images (uniformly dequantized, noise and Hutchinson probe from image
@@ -381,6 +442,8 @@ class Evaluator:
         planned["texture"] = texture_rows(c, self.kind, model.kind == "denoiser" and model.self_condition)
         if self.kind == "denoiser":
             planned["guidance_methods"] = guidance_method_rows(c, self.available_methods())
+            planned["few_step"] = few_step_rows(c, model)
+            planned["straightness"] = straightness_rows(c, model)
         planned["probes"] = [dict(probes="unconditional", images=c.probe_images,
                                   **({"tolerance": LENS_ODE.rtol} if self.kind == "denoiser" else {"method": "exact"}))]
 
@@ -398,7 +461,8 @@ class Evaluator:
         for part in [p for p in planned if p in wanted]:
             for row in planned[part]:
                 if row_key(row) not in done:
-                    measure = {"likelihood": self.likelihood, "probes": self.probes}.get(part, self.score)
+                    measure = {"likelihood": self.likelihood, "probes": self.probes,
+                               "straightness": self.straightness}.get(part, self.score)
                     done[row_key(row)] = measure(**row)
                     results[part] = known(part)
                     if write:
@@ -470,6 +534,22 @@ def markdown_tables(results: dict) -> str:
         lines += scale_table(results["guidance_methods"], "method", "method",
                              "Guidance methods (DDIM-50, self-conditioning off, the same noise for every point; each "
                              "method at its paper's suggested setting, guidance.GUIDANCE_METHODS):")
+    if results.get("few_step"):
+        lines += ["", "Few steps (probability-flow ODE, the same noise for every row; issue 15's steps-vs-FID curve):",
+                  "", "| solver | steps | NFE | guidance | feature FID | accuracy | diversity | texture position |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in results["few_step"]:
+            guidance = "none" if r["guidance"] == "none" else f"{r['guidance']} {r['scale']:g}"
+            lines.append(f"| {r['solver']} | {r['steps']} | {r['nfe']} | {guidance} | {r['fid']:.2f} | "
+                         f"{r['accuracy']:.3f} | {r['diversity']:.3f} | {_position(r, results.get('real_data'))} |")
+    if results.get("straightness"):
+        lines += ["", "Straightness S (Liu et al. 2022, per pixel, 0 = straight paths; read along DDIM paths in "
+                      "flow-equivalent coordinates, diffusion.straightness):", "",
+                  "| guidance | steps | paths | S (mean) | S (std over paths) |", "|---|---|---|---|---|"]
+        for r in results["straightness"]:
+            guidance = "none" if r["guidance"] == "none" else f"{r['guidance']} {r['scale']:g}"
+            lines.append(f"| {guidance} | {r['steps']} | {r['samples']} | {r['straightness']:.4f} | "
+                         f"{r['straightness_std']:.4f} |")
     if results.get("seed_spread"):
         rows = results["seed_spread"]
         fids = torch.tensor([r["fid"] for r in rows], dtype=torch.float64)

@@ -156,3 +156,34 @@ def test_guidance_methods_part_scores_every_method_the_checkpoint_allows_and_plo
     assert all(r["samples"] == 20 and 0 <= r["accuracy"] <= 1 for r in rows)
     assert (Path(config.out_dir) / "tiny-guidance-methods.png").stat().st_size > 10_000
     assert "| apg | 3 |" in (Path(config.out_dir) / "tiny.md").read_text()
+
+
+def test_few_step_and_straightness_parts_of_a_teacher_and_its_student(setup):
+    from diffusion.checkpoint import load_checkpoint, save_checkpoint
+
+    folder, config = setup
+    teacher = load_checkpoint(folder / "tiny-flow.safetensors")
+    student_config = teacher.config | {"defaults": {"sampler": "ode", "solver": "euler", "steps": 2, "guidance": "none"},
+                                       "reflow": {"teacher_name": "tiny-flow", "scale": 2.0}}
+    save_checkpoint(folder / "tiny-reflow.safetensors", "denoiser", teacher.network, student_config, {}, "student")
+    rows = {}
+    for name in ("tiny-flow", "tiny-reflow"):
+        results = Evaluator(replace_checkpoint(config, name)).run(parts=("few-step", "straightness"))
+        rows[name] = results
+        table = (Path(config.out_dir) / f"{name}.md").read_text()
+        assert "Few steps" in table and "Straightness S" in table
+    teacher_rows, student_rows = rows["tiny-flow"]["few_step"], rows["tiny-reflow"]["few_step"]
+    assert [(r["solver"], r["steps"], r["nfe"]) for r in teacher_rows] == [("euler", 1, 1), ("euler", 2, 2), ("dpm++2m", 3, 3)]
+    assert {r["guidance"] for r in teacher_rows} == {"cfg"} and {r["guidance"] for r in student_rows} == {"none"}
+    # the student is the teacher's network here, so without guidance both give the same paths and straightness
+    teacher_s = {r["guidance"]: r for r in rows["tiny-flow"]["straightness"]}
+    (student_s,) = rows["tiny-reflow"]["straightness"]
+    assert student_s["straightness"] == pytest.approx(teacher_s["none"]["straightness"], rel=1e-6)
+    assert teacher_s["cfg"]["straightness"] != pytest.approx(teacher_s["none"]["straightness"])
+    assert len(student_s["deviation"]) == len(student_s["flow_time"]) == 4 and student_s["flow_time"][0] == 1.0
+
+
+def replace_checkpoint(config, name):
+    from dataclasses import replace
+
+    return replace(config, checkpoint=name)
