@@ -155,6 +155,9 @@ def command_evaluate(args):
 def command_benchmark(args):
     from .benchmark import BenchConfig, report, run_benchmark, write_report
 
+    if args.race:
+        return command_race(args)
+
     config = BenchConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, batch=args.batch,
                          steps=args.steps, repeats=args.repeats, out=args.out, quick=args.quick, compile=args.compile,
                          peak_tflops=args.peak_tflops)
@@ -162,6 +165,40 @@ def command_benchmark(args):
     print(report(results))
     if args.out:
         write_report(results, Path(args.out))
+
+
+def command_race(args):
+    from contextlib import contextmanager
+
+    from .engine import ModelCache
+    from .race import run_race, race_report
+
+    @contextmanager
+    def serve(cache):
+        """The app (app.py at the repository root) on a free local port, over the same model cache."""
+        import socket
+
+        try:
+            import app
+        except ImportError:
+            raise SystemExit("the round trip through the app needs app.py: run from the repository root") from None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        demo = app.build_demo(cache)
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                                **app.LAUNCH_OPTIONS)
+        try:
+            yield url
+        finally:
+            demo.close()
+
+    results = run_race(ModelCache(args.checkpoint_dir), repeats=1 if args.quick else args.race_repeats, serve=serve)
+    text = race_report(results)
+    print(text)
+    if args.race_out:
+        Path(args.race_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.race_out).write_text("# Few-step race\n\nWritten by `python -m diffusion benchmark --race`.\n\n" + text)
 
 
 def command_cards(args):
@@ -299,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--out", default="docs/benchmarks.md", help="Markdown report ('' to skip)")
     bench.add_argument("--quick", action="store_true", help="batch 4, 5 steps, one repeat (CI)")
+    bench.add_argument("--race", action="store_true", help="instead: time to a 16-image grid at >= 95 %% evaluator "
+                       "accuracy for each model at its cheapest evaluated setting, and through the app")
+    bench.add_argument("--race-repeats", type=int, default=5)
+    bench.add_argument("--race-out", default="docs/benchmarks-race.md", help="Markdown report of --race ('' to skip)")
     bench.add_argument("--compile", action="store_true", help="also time torch.compile(network) (takes minutes)")
     bench.add_argument("--peak-tflops", type=float, default=None,
                        help="the device's peak TFLOP/s for this dtype, for the fraction-of-peak row")

@@ -31,8 +31,14 @@ def generate_request(checkpoint, sampler, solver, steps, eta, spacing, guidance,
         raise user_error(error) from None
 
 
-def generate(cache: ModelCache, *values, progress=gr.Progress()):
-    request = generate_request(*values)
+def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition, seed,
+             batch_size, rescale=0.0, interval_low=None, interval_high=None, apg_eta=1.0, apg_norm=0.0,
+             apg_momentum=0.0, threshold=0.0, stochasticity=1.0, predictor="ddpm", correctors=1, snr=0.16,
+             langevin_steps=5, step_size=1.0, progress=gr.Progress()):
+    request = generate_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+                               self_condition, seed, batch_size, rescale, interval_low, interval_high, apg_eta,
+                               apg_norm, apg_momentum, threshold, stochasticity, predictor, correctors, snr,
+                               langevin_steps, step_size)
     preview_every = max(1, request.steps // 10)
     columns = min(8, request.batch_size)
 
