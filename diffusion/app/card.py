@@ -41,8 +41,12 @@ def model_summary(cache: ModelCache, evaluation_dir: Path, name: str) -> str:
     schedule = model.schedule
     steps = f" ({schedule.discrete.steps} {schedule.discrete.kind} betas)" if schedule.name == "vp-discrete" else ""
     shape = f"{config['image_channels']} x {config['image_size']}^2 px"
+    defaults = model.sampling_defaults
+    few_step = (f"\n\n**Few-step model:** starts at {defaults.get('sampler', 'ode')}-{defaults.get('solver', 'euler')}, "
+                f"{defaults.get('steps')} steps, guidance {defaults.get('guidance', 'none')}; live mode is offered."
+                if defaults else "")
     return (f"{model.card}\n\n*{schedule.name} schedule{steps}, {config.get('parameterization')}-prediction, "
-            f"{shape}, {size}, self-conditioning {'yes' if model.self_condition else 'no'}.*" + measured)
+            f"{shape}, {size}, self-conditioning {'yes' if model.self_condition else 'no'}.*" + measured + few_step)
 
 
 def model_card(cache: ModelCache, evaluation_dir: Path, name):
