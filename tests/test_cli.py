@@ -181,3 +181,23 @@ def test_benchmark_quick(tmp_path):
     for row in ("ddim wall time / bare network forwards", "CFG DDIM at batch B", "diffusers DDIMScheduler",
                 "cold checkpoint load", "GFLOP per forward"):
         assert row in text
+
+
+def test_pairs_then_reflow_training_from_the_command_line(tmp_path):
+    """`pairs --quick` twice (the second run finds every shard and makes none), then the fashion-reflow preset
+    pointed at a tiny teacher for a few steps, exported as a few-step checkpoint."""
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    teacher = str(tmp_path / "ckpt" / "tiny-flow.safetensors")
+    first = run("pairs", "--quick", "--teacher", teacher, "--out", str(tmp_path / "pairs"), "--no-self-condition")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "2 shards (40 pairs)" in first.stdout and first.stderr.count("pairs-0000") == 2
+    again = run("pairs", "--quick", "--teacher", teacher, "--out", str(tmp_path / "pairs"), "--no-self-condition")
+    assert again.returncode == 0 and "pairs-0000" not in again.stderr  # resumed: nothing left to make
+    student = tmp_path / "student.safetensors"
+    trained = run("train", "--preset", "fashion-reflow", "--teacher", teacher, "--pairs", str(tmp_path / "pairs"),
+                  "--image-size", "8", "--no-objective.self-condition", "--steps", "3", "--batch-size", "4",
+                  "--sample-every", "0", "--run-dir", str(tmp_path / "run"), "--export-to", str(student))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    sampled = run("sample", "--checkpoint", str(student), "--sampler", "ode", "--solver", "euler", "--steps", "2",
+                  "--guidance", "none", "--class", "0", "--batch-size", "2", "--out", str(tmp_path / "s.png"))
+    assert sampled.returncode == 0 and "NFE 2" in sampled.stdout
