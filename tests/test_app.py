@@ -200,7 +200,7 @@ def test_sweep_and_trajectory(client):
     assert Image.open(grid).size[1] > Image.open(grid).size[0] / 2  # six rows of four
     assert table.count("\n") == 1 + 6 and "classifier" in table
     assert len(confidence["data"]) == 12 and len(strength["data"]) == 4 * 4  # 2 modes x 2 scales > 0 x 4 steps
-    strip, caption, gif = client.predict("tiny", "ode", "heun", 6, "cfg", 0, 2.0, 1, 4, api_name="/trajectory")
+    strip, caption, gif, deviation = client.predict("tiny", "ode", "heun", 6, "cfg", 0, 2.0, 1, 4, api_name="/trajectory")
     assert "t=0 (data)" in caption
     assert Image.open(gif).n_frames == 4
 
@@ -355,7 +355,7 @@ def test_a_diffusers_folder_in_every_tab(client):
     out = client.predict("colour32", "none", "", 1.0, 5, 2, "leading", 6, 6, 0.0, 3, "dpm++2m", "ddim", "ode",
                          api_name="/compare")
     assert all(Image.open(out[i]).mode == "RGB" for i in range(3)) and "NFE 6" in out[3]
-    strip, caption, gif = client.predict("colour32", "ddim", "heun", 6, "none", "", 1.0, 1, 4, api_name="/trajectory")
+    strip, caption, gif, _ = client.predict("colour32", "ddim", "heun", 6, "none", "", 1.0, 1, 4, api_name="/trajectory")
     assert Image.open(strip).mode == "RGB" and Image.open(gif).n_frames == 4
     with pytest.raises(AppError, match="guidance needs a class"):
         client.predict("colour32", "", "0, 2", ["cfg"], 3, 4, "ddim", 4, api_name="/sweep")
