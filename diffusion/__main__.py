@@ -146,7 +146,8 @@ def command_evaluate(args):
     config = EvalConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, samples=args.samples,
                         reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=args.out_dir,
                         quick=args.quick, likelihood_images=args.likelihood_images,
-                        likelihood_tolerance=args.likelihood_tolerance, probe_images=args.probe_images)
+                        likelihood_tolerance=args.likelihood_tolerance, probe_images=args.probe_images,
+                        samplers=tuple(args.samplers or ()))
     conditioning = {"both": (False, True), "on": (True,), "off": (False,)}[args.self_cond]
     parts = tuple(args.parts) if args.parts else None
     print(markdown_tables(Evaluator(config).run(parts=parts, self_conditioning=conditioning)))
@@ -322,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--likelihood-images", type=int, default=1000, help="test images for the likelihood part")
     evaluate.add_argument("--likelihood-tolerance", type=float, default=1e-4,
                           help="the probability-flow ODE solver's rtol = atol (dopri5)")
+    evaluate.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="the samplers part: only these "
+                          "samplers' rows (default: every sampler)")
     evaluate.add_argument("--probe-images", type=int, default=100, help="test images for the probes part")
     evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
                           help="self-conditioning settings for the sampler table")

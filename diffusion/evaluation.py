@@ -49,6 +49,7 @@ class EvalConfig:
     likelihood_tolerance: float = 1e-4  # dopri5's rtol = atol (1e-5 costs 2.2x the NFE and moved bits/dim by 0.001)
     progress_dir: str = "runs/likelihood"  # per-batch results of a likelihood row, so a killed run resumes
     probe_images: int = 100  # test images whose out-of-distribution probes are scored (the probes part)
+    samplers: tuple[str, ...] = ()  # the samplers part's rows of only these samplers (empty: all of them)
 
     def scaled(self) -> "EvalConfig":
         if not self.quick:
@@ -428,7 +429,8 @@ class Evaluator:
                    "likelihood": []}
         steps = 4 if c.quick else 50
         planned = {} if self.kind == "normalizing-flow" else {
-            "samplers": [dict(**row, self_condition=s) for s in conditioning for row in sampler_grid(c.quick)],
+            "samplers": [dict(**row, self_condition=s) for s in conditioning for row in sampler_grid(c.quick)
+                         if not c.samplers or row["sampler"] in c.samplers],
             "guidance": [dict(sampler="ddim", steps=steps, **row)
                          for row in guidance_grid(c.quick, bool(self.cache.names("noisy-classifier")))],
             "quality_bar": [dict(sampler="ddim", steps=steps, guidance="cfg", scale=3.0,

@@ -187,3 +187,11 @@ def replace_checkpoint(config, name):
     from dataclasses import replace
 
     return replace(config, checkpoint=name)
+
+
+def test_the_samplers_part_can_be_limited_to_some_samplers(setup):
+    from dataclasses import replace
+
+    folder, config = setup
+    results = Evaluator(replace(config, samplers=("ddim", "ode"))).run(parts=("samplers",), self_conditioning=(False,))
+    assert [r["sampler"] for r in results["samplers"]] == ["ddim", "ode"]
