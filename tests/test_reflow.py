@@ -252,3 +252,28 @@ def test_reflow_refuses_pairs_of_another_teacher_and_flipped_pairs(checkpoint_di
         Trainer(reflow_config(checkpoint_dir, tmp_path, hflip=True))
     with pytest.raises(ValueError, match="not a rectified flow"):
         Trainer(reflow_config(checkpoint_dir, tmp_path, teacher=str(checkpoint_dir / "tiny.safetensors")))
+
+
+def gaussian_denoiser(schedule: Schedule, std: float):
+    """Exact (x0_hat, eps_hat) for data N(0, std^2) under any schedule."""
+
+    def denoise(x_t, t):
+        alpha, sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
+        var = alpha**2 * std**2 + sigma**2
+        return alpha * std**2 / var * x_t, sigma / var * x_t
+
+    return denoise
+
+
+def test_a_diffusion_model_is_read_through_its_flow_equivalent_velocity():
+    """VP and rectified-flow noising of the same data have the same paths in y = x / (alpha + sigma), s = sigma /
+    (alpha + sigma), so the exact VP and flow denoisers of one Gaussian have the same straightness."""
+    z = draw_noise(image_generators(0, 5000), (1, 1, 1)).double()
+    readings = {}
+    for name in ("flow", "vp-cosine"):
+        schedule = Schedule(name)
+        grid = time_grid(schedule, 400, "log-snr") if name == "vp-cosine" else time_grid(schedule, 400)
+        readings[name] = measure_straightness(gaussian_denoiser(schedule, 0.25), z, grid, schedule)
+    assert readings["flow"].mean > 0.05
+    assert readings["vp-cosine"].mean == pytest.approx(readings["flow"].mean, rel=0.03)
+    assert torch.allclose(readings["vp-cosine"].images, readings["flow"].images, atol=2e-2)
