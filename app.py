@@ -73,7 +73,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     sampling)
 
             with gr.Tab("Compare samplers", id="compare"):
-                c_checkpoint, c_class, c_guidance, c_scale = build_compare_tab(
+                c_checkpoint, c_class, c_guidance, c_scale, c_student = build_compare_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("Guidance sweep", id="sweep"):
@@ -103,11 +103,12 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     available = [e.name for e in cache.entries() if e.available]
                     pickers = [gr.Dropdown(choices=generative), *(gr.Dropdown(choices=denoisers) for _ in range(4)),
                                gr.Dropdown(choices=available), *(gr.CheckboxGroup(choices=generative) for _ in range(4)),
-                               gr.Dropdown(choices=generative)]
+                               gr.Dropdown(choices=generative), gr.Dropdown(choices=cache.few_step_names())]
                     return (*pickers, "### Files in the checkpoint folder\n" + checkpoint_table(cache))
 
                 m_rescan.click(rescan, None, [checkpoint, c_checkpoint, s_checkpoint, t_checkpoint, x_checkpoint, m_checkpoint,
-                                              *family_pickers, lens_checkpoints, lens_sample_checkpoint, m_files],
+                                              *family_pickers, lens_checkpoints, lens_sample_checkpoint, c_student,
+                                              m_files],
                                api_name="rescan")
             for picker, class_box, mode in ((c_checkpoint, c_class, c_guidance), (t_checkpoint, t_class, t_guidance),
                                             (x_checkpoint, x_class, x_guidance)):

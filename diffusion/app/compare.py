@@ -79,7 +79,8 @@ def render_difference(state, column_a, column_b):
 
 
 def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
-    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, class, guidance, scale)."""
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, class, guidance, scale,
+    few-step student picker)."""
     gr.Markdown("The same seed gives every column the same starting noise and the same per-step noise "
                 "stream, so differences come from the samplers alone.")
     with gr.Row():
@@ -132,4 +133,4 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
         f_table = gr.Markdown(label="Few-step figures")
     f_run.click(partial(compare_few_steps, cache), [f_student, f_steps, c_class, c_seed, c_batch], [f_picture, f_table],
                 api_name="compare_few_steps", **sampling)
-    return c_checkpoint, c_class, c_guidance, c_scale
+    return c_checkpoint, c_class, c_guidance, c_scale, f_student
