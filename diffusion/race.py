@@ -126,7 +126,7 @@ def app_round_trip(url: str, row: RaceRow, repeats: int, class_index: int = 0) -
     return min(times)
 
 
-DEFAULT_FOLDERS = ("docs/evaluation/reflow", "docs/evaluation/retrained", "docs/evaluation")
+DEFAULT_FOLDERS = ("docs/evaluation/reflow", "docs/evaluation/retrained", "docs/evaluation/dit", "docs/evaluation")
 DEFAULT_RACERS = ("fashion-diffusion", "fashion-flow", "fashion-reflow", "fashion-dit")
 
 
