@@ -2,7 +2,8 @@
 
     python docs/evaluation/reflow/figures.py docs/evaluation/reflow
 
-Reads NAME.json for fashion-flow, fashion-reflow and fashion-diffusion in that folder and writes
+Reads NAME.json (few-step part) and straightness/NAME.json for fashion-flow, fashion-reflow and fashion-diffusion in
+that folder and writes
     steps.png         feature FID and accuracy against Euler steps (1, 2, 4, 8), DPM-Solver++(2M)-20 as dashed lines
     straightness.png  rms of v - (z - x) along the path against flow time, one curve per model and guidance
     side-by-side.png  teacher (CFG 2) and student on the same noise at 1, 2, 4, 8 Euler steps (the app's Compare view)
@@ -25,7 +26,13 @@ MODELS = {"fashion-flow": "teacher (fashion-flow)", "fashion-reflow": "student (
 
 
 def load(folder: Path) -> dict:
-    return {name: json.loads((folder / f"{name}.json").read_text()) for name in MODELS if (folder / f"{name}.json").exists()}
+    """NAME.json of the few-step part (1,000 samples) with the straightness rows of straightness/NAME.json (200 paths)."""
+    results = {}
+    for name in MODELS:
+        for path, part in ((folder / f"{name}.json", "few_step"), (folder / "straightness" / f"{name}.json", "straightness")):
+            if path.exists():
+                results.setdefault(name, {})[part] = json.loads(path.read_text()).get(part)
+    return results
 
 
 def steps_figure(results: dict, path: Path):
