@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -119,6 +121,22 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 mode.change(lambda m: DEFAULT_SCALES.get(m, 1.0), mode, value, api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
+
+
+@contextmanager
+def serve(cache: ModelCache, host: str = "127.0.0.1", port: int | None = None):
+    """The app over `cache` on a local port (a free one unless given), without blocking; yields its URL. The tests,
+    `benchmark --race` and anything else that needs a live server start it here."""
+    if port is None:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    demo = build_demo(cache)
+    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
+    try:
+        yield url
+    finally:
+        demo.close()
 
 
 def parse_args(argv=None):

@@ -169,30 +169,13 @@ def command_benchmark(args):
 
 
 def command_race(args):
-    from contextlib import contextmanager
-
     from .engine import ModelCache
     from .race import run_race, race_report
 
-    @contextmanager
-    def serve(cache):
-        """The app (app.py at the repository root) on a free local port, over the same model cache."""
-        import socket
-
-        try:
-            import app
-        except ImportError:
-            raise SystemExit("the round trip through the app needs app.py: run from the repository root") from None
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        demo = app.build_demo(cache)
-        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                                **app.LAUNCH_OPTIONS)
-        try:
-            yield url
-        finally:
-            demo.close()
+    try:
+        from app import serve  # app.py at the repository root: the app lives above the library
+    except ImportError:
+        raise SystemExit("the round trip through the app needs app.py: run from the repository root") from None
 
     results = run_race(ModelCache(args.checkpoint_dir), repeats=1 if args.quick else args.race_repeats, serve=serve)
     text = race_report(results)

@@ -36,11 +36,8 @@ def app_cache(tmp_path_factory):
 def server(app_cache):
     import app
 
-    demo = app.build_demo(app_cache)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            **app.LAUNCH_OPTIONS)
-    yield url
-    demo.close()
+    with app.serve(app_cache) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_tiny_checkpoints
-from test_app import CHROMIUM, free_port
+from test_app import CHROMIUM
 
 from diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -39,11 +39,8 @@ def few_step_cache(tmp_path_factory):
 def few_step_server(few_step_cache):
     import app
 
-    demo = app.build_demo(few_step_cache)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            **app.LAUNCH_OPTIONS)
-    yield url
-    demo.close()
+    with app.serve(few_step_cache) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

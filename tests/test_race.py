@@ -1,10 +1,7 @@
 """The few-step race (benchmark --race): settings come from evaluated rows of the same file, and every row is timed."""
 
 import json
-from contextlib import contextmanager
-
 from conftest import write_tiny_checkpoints
-from test_app import free_port
 
 from diffusion.engine import ModelCache
 from diffusion.race import cheapest_passing, race_report, row_cost, run_race
@@ -36,17 +33,7 @@ def test_the_race_times_each_model_at_its_evaluated_setting_and_through_the_app(
     stale = evaluated | {"identity": {"checkpoint_sha256": "another file"}}
     (tmp_path / "eval" / "tiny.json").write_text(json.dumps(stale))  # rows of another file are not used
 
-    @contextmanager
-    def serve(cache):
-        demo = app.build_demo(cache)
-        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                                **app.LAUNCH_OPTIONS)
-        try:
-            yield url
-        finally:
-            demo.close()
-
-    results = run_race(cache, folders=[tmp_path / "eval"], checkpoints=("tiny", "tiny-flow"), repeats=1, serve=serve)
+    results = run_race(cache, folders=[tmp_path / "eval"], checkpoints=("tiny", "tiny-flow"), repeats=1, serve=app.serve)
     (only,) = results["rows"]
     assert only["checkpoint"] == "tiny-flow" and only["setting"]["steps"] == 2 and only["nfe"] == 2
     assert only["seconds"] > 0 and results["round_trip"]["with_downloads"] > results["round_trip"]["seconds"] > 0

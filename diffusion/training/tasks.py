@@ -113,6 +113,7 @@ class ReflowTask(DenoiserTask):
     def load_data(self) -> PairSet:
         teacher_sha256 = self.teacher().sha256
         pairs = load_pairs(self.config.pairs)
+        self.pairs_record = {"pairs": len(pairs)} | pairs.settings  # for export_config: the shards are read once
         if pairs.settings.get("teacher_sha256") != teacher_sha256:
             raise DataError(f"the pairs in {self.config.pairs} were made by another teacher than {self.config.teacher} "
                             f"(SHA-256 {str(pairs.settings.get('teacher_sha256'))[:12]}..., file {teacher_sha256[:12]}...)")
@@ -129,9 +130,10 @@ class ReflowTask(DenoiserTask):
         return diffusion_loss(model, images, labels if conditional else None, self.config.objective, noise=noise)
 
     def export_config(self, network, class_names) -> dict:
-        pairs = self.load_data()
+        if not hasattr(self, "pairs_record"):  # a Trainer given its data set directly never called load_data
+            self.load_data()
         return super().export_config(network, class_names) | {
-            "reflow": {"pairs": len(pairs)} | pairs.settings,
+            "reflow": self.pairs_record,
             "defaults": {"sampler": "ode", "solver": "euler", "steps": self.config.default_steps, "guidance": "none"}}
 
     def preview(self, network, class_names, device):
