@@ -217,8 +217,10 @@ def test_one_reflow_straightens_the_paths_of_an_exact_teacher():
 # --- the reflow task ---------------------------------------------------------------------------
 def reflow_config(checkpoint_dir, tmp_path, **changes):
     base = PRESETS["fashion-reflow"]
+    # Every path the preset writes is moved under tmp_path: its export_to is the shipped checkpoint (a test once
+    # overwrote checkpoints/fashion-reflow.safetensors through it).
     fields = dict(teacher=str(checkpoint_dir / "tiny-flow.safetensors"), pairs=str(tmp_path / "pairs"),
-                  run_dir=str(tmp_path / "run"), image_size=8, steps=6, batch_size=4, sample_every=0, save_every=3,
+                  run_dir=str(tmp_path / "run"), export_to=str(tmp_path / "run" / "export.safetensors"), image_size=8, steps=6, batch_size=4, sample_every=0, save_every=3,
                   warmup_steps=1, objective=replace(base.objective, self_condition=False))
     return replace(base, **fields | changes)
 
