@@ -53,11 +53,9 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     generative = cache.names(*GENERATIVE_KINDS)  # Generate also offers normalizing flows
     available = [e.name for e in cache.entries() if e.available]  # the Model card shows every loadable file
     default = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in names else (names[0] if names else None)
-    classes, self_cond_ok, guidance_choices = [], False, GUIDANCE_LABELS[:1]
+    classes, guidance_choices = [], GUIDANCE_LABELS[:1]
     if default:
-        model = cache.get(default)
-        classes, guidance_choices = class_and_guidance(cache, model)
-        self_cond_ok = model.self_condition
+        classes, guidance_choices = class_and_guidance(cache, cache.get(default))
     guidance_default = "cfg" if any(g[1] == "cfg" for g in guidance_choices) else "none"
     # One sampling job at a time per device. preprocess=False: the handlers get the raw values and check them
     # themselves (diffusion.app.common.widget_number, the engine), so every wrong input, through the browser or
@@ -71,8 +69,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 checkpoint, guidance, scale = build_generate_tab(
-                    cache, EVALUATION_DIR, generative, default, classes, guidance_choices, guidance_default, self_cond_ok,
-                    sampling)
+                    cache, EVALUATION_DIR, generative, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("Compare samplers", id="compare"):
                 c_checkpoint, c_class, c_guidance, c_scale, c_student = build_compare_tab(

@@ -9,6 +9,8 @@ import sys
 import typing
 from pathlib import Path
 
+from .outputs import OutputExists, quick_output_dir, refuse_to_replace
+
 
 def _dataclass_options(parser: argparse.ArgumentParser, cls, prefix: str = ""):
     """One --option per field of a (nested) config dataclass; its help shows the preset-free default."""
@@ -53,7 +55,7 @@ def command_train(args):
     else:
         config = TrainConfig()
     config = _apply_overrides(config, args)
-    trainer = Trainer(config)
+    trainer = Trainer(config, overwrite=args.overwrite)
     if args.resume:
         trainer.load_state()
         print(f"resumed {config.run_dir} at step {trainer.step}", file=sys.stderr)
@@ -64,10 +66,15 @@ def command_export(args):
     from .training import TrainConfig, Trainer
 
     run = Path(args.run)
-    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-    trainer = Trainer(dataclasses.replace(config, run_dir=str(run)))
+    out = refuse_to_replace(args.out, args.overwrite)
+    try:
+        config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"error: {run} is not a training run folder (its config.json: "
+                         f"{getattr(error, 'strerror', None) or error})") from None
+    trainer = Trainer(dataclasses.replace(config, run_dir=str(run), export_to=""))
     trainer.load_state()
-    print(trainer.export(args.out))
+    print(trainer.export(out, overwrite=args.overwrite))
 
 
 def command_pairs(args):
@@ -101,6 +108,7 @@ def command_sample(args):
     from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
     from .images import display_scale, image_grid, to_pil
 
+    refuse_to_replace(args.out, args.overwrite)
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
     cache = ModelCache(given.parent if is_path else Path(args.checkpoint_dir))
@@ -133,6 +141,7 @@ def command_import_diffusers(args):
     from .diffusers_folder import convert_folder
 
     names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else None
+    refuse_to_replace(args.out, args.overwrite)
     out = convert_folder(Path(args.folder), Path(args.out), class_names=names, null_class=args.null_class)
     model = load_checkpoint(out)
     parameters = sum(p.numel() for p in model.network.parameters())
@@ -143,14 +152,18 @@ def command_import_diffusers(args):
 def command_evaluate(args):
     from .evaluation import EvalConfig, Evaluator, markdown_tables
 
+    out_dir = args.out_dir or (quick_output_dir("evaluate") if args.quick else DEFAULT_EVALUATION_DIR)
     config = EvalConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, samples=args.samples,
-                        reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=args.out_dir,
+                        reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=str(out_dir),
+                        progress_dir=str(Path(out_dir) / "likelihood-progress") if args.quick else "runs/likelihood",
                         quick=args.quick, likelihood_images=args.likelihood_images,
                         likelihood_tolerance=args.likelihood_tolerance, probe_images=args.probe_images,
                         samplers=tuple(args.samplers or ()))
     conditioning = {"both": (False, True), "on": (True,), "off": (False,)}[args.self_cond]
     parts = tuple(args.parts) if args.parts else None
-    print(markdown_tables(Evaluator(config).run(parts=parts, self_conditioning=conditioning)))
+    results = Evaluator(config).run(parts=parts, self_conditioning=conditioning, overwrite=args.overwrite)
+    print(markdown_tables(results))
+    print(f"written to {out_dir}", file=sys.stderr)
 
 
 def command_benchmark(args):
@@ -159,19 +172,31 @@ def command_benchmark(args):
     if args.race:
         return command_race(args)
 
+    out = _report_path(args.out, "docs/benchmarks.md", "benchmarks.md", args)
     config = BenchConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, batch=args.batch,
-                         steps=args.steps, repeats=args.repeats, out=args.out, quick=args.quick, compile=args.compile,
+                         steps=args.steps, repeats=args.repeats, quick=args.quick, compile=args.compile,
                          peak_tflops=args.peak_tflops)
     results = run_benchmark(config)
     print(report(results))
-    if args.out:
-        write_report(results, Path(args.out))
+    if out:
+        write_report(results, out)
+        print(f"written to {out}", file=sys.stderr)
+
+
+def _report_path(given: str | None, default: str, name: str, args) -> Path | None:
+    """Where a report goes: the path given ('' for nowhere), else the docs page, or a temporary folder for --quick;
+    an existing file is replaced only with --overwrite (checked before any work)."""
+    if given == "":
+        return None
+    path = Path(given) if given else quick_output_dir("benchmark") / name if args.quick else Path(default)
+    return refuse_to_replace(path, args.overwrite)
 
 
 def command_race(args):
     from .engine import ModelCache
     from .race import run_race, race_report
 
+    out = _report_path(args.race_out, "docs/benchmarks-race.md", "benchmarks-race.md", args)
     try:
         from app import serve  # app.py at the repository root: the app lives above the library
     except ImportError:
@@ -180,9 +205,10 @@ def command_race(args):
     results = run_race(ModelCache(args.checkpoint_dir), repeats=1 if args.quick else args.race_repeats, serve=serve)
     text = race_report(results)
     print(text)
-    if args.race_out:
-        Path(args.race_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.race_out).write_text("# Few-step race\n\nWritten by `python -m diffusion benchmark --race`.\n\n" + text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("# Few-step race\n\nWritten by `python -m diffusion benchmark --race`.\n\n" + text)
+        print(f"written to {out}", file=sys.stderr)
 
 
 def command_cards(args):
@@ -215,6 +241,31 @@ def command_cards(args):
     print("\n".join(rows))
 
 
+DEFAULT_EVALUATION_DIR = "docs/evaluation"
+
+
+def _overwrite_option(parser: argparse.ArgumentParser, what: str):
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists (default: refuse)")
+
+
+def command_manifest(args):
+    """Check the shipped checkpoints against checkpoints/MANIFEST.json, or (--update) rewrite some rows on purpose."""
+    from .manifest import MANIFEST_NAME, manifest_problems, read_manifest, update_manifest
+
+    folder = Path(args.checkpoint_dir)
+    if args.update:
+        names = [Path(n).name if Path(n).suffix == ".safetensors" else f"{Path(n).name}.safetensors" for n in args.update]
+        update_manifest(folder, names)
+        print(f"{folder / MANIFEST_NAME}: rows of {', '.join(names)} rewritten from the files")
+        return
+    problems = manifest_problems(folder)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+    print(f"all {len(read_manifest(folder))} files in {folder} match {MANIFEST_NAME}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .guidance import GUIDANCE_MODES
     from .sampling import SAMPLERS
@@ -230,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON file with TrainConfig fields")
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state.safetensors")
     _dataclass_options(train, TrainConfig)
+    _overwrite_option(train, "the checkpoint at --export-to")
     train.set_defaults(handler=command_train)
 
     pairs = commands.add_parser("pairs", help="reflow's training pairs: noise and the teacher's ODE solution from it, as "
@@ -251,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a run's EMA weights as a checkpoint")
     export.add_argument("run", help="run folder (holds config.json and state.safetensors)")
     export.add_argument("--out", required=True, help="output .safetensors path")
+    _overwrite_option(export, "--out")
     export.set_defaults(handler=command_export)
 
     sample = commands.add_parser("sample", help="sample a PNG grid from a checkpoint",
@@ -273,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=int, default=16)
     sample.add_argument("--columns", type=int, default=8)
     sample.add_argument("--out", default="samples.png")
+    _overwrite_option(sample, "--out")
     sample.set_defaults(handler=command_sample)
 
     importer = commands.add_parser("import-diffusers", help="convert a diffusers UNet2DModel pipeline folder into one "
@@ -282,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--class-names", help="comma-separated names of a class-conditional UNet's classes")
     importer.add_argument("--null-class", type=int, help="the class embedding trained as 'no class' (must be the "
                           "last one): enables classifier-free guidance")
+    _overwrite_option(importer, "--out")
     importer.set_defaults(handler=command_import_diffusers)
 
     evaluate = commands.add_parser("evaluate", help="feature FID, class accuracy and diversity per sampler and guidance",
@@ -292,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reference", type=int, default=10_000, help="test images for the reference statistics")
     evaluate.add_argument("--batch-size", type=int, default=50)
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--out-dir", default="docs/evaluation")
+    evaluate.add_argument("--out-dir", default=None, help=f"(default {DEFAULT_EVALUATION_DIR}; with --quick a new "
+                          "temporary folder) where NAME.json, NAME.md and plots go; a run with the same checkpoint and "
+                          "settings continues the file there")
     evaluate.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
     evaluate.add_argument("--parts", nargs="+", default=None,
                           choices=["samplers", "guidance", "quality-bar", "seed-spread", "temperatures", "likelihood",
@@ -311,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--probe-images", type=int, default=100, help="test images for the probes part")
     evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
                           help="self-conditioning settings for the sampler table")
+    _overwrite_option(evaluate, "an evaluation of another file or other settings in --out-dir")
     evaluate.set_defaults(handler=command_evaluate)
 
     bench = commands.add_parser("benchmark", help="sampling speed ratios on this device",
@@ -320,21 +378,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=int, default=64)
     bench.add_argument("--steps", type=int, default=50)
     bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--out", default="docs/benchmarks.md", help="Markdown report ('' to skip)")
+    bench.add_argument("--out", default=None, help="Markdown report (default docs/benchmarks.md, with --quick a "
+                       "temporary folder; '' to skip)")
     bench.add_argument("--quick", action="store_true", help="batch 4, 5 steps, one repeat (CI)")
     bench.add_argument("--race", action="store_true", help="instead: time to a 16-image grid at >= 95 %% evaluator "
                        "accuracy for each model at its cheapest evaluated setting, and through the app")
     bench.add_argument("--race-repeats", type=int, default=5)
-    bench.add_argument("--race-out", default="docs/benchmarks-race.md", help="Markdown report of --race ('' to skip)")
+    bench.add_argument("--race-out", default=None, help="Markdown report of --race (default docs/benchmarks-race.md, "
+                       "with --quick a temporary folder; '' to skip)")
     bench.add_argument("--compile", action="store_true", help="also time torch.compile(network) (takes minutes)")
     bench.add_argument("--peak-tflops", type=float, default=None,
                        help="the device's peak TFLOP/s for this dtype, for the fraction-of-peak row")
+    _overwrite_option(bench, "the report")
     bench.set_defaults(handler=command_benchmark)
 
     cards = commands.add_parser("cards", help="print a Markdown table of the checkpoints in a folder")
     cards.add_argument("--checkpoint-dir", default="checkpoints")
     cards.add_argument("--evaluation-dir", default="docs/evaluation", help="where `evaluate` wrote its JSON")
     cards.set_defaults(handler=command_cards)
+
+    manifest = commands.add_parser("manifest", help="check the checkpoint folder against its MANIFEST.json (SHA-256, "
+                                   "size, kind, shape, classes, steps per file)", description=command_manifest.__doc__)
+    manifest.add_argument("--checkpoint-dir", default="checkpoints")
+    manifest.add_argument("--update", nargs="+", metavar="FILE", help="rewrite these files' rows from the files as "
+                          "they are now (a row of a removed file is dropped): changing a shipped model on purpose")
+    manifest.set_defaults(handler=command_manifest)
     return parser
 
 
@@ -346,7 +414,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (RequestError, SamplingError, CheckpointError, DataError, ValueError) as error:
+    except (RequestError, SamplingError, CheckpointError, DataError, OutputExists, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

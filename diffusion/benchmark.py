@@ -33,7 +33,6 @@ class BenchConfig:
     batch: int = 64
     steps: int = 50
     repeats: int = 3  # best of N, to damp noise from other processes
-    out: str = "docs/benchmarks.md"
     quick: bool = False
     compile: bool = False  # also time torch.compile(network) (compiling takes minutes on a CPU)
     peak_tflops: float | None = None  # the device's peak (dense, this dtype) for the fraction-of-peak row

@@ -73,7 +73,7 @@ class SampleRequest:
     apg_norm: float = 0.0
     apg_momentum: float = 0.0
     threshold: float = 0.0  # dynamic thresholding percentile (Saharia et al. 2022; 0: off)
-    self_condition: bool = False
+    self_condition: bool | None = False  # None: the checkpoint's own (on where it was trained with it; the API's default)
     seed: int = 0
     batch_size: int = 16
     clip_x0: bool | None = None  # clamp x0_hat to [-1, 1]; None: the checkpoint's own setting (diffusers' clip_sample)
@@ -123,6 +123,11 @@ def clip_x0(request: SampleRequest, model: LoadedModel) -> bool:
     return bool(model.config.get("clip_x0", False)) if request.clip_x0 is None else request.clip_x0
 
 
+def self_conditioning(request: SampleRequest, model: LoadedModel) -> bool:
+    """The request's self-conditioning, or where it says None the checkpoint's own."""
+    return model.self_condition if request.self_condition is None else request.self_condition
+
+
 def validate_request(request: SampleRequest, model: LoadedModel, has_classifier: bool, max_batch: int = MAX_BATCH):
     """Raise RequestError for anything out of range or inconsistent with the checkpoint."""
     if request.sampler not in SAMPLERS:
@@ -157,6 +162,8 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
     _check_guidance_modifiers(request)
     if request.clip_x0 is not None and not isinstance(request.clip_x0, bool):
         raise RequestError(f"clip_x0 must be true, false or null, got {request.clip_x0!r:.40}")
+    if request.self_condition is not None and not isinstance(request.self_condition, bool):
+        raise RequestError(f"self_condition must be true, false or null, got {request.self_condition!r:.40}")
     if request.self_condition and not model.self_condition:
         raise RequestError(f"checkpoint {request.checkpoint!r} was not trained with self-conditioning")
 
@@ -510,7 +517,7 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
             denoise = Denoiser(model.network, schedule, model.parameterization, labels=_labels(request, device),
                                guidance=guidance_of(request), classifier=classifier.network if classifier else None,
                                guide=(guide.network, guide.parameterization) if guide else None,
-                               self_condition=request.self_condition, clip_x0=clip_x0(request, model),
+                               self_condition=self_conditioning(request, model), clip_x0=clip_x0(request, model),
                                trace_guidance=trace_guidance)
             counted = _counting(denoise, progress, total)
             generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))

@@ -31,6 +31,7 @@ from .straightness import readout_from_trajectory
 from .lens import LENS_ODE, PROBES, probe_images
 from .guidance import GUIDANCE_METHODS
 from .likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
+from .outputs import OutputExists
 from .metrics import (box_blur, class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance,
                       texture_position, texture_statistics)
 
@@ -55,7 +56,7 @@ class EvalConfig:
         if not self.quick:
             return self
         return replace(self, samples=min(self.samples, 20), reference=min(self.reference, 200),
-                       likelihood_images=min(self.likelihood_images, 4), likelihood_tolerance=1e-3,
+                       likelihood_images=min(self.likelihood_images, 4), likelihood_tolerance=1e-2,
                        probe_images=min(self.probe_images, 2))
 
 
@@ -405,10 +406,13 @@ class Evaluator:
                 "accuracy": sum(r["accuracy"] for r in rows) / draws, "diversity": sum(r["diversity"] for r in rows) / draws,
                 **references}
 
-    def run(self, parts=None, self_conditioning=(False, True), write=True) -> dict:
+    def run(self, parts=None, self_conditioning=(False, True), write=True, overwrite=False) -> dict:
         """parts (None: the kind's default): for a denoiser "samplers" (the NFE table), "guidance" (the scale
         table), "quality-bar" (DDIM-50, CFG 3), "seed-spread" (DDIM-20 with SPREAD_SEEDS other seeds: how much
-        one row's numbers move with the noise); for a normalizing flow "temperatures" and "quality-bar" (T = 1)."""
+        one row's numbers move with the noise); for a normalizing flow "temperatures" and "quality-bar" (T = 1).
+
+        Results go to out_dir/CHECKPOINT.json as rows finish; a file there from the same checkpoint and settings is
+        continued, one from another file or other settings is replaced only if `overwrite`."""
         c = self.config
         default, optional = KIND_PARTS[self.kind]
         wanted = {part.replace("-", "_") for part in (parts or default)}
@@ -421,6 +425,9 @@ class Evaluator:
         identity = {"checkpoint_sha256": model.sha256, "samples": c.samples,
                     "reference": c.reference, "seed": c.seed, "noise": NOISE_INDEXING}
         path = Path(c.out_dir) / f"{c.checkpoint}.json"
+        if write and path.exists() and not overwrite and not earlier_run(path, identity):
+            raise OutputExists(f"{path} holds an evaluation of another file or with other settings (samples, "
+                               f"reference, seed); pass --overwrite to replace it, or choose another --out-dir")
         done = reusable_rows(path, identity) if write else {}
         started = time.time()
         results = {"config": asdict(c), "identity": identity, "checkpoint": c.checkpoint,

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
 from dataclasses import replace
 
 import pytest
@@ -10,7 +17,8 @@ import torch
 from diffusion.checkpoint import model_config, save_checkpoint
 from diffusion.models import ClassifierConfig, NICEConfig, UNetConfig, build_network
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist the two workers share the 2 cores: one thread each (oversubscribed threads spin and slow both).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 TINY_CLASSES = ("circle", "square", "cross")
 TINY_UNET = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_levels=(1,), attention_heads=2,
@@ -66,6 +74,31 @@ def write_tiny_checkpoints(folder, schedule="vp-cosine", parameterization="v", i
     save_checkpoint(folder / "tiny-evaluator.safetensors", "evaluator", evaluator,
                     model_config("evaluator", evaluator, class_names=class_names), {"steps": 0}, "Tiny evaluator.")
     return folder
+
+
+def run_cli(*args, cwd=None):
+    """`python -m diffusion ARGS` in this process (no interpreter start-up per call), in a fresh temporary folder
+    unless `cwd`, so a default output path lands there, never in the repository. Returns what a subprocess would:
+    returncode, stdout, stderr (an uncaught exception is printed as its traceback, as the interpreter would)."""
+    from diffusion.__main__ import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    before = os.getcwd()
+    os.chdir(cwd or tempfile.mkdtemp(prefix="cli-"))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(map(str, args)))
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+                if isinstance(done.code, str):
+                    print(done.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def test_generate_through_the_api(client):
     (("tiny", "ddim", "heun", True, 0.0, "uniform", "cfg", 2, 3.0, False, 7, 6), "steps must be a number, got 'True'"),
     (("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, False, 10**400, 6), "seed must be between 0 and"),
     (("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, False, 10**30, 6), "seed must be between 0 and"),
-    (("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, "yes", 7, 6), "self-conditioning must be true or false"),
+    (("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, "yes", 7, 6), r"self-conditioning must be 'own' \(the checkpoint's\), 'on' or 'off'"),
     (("tiny", "ddim", "heun", [5], 0.0, "uniform", "cfg", 2, 3.0, False, 7, 6), "steps must be a number"),
     (("tiny", "ddim", "heun", 5, None, "uniform", "cfg", 2, 3.0, False, 7, 6), "eta must be a number"),
 ])

@@ -1,19 +1,15 @@
-import subprocess
-import sys
+import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import write_diffusers_folder, write_tiny_checkpoints
+from conftest import run_cli, write_diffusers_folder, write_tiny_checkpoints
 
-ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "diffusion", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+run = run_cli
 
 
 def test_help_lists_the_subcommands():
@@ -50,7 +46,7 @@ def test_import_diffusers_then_sample_and_evaluate_refuses(tmp_path):
     assert result.returncode == 0, result.stderr
     assert Image.open(grid).mode == "RGB" and Image.open(grid).size == (4 * (4 * 18 + 2), 4 * (18 + 2))  # 16 px x4
     result = run("sample", "--checkpoint", str(folder), "--steps", "3", "--guidance", "none", "--class", "0",
-                 "--batch-size", "2", "--out", str(grid))  # the folder itself, given by path
+                 "--batch-size", "2", "--out", str(grid), "--overwrite")  # the folder itself, given by path
     assert result.returncode == 0, result.stderr
     result = run("evaluate", "--checkpoint", "mine", "--checkpoint-dir", str(out.parent), "--quick")
     assert result.returncode != 0 and "no evaluator checkpoint" in result.stderr and "Traceback" not in result.stderr
@@ -142,7 +138,7 @@ def test_evaluate_likelihood_quick(fashion_sized_checkpoints, tmp_path, checkpoi
     out = tmp_path / "eval"
     args = ("evaluate", "--quick", "--parts", "likelihood", "probes", "--checkpoint", checkpoint, "--checkpoint-dir",
             str(fashion_sized_checkpoints), "--out-dir", str(out), "--batch-size", "2")
-    result = run(*args, cwd=tmp_path)  # the resumable per-batch state goes to ./runs/likelihood
+    result = run(*args, cwd=tmp_path)  # --quick: the resumable per-batch state goes under --out-dir
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((out / f"{checkpoint}.json").read_text())
     rows = results["likelihood"]
@@ -155,7 +151,7 @@ def test_evaluate_likelihood_quick(fashion_sized_checkpoints, tmp_path, checkpoi
     assert (rows[0]["nfe"] > 0) == (method != "exact")
     assert "| conditional |" in (out / f"{checkpoint}.md").read_text()
     assert "| constant grey (128) |" in (out / f"{checkpoint}.md").read_text()
-    progress = sorted((tmp_path / "runs" / "likelihood").glob(f"{checkpoint}-*.json"))
+    progress = sorted((out / "likelihood-progress").glob(f"{checkpoint}-*.json"))
     assert len(progress) == 3 and all(len(json.loads(p.read_text())) == 2 for p in progress)  # per row, per batch
     written = [p.stat().st_mtime_ns for p in progress]
     # A second run (the rows deleted from the JSON) resumes from the per-batch state: the same numbers, no solving.
@@ -201,3 +197,70 @@ def test_pairs_then_reflow_training_from_the_command_line(tmp_path):
     sampled = run("sample", "--checkpoint", str(student), "--sampler", "ode", "--solver", "euler", "--steps", "2",
                   "--guidance", "none", "--class", "0", "--batch-size", "2", "--out", str(tmp_path / "s.png"))
     assert sampled.returncode == 0 and "NFE 2" in sampled.stdout
+
+
+# --- no command replaces an existing file by surprise (issue 25) ---------------------------------------------------
+def test_training_a_preset_refuses_to_replace_its_exported_checkpoint_before_any_work(tmp_path):
+    """`train --preset fashion-nice` in a folder that has checkpoints/fashion-nice.safetensors (here a stand-in)."""
+    shipped = tmp_path / "checkpoints" / "fashion-nice.safetensors"
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"the shipped model")
+    result = run("train", "--preset", "fashion-nice", "--steps", "1", "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: checkpoints/fashion-nice.safetensors exists; pass --overwrite to replace "
+                                     "it, or write elsewhere")
+    assert shipped.read_bytes() == b"the shipped model" and not (tmp_path / "run").exists()
+
+
+def test_import_export_and_sample_refuse_an_existing_out_unless_told(tmp_path):
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    existing = tmp_path / "ckpt" / "tiny-nice.safetensors"
+    before = existing.read_bytes()
+    sample = ("sample", "--checkpoint", str(tmp_path / "ckpt" / "tiny.safetensors"), "--steps", "2", "--batch-size", "2")
+    for args in (sample + ("--out", str(existing)), ("export", str(tmp_path), "--out", str(existing))):
+        result = run(*args)
+        assert result.returncode == 2 and f"{existing} exists; pass --overwrite" in result.stderr, result.stderr
+    assert existing.read_bytes() == before
+    png = tmp_path / "grid.png"
+    assert run(*sample, "--out", str(png)).returncode == 0
+    assert run(*sample, "--out", str(png)).returncode == 2
+    assert run(*sample, "--out", str(png), "--overwrite", "--seed", "1").returncode == 0
+
+
+def test_import_diffusers_refuses_to_replace_a_checkpoint(tmp_path):
+    pytest.importorskip("diffusers")
+    folder, _, _ = write_diffusers_folder(tmp_path / "good-ddpm", channels=1, size=8)
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    target = tmp_path / "ckpt" / "tiny-nice.safetensors"
+    before = target.read_bytes()
+    refused = run("import-diffusers", str(folder), "--out", str(target))
+    assert refused.returncode == 2 and "tiny-nice.safetensors exists; pass --overwrite" in refused.stderr
+    assert target.read_bytes() == before
+    assert run("import-diffusers", str(folder), "--out", str(target), "--overwrite").returncode == 0
+    assert target.read_bytes() != before
+
+
+def test_benchmark_quick_writes_to_a_temporary_folder_and_never_over_a_report(tmp_path):
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    args = ("benchmark", "--quick", "--checkpoint", "tiny", "--checkpoint-dir", str(tmp_path / "ckpt"))
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = Path(result.stderr.strip().splitlines()[-1].removeprefix("written to "))
+    assert written.name == "benchmarks.md" and written.exists() and tmp_path not in written.parents
+    assert not (tmp_path / "docs").exists()
+    report = tmp_path / "report.md"
+    report.write_text("an earlier report")
+    refused = run(*args, "--out", str(report))
+    assert refused.returncode == 2 and "report.md exists; pass --overwrite" in refused.stderr
+    assert report.read_text() == "an earlier report"
+
+
+def test_evaluate_refuses_to_replace_an_evaluation_of_another_file(fashion_sized_checkpoints, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "tiny.json").write_text(json.dumps({"identity": {"checkpoint_sha256": "another file"}}))
+    args = ("evaluate", "--quick", "--checkpoint", "tiny", "--checkpoint-dir", str(fashion_sized_checkpoints),
+            "--out-dir", str(out), "--parts", "quality-bar")
+    refused = run(*args)
+    assert refused.returncode == 2 and "holds an evaluation of another file" in refused.stderr
+    assert json.loads((out / "tiny.json").read_text())["identity"]["checkpoint_sha256"] == "another file"

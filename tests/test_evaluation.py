@@ -7,6 +7,7 @@ import pytest
 
 from conftest import write_tiny_checkpoints
 from diffusion.evaluation import EvalConfig, Evaluator, row_key
+from diffusion.outputs import OutputExists
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
@@ -15,7 +16,8 @@ pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dat
 @pytest.fixture
 def setup(tmp_path):
     folder = write_tiny_checkpoints(tmp_path / "ckpt", image_size=28, class_names=tuple(f"c{i}" for i in range(10)))
-    config = EvalConfig(checkpoint="tiny", checkpoint_dir=str(folder), out_dir=str(tmp_path / "eval"), quick=True)
+    config = EvalConfig(checkpoint="tiny", checkpoint_dir=str(folder), out_dir=str(tmp_path / "eval"), quick=True,
+                        progress_dir=str(tmp_path / "likelihood-progress"))
     return folder, config
 
 
@@ -67,7 +69,10 @@ def test_rows_are_recomputed_when_the_checkpoint_changes(setup):
     write_tiny_checkpoints(folder, image_size=28, class_names=tuple(f"c{i}" for i in range(10)), schedule="vp-linear")
     again = Evaluator(config)
     calls = counting(again)
-    again.run(parts=("guidance",))
+    with pytest.raises(OutputExists, match="holds an evaluation of another file"):  # never replaced by surprise
+        again.run(parts=("guidance",))
+    assert calls == []
+    again.run(parts=("guidance",), overwrite=True)
     assert len(calls) == 4
 
 

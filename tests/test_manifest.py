@@ -2,11 +2,11 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_cli
 
 from diffusion.checkpoint import read_metadata
 from diffusion.manifest import MANIFEST_NAME, describe, manifest_problems, read_manifest, update_manifest
@@ -67,8 +67,7 @@ def test_updating_a_row_on_purpose_accepts_the_new_file(shipped_copy):
 
 def test_the_manifest_command_checks_and_fails_with_one_line_per_file(shipped_copy):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "diffusion", "manifest", "--checkpoint-dir", str(shipped_copy), *args],
-                              capture_output=True, text=True, cwd=shipped_copy.parent, timeout=120)
+        return run_cli("manifest", "--checkpoint-dir", shipped_copy, *args)
 
     ok = run()
     assert ok.returncode == 0 and "match MANIFEST.json" in ok.stdout

@@ -111,6 +111,18 @@ def widget_bool(value, name: str) -> bool:
     raise RequestError(f"{name} must be true or false, got {str(value)[:40]!r}")
 
 
+SELF_CONDITION_VALUES = {"own": None, "on": True, "off": False}  # the self-conditioning radio's values
+
+
+def widget_self_condition(value) -> bool | None:
+    """The self-conditioning control's value: "own" (None: the checkpoint's own), "on" / "off", or true / false."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    if value is None or value in SELF_CONDITION_VALUES:
+        return SELF_CONDITION_VALUES.get(value)
+    raise RequestError(f"self-conditioning must be 'own' (the checkpoint's), 'on' or 'off', got {str(value)[:40]!r}")
+
+
 def widget_class(value):
     """The class dropdown's value: None (no class) or a class index."""
     return None if value in (None, "") else widget_number(value, "class", int)

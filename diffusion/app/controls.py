@@ -9,7 +9,7 @@ from ..engine import ModelCache, RequestError, SampleRequest, image_shape
 from ..guidance import GUIDANCE_METHODS
 from ..sampling import SAMPLERS
 from ..schedules import SPACINGS
-from .common import user_error, widget_bool, widget_class, widget_number
+from .common import user_error, widget_class, widget_number, widget_self_condition
 
 SAMPLER_LABELS = [(spec.label, name) for name, spec in SAMPLERS.items()]
 # Each guidance mode's own starting scale: classifier guidance with our small noisy classifier needs ~8 to reach
@@ -32,8 +32,18 @@ def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, cla
     return SampleRequest(**(methods or {}), checkpoint=str(checkpoint), sampler=str(sampler), solver=str(solver),
                          steps=widget_number(steps, "steps", int), eta=widget_number(eta, "eta"), spacing=str(spacing),
                          guidance=str(guidance), class_index=widget_class(class_index),
-                         scale=widget_number(scale, "guidance scale"), self_condition=widget_bool(self_condition, "self-conditioning"),
+                         scale=widget_number(scale, "guidance scale"), self_condition=widget_self_condition(self_condition),
                          seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "batch size", int))
+
+
+def self_condition_control(model=None, **options) -> gr.Radio:
+    """Self-conditioning for a checkpoint (a new control, or an update with `options`): "own" (the default here and
+    in the API: on where the checkpoint was trained with it), "on" or "off"; a model trained without it has only "own"."""
+    trained = bool(model is not None and model.kind == "denoiser" and model.self_condition)
+    choices = ([("the checkpoint's own (on)", "own"), ("on", "on"), ("off", "off")] if trained
+               else [("the checkpoint's own (off: not trained with it)", "own")])
+    return gr.Radio(choices, value="own", label="Self-conditioning", interactive=trained,
+                    info="feed the previous x0 estimate back into the network", **options)
 
 
 def stochastic_sampler_controls(sampler: str = "ddim"):

@@ -14,7 +14,8 @@ from ..sampling import ODE_SOLVERS
 from .card import model_summary
 from .common import grid_pil, pil_images, save_png, stream_result, user_error, widget_bool, widget_class, widget_number
 from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, guidance_method_controls, make_request,
-                       method_settings, stochastic_sampler_controls, stochastic_settings, stochastic_visibility)
+                       method_settings, self_condition_control, stochastic_sampler_controls, stochastic_settings,
+                       stochastic_visibility)
 
 
 def generate_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
@@ -116,9 +117,7 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
     denoiser = model.kind == "denoiser"
     defaults = model.sampling_defaults if denoiser else {}
     few_step = bool(defaults)
-    self_cond = gr.Checkbox(value=model.self_condition, interactive=model.self_condition, visible=denoiser,
-                            info="feed the previous x0 estimate back into the network" if model.self_condition
-                            else "this checkpoint was not trained with self-conditioning")
+    self_cond = self_condition_control(model, visible=denoiser)
     modes = [g[1] for g in guidance_choices]
     guidance_value = defaults.get("guidance", "cfg" if "cfg" in modes else "none")
     guidance_value = guidance_value if guidance_value in modes else "none"
@@ -144,7 +143,7 @@ def random_seed():
 
 
 def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, default, classes, guidance_choices,
-                       guidance_default, self_cond_ok: bool, sampling: dict):
+                       guidance_default, sampling: dict):
     """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, guidance, scale)."""
     default_model = cache.get(default) if default else None
     default_few_step = bool(default_model and default_model.kind == "denoiser" and default_model.sampling_defaults)
@@ -164,9 +163,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             methods = guidance_method_controls()
             temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
                                     label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
-            self_condition = gr.Checkbox(value=self_cond_ok, label="Self-conditioning", interactive=self_cond_ok,
-                                         info="feed the previous x0 estimate back into the network"
-                                         if self_cond_ok else "this checkpoint was not trained with it")
+            self_condition = self_condition_control(default_model)
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
                 dice = gr.Button("Random seed", size="sm")

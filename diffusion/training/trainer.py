@@ -23,6 +23,7 @@ from torch.utils.data import DistributedSampler
 from ..checkpoint import atomic_write, save_checkpoint
 from ..data import ImageDataset
 from ..images import image_grid, to_pil
+from ..outputs import refuse_to_replace
 from .config import TrainConfig
 from .tasks import PREVIEW_COLUMNS, TASKS
 
@@ -70,8 +71,13 @@ def rank_seed(seed: int, rank: int) -> int:
 
 # --- the trainer ------------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None, device=None):
+    def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None, device=None, overwrite: bool = False):
+        """overwrite: whether the export at the end may replace an existing file at config.export_to (checked here,
+        before any work, and again when exporting)."""
         self.config = c = config
+        self.overwrite = overwrite
+        if c.export_to:
+            refuse_to_replace(c.export_to, overwrite)
         self.rank, self.world = _distributed()
         self.device = torch.device(device) if device else default_device(self.rank)
         torch.manual_seed(c.seed)
@@ -163,7 +169,7 @@ class Trainer:
         bar.close()
         (self.run_dir / f"digest-rank{self.rank}.txt").write_text(weights_digest(self.network))
         if c.export_to and self.rank == 0:
-            self.export(c.export_to)
+            self.export(c.export_to, overwrite=self.overwrite)
         if self.world > 1:
             dist.barrier()
 
@@ -237,8 +243,10 @@ class Trainer:
         if images is not None:
             to_pil(image_grid(images, PREVIEW_COLUMNS), scale=2).save(path)
 
-    def export(self, out) -> Path:
+    def export(self, out, overwrite: bool = False) -> Path:
+        """The EMA weights as a checkpoint file at `out`, which must not exist unless `overwrite`."""
         c = self.config
+        refuse_to_replace(out, overwrite)
         network = self.ema.ema_model.eval()
         training = {"data": c.data, "steps": self.step, "batch_size": c.batch_size * self.world,
                     "processes": self.world, "ema_decay": c.ema_decay, "lr": c.lr,

@@ -1,0 +1,71 @@
+"""Every sampling endpoint, called with nothing but a checkpoint, works for each checkpoint it lists (issue 25):
+the API's defaults are the widgets' starting values, so a default that one checkpoint refuses (self-conditioning
+on, for a model trained without it) breaks every call that leaves it out."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import write_tiny_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+SINGLE_CHECKPOINT_ENDPOINTS = ("/generate", "/compare", "/sweep", "/xy_grid", "/trajectory", "/model_card")
+
+
+def serving(cache):
+    """(cache, a client of the app on it) while the server runs."""
+    import app
+    from gradio_client import Client
+
+    with app.serve(cache) as url:
+        yield cache, Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The app on the shipped checkpoints (read only: nothing here writes into checkpoints/)."""
+    from diffusion.engine import ModelCache
+
+    yield from serving(ModelCache(ROOT / "checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from diffusion.engine import ModelCache
+
+    yield from serving(ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("defaults") / "checkpoints")))
+
+
+def test_generate_with_only_the_checkpoint_for_every_shipped_generator(shipped):
+    """The README's quick start as an API user types it: the default DDIM-50, CFG 3, 16 images, seed 0."""
+    cache, client = shipped
+    denoisers, flows = cache.names("denoiser"), cache.names("normalizing-flow")
+    assert {"fashion-diffusion", "fashion-flow", "fashion-reflow", "fashion-dit"} <= set(denoisers)
+    assert flows == ["fashion-nice"]
+    for name in denoisers:
+        gallery, grid, status, png = client.predict(checkpoint=name, api_name="/generate")
+        assert len(gallery) == 16 and "NFE 50" in status, (name, status)
+        assert Image.open(gallery[0]["image"]).size == (112, 112)  # 28 px, enlarged 4x
+    for name in flows:
+        gallery, grid, status, png = client.predict(checkpoint=name, api_name="/generate_flow")
+        assert len(gallery) == 16 and "one exact pass" in status
+
+
+@pytest.mark.parametrize("endpoint", SINGLE_CHECKPOINT_ENDPOINTS)
+def test_every_endpoint_with_only_the_checkpoint_for_models_with_and_without_self_conditioning(tiny, endpoint):
+    cache, client = tiny
+    assert cache.get("tiny").self_condition and not cache.get("tiny-flow").self_condition
+    for name in ("tiny", "tiny-flow"):
+        outputs = client.predict(name, api_name=endpoint)  # the first parameter only
+        assert outputs and all(output is not None for output in outputs), (endpoint, name)
+
+
+def test_the_other_endpoints_with_every_argument_left_out(tiny):
+    """The endpoints of several checkpoints (or of a flow, or a student) with their defaults."""
+    cache, client = tiny
+    gallery, _, status, _ = client.predict(checkpoint="tiny-nice", api_name="/generate_flow")
+    assert len(gallery) == 16 and "one exact pass" in status
+    for endpoint in ("/same_noise", "/latent_walk"):
+        outputs = client.predict(api_name=endpoint)
+        assert all(output is not None for output in outputs), endpoint
