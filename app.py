@@ -146,7 +146,13 @@ def parse_args(argv=None):
     parser.add_argument("--add-model", action="append", default=[], metavar="FOLDER",
                         help="also serve this diffusers pipeline folder (UNet2DModel + DDPM-style scheduler, "
                              "safetensors weights); repeatable")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for folder in args.add_model:  # a typo would otherwise serve nothing, silently
+        if not Path(folder).is_dir():
+            parser.error(f"--add-model {folder[:200]}: not a folder")
+    if args.checkpoints and not Path(args.checkpoints).is_dir():
+        parser.error(f"--checkpoints {args.checkpoints[:200]}: not a folder")
+    return args
 
 
 if __name__ == "__main__":

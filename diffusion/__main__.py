@@ -66,7 +66,7 @@ def command_export(args):
     from .training import TrainConfig, Trainer
 
     run = Path(args.run)
-    out = refuse_to_replace(args.out, args.overwrite)
+    out = refuse_to_replace(output_in_existing_folder(args.out), args.overwrite)
     try:
         config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     except (OSError, json.JSONDecodeError) as error:
@@ -80,6 +80,7 @@ def command_export(args):
 def command_pairs(args):
     from .training.pairs import PairConfig, generate_pairs
 
+    output_in_existing_folder(args.out)  # the shard folder may be new; its parent must exist
     count, shard = (40, 20) if args.quick else (args.count, args.shard_size)
     config = PairConfig(teacher=args.teacher, count=count, shard_size=shard, solver=args.solver,
                         steps=3 if args.quick else args.steps, scale=args.scale, seed=args.seed,
@@ -108,7 +109,7 @@ def command_sample(args):
     from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
     from .images import display_scale, image_grid, to_pil
 
-    refuse_to_replace(args.out, args.overwrite)
+    refuse_to_replace(output_in_existing_folder(args.out), args.overwrite)
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
     cache = ModelCache(given.parent if is_path else Path(args.checkpoint_dir))
@@ -141,7 +142,7 @@ def command_import_diffusers(args):
     from .diffusers_folder import convert_folder
 
     names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else None
-    refuse_to_replace(args.out, args.overwrite)
+    refuse_to_replace(output_in_existing_folder(args.out), args.overwrite)
     out = convert_folder(Path(args.folder), Path(args.out), class_names=names, null_class=args.null_class)
     model = load_checkpoint(out)
     parameters = sum(p.numel() for p in model.network.parameters())
@@ -153,6 +154,7 @@ def command_evaluate(args):
     from .evaluation import EvalConfig, Evaluator, markdown_tables
 
     out_dir = args.out_dir or (quick_output_dir("evaluate") if args.quick else DEFAULT_EVALUATION_DIR)
+    output_in_existing_folder(out_dir)  # the folder itself may be new; its parent must exist
     config = EvalConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, samples=args.samples,
                         reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=str(out_dir),
                         progress_dir=str(Path(out_dir) / "likelihood-progress") if args.quick else "runs/likelihood",
@@ -189,7 +191,7 @@ def _report_path(given: str | None, default: str, name: str, args) -> Path | Non
     if given == "":
         return None
     path = Path(given) if given else quick_output_dir("benchmark") / name if args.quick else Path(default)
-    return refuse_to_replace(path, args.overwrite)
+    return refuse_to_replace(output_in_existing_folder(path), args.overwrite)
 
 
 def command_race(args):
@@ -244,6 +246,43 @@ def command_cards(args):
 DEFAULT_EVALUATION_DIR = "docs/evaluation"
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a count of images, steps, samples ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text[:40]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text[:40]!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A wrong argument is answered with one line (argparse prints the whole usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def output_in_existing_folder(path) -> Path:
+    """An output path whose folder exists: commands create no folders but a run's own, so a typo in --out fails
+    before the work instead of after it (or creates folders anywhere)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputExists(f"cannot write {path}: the folder {path.parent} does not exist")
+    return path
+
+
 def _overwrite_option(parser: argparse.ArgumentParser, what: str):
     parser.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists (default: refuse)")
 
@@ -272,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .schedules import SPACINGS
     from .training import PRESETS, TrainConfig
 
-    parser = argparse.ArgumentParser(prog="python -m diffusion", description=__doc__)
+    parser = OneLineParser(prog="python -m diffusion", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a denoiser or classifier (torchrun for several processes)",
@@ -288,14 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 "resumable safetensors shards", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     pairs.add_argument("--teacher", default="checkpoints/fashion-flow.safetensors", help="a flow checkpoint file")
     pairs.add_argument("--out", default="runs/reflow-pairs", help="folder of pairs-NNNNN.safetensors shards")
-    pairs.add_argument("--count", type=int, default=20_000)
-    pairs.add_argument("--shard-size", type=int, default=1000)
+    pairs.add_argument("--count", type=positive_int, default=20_000)
+    pairs.add_argument("--shard-size", type=positive_int, default=1000)
     pairs.add_argument("--solver", default="dpm++2m", help="euler, heun or dpm++2m")
-    pairs.add_argument("--steps", type=int, default=20)
+    pairs.add_argument("--steps", type=positive_int, default=20)
     pairs.add_argument("--scale", type=float, default=2.0, help="the teacher's classifier-free guidance")
     pairs.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=True)
-    pairs.add_argument("--seed", type=int, default=1)
-    pairs.add_argument("--batch-size", type=int, default=100)
+    pairs.add_argument("--seed", type=non_negative_int, default=1)
+    pairs.add_argument("--batch-size", type=positive_int, default=100)
     pairs.add_argument("--part", default="0/1", help="i/n: make only shards k with k mod n = i (n processes, one folder)")
     pairs.add_argument("--quick", action="store_true", help="40 pairs in 2 shards with 3 steps (CI)")
     pairs.set_defaults(handler=command_pairs)
@@ -312,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint-dir", default="checkpoints")
     sample.add_argument("--sampler", choices=list(SAMPLERS), help="denoisers (default ddim)")
     sample.add_argument("--solver", help="ODE solver: euler, heun, dpm++2m (default heun)")
-    sample.add_argument("--steps", type=int, help="denoisers (default 50)")
+    sample.add_argument("--steps", type=positive_int, help="denoisers (default 50)")
     sample.add_argument("--eta", type=float, help="DDIM eta (default 0)")
     sample.add_argument("--spacing", choices=list(SPACINGS), help="time spacing (default uniform; leading: diffusers' default)")
     sample.add_argument("--guidance", choices=list(GUIDANCE_MODES), help="denoisers (default cfg; autoguidance guides "
@@ -322,9 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=None,
                         help="denoisers trained with it (default off)")
     sample.add_argument("--temperature", type=float, help="normalizing flows: z ~ N(0, T^2 I) (default 1)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=16)
-    sample.add_argument("--columns", type=int, default=8)
+    sample.add_argument("--seed", type=non_negative_int, default=0)
+    sample.add_argument("--batch-size", type=positive_int, default=16)
+    sample.add_argument("--columns", type=positive_int, default=8)
     sample.add_argument("--out", default="samples.png")
     _overwrite_option(sample, "--out")
     sample.set_defaults(handler=command_sample)
@@ -334,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("folder", help="folder with model_index.json, unet/ and scheduler/ (safetensors weights)")
     importer.add_argument("--out", required=True, help="output .safetensors path, e.g. checkpoints/NAME.safetensors")
     importer.add_argument("--class-names", help="comma-separated names of a class-conditional UNet's classes")
-    importer.add_argument("--null-class", type=int, help="the class embedding trained as 'no class' (must be the "
+    importer.add_argument("--null-class", type=non_negative_int, help="the class embedding trained as 'no class' (must be the "
                           "last one): enables classifier-free guidance")
     _overwrite_option(importer, "--out")
     importer.set_defaults(handler=command_import_diffusers)
@@ -343,10 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     evaluate.add_argument("--checkpoint", default="fashion-diffusion")
     evaluate.add_argument("--checkpoint-dir", default="checkpoints")
-    evaluate.add_argument("--samples", type=int, default=1000, help="samples per configuration (class-balanced)")
-    evaluate.add_argument("--reference", type=int, default=10_000, help="test images for the reference statistics")
-    evaluate.add_argument("--batch-size", type=int, default=50)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--samples", type=positive_int, default=1000, help="samples per configuration (class-balanced)")
+    evaluate.add_argument("--reference", type=positive_int, default=10_000, help="test images for the reference statistics")
+    evaluate.add_argument("--batch-size", type=positive_int, default=50)
+    evaluate.add_argument("--seed", type=non_negative_int, default=0)
     evaluate.add_argument("--out-dir", default=None, help=f"(default {DEFAULT_EVALUATION_DIR}; with --quick a new "
                           "temporary folder) where NAME.json, NAME.md and plots go; a run with the same checkpoint and "
                           "settings continues the file there")
@@ -360,12 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "real and blurred real images; guidance-methods: accuracy, FID and diversity against scale for every "
                                "guidance method, with a plot; few-step: FID against 1, 2, 4, 8 Euler steps; straightness: "
                                "how straight the sampling paths are)")
-    evaluate.add_argument("--likelihood-images", type=int, default=1000, help="test images for the likelihood part")
+    evaluate.add_argument("--likelihood-images", type=positive_int, default=1000, help="test images for the likelihood part")
     evaluate.add_argument("--likelihood-tolerance", type=float, default=1e-4,
                           help="the probability-flow ODE solver's rtol = atol (dopri5)")
     evaluate.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="the samplers part: only these "
                           "samplers' rows (default: every sampler)")
-    evaluate.add_argument("--probe-images", type=int, default=100, help="test images for the probes part")
+    evaluate.add_argument("--probe-images", type=positive_int, default=100, help="test images for the probes part")
     evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
                           help="self-conditioning settings for the sampler table")
     _overwrite_option(evaluate, "an evaluation of another file or other settings in --out-dir")
@@ -375,15 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench.add_argument("--checkpoint", default="fashion-diffusion")
     bench.add_argument("--checkpoint-dir", default="checkpoints")
-    bench.add_argument("--batch", type=int, default=64)
-    bench.add_argument("--steps", type=int, default=50)
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--batch", type=positive_int, default=64)
+    bench.add_argument("--steps", type=positive_int, default=50)
+    bench.add_argument("--repeats", type=positive_int, default=3)
     bench.add_argument("--out", default=None, help="Markdown report (default docs/benchmarks.md, with --quick a "
                        "temporary folder; '' to skip)")
     bench.add_argument("--quick", action="store_true", help="batch 4, 5 steps, one repeat (CI)")
     bench.add_argument("--race", action="store_true", help="instead: time to a 16-image grid at >= 95 %% evaluator "
                        "accuracy for each model at its cheapest evaluated setting, and through the app")
-    bench.add_argument("--race-repeats", type=int, default=5)
+    bench.add_argument("--race-repeats", type=positive_int, default=5)
     bench.add_argument("--race-out", default=None, help="Markdown report of --race (default docs/benchmarks-race.md, "
                        "with --quick a temporary folder; '' to skip)")
     bench.add_argument("--compile", action="store_true", help="also time torch.compile(network) (takes minutes)")

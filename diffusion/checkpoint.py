@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import struct
@@ -21,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from .jsonsafe import load_json
 from .models import NETWORKS, build_network, network_name
 from .parameterization import check_parameterization
 from .schedules import Schedule
@@ -153,9 +155,9 @@ def _read_header(path: Path, whole: bool = False) -> tuple[dict, int, bytes]:
     except OSError as error:
         raise CheckpointError(f"{path.name}: cannot read ({error.strerror or type(error).__name__})") from error
     try:
-        header = json.loads(blob[8:8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path.name}: not a safetensors file (header is not JSON)") from error
+        header = load_json(blob[8:8 + header_len], f"{path.name} (safetensors header)")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: not a safetensors file (header is not a JSON object)")
     return header, size - 8 - header_len, blob
@@ -181,10 +183,13 @@ def _parse_metadata(path: Path, header: dict) -> dict:
     if parsed["kind"] not in KINDS:
         raise CheckpointError(f"{path.name}: unknown kind {parsed['kind']!r} (expected one of {KINDS})")
     for key in ("config", "training"):
+        value = metadata.get(key, "null")
+        if not isinstance(value, str):
+            raise CheckpointError(f"{path.name}: metadata '{key}' is not a string")
         try:
-            parsed[key] = json.loads(metadata.get(key, "null"))
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{path.name}: metadata '{key}' is not valid JSON ({error.msg})") from error
+            parsed[key] = load_json(value, f"{path.name}: metadata '{key}'")
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
         if not isinstance(parsed[key], dict):
             raise CheckpointError(f"{path.name}: metadata '{key}' is missing or not a JSON object")
     _validate_config(parsed["kind"], parsed["config"], path)
@@ -202,19 +207,50 @@ def check_file(path) -> dict:
     return meta
 
 
+# Bytes per element of the safetensors dtypes a model file may hold.
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+MAX_PARAMETERS = 300_000_000  # a network larger than this (1.2 GB in float32) is refused before it is built
+
+
 def check_tensor_table(path: Path, header: dict, data_size: int, network: torch.nn.Module):
-    """A safetensors header's tensors against a network (built on the meta device: nothing allocated):
-    every tensor's bytes are in the file, and the names and shapes are the network's."""
+    """A safetensors header's tensors against a network built on the meta device (nothing allocated): the network
+    is of bounded size; every tensor's byte range fits its shape and dtype; the ranges tile the data region
+    exactly, without gaps or overlaps; and the names and shapes are the network's."""
+    parameters = sum(t.numel() for t in network.state_dict().values())
+    if parameters > MAX_PARAMETERS:
+        raise CheckpointError(f"{path.name}: its config describes a network of {parameters:,} parameters; at most "
+                              f"{MAX_PARAMETERS:,}")
     tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
     try:
-        shapes = {name: tuple(int(n) for n in entry["shape"]) for name, entry in tensors.items()}
-        data_end = max((int(entry["data_offsets"][1]) for entry in tensors.values()), default=0)
+        table = sorted((_byte_range(name, entry), name) for name, entry in tensors.items())
+        shapes = {name: tuple(entry["shape"]) for name, entry in tensors.items()}
     except (TypeError, KeyError, IndexError, ValueError) as error:
-        raise CheckpointError(f"{path.name}: malformed tensor table in the header") from error
-    if data_end > data_size:
-        raise CheckpointError(f"{path.name}: truncated (its tensors need {data_end} bytes of data, the file has "
-                              f"{max(data_size, 0)})")
+        raise CheckpointError(f"{path.name}: malformed tensor table in the header ({error})") from None
+    position = 0
+    for (begin, end), name in table:
+        if begin != position:
+            raise CheckpointError(f"{path.name}: tensor {name[:60]!r} starts at byte {begin:,} of the data, not at "
+                                  f"{position:,} ({'overlapping' if begin < position else 'after a gap'})")
+        position = end
+    if position != data_size:
+        raise CheckpointError(f"{path.name}: {'truncated' if position > data_size else 'trailing bytes'}: its tensors "
+                              f"cover {position:,} bytes of data, the file has {max(data_size, 0):,}")
     _check_shapes(path, {k: tuple(v.shape) for k, v in network.state_dict().items()}, shapes)
+
+
+def _byte_range(name: str, entry) -> tuple[int, int]:
+    """A header entry's [begin, end) in the data region, checked against its dtype and shape."""
+    dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"tensor {name[:60]!r} has unsupported dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"tensor {name[:60]!r} has an invalid shape")
+    if not (type(begin) is int and type(end) is int and 0 <= begin <= end):
+        raise ValueError(f"tensor {name[:60]!r} has invalid data offsets")
+    if end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
+        raise ValueError(f"tensor {name[:60]!r} has {end - begin:,} bytes for a {dtype} tensor of shape "
+                         f"{tuple(shape)[:8]}")
+    return begin, end
 
 
 def _network_on_meta(path: Path, config: dict) -> torch.nn.Module:

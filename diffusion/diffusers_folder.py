@@ -14,7 +14,6 @@ CheckpointError naming the file and what is wrong. diffusers itself is needed on
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from safetensors.torch import load as load_safetensors
 from .checkpoint import (CheckpointError, LoadedModel, _read_header, check_tensor_table, config_metadata,
                          save_checkpoint)
 from .checkpoint import build_from_config
+from .jsonsafe import load_json
 from .models.diffusers_unet import DiffusersUNetConfig
 from .schedules import DiscreteBetas, Schedule
 
@@ -182,9 +182,9 @@ def _read_json(folder: Path, name: str, required: bool = True) -> dict | None:
     if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JSON_BYTES:
         raise CheckpointError(f"{folder.name}/{name}: not a regular JSON file of at most {MAX_JSON_BYTES} bytes")
     try:
-        value = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{folder.name}/{name}: not valid JSON") from error
+        value = load_json(path.read_bytes(), f"{folder.name}/{name}")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     except OSError as error:
         raise CheckpointError(f"{folder.name}/{name}: cannot read ({error.strerror})") from error
     if not isinstance(value, dict):

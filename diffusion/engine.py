@@ -111,7 +111,7 @@ def _check_number(name, value, low, high, integer=False):
     if isinstance(value, float) and not math.isfinite(value):
         raise RequestError(f"{name} must be finite, got {value}")
     if integer and isinstance(value, float) and not value.is_integer():
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
+        raise RequestError(f"{name} must be a whole number, got {value!r:.60}")
     if not low <= value <= high:
         digits = str(value)
         shown = f"{value:.3g}" if isinstance(value, float) else digits if len(digits) < 20 else f"a {len(digits)}-digit number"
@@ -131,24 +131,24 @@ def self_conditioning(request: SampleRequest, model: LoadedModel) -> bool:
 def validate_request(request: SampleRequest, model: LoadedModel, has_classifier: bool, max_batch: int = MAX_BATCH):
     """Raise RequestError for anything out of range or inconsistent with the checkpoint."""
     if request.sampler not in SAMPLERS:
-        raise RequestError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        raise RequestError(f"unknown sampler {request.sampler!r:.60}; choose one of {', '.join(SAMPLERS)}")
     if request.sampler == "ode" and request.solver not in ODE_SOLVERS:
-        raise RequestError(f"unknown ODE solver {request.solver!r}; choose one of {', '.join(ODE_SOLVERS)}")
+        raise RequestError(f"unknown ODE solver {request.solver!r:.60}; choose one of {', '.join(ODE_SOLVERS)}")
     if request.spacing not in SPACINGS:
-        raise RequestError(f"unknown time spacing {request.spacing!r}; choose one of {', '.join(SPACINGS)}")
+        raise RequestError(f"unknown time spacing {request.spacing!r:.60}; choose one of {', '.join(SPACINGS)}")
     _check_number("steps", request.steps, 1, MAX_STEPS, integer=True)
     if request.spacing == "leading":
         discrete = model.schedule.discrete
         if discrete is None:
             raise RequestError(f"'leading' spacing (diffusers' default) needs a discrete-step schedule; checkpoint "
-                               f"{request.checkpoint!r} has the continuous {model.schedule.name!r} schedule")
+                               f"{request.checkpoint!r:.60} has the continuous {model.schedule.name!r} schedule")
         _check_number("steps (leading spacing)", request.steps, 1, discrete.steps, integer=True)
     _check_number("eta", request.eta, 0.0, 1.0)
     _check_stochastic_sampler(request, model)
     _check_images(request, max_batch)
     _check_number("guidance scale", request.scale, 0.0, MAX_SCALE)
     if request.guidance not in GUIDANCE_MODES:
-        raise RequestError(f"unknown guidance mode {request.guidance!r}; choose one of {', '.join(GUIDANCE_MODES)}")
+        raise RequestError(f"unknown guidance mode {request.guidance!r:.60}; choose one of {', '.join(GUIDANCE_MODES)}")
     if request.class_index is None and request.guidance != "none":
         raise RequestError("guidance needs a class")
     _check_class(request, model)
@@ -156,7 +156,7 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
         why = (": a diffusers UNet2DModel records no null class (if its last class embedding was trained as the "
                "dropped label, convert it with `python -m diffusion import-diffusers FOLDER --null-class N`)"
                if model.config.get("source", {}).get("format") == "diffusers" else "")
-        raise RequestError(f"checkpoint {request.checkpoint!r} was not trained for classifier-free guidance{why}")
+        raise RequestError(f"checkpoint {request.checkpoint!r:.60} was not trained for classifier-free guidance{why}")
     if request.guidance == "classifier" and not has_classifier:
         raise RequestError("classifier guidance needs a noisy classifier checkpoint, and none is available")
     _check_guidance_modifiers(request)
@@ -165,7 +165,7 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
     if request.self_condition is not None and not isinstance(request.self_condition, bool):
         raise RequestError(f"self_condition must be true, false or null, got {request.self_condition!r:.40}")
     if request.self_condition and not model.self_condition:
-        raise RequestError(f"checkpoint {request.checkpoint!r} was not trained with self-conditioning")
+        raise RequestError(f"checkpoint {request.checkpoint!r:.60} was not trained with self-conditioning")
 
 
 def _check_stochastic_sampler(request: SampleRequest, model: LoadedModel):
@@ -239,10 +239,10 @@ def _check_class(request, model: LoadedModel):
     conditional = bool(classes)
     if request.class_index is None:
         if conditional and (model.kind == "normalizing-flow" or model.config.get("null_class", 0) is None):
-            raise RequestError(f"checkpoint {request.checkpoint!r} is class-conditional: choose a class (it has no null class to sample without one)")
+            raise RequestError(f"checkpoint {request.checkpoint!r:.60} is class-conditional: choose a class (it has no null class to sample without one)")
         return
     if not classes:
-        raise RequestError(f"checkpoint {request.checkpoint!r} is unconditional: it has no classes")
+        raise RequestError(f"checkpoint {request.checkpoint!r:.60} is unconditional: it has no classes")
     _check_number("class", request.class_index, 0, len(classes) - 1, integer=True)
 
 
@@ -351,7 +351,7 @@ class ModelCache:
             if folder.name == stem and not folder.is_symlink() and is_diffusers_folder(folder):
                 return folder
         available = ", ".join(self.names(*GENERATIVE_KINDS)) or "none"
-        raise RequestError(f"no checkpoint named {stem!r} (available: {available})")
+        raise RequestError(f"no checkpoint named {stem!r:.60} (available: {available})")
 
     def get(self, name: str) -> LoadedModel:
         path = self.path_of(name)
@@ -362,7 +362,7 @@ class ModelCache:
                 signature = signature_of(path)
             except FileNotFoundError as error:
                 self._models.pop(name, None)
-                raise RequestError(f"checkpoint {name!r} was removed") from error
+                raise RequestError(f"checkpoint {name!r:.60} was removed") from error
             cached = self._models.get(name)
             if cached and cached[0] == signature:
                 self._models.move_to_end(name)
@@ -371,10 +371,10 @@ class ModelCache:
                 model = load_folder(path, device=self.device) if folder else load_checkpoint(path, device=self.device)
             except CheckpointError as error:
                 self._models.pop(name, None)
-                raise RequestError(f"checkpoint {name!r} is unavailable: {error}") from error
+                raise RequestError(f"checkpoint {name!r:.60} is unavailable: {error}") from error
             self.loads += 1
             if signature_of(path) != signature:  # replaced while we read it: do not serve a mix
-                raise RequestError(f"checkpoint {name!r} changed while loading; try again")
+                raise RequestError(f"checkpoint {name!r:.60} changed while loading; try again")
             self._models[name] = (signature, model)
             self._models.move_to_end(name)
             while len(self._models) > self.capacity:
@@ -407,14 +407,14 @@ def load_for(cache: ModelCache, request: SampleRequest | FlowRequest, model: Loa
     if model is None:
         model = cache.get(name)
     elif model.path is not None and model.name != name:
-        raise RequestError(f"request for checkpoint {name!r} given the model of {model.name!r}")
+        raise RequestError(f"request for checkpoint {name!r:.60} given the model of {model.name!r}")
     if model.kind == "normalizing-flow" and not isinstance(request, FlowRequest):
-        raise RequestError(f"checkpoint {name!r} is a normalizing flow: it decodes noise in one exact pass and "
+        raise RequestError(f"checkpoint {name!r:.60} is a normalizing flow: it decodes noise in one exact pass and "
                            f"takes a temperature, not a sampler, steps or guidance")
     if model.kind == "denoiser" and not isinstance(request, SampleRequest):
-        raise RequestError(f"checkpoint {name!r} is a denoiser: it takes a sampler and steps, not a temperature")
+        raise RequestError(f"checkpoint {name!r:.60} is a denoiser: it takes a sampler and steps, not a temperature")
     if model.kind not in GENERATIVE_KINDS:
-        raise RequestError(f"checkpoint {name!r} (kind {model.kind!r}) does not generate images: it is neither a "
+        raise RequestError(f"checkpoint {name!r:.60} (kind {model.kind!r}) does not generate images: it is neither a "
                            f"denoiser nor a normalizing flow")
     return model
 
@@ -426,7 +426,7 @@ def prepare(cache: ModelCache, request: SampleRequest, model: LoadedModel | None
     validate_request(request, model, has_classifier=classifier is not None)
     if classifier is not None and (image_shape(classifier), classifier.class_names) != (image_shape(model), model.class_names):
         raise RequestError(f"the noisy classifier judges {image_shape(classifier)} images of {len(classifier.class_names)} "
-                           f"classes; checkpoint {request.checkpoint!r} makes {image_shape(model)} images of "
+                           f"classes; checkpoint {request.checkpoint!r:.60} makes {image_shape(model)} images of "
                            f"{len(model.class_names)} classes, so classifier guidance does not apply")
     guide = load_guide(cache, request, model) if request.guidance == "autoguidance" else None
     return model, classifier, guide
@@ -439,14 +439,14 @@ def load_guide(cache: ModelCache, request: SampleRequest, model: LoadedModel) ->
     try:
         guide = cache.get(name)
     except RequestError as error:
-        hint = "" if request.guide else f" (autoguidance looks for {name!r} unless you name a guide)"
+        hint = "" if request.guide else f" (autoguidance looks for {name!r:.60} unless you name a guide)"
         raise RequestError(f"autoguidance needs a weaker model of the same family: {error}{hint}") from None
     if guide.kind != "denoiser":
-        raise RequestError(f"autoguidance's guide {name!r} is a {guide.kind}, not a denoiser")
+        raise RequestError(f"autoguidance's guide {name!r:.60} is a {guide.kind}, not a denoiser")
     same = (guide.schedule.to_config(), image_shape(guide), guide.class_names) == \
            (model.schedule.to_config(), image_shape(model), model.class_names)
     if not same:
-        raise RequestError(f"autoguidance's guide {name!r} is not of {request.checkpoint!r}'s family: it needs the "
+        raise RequestError(f"autoguidance's guide {name!r:.60} is not of {request.checkpoint!r:.60}'s family: it needs the "
                            f"same noise schedule, image shape and classes")
     return guide
 
@@ -473,7 +473,7 @@ def _starting_noise(request, model: LoadedModel, x_T: torch.Tensor | None, devic
             generators = image_generators(int(request.seed), int(request.batch_size), int(request.first_index))
         return draw_noise(generators, shape[1:], device)
     if tuple(x_T.shape) != shape:
-        raise RequestError(f"starting noise has shape {tuple(x_T.shape)}, checkpoint {request.checkpoint!r} "
+        raise RequestError(f"starting noise has shape {tuple(x_T.shape)}, checkpoint {request.checkpoint!r:.60} "
                            f"needs {shape}")
     return x_T.to(device=device, dtype=torch.float32)
 
@@ -555,7 +555,7 @@ def _finite(images: torch.Tensor, request) -> torch.Tensor:
     """The images, or a SamplingError if any value is NaN or infinite (clamping would hide it as black)."""
     bad = (~torch.isfinite(images)).flatten(1).any(dim=1)
     if bool(bad.any()):
-        raise SamplingError(f"checkpoint {request.checkpoint!r} produced non-finite values (NaN or inf) in "
+        raise SamplingError(f"checkpoint {request.checkpoint!r:.60} produced non-finite values (NaN or inf) in "
                             f"{int(bad.sum())} of {len(images)} images; the model is broken for these settings")
     return images
 

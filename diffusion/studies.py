@@ -119,13 +119,19 @@ def class_confidence_and_diversity(evaluator: LoadedModel | None, images: torch.
             mean_pairwise_distance(features))
 
 
+MAX_SCALES_TEXT = 1000  # characters; MAX_SWEEP_SCALES numbers need far fewer
+
+
 def parse_scales(text: str) -> list[float]:
     """'0, 1, 2.5, 4' -> [0.0, 1.0, 2.5, 4.0], with a clear error for anything else."""
-    parts = [p for p in str(text).replace(";", ",").replace(" ", ",").split(",") if p]
+    text = str(text)
+    if len(text) > MAX_SCALES_TEXT:
+        raise RequestError(f"the guidance scales are {len(text):,} characters long; at most {MAX_SCALES_TEXT:,}")
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
     try:
         scales = [float(p) for p in parts]
     except ValueError as error:
-        raise RequestError(f"guidance scales must be numbers separated by commas, got {text!r}") from error
+        raise RequestError(f"guidance scales must be numbers separated by commas, got {text[:60]!r}") from error
     if not scales or len(scales) > MAX_SWEEP_SCALES:
         raise RequestError(f"give between 1 and {MAX_SWEEP_SCALES} guidance scales, got {len(scales)}")
     return scales

@@ -27,8 +27,8 @@ AXIS_FIELDS = ("checkpoint", "sampler", "solver", "steps", "eta", "stochasticity
                "langevin_steps", "step_size", "spacing", "guidance", "guide", "scale", "rescale", "interval_low",
                "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold", "class_index", "seed",
                "self_condition")
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*\+?\s*({_NUMBER})\s*\)|\[\s*(\d+)\s*\])?\s*$")
+MAX_AXIS_TEXT = 1000  # characters in one axis box (8 values need far fewer); longer text is refused unread
+_INTEGER = re.compile(r"[-+]?[0-9]+")  # no nested quantifier: matching is linear in the text's length
 
 
 def field_kind(name: str):
@@ -41,9 +41,13 @@ def field_kind(name: str):
 
 
 def parse_axis(name: str, text: str) -> list:
-    """An axis' typed values from A1111-style text; RequestError with the offending item otherwise."""
+    """An axis' typed values from A1111-style text; RequestError with the offending item otherwise. Linear in the
+    text's length (split by hand, no backtracking pattern), and the text is bounded before it is read."""
     kind = field_kind(name)
-    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    text = str(text)
+    if len(text) > MAX_AXIS_TEXT:
+        raise RequestError(f"the {name} axis is {len(text):,} characters long; at most {MAX_AXIS_TEXT:,}")
+    items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
         raise RequestError(f"give at least one value for {name}")
     values = []
@@ -64,38 +68,71 @@ def _parse_item(name: str, kind, item: str) -> list:
         return [truth[item.lower()]]
     if item.lower() == "none" and name in ("interval_low", "interval_high", "class_index"):
         return [None]
-    match = _RANGE.match(item)
-    if match is None:
-        try:
-            number = float(item)
-        except ValueError:
-            raise RequestError(f"{name}: {item!r:.40} is neither a number nor a range like 1-8 (+2) or 0-1 [5]") from None
-        return [_typed(name, kind, number)]
-    start, stop, step, count = match.groups()
-    start, stop = float(start), float(stop)
+    try:
+        return _parse_numbers(name, kind, item)
+    except OverflowError:
+        raise RequestError(f"{name}: {item[:40]!r} holds a number too large to use") from None
+
+
+def _parse_numbers(name: str, kind, item: str) -> list:
+    bounds, step, count = _split_range(name, item)
+    if bounds is None:
+        return [_number(name, kind, item)]
+    start, stop = (_number(name, kind, text) for text in bounds)
     if count is not None:
-        count = int(count)
+        count = _number(name + " (range count)", int, count)
         if not 1 <= count <= MAX_AXIS_VALUES:
             raise RequestError(f"{name}: a range takes 1 to {MAX_AXIS_VALUES} values, got [{count}]")
         numbers = [start] if count == 1 else [start + (stop - start) * i / (count - 1) for i in range(count)]
-    else:
-        step = float(step) if step is not None else (1.0 if kind is int else None)
-        if step is None:
-            raise RequestError(f"{name}: a range of decimals needs a step or a count, e.g. {item} (+0.5) or {item} [5]")
-        if step == 0 or (stop - start) / step < 0 or not math.isfinite(step):
-            raise RequestError(f"{name}: step {step:g} never gets from {start:g} to {stop:g}")
-        n = math.floor((stop - start) / step + 1e-9) + 1
-        if n > MAX_AXIS_VALUES:
-            raise RequestError(f"at most {MAX_AXIS_VALUES} values per axis ({name}: {item} has {n})")
-        numbers = [start + i * step for i in range(n)]
-    return [_typed(name, kind, round(number, 10)) for number in numbers]
+        return [_typed(name, kind, round(number, 10)) for number in numbers]
+    if step is None and kind is not int:
+        raise RequestError(f"{name}: a range of decimals needs a step or a count, e.g. {item[:40]} (+0.5) or {item[:40]} [5]")
+    step = 1 if step is None else _number(name + " (range step)", kind, step)
+    span = (stop - start) / step if step else -1.0
+    if not math.isfinite(span) or span < 0:
+        raise RequestError(f"{name}: step {step:g} never gets from {start:g} to {stop:g}")
+    n = math.floor(span + 1e-9) + 1
+    if n > MAX_AXIS_VALUES:
+        raise RequestError(f"at most {MAX_AXIS_VALUES} values per axis ({name}: {item[:40]} has {n:,})")
+    return [_typed(name, kind, start + i * step if kind is int else round(start + i * step, 10)) for i in range(n)]
 
 
-def _typed(name: str, kind, number: float):
-    if not math.isfinite(number):
-        raise RequestError(f"{name} must be finite")
+def _split_range(name: str, item: str):
+    """'A-B', 'A-B (+S)' or 'A-B [N]' -> ((A, B), S or None, N or None); a plain number -> (None, None, None).
+
+    The '-' between A and B is the first one that is neither a leading sign nor an exponent's sign, so negative
+    bounds read as expected (-5--3, 1e-3-1e-2)."""
+    step = count = None
+    if item.endswith(")") and "(" in item:
+        item, step = item[:item.rindex("(")].strip(), item[item.rindex("(") + 1:-1].strip()
+        step = step[1:].strip() if step.startswith("+") else step
+    elif item.endswith("]") and "[" in item:
+        item, count = item[:item.rindex("[")].strip(), item[item.rindex("[") + 1:-1].strip()
+    dash = next((i for i in range(1, len(item)) if item[i] == "-" and item[i - 1] not in "eE+-"), None)
+    if dash is None:
+        if step is not None or count is not None:
+            raise RequestError(f"{name}: {item[:40]!r} before {'(+step)' if step is not None else '[count]'} is not a "
+                               f"range like 1-8")
+        return None, None, None
+    return (item[:dash].strip(), item[dash + 1:].strip()), step, count
+
+
+def _number(name: str, kind, text: str):
+    """One number as the field's type: whole numbers are parsed as integers (exact, however large), never via float."""
+    if kind is int and _INTEGER.fullmatch(text):
+        return int(text)
+    try:
+        number = float(text)
+    except ValueError:
+        raise RequestError(f"{name}: {text[:40]!r} is neither a number nor a range like 1-8 (+2) or 0-1 [5]") from None
+    return _typed(name, kind, number)
+
+
+def _typed(name: str, kind, number):
+    if isinstance(number, float) and not math.isfinite(number):
+        raise RequestError(f"{name} must be a finite number")
     if kind is int:
-        if not float(number).is_integer():
+        if isinstance(number, float) and not number.is_integer():
             raise RequestError(f"{name} takes whole numbers, got {number:g}")
         return int(number)
     return float(number)
@@ -139,16 +176,16 @@ def plan_grid(cache: ModelCache, base: SampleRequest, x_field: str, x_text: str,
     requests = [[replace(base, **{x_field: x}, **({y_field: y} if y_field else {})) for x in x_values]
                 for y in y_values]
     plan = XYPlan(x_field, x_values, y_field, y_values, requests)
-    if plan.work > MAX_IMAGE_EVALUATIONS:
-        raise RequestError(f"this grid needs {plan.work:,} image-evaluations (cells x images x network evaluations, "
-                           f"CFG counts twice); the limit is {MAX_IMAGE_EVALUATIONS:,}: fewer cells, images or steps")
-    for y, row in zip(y_values, requests):
+    for y, row in zip(y_values, requests):  # every cell valid first: the work of an unknown sampler is not defined
         for x, request in zip(x_values, row):
             try:
                 check_request(cache, request)
             except RequestError as error:
-                where = f"{x_field}={x}" + (f", {y_field}={y}" if y_field else "")
+                where = f"{x_field}={value_label(x)[:40]}" + (f", {y_field}={value_label(y)[:40]}" if y_field else "")
                 raise RequestError(f"cell {where}: {error}") from None
+    if plan.work > MAX_IMAGE_EVALUATIONS:
+        raise RequestError(f"this grid needs {plan.work:,} image-evaluations (cells x images x network evaluations, "
+                           f"CFG counts twice); the limit is {MAX_IMAGE_EVALUATIONS:,}: fewer cells, images or steps")
     return plan
 
 

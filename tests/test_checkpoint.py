@@ -56,7 +56,7 @@ def _rewrite(src, dst, tensors=None, metadata_changes=None):
     ("no-metadata", "no diffusion-playground metadata"),
     ("unknown-format", "unknown metadata format"),
     ("newer-format", "not supported by this version"),
-    ("bad-json", "'config' is not valid JSON"),
+    ("bad-json", "'config': not valid JSON"),
     ("bad-kind", "unknown kind"),
     ("bad-schedule", "unknown schedule"),
     ("missing-tensor", "missing tensors"),

@@ -37,6 +37,7 @@ def test_import_diffusers_then_sample_and_evaluate_refuses(tmp_path):
     pytest.importorskip("diffusers")
     folder, _, _ = write_diffusers_folder(tmp_path / "my-ddpm", channels=3, size=16, num_class_embeds=3)
     out = tmp_path / "ckpt" / "mine.safetensors"
+    out.parent.mkdir()
     result = run("import-diffusers", str(folder), "--out", str(out), "--class-names", "cat, dog", "--null-class", "2")
     assert result.returncode == 0, result.stderr
     assert "2 classes, predicts eps" in result.stdout and "UNet2DModel" in result.stdout
@@ -60,8 +61,8 @@ def test_import_diffusers_then_sample_and_evaluate_refuses(tmp_path):
 
 def test_sample_with_a_bad_request_prints_one_clear_line(tmp_path):
     write_tiny_checkpoints(tmp_path / "ckpt")
-    result = run("sample", "--checkpoint", "tiny", "--checkpoint-dir", str(tmp_path / "ckpt"), "--steps", "0")
-    assert result.returncode == 2 and result.stderr.strip() == "error: steps must be between 1 and 1000, got 0"
+    result = run("sample", "--checkpoint", "tiny", "--checkpoint-dir", str(tmp_path / "ckpt"), "--steps", "5000")
+    assert result.returncode == 2 and result.stderr.strip() == "error: steps must be between 1 and 1000, got 5000"
 
 
 def test_sample_from_a_normalizing_flow_and_options_of_the_other_kind_are_errors(tmp_path):
@@ -264,3 +265,30 @@ def test_evaluate_refuses_to_replace_an_evaluation_of_another_file(fashion_sized
     refused = run(*args)
     assert refused.returncode == 2 and "holds an evaluation of another file" in refused.stderr
     assert json.loads((out / "tiny.json").read_text())["identity"]["checkpoint_sha256"] == "another file"
+
+
+# --- every command validates its arguments before work, in one line (issue 26) -------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (("sample", "--checkpoint", "x", "--columns", "0"), "argument --columns: must be at least 1, got 0"),
+    (("sample", "--checkpoint", "x", "--columns", "-3"), "argument --columns: must be at least 1, got -3"),
+    (("benchmark", "--batch", "0"), "argument --batch: must be at least 1, got 0"),
+    (("evaluate", "--samples", "0"), "argument --samples: must be at least 1, got 0"),
+    (("evaluate", "--samples", "-5"), "argument --samples: must be at least 1, got -5"),
+    (("sample", "--checkpoint", "x", "--seed", "abc"), "argument --seed: must be a whole number, got 'abc'"),
+    (("export", "/nonexistent", "--out", "/nonexistent-too/x.safetensors"), "the folder /nonexistent-too does not exist"),
+    (("evaluate", "--out-dir", "/nonexistent/x/y"), "cannot write /nonexistent/x/y: the folder /nonexistent/x does not exist"),
+    (("frobnicate",), "invalid choice: 'frobnicate'"),
+])
+def test_wrong_arguments_get_one_line_before_any_work(args, message):
+    result = run(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_a_sample_into_a_missing_folder_fails_before_sampling(tmp_path):
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    result = run("sample", "--checkpoint", str(tmp_path / "ckpt" / "tiny.safetensors"), "--steps", "2",
+                 "--out", str(tmp_path / "missing" / "s.png"))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: cannot write {tmp_path / 'missing' / 's.png'}: the folder {tmp_path / 'missing'} does not exist")
+    assert not (tmp_path / "missing").exists()

@@ -133,8 +133,14 @@ def markdown_text(text: str) -> str:
     return "".join(f"\\{ch}" if ch in "\\`*_{}[]()#+-.!|<>~" else ch for ch in str(text))
 
 
+MAX_ERROR_CHARS = 600  # messages quote at most a short prefix of what a user typed; this bounds the rest
+
+
 def user_error(error: Exception) -> gr.Error:
-    return gr.Error(str(error), print_exception=False)
+    """The sentence a user sees (on screen, and in the API's AppError), at most MAX_ERROR_CHARS long."""
+    message = str(error)
+    return gr.Error(message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + " ...",
+                    print_exception=False)
 
 
 class Cancelled(Exception):

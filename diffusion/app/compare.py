@@ -13,7 +13,7 @@ import gradio as gr
 from ..engine import MAX_STEPS, ModelCache, RequestError, SamplingError
 from ..sampling import ODE_SOLVERS
 from ..studies import compare_samplers, difference_map
-from ..xy import few_step_plan, grid_picture, run_grid
+from ..xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, run_grid
 from .common import grid_pil, markdown_text, output_path, stream_result, user_error, widget_number
 from .controls import SPACING_LABELS, make_request, run_and_stop, stop_cancels
 
@@ -127,7 +127,7 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
                     "paths need many steps; straightened ones do not.")
         with gr.Row():
             f_student = gr.Dropdown(students, value=students[0] if students else None, label="Student (few-step checkpoint)")
-            f_steps = gr.Textbox("1, 2, 4", label="Euler steps (list or range, at most 8 values)")
+            f_steps = gr.Textbox("1, 2, 4", label="Euler steps (list or range, at most 8 values)", max_length=MAX_AXIS_TEXT)
         f_run = gr.Button("Compare few steps", variant="primary")
         f_picture = gr.Image(label="Rows: teacher, student; columns: steps", format="png", interactive=False)
         f_table = gr.Markdown(label="Few-step figures")

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from ..engine import ModelCache, RequestError
-from ..studies import guidance_sweep, parse_scales
+from ..studies import MAX_SCALES_TEXT, guidance_sweep, parse_scales
 from .common import EXPORT_PX, grid_pil, stream_result, user_error
 from .controls import SAMPLER_LABELS, make_request, method_choices, run_and_stop, stop_cancels
 
@@ -63,7 +63,7 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
     with gr.Row():
         s_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
         s_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
-        s_scales = gr.Textbox("0, 1, 2, 4, 8", label="Guidance scales (one row each)")
+        s_scales = gr.Textbox("0, 1, 2, 4, 8", label="Guidance scales (one row each)", max_length=MAX_SCALES_TEXT)
         s_methods = gr.CheckboxGroup(method_choices(guidance_choices),
                                    value=["cfg"] if guidance_default == "cfg" else [],
                                    label="Guidance methods")

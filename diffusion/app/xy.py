@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..engine import MAX_STEPS, ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
-from ..xy import (AXIS_FIELDS, MAX_AXIS_VALUES, MAX_CELLS, MAX_IMAGE_EVALUATIONS, grid_manifest, grid_picture, plan_grid,
+from ..xy import (AXIS_FIELDS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, MAX_IMAGE_EVALUATIONS, grid_manifest, grid_picture, plan_grid,
                   run_grid, value_label)
 from .common import output_path, stream_result, user_error
 from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, run_and_stop, stop_cancels
@@ -77,9 +77,9 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
         images = gr.Slider(1, 16, value=4, step=1, label="Images per cell")
     with gr.Row():
         x_field = gr.Dropdown(list(AXIS_FIELDS), value="scale", label="X: field")
-        x_values = gr.Textbox("1, 2, 4, 8", label="X: values")
+        x_values = gr.Textbox("1, 2, 4, 8", label="X: values", max_length=MAX_AXIS_TEXT)
         y_field = gr.Dropdown(["", *AXIS_FIELDS], value="sampler", label="Y: field (empty: one row)")
-        y_values = gr.Textbox("ddim, ode", label="Y: values")
+        y_values = gr.Textbox("ddim, ode", label="Y: values", max_length=MAX_AXIS_TEXT)
     run, stop = run_and_stop("Make grid")
     picture = gr.Image(label="X/Y grid", format="png", interactive=False)
     table = gr.Markdown(label="Per cell")
