@@ -65,7 +65,8 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     with gr.Blocks(title="diffusion-playground", fill_width=True) as demo:
         gr.Markdown(INTRO)
         if not names:
-            gr.Markdown(f"**No usable checkpoint in `{cache.checkpoint_dir}`.**\n\n{checkpoint_table(cache)}")
+            gr.Markdown(f"**No usable checkpoint in the folder `{cache.checkpoint_dir.name}`.**\n\n"
+                        f"{checkpoint_table(cache)}")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 checkpoint, guidance, scale = build_generate_tab(

@@ -118,6 +118,12 @@ def _check_number(name, value, low, high, integer=False):
         raise RequestError(f"{name} must be between {low} and {high}, got {shown}")
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed as every endpoint takes it: a whole number in [0, 2^63 - 1]."""
+    _check_number(name, seed, 0, MAX_SEED, integer=True)
+    return seed
+
+
 def clip_x0(request: SampleRequest, model: LoadedModel) -> bool:
     """The request's x0 clipping, or where it says None the checkpoint's (False for our own models)."""
     return bool(model.config.get("clip_x0", False)) if request.clip_x0 is None else request.clip_x0
@@ -347,8 +353,8 @@ class ModelCache:
         path = self.checkpoint_dir / f"{stem}.safetensors"
         if path.is_file():
             return path
-        for folder in [self.checkpoint_dir / stem, *self.extra_folders]:
-            if folder.name == stem and not folder.is_symlink() and is_diffusers_folder(folder):
+        for folder in [self.checkpoint_dir / name, self.checkpoint_dir / stem, *self.extra_folders]:  # a folder may
+            if folder.name in (name, stem) and not folder.is_symlink() and is_diffusers_folder(folder):  # end in .safetensors
                 return folder
         available = ", ".join(self.names(*GENERATIVE_KINDS)) or "none"
         raise RequestError(f"no checkpoint named {stem!r:.60} (available: {available})")

@@ -141,15 +141,16 @@ def parse_scales(text: str) -> list[float]:
 def trajectory(cache: ModelCache, request: SampleRequest, frames: int, progress=None):
     """One image's (t, log-SNR, x_t, x0_hat) at `frames` steps spread over the run, last step included, and the
     path's straightness (straightness.PathReadout; exact for DDIM and ODE-Euler, each step's first evaluation for
-    other samplers)."""
+    other samplers; None for annealed Langevin, whose states are MCMC chains per noise level, not steps of a path)."""
     if not 2 <= frames <= 16:
         raise RequestError(f"frames must be between 2 and 16, got {frames}")
     request = replace(request, batch_size=1)
     model = pinned_model(cache, [request])
     result = run_request(cache, request, progress=progress, record_trajectory=True, model=model)
     x_T = draw_noise(image_generators(int(request.seed), 1, int(request.first_index)), image_shape(model))  # its start
-    readout = readout_from_trajectory(model.schedule, time_grid(model.schedule, int(request.steps), request.spacing),
-                                      x_T, result.trajectory)
+    grid = time_grid(model.schedule, int(request.steps), request.spacing)
+    on_the_grid = len(result.trajectory) == len(grid) - 1  # one recorded state per step of the time grid
+    readout = readout_from_trajectory(model.schedule, grid, x_T, result.trajectory) if on_the_grid else None
     steps = len(result.trajectory)
     chosen = sorted({round(i * (steps - 1) / (frames - 1)) for i in range(frames)})
     schedule = model.schedule
@@ -258,12 +259,14 @@ class Inversion:
 
 
 def encode_image(cache: ModelCache, checkpoints: list[str], image: torch.Tensor, label: int | None,
-                 step_counts=INVERSION_STEPS) -> list[Inversion]:
+                 step_counts=INVERSION_STEPS, progress=None) -> list[Inversion]:
     """Encode one image (1, C, H, W) in [-1, 1] to noise and decode it back, with every checkpoint.
 
     A normalizing flow is exact (z = f(x), x = f^-1(z)); a denoiser inverts its probability-flow ODE from
     t = 0 to 1 with DDIM steps (conditional on `label`, no guidance, no self-conditioning) and integrates
-    back with as many, so the reconstruction error shows the ODE solver's discretisation error."""
+    back with as many, so the reconstruction error shows the ODE solver's discretisation error.
+    progress(model, done, total) after each network evaluation (and each exact pass)."""
+    report = progress or (lambda model, done, total: None)
     names = list(dict.fromkeys(checkpoints or []))
     models = generative_models(cache, names, tuple(image.shape[1:]))
     for name, model in zip(names, models):
@@ -283,17 +286,24 @@ def encode_image(cache: ModelCache, checkpoints: list[str], image: torch.Tensor,
                 dequantized = uniform_dequantize(to_uint8(image), torch.Generator().manual_seed(0)).to(device)
                 bits = float(model_log_likelihood(model, dequantized, labels).bits_per_dim)
                 error = (back - x).abs()
+                report(len(inversions), 1, 1)
                 inversions.append(Inversion(name, model.kind, z[0].cpu(), [Reconstruction(
                     0, 2, back[0].cpu(), float(error.max()), float(error.mean()), seconds)], bits))
                 continue
             schedule, reconstructions, latent = model.schedule, [], None
+            total, done = 2 * sum(int(s) for s in step_counts), [0]
+
+            def step(*_, column=len(inversions)):
+                done[0] += 1
+                report(column, done[0], total)
+
             for steps in step_counts:
                 grid = time_grid(schedule, int(steps))
                 started = time.perf_counter()
                 forward = Denoiser(model.network, schedule, model.parameterization, labels=labels)
-                latent = invert_ddim(forward, x, grid, schedule=schedule)
+                latent = invert_ddim(forward, x, grid, schedule=schedule, callback=step)
                 backward = Denoiser(model.network, schedule, model.parameterization, labels=labels)
-                back = sample_ddim(backward, latent, grid, schedule=schedule)
+                back = sample_ddim(backward, latent, grid, schedule=schedule, callback=step)
                 error = (back - x).abs()
                 reconstructions.append(Reconstruction(int(steps), forward.nfe + backward.nfe, back[0].cpu(),
                                                       float(error.max()), float(error.mean()),

@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -152,10 +154,21 @@ def test_encode_handler_on_a_test_image(tmp_path):
     from diffusion.engine import ModelCache
 
     folder = write_tiny_checkpoints(tmp_path / "ckpt28", image_size=28, class_names=tuple(f"c{i}" for i in range(10)))
-    gallery, table = run_encode(ModelCache(folder, device="cpu"), ["tiny-nice", "tiny-flow"], 3)
+    cache = ModelCache(folder, device="cpu")
+    started = time.perf_counter()
+    gallery, table = list(run_encode(cache, ["tiny-nice", "tiny-flow"], 3, progress=None))[-1]
+    whole_run = time.perf_counter() - started
     assert len(gallery) == 1 + 2 + 5  # original; NICE latent + exact decode; flow latent + 4 step counts
     assert "| `tiny-nice` | exact (NICE) | exact | 2 |" in table and "bits/dim" in table
     assert table.count("DDIM inversion") == 4
+    # Cancelled (Gradio closes the generator), the inversion stops at its next network evaluation (issue 26: a plain
+    # function kept the CPU busy after the cancel freed its slot).
+    threads = threading.active_count()
+    running = run_encode(cache, ["tiny-nice", "tiny-flow"], 3, progress=None)
+    next(running)
+    started = time.perf_counter()
+    running.close()
+    assert time.perf_counter() - started < whole_run / 4 and threading.active_count() == threads
 
 
 @pytest.mark.parametrize("endpoint, args, message", [
@@ -625,3 +638,63 @@ def test_fuzzed_raw_api_calls_get_a_result_or_one_sentence(client):
     call_likelihood()
     assert len(client.predict(*good, api_name="/generate")[0]) == 2  # and the app still serves
     assert len(client.predict(*good_flow, api_name="/generate_flow")[0]) == 2
+
+
+def test_fuzzed_study_endpoints_get_a_result_or_one_sentence(client):
+    """Issue 26: the hypothesis fuzz over the X/Y grid, the sweep, the comparison and the trajectory."""
+    from gradio_client.exceptions import AppError
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    wrong = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=False),
+                      st.sampled_from(["nan", "1e400", "-1", "1-1e400", "1e400-1 (-1)", "x" * 100_000, "9" * 5000]),
+                      st.text(max_size=12), st.lists(st.integers(), max_size=2), st.just({"a": 1}))
+    good = {"/xy_grid": ("tiny", "ddim", "heun", 2, "uniform", "cfg", 1, 2.0, 3, 1, "scale", "1, 2", "", ""),
+            "/sweep": ("tiny", 1, "0, 2", ["cfg"], 3, 1, "ddim", 2),
+            "/compare": ("tiny", "cfg", 1, 2.0, 3, 1, "uniform", 2, 2, 0.0, 2, "heun", "ddim", "ode"),
+            "/trajectory": ("tiny", "ddim", "heun", 2, "cfg", 1, 2.0, 3, 2)}
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(endpoint=st.sampled_from(sorted(good)), data=st.data())
+    def call(endpoint, data):
+        base = list(good[endpoint])
+        for position in data.draw(st.lists(st.integers(0, len(base) - 1), min_size=1, max_size=2, unique=True)):
+            base[position] = data.draw(wrong)
+        try:
+            client.predict(*base, api_name=endpoint)
+        except AppError as error:
+            message = str(error)
+            assert message and "Unexpected error" not in message and "Traceback" not in message, message
+            assert len(message) <= 700, message[:200]
+
+    call()
+
+
+@pytest.mark.parametrize("endpoint, args, message", [
+    ("/same_noise", ("tiny-nice", "", 0, 2, 3, "heun", 1.0, 1.0), "checkpoints must be a list of names"),
+    ("/same_noise", ([{"a": 1}], "", 0, 2, 3, "heun", 1.0, 1.0), "checkpoints must be a list of names"),
+    ("/sweep", ("tiny", 1, "0, 2", "cfg", 3, 1, "ddim", 2), "guidance methods must be a list of names"),
+    ("/compare", ("tiny", "cfg", 1, 2.0, 3, 1, "uniform", 2, 2, 0.0, 2, "heun", "xx", "ode"),
+     "difference column A must be one of ddpm, ddim, ode"),
+    ("/latent_walk", (["tiny-nice"], 2, -1, 1, 3, 3, "heun", 2.0, 1.0), "seed A must be between 0 and"),
+    ("/latent_walk", (["tiny-nice"], 2, 0, 2**64, 3, 3, "heun", 2.0, 1.0), "seed B must be between 0 and"),
+    ("/xy_grid", ("tiny", "ddim", "heun", 2, "uniform", "cfg", 1, 2.0, 3, 1, "steps", "1" * 1_000_000, "", ""),
+     "the steps axis is 1,000,000 characters long; at most 1,000"),
+    ("/xy_grid", ("tiny", "ddim", "heun", 2, "uniform", "cfg", 1, 2.0, 3, 1, "sampler", "ddim, dddim", "", ""),
+     "cell sampler=dddim: unknown sampler 'dddim'"),
+])
+def test_wrong_shapes_of_input_get_a_sentence(client, endpoint, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name=endpoint)
+
+
+def test_trajectory_with_annealed_langevin_and_a_card_without_server_paths(client, app_cache):
+    strip, caption, gif, path = client.predict("tiny", "langevin", "heun", 4, "cfg", 1, 2.0, 0, 3, api_name="/trajectory")
+    assert "not defined for annealed Langevin" in caption and Image.open(strip).size[0] > 0
+    summary, metadata = client.predict("tiny", api_name="/model_card")
+    text = json.dumps(metadata)
+    assert str(app_cache.checkpoint_dir) not in text and "/tmp/" not in text
+    gallery, _, status, _ = client.predict(api_name="/generate_flow")  # its default checkpoint is a flow
+    assert "one exact pass" in status

@@ -10,7 +10,7 @@ import gradio as gr
 
 from ..engine import ModelCache, RequestError
 from ..evaluation import likelihood_summary, recorded_likelihood
-from .common import user_error
+from .common import markdown_text, user_error
 
 
 def checkpoint_table(cache: ModelCache) -> str:
@@ -22,22 +22,35 @@ def checkpoint_table(cache: ModelCache) -> str:
     return "\n".join(rows)
 
 
+def without_server_paths(value):
+    """Metadata as shown to users: an absolute path (a training run's folder on the machine that trained it, a data
+    set's location) keeps only its last part, so the page reveals no server paths."""
+    if isinstance(value, dict):
+        return {key: without_server_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_server_paths(item) for item in value]
+    if isinstance(value, str) and (value.startswith(("/", "~")) or (len(value) > 2 and value[1:3] in (":\\", ":/"))):
+        return ".../" + value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return value
+
+
 def model_summary(cache: ModelCache, evaluation_dir: Path, name: str) -> str:
     try:
         model = cache.get(name)
     except RequestError as error:
-        return f"**{name}** is unavailable: {error}"
+        return f"**{markdown_text(name)}** is unavailable: {markdown_text(error)}"
     config, training = model.config, model.training
+    card = markdown_text(model.card)  # text from a file is data, never markup
     parameters = sum(p.numel() for p in model.network.parameters())
     size = f"{parameters / 1e6:.2f} M parameters, {training.get('steps', '?')} training steps"
     likelihood = likelihood_summary(recorded_likelihood(model, evaluation_dir))
     measured = f"\n\n**Likelihood:** {likelihood}." if likelihood else ""
     if model.kind == "normalizing-flow":
         bits = training.get("test_bits_per_dim")
-        return (f"{model.card}\n\n*normalizing flow ({config['network']}), {size}"
+        return (f"{card}\n\n*normalizing flow ({config['network']}), {size}"
                 + (f", {bits:.2f} bits/dim on the test set" if isinstance(bits, (int, float)) else "") + ".*" + measured)
     if model.kind != "denoiser":
-        return f"{model.card}\n\n*{model.kind}, {size}.*"
+        return f"{card}\n\n*{model.kind}, {size}.*"
     schedule = model.schedule
     steps = f" ({schedule.discrete.steps} {schedule.discrete.kind} betas)" if schedule.name == "vp-discrete" else ""
     shape = f"{config['image_channels']} x {config['image_size']}^2 px"
@@ -45,7 +58,7 @@ def model_summary(cache: ModelCache, evaluation_dir: Path, name: str) -> str:
     few_step = (f"\n\n**Few-step model:** starts at {defaults.get('sampler', 'ode')}-{defaults.get('solver', 'euler')}, "
                 f"{defaults.get('steps')} steps, guidance {defaults.get('guidance', 'none')}; live mode is offered."
                 if defaults else "")
-    return (f"{model.card}\n\n*{schedule.name} schedule{steps}, {config.get('parameterization')}-prediction, "
+    return (f"{card}\n\n*{schedule.name} schedule{steps}, {config.get('parameterization')}-prediction, "
             f"{shape}, {size}, self-conditioning {'yes' if model.self_condition else 'no'}.*" + measured + few_step)
 
 
@@ -54,7 +67,8 @@ def model_card(cache: ModelCache, evaluation_dir: Path, name):
         model = cache.get(name)
     except RequestError as error:
         raise user_error(error) from None
-    return model_summary(cache, evaluation_dir, name), {"kind": model.kind, "config": model.config, "training": model.training}
+    metadata = {"kind": model.kind, "config": model.config, "training": model.training}
+    return model_summary(cache, evaluation_dir, name), without_server_paths(metadata)
 
 
 def build_card_tab(demo: gr.Blocks, cache: ModelCache, evaluation_dir: Path, available, default):

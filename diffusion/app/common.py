@@ -123,6 +123,16 @@ def widget_self_condition(value) -> bool | None:
     raise RequestError(f"self-conditioning must be 'own' (the checkpoint's), 'on' or 'off', got {str(value)[:40]!r}")
 
 
+def widget_names(value, name: str) -> list[str]:
+    """A checkbox group's value: a list of names (None: none). A plain string is refused, not read as its
+    characters, and so is anything that is not a string in the list."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise RequestError(f"{name} must be a list of names, like [\"a\", \"b\"], got {str(value)[:40]!r}")
+    return value
+
+
 def widget_class(value):
     """The class dropdown's value: None (no class) or a class index."""
     return None if value in (None, "") else widget_number(value, "class", int)

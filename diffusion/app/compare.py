@@ -18,6 +18,9 @@ from .common import grid_pil, markdown_text, output_path, stream_result, user_er
 from .controls import SPACING_LABELS, make_request, run_and_stop, stop_cancels
 
 
+COLUMNS = ("ddpm", "ddim", "ode")  # the comparison's columns, as the difference map names them
+
+
 def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, batch_size, spacing, ddpm_steps, ddim_steps, eta,
             ode_steps, solver, column_a, column_b, progress=gr.Progress()):
     try:
@@ -26,6 +29,9 @@ def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, b
         requests = [replace(base, sampler="ddpm", steps=widget_number(ddpm_steps, "DDPM steps", int), eta=0.0),
                     replace(base, sampler="ddim", steps=widget_number(ddim_steps, "DDIM steps", int)),
                     replace(base, sampler="ode", steps=widget_number(ode_steps, "ODE steps", int), eta=0.0)]
+        for name, column in (("difference column A", column_a), ("difference column B", column_b)):
+            if column not in COLUMNS:
+                raise RequestError(f"{name} must be one of {', '.join(COLUMNS)}, got {str(column)[:40]!r}")
     except RequestError as error:
         raise user_error(error) from None
 

@@ -12,11 +12,11 @@ import gradio as gr
 import torch
 
 from ..data import DataError, FASHION_MNIST_DIR, load_fashion_mnist, to_model_range
-from ..engine import GENERATIVE_KINDS, ModelCache, RequestError, image_shape
+from ..engine import GENERATIVE_KINDS, ModelCache, RequestError, check_seed, image_shape
 from ..sampling import ODE_SOLVERS
 from ..studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
                        same_noise, walk_noise)
-from .common import SINGLE_PX, grid_pil, pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_number
+from .common import SINGLE_PX, grid_pil, pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_names, widget_number
 from .controls import run_and_stop, stop_cancels
 
 INTRO = """**Same noise, three families.** A normalizing flow (NICE) turns Gaussian noise into an image in one exact,
@@ -54,7 +54,7 @@ def test_image(index) -> tuple[torch.Tensor, int]:
 def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size, steps, solver, scale, temperature,
                    progress=gr.Progress()):
     try:
-        requests = family_requests(cache, list(checkpoints or []), class_index=widget_class(class_index),
+        requests = family_requests(cache, widget_names(checkpoints, "checkpoints"), class_index=widget_class(class_index),
                                    seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "images", int),
                                    steps=widget_number(steps, "ODE steps", int), solver=str(solver),
                                    scale=widget_number(scale, "guidance scale"),
@@ -73,12 +73,13 @@ def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b,
                     temperature, progress=gr.Progress()):
     try:
         frames = widget_number(frames, "frames", int)
-        requests = family_requests(cache, list(checkpoints or []), class_index=widget_class(class_index), seed=0,
+        requests = family_requests(cache, widget_names(checkpoints, "checkpoints"), class_index=widget_class(class_index), seed=0,
                                    batch_size=frames, steps=widget_number(steps, "ODE steps", int), solver=str(solver),
                                    scale=widget_number(scale, "guidance scale"),
                                    temperature=widget_number(temperature, "temperature"))
         shape = image_shape(cache.get(requests[0].checkpoint))
-        x_T = walk_noise(shape, widget_number(seed_a, "seed A", int), widget_number(seed_b, "seed B", int), frames)
+        x_T = walk_noise(shape, check_seed(widget_number(seed_a, "seed A", int), "seed A"),
+                         check_seed(widget_number(seed_b, "seed B", int), "seed B"), frames)
     except RequestError as error:
         raise user_error(error) from None
     columns = yield from _run(lambda emit: same_noise(cache, requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
@@ -92,12 +93,17 @@ def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b,
     yield grid_pil(strip, frames), caption, save_gif(gif_frames, "latent-walk")
 
 
-def run_encode(cache: ModelCache, checkpoints, index):
+def run_encode(cache: ModelCache, checkpoints, index, progress=gr.Progress()):
+    """Generator: the inversions run in a worker, so Stop or a cancelled API call ends them at the next network
+    evaluation (a plain function would keep the CPU busy after its slot was freed)."""
     try:
         image, label = test_image(index)
-        inversions = encode_image(cache, list(checkpoints or []), image, label)
+        names = widget_names(checkpoints, "checkpoints")
     except RequestError as error:
         raise user_error(error) from None
+    inversions = yield from _run(lambda emit: encode_image(cache, names, image, label,
+                                                           progress=lambda i, d, t: emit((i, d, t))),
+                                 progress, max(len(names), 1), outputs=2)
     model = cache.get(inversions[0].checkpoint)
     class_name = model.class_names[label] if label < len(model.class_names) else str(label)
     gallery = [(pil_images(image)[0], f"test image {index}: {class_name}")]
@@ -114,7 +120,7 @@ def run_encode(cache: ModelCache, checkpoints, index):
     likelihoods = [f"`{inv.checkpoint}`: **{inv.bits_per_dim:.2f} bits/dim** (exact)" for inv in inversions
                    if inv.bits_per_dim is not None]
     text = "\n".join(rows) + ("\n\nLikelihood of this image: " + "; ".join(likelihoods) if likelihoods else "")
-    return gallery, text
+    yield gallery, text
 
 
 def _run(work, progress, columns: int, outputs: int):

@@ -108,7 +108,8 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
     A denoiser shows the sampler, steps, guidance and self-conditioning; a normalizing flow shows a temperature
     instead, and its own Generate button (API /generate_flow). A few-step model (one whose file names its sampling
     defaults, e.g. a reflow student) sets the sampler, steps and guidance to them and offers live mode; leaving one
-    puts the tab's own defaults back. The last output is whether a few-step model is now selected."""
+    puts the tab's own defaults back. The last outputs are whether a few-step model is now selected, and the
+    normalizing flow /generate_flow samples (kept when a denoiser is chosen)."""
     try:
         model = cache.get(name)
     except RequestError as error:
@@ -131,7 +132,8 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
             gr.Radio(visible=denoiser),
             gr.Slider(visible=denoiser, **({"value": DEFAULT_SCALES.get(guidance_value, 1.0)} if setting else {})),
             gr.Slider(visible=not denoiser), gr.Button(visible=denoiser), gr.Button(visible=not denoiser),
-            gr.Checkbox(visible=few_step, value=False), few_step)
+            gr.Checkbox(visible=few_step, value=False), few_step,
+            gr.Dropdown(value=name) if model.kind == "normalizing-flow" else gr.skip())
 
 
 def _value(setting: dict, key: str) -> dict:
@@ -188,12 +190,17 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     dice.click(random_seed, None, seed, api_name=False)
     sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim"), *stochastic_visibility(s)),
                    sampler, [solver, eta, *stochastic], api_name=False)
-    run_flow.click(partial(generate_flow, cache), [checkpoint, class_index, temperature, seed, batch_size],
+    # /generate_flow reads its own (hidden) checkpoint, which follows the picker to flows only: its API default is a
+    # flow, where the shared picker's default is a denoiser that it would refuse.
+    flows = cache.names("normalizing-flow")
+    flow_checkpoint = gr.Dropdown(flows, value=flows[0] if flows else None, visible=False, allow_custom_value=True,
+                                  label="Normalizing flow")
+    run_flow.click(partial(generate_flow, cache), [flow_checkpoint, class_index, temperature, seed, batch_size],
                    [gallery, preview, status, download], api_name="generate_flow", **sampling)
     few_step = gr.State(default_few_step)
     checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler, few_step],
                       [class_index, self_condition, guidance, card, sampler, solver, steps, eta, spacing,
-                       scale, temperature, run, run_flow, live, few_step], api_name=False)
+                       scale, temperature, run, run_flow, live, few_step, flow_checkpoint], api_name=False)
     for trigger in (live, class_index, scale, seed):
         trigger.change(partial(generate_live, cache), [live, *inputs], [gallery, preview, status, download],
                        api_name=False, trigger_mode="always_last", show_progress="hidden", **sampling)

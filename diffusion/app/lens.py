@@ -14,7 +14,7 @@ from ..data import FASHION_MNIST_DIR, to_uint8
 from ..engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest, image_shape, run_request
 from ..lens import PROBES, likelihood_lens, probe_images
 from ..studies import MAX_FAMILY_COLUMNS
-from .common import output_path, pil_images, stream_result, user_error, widget_class, widget_number
+from .common import output_path, pil_images, stream_result, user_error, widget_class, widget_names, widget_number
 from .controls import on_class_checkpoint_change, run_and_stop, stop_cancels
 from .families import test_image
 
@@ -67,14 +67,18 @@ def uploaded_picture(upload) -> Image.Image:
     path = upload.get("path") if isinstance(upload, dict) else None
     if not isinstance(path, str):
         raise RequestError("the upload must be an image file")
+    unreadable = RequestError("the upload is not an image this app can read (PNG, JPEG, ...)")
     try:
-        picture = Image.open(path)
-        if picture.width * picture.height > MAX_UPLOAD_PIXELS:
-            raise RequestError(f"the uploaded image is {picture.width}x{picture.height}; at most "
-                               f"{MAX_UPLOAD_PIXELS} pixels are accepted")
+        picture = Image.open(path)  # reads the header only
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise unreadable from None
+    if picture.width * picture.height > MAX_UPLOAD_PIXELS:  # outside the try: this sentence must reach the user
+        raise RequestError(f"the uploaded image is {picture.width}x{picture.height} = {picture.width * picture.height:,} "
+                           f"pixels; at most {MAX_UPLOAD_PIXELS:,} are accepted")
+    try:
         picture.load()
     except (OSError, ValueError, Image.DecompressionBombError):
-        raise RequestError("the upload is not an image this app can read (PNG, JPEG, ...)") from None
+        raise unreadable from None
     return picture
 
 
@@ -133,9 +137,7 @@ def plot_paths(columns) -> Image.Image | None:
 def run_lens(cache: ModelCache, checkpoints, source, index, upload, sample_checkpoint, sample_class, sample_seed,
              seed, progress=gr.Progress()):
     try:
-        if not isinstance(checkpoints, list) or not all(isinstance(name, str) for name in checkpoints):
-            raise RequestError("checkpoints must be a list of checkpoint names")
-        names = list(dict.fromkeys(checkpoints))
+        names = list(dict.fromkeys(widget_names(checkpoints, "checkpoints")))
         if not names:
             raise RequestError("choose at least one checkpoint to score the image with")
         seed = widget_number(seed, "probe seed", int)

@@ -11,7 +11,7 @@ import torch
 
 from ..engine import ModelCache, RequestError
 from ..studies import MAX_SCALES_TEXT, guidance_sweep, parse_scales
-from .common import EXPORT_PX, grid_pil, stream_result, user_error
+from .common import EXPORT_PX, grid_pil, stream_result, user_error, widget_names
 from .controls import SAMPLER_LABELS, make_request, method_choices, run_and_stop, stop_cancels
 
 SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
@@ -26,13 +26,14 @@ diversity on one chart; each is CFG with the paper's suggested setting (Generate
 def sweep(cache: ModelCache, checkpoint, class_index, scales_text, methods, seed, per_row, sampler, steps, progress=gr.Progress()):
     try:
         scales = parse_scales(scales_text)
+        methods = widget_names(methods, "guidance methods")
         base = make_request(checkpoint, sampler, "heun", steps, 0.0, "uniform", "cfg", class_index, 1.0, False, seed,
                             per_row)
     except RequestError as error:
         raise user_error(error) from None
 
     def work(emit):
-        return guidance_sweep(cache, base, scales, list(methods or []),
+        return guidance_sweep(cache, base, scales, methods,
                               progress=lambda row, rows, done, total: emit((row, rows, done, total)))
 
     def on_event(event):

@@ -37,12 +37,17 @@ def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guida
     frames_pil = [grid_pil(torch.stack([p[3], p[4]]), columns=2, target_px=SINGLE_PX) for p in picked]
     gif_path = save_gif(frames_pil, "trajectory", duration_ms=400)
     exact = request.sampler == "ddim" and request.eta == 0 or request.sampler == "ode" and request.solver == "euler"
-    caption = (f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}\n\n"
-               f"**Straightness S = {readout.mean:.4f}** per pixel (Liu et al. 2022: the integral over the path of "
-               f"|v - (z - x)|², 0 for a straight path, which one Euler step follows exactly)"
-               + ("" if exact else "; velocities are each step's first evaluation: exact for DDIM and ODE-Euler only"))
-    deviation = pd.DataFrame({"flow time s (1 = noise)": readout.s[:-1].numpy(),
-                              "rms of v - (z - x)": readout.deviation[:, 0].numpy()})
+    caption = f"Top row: x_t; bottom row: x0 estimate. Noise level axis (left = noisy): {axis}\n\n"
+    if readout is None:
+        caption += ("**Straightness:** not defined for annealed Langevin, which runs a Markov chain at each noise level "
+                    "instead of stepping along one path from noise to data.")
+        deviation = pd.DataFrame({"flow time s (1 = noise)": [], "rms of v - (z - x)": []})
+    else:
+        caption += (f"**Straightness S = {readout.mean:.4f}** per pixel (Liu et al. 2022: the integral over the path of "
+                    f"|v - (z - x)|², 0 for a straight path, which one Euler step follows exactly)"
+                    + ("" if exact else "; velocities are each step's first evaluation: exact for DDIM and ODE-Euler only"))
+        deviation = pd.DataFrame({"flow time s (1 = noise)": readout.s[:-1].numpy(),
+                                  "rms of v - (z - x)": readout.deviation[:, 0].numpy()})
     yield strip, caption, gif_path, deviation
 
 

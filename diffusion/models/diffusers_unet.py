@@ -12,6 +12,8 @@ optional dependency, imported only when such a network is built.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import torch
@@ -118,6 +120,14 @@ def _check_sizes(unet: dict):
         value = unet.get(key)
         if value is not None and not _whole(value, 1, high):
             raise ValueError(f"{key} must be a whole number in [1, {high}], got {str(value)[:40]}")
+    # Numbers the UNet only reads when it runs: checked here, so such a folder is unavailable at listing, not on use.
+    for key in ("norm_eps", "downsample_padding", "mid_block_scale_factor", "freq_shift", "dropout"):
+        value = unet.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise ValueError(f"{key} must be a finite number >= 0, got {str(value)[:40]!r}")
+    if not isinstance(unet.get("flip_sin_to_cos", True), bool):
+        raise ValueError("flip_sin_to_cos must be true or false")
 
 
 class DiffusersUNet2D(nn.Module):
