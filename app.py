@@ -28,6 +28,7 @@ from diffusion.app.lens import build_lens_tab
 from diffusion.app.sweep import build_sweep_tab
 from diffusion.app.xy import build_xy_tab
 from diffusion.app.trajectory import build_trajectory_tab
+from diffusion.budget import DEFAULT_REQUEST_SECONDS, WorkBudget
 from diffusion.engine import GENERATIVE_KINDS, ModelCache
 
 CHECKPOINT_DIR = Path(os.environ.get("PLAYGROUND_CHECKPOINTS", Path(__file__).parent / "checkpoints"))
@@ -144,6 +145,9 @@ def parse_args(argv=None):
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     parser.add_argument("--checkpoints", default=None, help="checkpoint folder (default: ./checkpoints); diffusers "
                         "pipeline folders inside it are served too")
+    parser.add_argument("--max-request-seconds", type=float, default=DEFAULT_REQUEST_SECONDS,
+                        help="the work budget: the most estimated compute time one request may take (from its "
+                             "networks' FLOPs and this machine's measured rate); larger requests are refused")
     parser.add_argument("--add-model", action="append", default=[], metavar="FOLDER",
                         help="also serve this diffusers pipeline folder (UNet2DModel + DDPM-style scheduler, "
                              "safetensors weights); repeatable")
@@ -153,10 +157,14 @@ def parse_args(argv=None):
             parser.error(f"--add-model {folder[:200]}: not a folder")
     if args.checkpoints and not Path(args.checkpoints).is_dir():
         parser.error(f"--checkpoints {args.checkpoints[:200]}: not a folder")
+    if not 0 < args.max_request_seconds < 86_400:
+        parser.error(f"--max-request-seconds must be between 0 and 86400, got {args.max_request_seconds:g}")
     return args
 
 
 if __name__ == "__main__":
     args = parse_args()
-    demo = build_demo(ModelCache(args.checkpoints or CHECKPOINT_DIR, capacity=4, extra_folders=args.add_model))
+    cache = ModelCache(args.checkpoints or CHECKPOINT_DIR, capacity=4, extra_folders=args.add_model,
+                       budget=WorkBudget(seconds=args.max_request_seconds))
+    demo = build_demo(cache)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)

@@ -16,12 +16,13 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .budget import Work, WorkBudget
 from .checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
 from .denoiser import Denoiser
 from .guidance import GUIDANCE_MODES, Guidance
@@ -291,11 +292,15 @@ class ModelCache:
     Thread-safe: loads happen under a lock; a loaded model is never mutated after it is cached.
     """
 
-    def __init__(self, checkpoint_dir="checkpoints", capacity: int = 4, device=None, extra_folders=()):
+    def __init__(self, checkpoint_dir="checkpoints", capacity: int = 4, device=None, extra_folders=(),
+                 budget: WorkBudget | None = None):
         self.checkpoint_dir = Path(checkpoint_dir).resolve()
         self.extra_folders = tuple(Path(p).resolve() for p in extra_folders)
         self.capacity = capacity
         self.device = torch.device(device) if device else pick_device()
+        budget = budget or WorkBudget()
+        self.budget = budget if budget.device_type else replace(budget, device_type=self.device.type)  # per request
+        self._flops: dict[str, float] = {}  # FLOPs of one image through a model, by the file's SHA-256
         self._models: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
         self._entries: dict[Path, tuple[tuple, CheckpointEntry]] = {}
         self._lock = threading.Lock()
@@ -335,6 +340,13 @@ class ModelCache:
                 cached = self._entries[path] = (signature, entry)
             found.append(cached[1])
         return found
+
+    def flops_per_image(self, model: LoadedModel) -> float:
+        """FLOPs of one image through the model's network once (counted on a batch of one, once per file)."""
+        key = model.sha256 or str(id(model))
+        if key not in self._flops:
+            self._flops[key] = _count_flops(model, self.device)
+        return self._flops[key]
 
     def names(self, *kinds: str) -> list[str]:
         """Available checkpoints of the given kinds, in listing order (files, then folders)."""
@@ -381,6 +393,7 @@ class ModelCache:
             self.loads += 1
             if signature_of(path) != signature:  # replaced while we read it: do not serve a mix
                 raise RequestError(f"checkpoint {name!r:.60} changed while loading; try again")
+            self.flops_per_image(model)  # counted once, as it loads: the work budget never runs a model later
             self._models[name] = (signature, model)
             self._models.move_to_end(name)
             while len(self._models) > self.capacity:
@@ -404,6 +417,52 @@ def sampler_options(request: SampleRequest) -> dict:
 
 def expected_nfe(request: SampleRequest) -> int:
     return SAMPLERS[request.sampler].nfe(int(request.steps), **sampler_options(request))
+
+
+def _count_flops(model: LoadedModel, device) -> float:
+    """One image through the network (a denoiser at mid-noise without guidance, a flow's decode, a classifier's
+    forward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *image_shape(model), device=device)
+    labels = torch.zeros(1, dtype=torch.long, device=device) if model.class_names else None
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        if model.kind == "normalizing-flow":
+            model.network.decode(x, labels)
+        elif model.kind == "denoiser":
+            Denoiser(model.network, model.schedule, model.parameterization, labels=labels)(x, 0.5)
+        else:
+            model.network(x, torch.zeros(1, device=device))
+    return float(max(counter.get_total_flops(), 1))
+
+
+def request_work(cache: ModelCache, request: SampleRequest | FlowRequest, model: LoadedModel | None = None) -> Work:
+    """What a valid request will cost (check_request it first): images x network evaluations, and the FLOPs of
+    every network a step runs: both rows of classifier-free guidance, autoguidance's weaker model, and the noisy
+    classifier's forward and backward pass (about 3 forwards)."""
+    per_image = cache.flops_per_image(model or cache.get(request.checkpoint))
+    if isinstance(request, FlowRequest):
+        return Work(int(request.batch_size), int(request.batch_size) * per_image)
+    if request.guidance == "cfg":
+        per_image *= 2
+    elif request.guidance == "autoguidance":
+        per_image += cache.flops_per_image(cache.get(guide_name(request)))
+    elif request.guidance == "classifier":
+        per_image += 3 * cache.flops_per_image(cache.first_of_kind("noisy-classifier"))
+    evaluations = int(request.batch_size) * expected_nfe(request)
+    return Work(evaluations * (2 if request.guidance == "cfg" else 1), evaluations * per_image)
+
+
+def check_work(cache: ModelCache, requests, what: str = "this request", extra: Work = Work(),
+               model: LoadedModel | None = None) -> float:
+    """Every request's cost (plus `extra`) against the cache's budget, before any work; the estimated seconds.
+    `model`: the one a study pinned for all its requests."""
+    total = sum((request_work(cache, r, model) for r in requests), extra)
+    try:
+        return cache.budget.check(total, what)
+    except ValueError as error:
+        raise RequestError(str(error)) from None
 
 
 def load_for(cache: ModelCache, request: SampleRequest | FlowRequest, model: LoadedModel | None = None) -> LoadedModel:
@@ -495,6 +554,7 @@ def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor 
     """x = decode(T z, y): one exact pass of the inverse flow (NFE 1)."""
     model = load_for(cache, request, model)
     validate_flow_request(request, model)
+    check_work(cache, [request], model=model)
     started = time.perf_counter()
     with _sampling_failures("decoding"), torch.inference_mode():
         z = float(request.temperature) * _starting_noise(request, model, x_T, cache.device)
@@ -514,6 +574,7 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
     if isinstance(request, FlowRequest):
         return run_flow_request(cache, request, x_T, model)
     model, classifier, guide = prepare(cache, request, model)
+    check_work(cache, [request], model=model)
     device = cache.device
     schedule = model.schedule
     trajectory, total = [], expected_nfe(request)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import ModelCache, RequestError
+from .budget import Work
+from .engine import ModelCache, RequestError, check_work
 from .likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
 from .sampling import image_generators
 from .studies import generative_models
@@ -24,6 +25,10 @@ PROBES = ("original", "flipped left-right", "inverted (255 - k)", "constant grey
 PATH_POINTS = 25  # times (geometric in t) at which the ODE's path integral is recorded for the plot
 # Looser than the evaluation's 1e-4 for an interactive answer: on test image 0 it moved bits/dim by < 0.01.
 LENS_ODE = ODELikelihoodConfig(rtol=1e-3, atol=1e-3)
+# The work budget's estimate of one probability-flow likelihood at LENS_ODE: dopri5 is adaptive, so this is a typical
+# count (the evaluation's 1e-4 took 156-205 on the shipped models), and each evaluation is a forward pass plus the
+# vector-Jacobian product of Hutchinson's divergence, about 3 forwards.
+LENS_TYPICAL_NFE = 200
 
 
 @dataclass
@@ -51,6 +56,10 @@ def likelihood_lens(cache: ModelCache, checkpoints: list[str], pixels: torch.Ten
     gets its Hutchinson probe, from generator (seed, i). progress(column, fraction) while an ODE is solved."""
     names = list(dict.fromkeys(checkpoints or []))
     models = generative_models(cache, names, tuple(pixels.shape))
+    ode_evaluations = [0 if model.kind == "normalizing-flow" else LENS_TYPICAL_NFE * len(PROBES) for model in models]
+    check_work(cache, [], "this likelihood lens", extra=sum(
+        (Work(n or len(PROBES), (3 * n or len(PROBES)) * cache.flops_per_image(model))
+         for n, model in zip(ode_evaluations, models)), Work()))
     images = probe_images(pixels, seed)
     generators = image_generators(seed, len(images))
     x = dequantize_each(images, generators).to(cache.device)

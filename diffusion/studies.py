@@ -16,8 +16,9 @@ import torch
 from .data import to_uint8
 from .denoiser import Denoiser
 from .checkpoint import LoadedModel
-from .engine import (GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request, 
-                     image_shape, run_request)
+from .budget import Work
+from .engine import (GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request,
+                     check_work, image_shape, run_request)
 from .guidance import GUIDANCE_METHODS
 from .likelihood import model_log_likelihood, uniform_dequantize
 from .metrics import evaluator_outputs, mean_pairwise_distance
@@ -34,7 +35,7 @@ def compare_samplers(cache: ModelCache, requests: list[SampleRequest], progress=
     seeds = {(r.checkpoint, r.seed, r.batch_size, r.class_index) for r in requests}
     if len(seeds) != 1:
         raise RequestError("a comparison needs the same checkpoint, seed, batch size and class in every column")
-    model = pinned_model(cache, requests)
+    model = pinned_model(cache, requests, "this comparison")
     results = []
     for index, request in enumerate(requests):
         step_progress = (lambda done, total, i=index: progress(i, done, total)) if progress else None
@@ -42,12 +43,14 @@ def compare_samplers(cache: ModelCache, requests: list[SampleRequest], progress=
     return results, comparison_manifest(cache, results, model)
 
 
-def pinned_model(cache: ModelCache, requests: list) -> LoadedModel:
-    """Load a study's checkpoint once and validate every cell against it before any sampling starts:
-    a file replaced mid-study cannot mix two models, and a bad last cell fails at once, not minutes in."""
+def pinned_model(cache: ModelCache, requests: list, what: str = "this study") -> LoadedModel:
+    """Load a study's checkpoint once and validate every cell against it, and their total work against the
+    budget, before any sampling starts: a file replaced mid-study cannot mix two models, and a bad last cell or an
+    hour of work fails at once, not minutes in."""
     model = cache.get(requests[0].checkpoint)
     for request in requests:
         check_request(cache, request, model)
+    check_work(cache, requests, what, model=model)
     return model
 
 
@@ -94,7 +97,7 @@ def guidance_sweep(cache: ModelCache, base: SampleRequest, scales: list[float], 
     requests = [replace(base, **GUIDANCE_METHODS[method].settings, scale=float(scale))
                 for method in methods for scale in scales]
     names = [method for method in methods for _ in scales]
-    model = pinned_model(cache, requests)
+    model = pinned_model(cache, requests, "this sweep")
     evaluator = cache.first_of_kind("evaluator")
     rows, total = [], len(requests)
     for method, request in zip(names, requests):
@@ -196,6 +199,7 @@ def family_requests(cache: ModelCache, checkpoints: list[str], *, class_index, s
         requests.append(request)
     if len(shapes) > 1:
         raise RequestError(f"the checkpoints make images of different shapes {sorted(shapes)}: one noise cannot feed them all")
+    check_work(cache, requests, "this comparison of families")
     return requests
 
 
@@ -271,7 +275,10 @@ def encode_image(cache: ModelCache, checkpoints: list[str], image: torch.Tensor,
     models = generative_models(cache, names, tuple(image.shape[1:]))
     for name, model in zip(names, models):
         if label is not None and not 0 <= label < len(model.class_names):
-            raise RequestError(f"checkpoint {name!r} has no class {label}")
+            raise RequestError(f"checkpoint {name!r:.60} has no class {label}")
+    evaluations = [1 if model.kind == "normalizing-flow" else 2 * sum(int(s) for s in step_counts) for model in models]
+    check_work(cache, [], "this encoding", extra=sum((Work(n, n * cache.flops_per_image(model))
+                                                       for n, model in zip(evaluations, models)), Work()))
     device = cache.device
     x = image.to(device)
     labels = None if label is None else torch.tensor([int(label)], device=device)

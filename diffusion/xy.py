@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .engine import ModelCache, RequestError, SampleRequest, SampleResult, check_request, expected_nfe, run_request
+from .engine import ModelCache, RequestError, SampleRequest, SampleResult, check_request, check_work, run_request
 from .images import display_scale, image_grid, to_pil
 from .studies import class_confidence_and_diversity
 
 MAX_AXIS_VALUES = 8
 MAX_CELLS = 36
-MAX_IMAGE_EVALUATIONS = 20_000  # sum over cells of images x network evaluations (x 2 rows for CFG)
 AXIS_FIELDS = ("checkpoint", "sampler", "solver", "steps", "eta", "stochasticity", "predictor", "correctors", "snr",
                "langevin_steps", "step_size", "spacing", "guidance", "guide", "scale", "rescale", "interval_low",
                "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold", "class_index", "seed",
@@ -155,11 +154,6 @@ class XYPlan:
     y_values: list
     requests: list  # rows of cells: requests[y][x]
 
-    @property
-    def work(self) -> int:
-        return sum(r.batch_size * expected_nfe(r) * (2 if r.guidance in ("cfg", "autoguidance") else 1)
-                   for row in self.requests for r in row)
-
 
 def plan_grid(cache: ModelCache, base: SampleRequest, x_field: str, x_text: str, y_field: str = "",
               y_text: str = "") -> XYPlan:
@@ -183,9 +177,7 @@ def plan_grid(cache: ModelCache, base: SampleRequest, x_field: str, x_text: str,
             except RequestError as error:
                 where = f"{x_field}={value_label(x)[:40]}" + (f", {y_field}={value_label(y)[:40]}" if y_field else "")
                 raise RequestError(f"cell {where}: {error}") from None
-    if plan.work > MAX_IMAGE_EVALUATIONS:
-        raise RequestError(f"this grid needs {plan.work:,} image-evaluations (cells x images x network evaluations, "
-                           f"CFG counts twice); the limit is {MAX_IMAGE_EVALUATIONS:,}: fewer cells, images or steps")
+    check_work(cache, [r for row in requests for r in row], "this grid")  # the one budget every endpoint has
     return plan
 
 
@@ -208,12 +200,10 @@ def few_step_plan(cache: ModelCache, student: str, steps_text: str, base: Sample
     labels = [f"{teacher} (teacher, CFG {scale:g})", f"{student} (student)"]
     rows = [replace(r, self_condition=cache.get(r.checkpoint).self_condition) for r in rows]
     plan = XYPlan("steps", steps, "checkpoint", labels, [[replace(r, steps=n) for n in steps] for r in rows])
-    if plan.work > MAX_IMAGE_EVALUATIONS:
-        raise RequestError(f"this comparison needs {plan.work:,} image-evaluations; the limit is "
-                           f"{MAX_IMAGE_EVALUATIONS:,}: fewer images or steps")
     for row in plan.requests:
         for request in row:
             check_request(cache, request)
+    check_work(cache, [r for row in plan.requests for r in row], "this comparison")
     return plan
 
 

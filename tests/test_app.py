@@ -26,12 +26,15 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def app_cache(tmp_path_factory):
     """The model cache the test server runs on (the app's whole backend)."""
+    from diffusion.budget import WorkBudget
     from diffusion.engine import ModelCache
 
     folder = write_tiny_checkpoints(tmp_path_factory.mktemp("app") / "checkpoints")
     (folder / "corrupt.safetensors").write_bytes(b"\x00" * 50)  # listed as unavailable, app still starts
     write_diffusers_folder(folder / "colour32", channels=3, size=32, clip_sample=True)  # a user's diffusers folder
-    return ModelCache(folder, capacity=4)
+    # A fixed rate, so the work budget refuses the same requests on every machine: 180 s at 1.5 GFLOP/s is 90,000
+    # image-evaluations of the 3-MFLOP tiny UNet.
+    return ModelCache(folder, capacity=4, budget=WorkBudget(seconds=180, flops_per_second=1.5e9))
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +258,8 @@ def test_xy_grid_through_the_api(client):
     ("scale", "1-9", "", "", "needs a step or a count"),
     ("steps", "1-100", "", "", "at most 8 values"),
     ("scale", "1", "scale", "2", "two different fields"),
-    ("steps", "1000, 1000", "seed", "1, 2, 3, 4", "image-evaluations"),
+    ("steps", "1000, 1000, 1000, 1000, 1000, 1000", "seed", "1-6", "this grid needs 144,000 image-evaluations, about "
+     "285 s of work on this machine; the limit is 180 s per request"),
     ("class_index", "0, 7", "", "", "cell class_index=7: class must be between 0 and 2"),
     ("nonsense", "1", "", "", "cannot go on an axis"),
 ])
@@ -373,9 +377,9 @@ def test_a_diffusers_folder_in_every_tab(client):
     assert Image.open(grid).mode == "RGB" and "`colour32`" in table
     with pytest.raises(AppError, match="makes \\(3, 32, 32\\) images|test set is not installed"):
         client.predict(["colour32"], 0, api_name="/encode")
-    gallery, table, plot, caption = client.predict(["colour32"], "a sample", 0, None, "colour32", "", 3, 0,
-                                                   api_name="/likelihood")
-    assert "bits/dim" in table and len(gallery) == 5
+    # The lens would solve 5 probability-flow ODEs through the 130-MFLOP UNet: over this test server's work budget.
+    with pytest.raises(AppError, match="this likelihood lens needs 1,000 image-evaluations, about 259 s of work"):
+        client.predict(["colour32"], "a sample", 0, None, "colour32", "", 3, 0, api_name="/likelihood")
 
 
 def test_model_card(client):
@@ -488,7 +492,7 @@ def test_closing_the_tab_stops_the_sampling(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server)
         page.get_by_label("DDPM (ancestral)").check()
-        for label, value in (("number input for Steps", "1000"), ("number input for Images", "64")):
+        for label, value in (("number input for Steps", "1000"), ("number input for Images", "32")):
             box = page.get_by_label(label)
             box.fill(value)
             box.press("Enter")
@@ -497,7 +501,7 @@ def test_closing_the_tab_stops_the_sampling(server):
         while _sampling_workers() == 0 and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)
-        assert _sampling_workers() == 1  # still sampling: the 1000 DDPM steps x 64 images took effect (~20 s)
+        assert _sampling_workers() == 1  # still sampling: the 1000 DDPM steps x 32 images took effect (~10 s)
         page.close()
         browser.close()
     deadline = time.time() + 15
@@ -533,8 +537,8 @@ def _sampling_workers() -> int:
 
 
 @pytest.mark.parametrize("endpoint, args", [
-    ("/generate", ("tiny", "ddpm", "heun", 1000, 0.0, "uniform", "cfg", 0, 3.0, True, 5, 64)),
-    ("/compare", ("tiny", "cfg", 1, 2.0, 5, 16, "uniform", 1000, 1000, 0.0, 1000, "heun", "ddim", "ode")),
+    ("/generate", ("tiny", "ddpm", "heun", 1000, 0.0, "uniform", "cfg", 0, 3.0, True, 5, 32)),
+    ("/compare", ("tiny", "cfg", 1, 2.0, 5, 8, "uniform", 1000, 1000, 0.0, 1000, "heun", "ddim", "ode")),
 ])
 def test_cancelling_stops_the_work_and_frees_the_worker(client, endpoint, args):
     import time

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import tiny_nice, write_diffusers_folder, write_tiny_checkpoints
 from diffusion.checkpoint import CheckpointError, check_file, load_checkpoint, model_config, save_checkpoint
-from diffusion.engine import MAX_SEED, ModelCache, RequestError, SampleRequest
+from diffusion.engine import MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest
 from diffusion.jsonsafe import json_depth
 from diffusion.studies import parse_scales
 from diffusion.xy import MAX_AXIS_TEXT, parse_axis, plan_grid
@@ -191,3 +191,52 @@ def test_fuzzed_headers_are_refused_cleanly(tmp_path, depth, offsets, shape, dty
     path.write_bytes(safetensors_bytes(header, data))
     with pytest.raises(CheckpointError):
         check_file(path)
+
+
+# --- 4. one work budget for every endpoint -------------------------------------------------------------------------
+def test_the_work_budget_counts_flops_rows_and_models(checkpoint_dir):
+    """One unit for every endpoint: images x network evaluations x the FLOPs of what each step runs."""
+    from diffusion.budget import Work, WorkBudget
+    from diffusion.engine import request_work
+
+    cache = ModelCache(checkpoint_dir, budget=WorkBudget(seconds=10, flops_per_second=1e9))
+    unet = cache.flops_per_image(cache.get("tiny"))
+    classifier = cache.flops_per_image(cache.get("tiny-noisy-classifier"))
+    assert 1e6 < unet < 1e8 and 0 < classifier < unet
+    plain = SampleRequest(checkpoint="tiny", steps=10, batch_size=4, guidance="none", scale=1.0)
+    assert request_work(cache, plain) == Work(40, 40 * unet)
+    assert request_work(cache, SampleRequest(checkpoint="tiny", steps=10, batch_size=4)) == Work(80, 80 * unet)  # CFG
+    guided = request_work(cache, SampleRequest(checkpoint="tiny", steps=10, batch_size=4, guidance="classifier"))
+    assert guided.flops == pytest.approx(40 * (unet + 3 * classifier))
+    flow = FlowRequest(checkpoint="tiny-nice", batch_size=16)
+    assert request_work(cache, flow).evaluations == 16
+
+
+def test_every_endpoint_refuses_work_over_the_budget_before_starting(checkpoint_dir):
+    from diffusion.budget import WorkBudget
+    from diffusion.engine import run_request
+    from diffusion.studies import family_requests, guidance_sweep
+
+    cache = ModelCache(checkpoint_dir, budget=WorkBudget(seconds=1, flops_per_second=1e9))  # ~330 tiny evaluations
+    unet = cache.flops_per_image(cache.get("tiny"))
+    big = SampleRequest(checkpoint="tiny", steps=200, batch_size=2)
+    assert big.batch_size * 200 * 2 * unet / 1e9 > 1
+    with pytest.raises(RequestError, match=r"this request needs 800 image-evaluations, about \d s of work on this "
+                                           r"machine; the limit is 1 s per request"):
+        run_request(cache, big)
+    with pytest.raises(RequestError, match="this grid needs"):
+        plan_grid(cache, SampleRequest(checkpoint="tiny", steps=50, batch_size=2), "seed", "1, 2, 3, 4")
+    with pytest.raises(RequestError, match="this sweep needs"):
+        guidance_sweep(cache, SampleRequest(checkpoint="tiny", steps=50, batch_size=2), [0, 1, 2, 3], ["cfg"])
+    with pytest.raises(RequestError, match="this comparison of families needs"):
+        family_requests(cache, ["tiny", "tiny-flow"], class_index=0, seed=0, batch_size=16, steps=100,
+                        solver="heun", scale=3.0)
+    small = run_request(cache, SampleRequest(checkpoint="tiny", steps=5, batch_size=2))  # within the budget: runs
+    assert small.nfe == 5
+
+
+def test_a_measured_budget_estimates_the_default_generate_at_seconds_not_minutes(checkpoint_dir):
+    from diffusion.budget import WorkBudget, measured_flops_per_second
+
+    assert measured_flops_per_second("cpu") > 1e9  # any machine that runs this does a GFLOP/s
+    assert WorkBudget().rate == pytest.approx(0.6 * measured_flops_per_second("cpu"))

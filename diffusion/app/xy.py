@@ -11,15 +11,16 @@ import gradio as gr
 
 from ..engine import MAX_STEPS, ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
-from ..xy import (AXIS_FIELDS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, MAX_IMAGE_EVALUATIONS, grid_manifest, grid_picture, plan_grid,
+from ..xy import (AXIS_FIELDS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, grid_manifest, grid_picture, plan_grid,
                   run_grid, value_label)
 from .common import output_path, stream_result, user_error
 from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, run_and_stop, stop_cancels
 
 XY_TEXT = f"""Put any setting on **X** and another on **Y**, type the values (`1, 2, 4`; ranges `1-8 (+2)` or `0-1 [5]`;
 `none` for an open interval bound or no class), and every cell samples from the **same noise**. Limits: at most
-{MAX_AXIS_VALUES} values per axis, {MAX_CELLS} cells, and {MAX_IMAGE_EVALUATIONS:,} image-evaluations in all (cells x images x
-network evaluations, CFG and autoguidance count twice), checked before any work starts."""
+{MAX_AXIS_VALUES} values per axis, {MAX_CELLS} cells, and the app's work budget per request (its estimated time on this
+machine from the networks' FLOPs: cells x images x network evaluations, CFG's two rows, autoguidance's second
+model), checked before any work starts."""
 
 
 def xy_grid(cache: ModelCache, checkpoint, sampler, solver, steps, spacing, guidance, class_index, scale, seed, images,
