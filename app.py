@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from diffusion.app.card import build_card_tab, checkpoint_table
 from diffusion.app.compare import build_compare_tab
@@ -24,6 +25,7 @@ from diffusion.app.controls import (DEFAULT_SCALES, GUIDANCE_LABELS, class_and_g
                                     on_sampler_checkpoint_change)
 from diffusion.app.families import build_families_tab
 from diffusion.app.generate import build_generate_tab
+from diffusion.app.guard import RequestGuard
 from diffusion.app.lens import build_lens_tab
 from diffusion.app.sweep import build_sweep_tab
 from diffusion.app.xy import build_xy_tab
@@ -38,9 +40,16 @@ DEFAULT_CHECKPOINT = "fashion-diffusion"
 # running two at once only makes both slower. At most QUEUE_SIZE requests wait; beyond that Gradio answers
 # "Queue is full! Please try again." at once instead of letting a class of students wait minutes.
 QUEUE_SIZE = 32
-# Nothing in the app takes a file, but Gradio keeps its upload route open; bound it so that it cannot be used
-# to store data on the server. Every launch (here and in the tests) passes these options.
-LAUNCH_OPTIONS = {"max_file_size": 1024}
+# Uploads (the Likelihood tab takes an image): at most 5 MB a file; the guard (diffusion/app/guard.py) bounds their
+# rate per address and the total kept, and delete_cache removes any older than an hour. Every launch (here and in
+# the tests) goes through launch_options.
+MAX_UPLOAD_FILE = "5mb"
+DELETE_CACHE = (600, 3600)  # every 10 minutes, files this app wrote or received more than an hour ago
+
+
+def launch_options(demo: gr.Blocks) -> dict:
+    """demo.launch's options: the upload bound and the request guard (per-session queue cap, upload budget)."""
+    return {"max_file_size": MAX_UPLOAD_FILE, "app_kwargs": {"middleware": [Middleware(RequestGuard, blocks=demo)]}}
 
 # --- layout -----------------------------------------------------------------------------------
 INTRO = """# diffusion-playground
@@ -63,7 +72,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     # the API, gets one sentence naming its field instead of a component's anonymous bounds error.
     sampling = {"concurrency_limit": 1, "concurrency_id": "sampling", "preprocess": False}
 
-    with gr.Blocks(title="diffusion-playground", fill_width=True) as demo:
+    with gr.Blocks(title="diffusion-playground", fill_width=True, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(INTRO)
         if not names:
             gr.Markdown(f"**No usable checkpoint in the folder `{cache.checkpoint_dir.name}`.**\n\n"
@@ -131,7 +140,8 @@ def serve(cache: ModelCache, host: str = "127.0.0.1", port: int | None = None):
             s.bind((host, 0))
             port = s.getsockname()[1]
     demo = build_demo(cache)
-    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
+    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                            **launch_options(demo))
     try:
         yield url
     finally:
@@ -167,4 +177,4 @@ if __name__ == "__main__":
     cache = ModelCache(args.checkpoints or CHECKPOINT_DIR, capacity=4, extra_folders=args.add_model,
                        budget=WorkBudget(seconds=args.max_request_seconds))
     demo = build_demo(cache)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(demo))

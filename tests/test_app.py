@@ -325,7 +325,7 @@ def test_uploads_are_bounded(server):
     assert response.status_code >= 400, response.text[:200]
     small = httpx.post(server.rstrip("/") + "/gradio_api/upload",
                        files={"files": ("tiny.txt", b"hello", "text/plain")}, timeout=60)
-    assert small.status_code == 200  # the route exists (Gradio's), but holds at most 1 KiB per file
+    assert small.status_code == 200  # the route takes real files, up to app.MAX_UPLOAD_FILE (5 MB) each
 
 
 def test_rescan_lists_a_new_file_and_file_names_are_data_not_markup(app_cache, client):
@@ -568,7 +568,7 @@ def test_a_full_queue_says_try_again(tmp_path):
 
     demo = app.build_demo(ModelCache(write_tiny_checkpoints(tmp_path / "ckpt")), queue_size=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            **app.LAUNCH_OPTIONS)
+                            **app.launch_options(demo))
     try:
         client = Client(url, verbose=False)
         jobs = [client.submit("tiny", "ddpm", "heun", 300, 0.0, "uniform", "cfg", 0, 3.0, False, i, 8,
@@ -702,3 +702,49 @@ def test_trajectory_with_annealed_langevin_and_a_card_without_server_paths(clien
     assert str(app_cache.checkpoint_dir) not in text and "/tmp/" not in text
     gallery, _, status, _ = client.predict(api_name="/generate_flow")  # its default checkpoint is a flow
     assert "one exact pass" in status
+
+
+def test_one_session_cannot_fill_the_queue_and_uploads_are_bounded_in_rate_and_total(tmp_path):
+    """Issue 26: a per-session cap on waiting and running jobs, and the upload route's rate and total."""
+    import httpx
+    from gradio_client import Client
+    from starlette.middleware import Middleware
+
+    import app
+    from diffusion.app.guard import RequestGuard
+    from diffusion.engine import ModelCache
+
+    demo = app.build_demo(ModelCache(write_tiny_checkpoints(tmp_path / "ckpt")))
+    guard = Middleware(RequestGuard, blocks=demo, max_pending=2, uploads_per_minute=4, max_upload_bytes=50_000,
+                       upload_grace_seconds=0)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            max_file_size=app.MAX_UPLOAD_FILE, app_kwargs={"middleware": [guard]})
+    try:
+        client = Client(url, verbose=False)
+        long = ("tiny", "ddpm", "heun", 1000, 0.0, "uniform", "cfg", 0, 3.0, False, 0, 16)
+        jobs = [client.submit(*long, api_name="/generate") for _ in range(2)]
+        time.sleep(1.0)
+        with pytest.raises(Exception, match="429") as refused:
+            client.submit(*long, api_name="/generate").result(timeout=30)
+        other = Client(url, verbose=False).submit("tiny", "ddim", "heun", 2, 0.0, "uniform", "cfg", 0, 3.0, False, 0, 1,
+                                                  api_name="/generate")  # another session is not held by A's cap
+        for job in jobs:
+            job.cancel()
+        assert len(other.result(timeout=60)[0]) == 1
+        upload = url.rstrip("/") + "/gradio_api/upload"
+        pictures = []
+        for k in range(5):  # real-size pictures are accepted (the old 1 KiB cap refused them); distinct bytes each
+            pictures.append(tmp_path / f"real{k}.png")
+            Image.effect_noise((210, 220), 64 + k).save(pictures[-1])
+        assert all(p.stat().st_size > 9_000 for p in pictures)
+        sent = [httpx.post(upload, files={"files": (p.name, p.read_bytes(), "image/png")}, timeout=60) for p in pictures[:4]]
+        assert [r.status_code for r in sent] == [200] * 4
+        stored = [Path(r.json()[0]) for r in sent]
+        assert not stored[0].exists() and stored[-1].exists()  # over 50 kB in all: the oldest were deleted
+        fifth = httpx.post(upload, files={"files": ("real4.png", pictures[4].read_bytes(), "image/png")}, timeout=60)
+        assert fifth.status_code == 429 and "at most 4 uploads a minute" in fifth.json()["detail"]
+        too_big = httpx.post(upload, files={"files": ("big.bin", b"x" * 6_000_000, "application/octet-stream")}, timeout=60)
+        assert too_big.status_code in (413, 429)
+    finally:
+        demo.close()
+    assert "at most 2 per session" in str(refused.value) or "429" in str(refused.value)
