@@ -539,6 +539,11 @@ def _sampling_workers() -> int:
 @pytest.mark.parametrize("endpoint, args", [
     ("/generate", ("tiny", "ddpm", "heun", 1000, 0.0, "uniform", "cfg", 0, 3.0, True, 5, 32)),
     ("/compare", ("tiny", "cfg", 1, 2.0, 5, 8, "uniform", 1000, 1000, 0.0, 1000, "heun", "ddim", "ode")),
+    ("/sweep", ("tiny", 1, "0, 1, 2, 3, 4, 5, 6, 7", ["cfg"], 5, 4, "ddpm", 1000)),
+    ("/xy_grid", ("tiny", "ddpm", "heun", 1000, "uniform", "cfg", 1, 2.0, 5, 4, "seed", "1-8", "", "")),
+    ("/trajectory", ("tiny", "langevin", "heun", 999, "cfg", 1, 2.0, 5, 2)),
+    ("/same_noise", (["tiny", "tiny-flow"], 0, 5, 8, 1000, "heun", 3.0, 1.0)),
+    ("/latent_walk", (["tiny", "tiny-flow"], 2, 0, 1, 8, 1000, "heun", 3.0, 1.0)),
 ])
 def test_cancelling_stops_the_work_and_frees_the_worker(client, endpoint, args):
     import time

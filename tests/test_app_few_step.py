@@ -145,3 +145,22 @@ def test_browser_live_mode_drops_stale_changes(few_step_server, monkeypatch, tmp
     live_runs = seeds[1:]  # after the run that ticking the box started
     assert live_runs and live_runs[-1] == 6 and seeds.count(6) == 1
     assert len(live_runs) < 6, f"stale changes ran: {seeds}"
+
+
+def test_cancelling_the_few_step_comparison_stops_its_work(few_step_client):
+    """Issue 26: every sampling endpoint stops at its next network evaluation when cancelled."""
+    import time
+
+    from test_app import _sampling_workers
+
+    job = few_step_client.submit("tiny-reflow", "1000, 999, 998, 997", 1, 0, 16, api_name="/compare_few_steps")
+    deadline = time.time() + 30
+    while _sampling_workers() == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert _sampling_workers() == 1
+    time.sleep(0.5)
+    job.cancel()
+    deadline = time.time() + 10
+    while _sampling_workers() and time.time() < deadline:
+        time.sleep(0.05)
+    assert _sampling_workers() == 0, "the comparison kept sampling after the cancel"

@@ -240,3 +240,15 @@ def test_a_measured_budget_estimates_the_default_generate_at_seconds_not_minutes
 
     assert measured_flops_per_second("cpu") > 1e9  # any machine that runs this does a GFLOP/s
     assert WorkBudget().rate == pytest.approx(0.6 * measured_flops_per_second("cpu"))
+
+
+def test_the_command_line_answers_a_deeply_nested_file_in_one_line(tmp_path):
+    from conftest import run_cli
+
+    deep = tmp_path / "deep.safetensors"
+    deep.write_bytes(safetensors_bytes(("[" * 100_000 + "]" * 100_000).encode()))
+    for args in (("sample", "--checkpoint", str(deep), "--out", str(tmp_path / "s.png")),
+                 ("cards", "--checkpoint-dir", str(tmp_path))):
+        result = run_cli(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().endswith("nested 100,000 levels deep (at most 32)"), result.stderr

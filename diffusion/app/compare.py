@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..engine import MAX_STEPS, ModelCache, RequestError, SamplingError
+from ..engine import MAX_STEPS, ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
 from ..studies import compare_samplers, difference_map
 from ..xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, run_grid
@@ -56,21 +56,28 @@ def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, b
     yield (*galleries, *labels, diff_image, diff_text, manifest_path, state)
 
 
-def compare_few_steps(cache: ModelCache, student, steps_text, class_index, seed, batch_size):
-    """A reflow student and its teacher on the same noise at a few Euler steps each (xy.few_step_plan)."""
+def compare_few_steps(cache: ModelCache, student, steps_text, class_index, seed, batch_size, progress=gr.Progress()):
+    """A reflow student and its teacher on the same noise at a few Euler steps each (xy.few_step_plan). A generator
+    over a worker, as every sampling handler: cancelled, it stops at the next network evaluation."""
     try:
         base = make_request(student, "ode", "euler", 1, 0.0, "uniform", "none", class_index, 1.0, False, seed, batch_size)
         plan = few_step_plan(cache, str(student), str(steps_text), base)
-        cells = run_grid(cache, plan)
-    except (RequestError, SamplingError) as error:
+    except RequestError as error:
         raise user_error(error) from None
+
+    def on_event(event):
+        cell, cells, done, total = event
+        progress((cell * total + done, cells * total), desc=f"cell {cell + 1}/{cells}")
+
+    cells = yield from stream_result(lambda emit: run_grid(cache, plan, progress=lambda *event: emit(event)),
+                                     on_event, outputs=2)
     picture = grid_picture(plan, cells, columns=min(4, base.batch_size))
     table = "| | " + " | ".join(f"{n} steps" for n in plan.x_values) + " |\n|---|" + "---|" * len(plan.x_values) + "\n"
     for label, row in zip(plan.y_values, cells):
         table += f"| {markdown_text(label)} | " + " | ".join(
             f"NFE {c.result.nfe}, {c.result.seconds:.2f} s" + (f", confidence {c.confidence:.2f}" if c.confidence is not None else "")
             for c in row) + " |\n"
-    return picture, table
+    yield picture, table
 
 
 def render_difference(state, column_a, column_b):
