@@ -246,25 +246,21 @@ def command_cards(args):
 DEFAULT_EVALUATION_DIR = "docs/evaluation"
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (a count of images, steps, samples ...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text[:40]!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number_at_least(minimum: int):
+    """An argparse type: a whole number >= minimum (a count of images, steps, samples; a seed)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text[:40]!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text[:40]!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+positive_int, non_negative_int = whole_number_at_least(1), whole_number_at_least(0)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -149,18 +149,7 @@ def test_browser_live_mode_drops_stale_changes(few_step_server, monkeypatch, tmp
 
 def test_cancelling_the_few_step_comparison_stops_its_work(few_step_client):
     """Issue 26: every sampling endpoint stops at its next network evaluation when cancelled."""
-    import time
+    from test_app import cancel_while_sampling
 
-    from test_app import _sampling_workers
-
-    job = few_step_client.submit("tiny-reflow", "1000, 999, 998, 997", 1, 0, 16, api_name="/compare_few_steps")
-    deadline = time.time() + 30
-    while _sampling_workers() == 0 and time.time() < deadline:
-        time.sleep(0.05)
-    assert _sampling_workers() == 1
-    time.sleep(0.5)
-    job.cancel()
-    deadline = time.time() + 10
-    while _sampling_workers() and time.time() < deadline:
-        time.sleep(0.05)
-    assert _sampling_workers() == 0, "the comparison kept sampling after the cancel"
+    cancel_while_sampling(few_step_client.submit("tiny-reflow", "1000, 999, 998, 997", 1, 0, 16,
+                                                 api_name="/compare_few_steps"))
