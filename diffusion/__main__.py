@@ -98,18 +98,47 @@ DENOISER_SAMPLE_DEFAULTS = {"sampler": "ddim", "solver": "heun", "steps": 50, "e
 
 
 def command_sample(args):
-    """One grid: `--class N` for a batch of one class, `--class all` for one row of `--columns` images per class.
+    """One grid: `--class N` for a batch of one class, `--class all` for one row of `--columns` images per class,
+    or `--settings-from FILE.png` for the exact request a PNG of this project carries (the same pixels again).
 
     A denoiser takes the sampler options, a normalizing flow `--temperature`; an option of the other kind is
-    an error, never ignored."""
-    import dataclasses as dc
-
+    an error, never ignored. A grid of one request carries it in its PNG (settings.png_info)."""
     import torch
 
-    from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
+    from .engine import ModelCache, RequestError, run_request
     from .images import display_scale, image_grid, to_pil
+    from .settings import request_from_png, result_png_info
 
     refuse_to_replace(output_in_existing_folder(args.out), args.overwrite)
+    if args.settings_from:
+        given = [f"--{key.replace('_', '-')}" for key in (*DENOISER_SAMPLE_DEFAULTS, "temperature", "checkpoint")
+                 if getattr(args, key) is not None]
+        if given:
+            raise RequestError(f"--settings-from takes every setting from the PNG; leave out {', '.join(given)}")
+        request, sha256 = request_from_png(args.settings_from)
+        cache = ModelCache(Path(args.checkpoint_dir))
+        if sha256 and cache.get(request.checkpoint).sha256 != sha256:
+            print(f"warning: {request.checkpoint} is not the file the PNG was made with (SHA-256 "
+                  f"{sha256[:12]}...); the pixels may differ", file=sys.stderr)
+        requests = [request]
+    else:
+        if not args.checkpoint:
+            raise RequestError("give --checkpoint NAME (or --settings-from FILE.png)")
+        cache, requests = _sample_requests(args)
+    results = [run_request(cache, request) for request in requests]
+    images = torch.cat([r.images for r in results])
+    settings = result_png_info(results[0]) if len(results) == 1 else None  # a grid of one request carries it
+    to_pil(image_grid(images, columns=args.columns), scale=display_scale(images.shape[-1], 56)).save(args.out, pnginfo=settings)
+    seconds = sum(r.seconds for r in results)
+    print(f"{args.out}: {len(images)} images, NFE {results[0].nfe} per image batch, {seconds:.2f} s")
+
+
+def _sample_requests(args):
+    """(the model cache, one request per row) of `sample`'s options."""
+    import dataclasses as dc
+
+    from .engine import FlowRequest, ModelCache, RequestError, SampleRequest
+
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
     cache = ModelCache(given.parent if is_path else Path(args.checkpoint_dir))
@@ -129,11 +158,7 @@ def command_sample(args):
             raise RequestError(f"checkpoint {name!r} has kind {kind!r}: --temperature applies to normalizing flows only")
         request = SampleRequest(**common, **(DENOISER_SAMPLE_DEFAULTS | sampler_options))
     classes = range(len(cache.get(name).class_names)) if every_class else [request.class_index]
-    results = [run_request(cache, dc.replace(request, class_index=k)) for k in classes]
-    images = torch.cat([r.images for r in results])
-    to_pil(image_grid(images, columns=args.columns), scale=display_scale(images.shape[-1], 56)).save(args.out)
-    seconds = sum(r.seconds for r in results)
-    print(f"{args.out}: {len(images)} images, NFE {results[0].nfe} per image batch, {seconds:.2f} s")
+    return cache, [dc.replace(request, class_index=k) for k in classes]
 
 
 def command_import_diffusers(args):
@@ -343,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="sample a PNG grid from a checkpoint",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sample.add_argument("--checkpoint", required=True, help="checkpoint file or name in --checkpoint-dir")
+    sample.add_argument("--checkpoint", help="checkpoint file or name in --checkpoint-dir")
+    sample.add_argument("--settings-from", metavar="FILE.png", help="sample the exact request a PNG made by this "
+                        "project carries (the app's downloads, an earlier `sample`): the same pixels again")
     sample.add_argument("--checkpoint-dir", default="checkpoints")
     sample.add_argument("--sampler", choices=list(SAMPLERS), help="denoisers (default ddim)")
     sample.add_argument("--solver", help="ODE solver: euler, heun, dpm++2m (default heun)")

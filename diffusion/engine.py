@@ -102,6 +102,8 @@ class SampleResult:
     guidance_trace: list  # [(log-SNR, guidance strength)] per network evaluation, when traced
     request: SampleRequest | FlowRequest
     trajectory: list = field(default_factory=list)  # [(step, t, x_t, x0_hat)] when recorded, CPU tensors
+    checkpoint_sha256: str = ""  # of the file that made these images
+    class_names: tuple = ()  # its classes (for a readable caption of the request)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -559,7 +561,8 @@ def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor 
     with _sampling_failures("decoding"), torch.inference_mode():
         z = float(request.temperature) * _starting_noise(request, model, x_T, cache.device)
         images = _finite(model.network.decode(z, _labels(request, cache.device)).float(), request).clamp(-1, 1).cpu()
-    return SampleResult(images, 1, time.perf_counter() - started, [], request)
+    return SampleResult(images, 1, time.perf_counter() - started, [], request, checkpoint_sha256=model.sha256,
+                        class_names=model.class_names)
 
 
 def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progress: Progress | None = None,
@@ -600,7 +603,8 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
             images = SAMPLERS[request.sampler].sample(counted, x_T, grid, schedule=schedule, generators=generators,
                                                       callback=callback, **sampler_options(request))
             images = _finite(images.float(), request).clamp(-1, 1).cpu()
-    return SampleResult(images, denoise.nfe, time.perf_counter() - started, denoise.trace, request, trajectory)
+    return SampleResult(images, denoise.nfe, time.perf_counter() - started, denoise.trace, request, trajectory,
+                        model.sha256, model.class_names)
 
 
 @contextmanager

@@ -748,3 +748,26 @@ def test_one_session_cannot_fill_the_queue_and_uploads_are_bounded_in_rate_and_t
     finally:
         demo.close()
     assert "at most 2 per session" in str(refused.value) or "429" in str(refused.value)
+
+
+def test_downloaded_pngs_carry_their_request_and_regenerate_the_same_pixels(client, app_cache):
+    """Issue 27's settings in every PNG: the grid download holds the whole request, each gallery image its own."""
+    import numpy as np
+
+    from diffusion.app.common import grid_pil, pil_images
+    from diffusion.engine import run_request
+    from diffusion.settings import request_from_png
+
+    gallery, _, status, grid = client.predict("tiny", "ode", "heun", 4, 0.0, "uniform", "cfg", 2, 2.5, "own", 9, 6,
+                                              api_name="/generate")
+    request, sha256 = request_from_png(grid)
+    assert (request.checkpoint, request.steps, request.class_index, request.scale, request.seed, request.batch_size) == \
+        ("tiny", 4, 2, 2.5, 9, 6) and request.self_condition is None and sha256 == app_cache.get("tiny").sha256
+    assert Image.open(grid).text["parameters"].startswith("cross\nSteps: 4, Sampler: ode heun, Guidance: cfg")
+    again = run_request(app_cache, request)
+    shown = np.asarray(Image.open(grid).convert("RGB"))
+    assert np.array_equal(shown, np.asarray(grid_pil(again.images, 6, 56).convert("RGB")))
+    single, _ = request_from_png(gallery[4]["image"])
+    assert single.batch_size == 1 and single.first_index == 4 and single.seed == 9
+    alone = np.asarray(pil_images(run_request(app_cache, single).images)[0].convert("RGB")).astype(int)
+    assert np.abs(alone - np.asarray(Image.open(gallery[4]["image"]).convert("RGB")).astype(int)).max() <= 1

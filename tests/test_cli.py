@@ -292,3 +292,24 @@ def test_a_sample_into_a_missing_folder_fails_before_sampling(tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == (
         f"error: cannot write {tmp_path / 'missing' / 's.png'}: the folder {tmp_path / 'missing'} does not exist")
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_sampled_png_carries_its_settings_and_regenerates_the_same_pixels(tmp_path):
+    """Issue 27's settings in the PNG, from the command line: `sample --settings-from` gives the same file's pixels."""
+    import numpy as np
+
+    from diffusion.settings import request_from_png
+
+    write_tiny_checkpoints(tmp_path / "ckpt")
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    made = run("sample", "--checkpoint", "tiny", "--checkpoint-dir", str(tmp_path / "ckpt"), "--sampler", "ode",
+               "--solver", "dpm++2m", "--steps", "4", "--class", "2", "--seed", "11", "--batch-size", "4", "--out", str(first))
+    assert made.returncode == 0, made.stderr
+    request, sha256 = request_from_png(first)
+    assert (request.sampler, request.solver, request.steps, request.class_index, request.seed) == ("ode", "dpm++2m", 4, 2, 11)
+    redo = run("sample", "--settings-from", str(first), "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(again))
+    assert redo.returncode == 0 and "warning" not in redo.stderr, redo.stderr
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+    mixed = run("sample", "--settings-from", str(first), "--steps", "9", "--checkpoint-dir", str(tmp_path / "ckpt"),
+                "--out", str(tmp_path / "x.png"))
+    assert mixed.returncode == 2 and "leave out --steps" in mixed.stderr

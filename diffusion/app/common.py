@@ -16,12 +16,13 @@ import torch
 
 from ..engine import RequestError, SamplingError
 from ..images import display_scale, image_grid, to_pil
+from ..settings import result_png_info
 
 # On-screen sizes in px that images are enlarged towards (nearest-neighbour, whole factors: 28 px -> x4, 3, 2;
 # 256 px images are shown as they are).
 SINGLE_PX, GRID_PX, EXPORT_PX = 112, 84, 56
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "diffusion-playground"
-MAX_OUTPUT_FILES = 200  # PNGs, GIFs and manifests the app keeps for download; older ones are deleted
+MAX_OUTPUT_FILES = 1000  # PNGs, GIFs and manifests the app keeps for download (about 50 runs); older are deleted
 
 
 def pil_images(images: torch.Tensor, target_px: int = SINGLE_PX):
@@ -63,10 +64,22 @@ def prune_outputs(folder: Path, keep: int) -> int:
     return deleted
 
 
-def save_png(images: torch.Tensor, columns: int, stem: str) -> str:
+def save_png(images: torch.Tensor, columns: int, stem: str, pnginfo=None) -> str:
+    """A grid as a PNG in the output folder; `pnginfo` (settings.png_info) carries the request that made it."""
     path = output_path(stem, ".png")
-    grid_pil(images, columns, EXPORT_PX).save(path)
+    grid_pil(images, columns, EXPORT_PX).save(path, pnginfo=pnginfo)
     return path
+
+
+def result_pngs(result, columns: int, stem: str) -> tuple[list[str], str]:
+    """A result as files that carry their settings: one PNG per image (its own one-image request, so dropped back
+    it regenerates those pixels) and the grid (the whole request)."""
+    singles = []
+    for index, picture in enumerate(pil_images(result.images)):
+        path = output_path(f"{stem}-{index}", ".png")
+        picture.save(path, pnginfo=result_png_info(result, index))
+        singles.append(path)
+    return singles, save_png(result.images, columns, stem, pnginfo=result_png_info(result))
 
 
 def save_gif(frames, stem: str, duration_ms: int = 300) -> str:

@@ -12,7 +12,7 @@ import gradio as gr
 from ..engine import MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError, run_request
 from ..sampling import ODE_SOLVERS
 from .card import model_summary
-from .common import grid_pil, pil_images, save_png, stream_result, user_error, widget_bool, widget_class, widget_number
+from .common import grid_pil, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
 from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, guidance_method_controls, make_request,
                        method_settings, self_condition_control, stochastic_sampler_controls, stochastic_settings,
                        stochastic_visibility)
@@ -65,8 +65,8 @@ def finished(cache: ModelCache, result, columns: int, note: str = ""):
     """Gallery, grid, status line and PNG download of a finished request."""
     status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
               f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}{note}")
-    path = save_png(result.images, columns, "samples")
-    return pil_images(result.images), grid_pil(result.images, columns), status, path
+    singles, grid = result_pngs(result, columns, "samples")  # every file carries the request that made it
+    return singles, grid_pil(result.images, columns), status, grid
 
 
 def generate_live(cache: ModelCache, live, *values):
@@ -95,8 +95,8 @@ def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed,
     columns = min(8, request.batch_size)
     status = (f"**{len(result.images)} images**, one exact pass (NFE 1), {result.seconds:.3f} s, "
               f"{len(result.images) / max(result.seconds, 1e-9):.0f} images/s on {cache.device}")
-    return (pil_images(result.images), grid_pil(result.images, columns), status,
-            save_png(result.images, columns, "samples"))
+    singles, grid = result_pngs(result, columns, "samples")
+    return singles, grid_pil(result.images, columns), status, grid
 
 
 APP_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 50}  # where the tab starts for most denoisers

@@ -1,0 +1,107 @@
+"""A request inside a PNG, and back: the one place that writes and reads an image's settings.
+
+Two text chunks, as AUTOMATIC1111 and the tools that read its files expect, plus the exact request:
+
+    parameters            "Sneaker\\nSteps: 50, Sampler: ddim, CFG scale: 3, Seed: 0, Size: 28x28, Model hash: dca8643eb6,
+                           Model: fashion-diffusion, ..."   (readable; A1111's first line is the prompt, ours the class)
+    diffusion-playground  {"format": "diffusion-playground/request-1", "kind": "sample" | "flow",
+                           "request": {every SampleRequest / FlowRequest field}, "checkpoint_sha256": "..."}
+
+Reading uses only the JSON chunk (the readable one is for people): its fields are checked against the request
+type, unknown ones refused, and the text is bounded before it is parsed. The engine validates the values as it
+validates any request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from .engine import FlowRequest, RequestError, SampleRequest
+from .jsonsafe import load_json
+
+CHUNK = "diffusion-playground"
+FORMAT = "diffusion-playground/request-1"
+MAX_CHUNK_CHARS = 20_000  # a request is well under 2 KB
+KINDS = {"sample": SampleRequest, "flow": FlowRequest}
+
+
+def readable_parameters(request: SampleRequest | FlowRequest, class_names=(), sha256: str = "",
+                        image_size: int | None = None) -> str:
+    """AUTOMATIC1111's `parameters` text: the class on the first line, then `Key: value` pairs."""
+    index = request.class_index
+    prompt = "no class" if index is None else class_names[index] if 0 <= index < len(class_names) else f"class {index}"
+    pairs = {}
+    if isinstance(request, SampleRequest):
+        pairs |= {"Steps": request.steps, "Sampler": request.sampler + (f" {request.solver}" if request.sampler == "ode" else ""),
+                  "Guidance": request.guidance}
+        if request.guidance != "none":
+            pairs["CFG scale" if request.guidance == "cfg" else "Guidance scale"] = f"{request.scale:g}"
+    else:
+        pairs |= {"Steps": 1, "Sampler": "exact decode", "Temperature": f"{request.temperature:g}"}
+    pairs |= {"Seed": request.seed, "Batch size": request.batch_size}
+    if image_size:
+        pairs["Size"] = f"{image_size}x{image_size}"
+    if sha256:
+        pairs["Model hash"] = sha256[:10]
+    pairs["Model"] = request.checkpoint
+    return f"{prompt}\n" + ", ".join(f"{key}: {value}" for key, value in pairs.items())
+
+
+def png_info(request: SampleRequest | FlowRequest, class_names=(), sha256: str = "",
+             image_size: int | None = None) -> PngImagePlugin.PngInfo:
+    """The two text chunks for PIL's save(..., pnginfo=...)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", readable_parameters(request, class_names, sha256, image_size))
+    kind = "flow" if isinstance(request, FlowRequest) else "sample"
+    info.add_text(CHUNK, json.dumps({"format": FORMAT, "kind": kind, "request": asdict(request),
+                                     "checkpoint_sha256": sha256}))
+    return info
+
+
+def result_png_info(result, index: int | None = None) -> PngImagePlugin.PngInfo:
+    """The chunks of a result's grid (index None: the whole request) or of its image `index` alone: a request of one
+    image whose noise is that image's, so it regenerates the same pixels."""
+    request = result.request
+    if index is not None:
+        request = replace(request, batch_size=1, first_index=int(request.first_index) + index)
+    return png_info(request, result.class_names, result.checkpoint_sha256, int(result.images.shape[-1]))
+
+
+def request_from_png(path) -> tuple[SampleRequest | FlowRequest, str]:
+    """(the request, the checkpoint's SHA-256 it was made with) from a PNG this app wrote; RequestError otherwise."""
+    try:
+        with Image.open(Path(path)) as picture:
+            kind = picture.format
+            text = picture.info.get(CHUNK) if kind == "PNG" else None  # chunks before the pixels: none decoded
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise RequestError("the file is not an image this app can read") from None
+    if kind != "PNG":
+        raise RequestError("settings travel in PNG files made by this app; this file is not a PNG")
+    if text is None:
+        raise RequestError("this PNG carries no diffusion-playground settings (it was not saved by this app)")
+    return request_from_text(text)
+
+
+def request_from_text(text: str) -> tuple[SampleRequest | FlowRequest, str]:
+    """The JSON chunk's request and checkpoint SHA-256, checked field by field."""
+    if len(text) > MAX_CHUNK_CHARS:
+        raise RequestError(f"the PNG's settings are {len(text):,} characters long; at most {MAX_CHUNK_CHARS:,}")
+    try:
+        data = load_json(text, "the PNG's settings")
+    except ValueError as error:
+        raise RequestError(str(error)) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("kind") not in KINDS:
+        raise RequestError(f"the PNG's settings are not of format {FORMAT!r}")
+    kind, values = KINDS[data["kind"]], data.get("request")
+    if not isinstance(values, dict):
+        raise RequestError("the PNG's settings hold no request")
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RequestError(f"the PNG's settings have unknown fields {', '.join(str(u)[:30] for u in unknown[:5])}")
+    sha256 = data.get("checkpoint_sha256", "")
+    return kind(**values), sha256 if isinstance(sha256, str) else ""
