@@ -771,3 +771,51 @@ def test_downloaded_pngs_carry_their_request_and_regenerate_the_same_pixels(clie
     assert single.batch_size == 1 and single.first_index == 4 and single.seed == 9
     alone = np.asarray(pil_images(run_request(app_cache, single).images)[0].convert("RGB")).astype(int)
     assert np.abs(alone - np.asarray(Image.open(gallery[4]["image"]).convert("RGB")).astype(int)).max() <= 1
+
+
+def test_load_settings_from_a_png_through_the_api(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    _, _, _, grid = client.predict("tiny", "ode", "dpm++2m", 5, 0.0, "log-snr", "cfg", 1, 4.0, "off", 21, 3,
+                                   0.5, None, None, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
+    values = client.predict(handle_file(grid), api_name="/load_settings")
+    assert list(values[:13]) == ["tiny", "ode", "dpm++2m", 5, 0.0, "log-snr", "cfg", 1, 4.0, "off", 21, 3, 0.5]
+    assert "Settings loaded" in values[-1]  # (the State output is not returned to API clients)
+    plain = tmp_path / "plain.png"
+    Image.new("L", (8, 8)).save(plain)
+    with pytest.raises(AppError, match="carries no diffusion-playground settings"):
+        client.predict(handle_file(str(plain)), api_name="/load_settings")
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (CI installs it)")
+def test_browser_a_dropped_png_restores_its_settings_across_a_checkpoint_switch(server, client, tmp_path):
+    """Issue 27: a PNG made on one checkpoint, dropped while another is selected, brings back every control, and
+    Generate then makes the same pixels."""
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    _, _, _, grid = client.predict("tiny", "ode", "heun", 4, 0.0, "uniform", "cfg", 2, 2.5, "own", 9, 6,
+                                   api_name="/generate")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.get_by_label("Checkpoint").first.click()
+        page.get_by_role("option", name="tiny-flow", exact=True).click()
+        page.wait_for_selector("text=flow model without self-conditioning", timeout=30_000)
+        page.get_by_text("Load settings from a PNG made here").click()
+        page.locator("input[type=file]").first.set_input_files(grid)
+        page.wait_for_selector("text=Settings loaded", timeout=30_000)
+        page.wait_for_timeout(1500)  # the checkpoint change the load caused restores the PNG's class and sampler
+        assert page.get_by_label("Checkpoint").first.input_value() == "tiny"
+        assert page.locator("input[aria-label='Class']:visible").first.input_value() == "cross"
+        assert page.get_by_label("number input for Steps").first.input_value() == "4"
+        page.locator("button.primary:visible", has_text="Generate").first.click()
+        page.wait_for_selector("text=images/s", timeout=60_000)
+        link = page.locator("a[href*='samples-'][download]").first.get_attribute("href")
+        again = tmp_path / "again.png"
+        again.write_bytes(page.request.get(link).body())
+        browser.close()
+    assert np.array_equal(np.asarray(Image.open(grid)), np.asarray(Image.open(again)))

@@ -36,13 +36,16 @@ def make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, cla
                          seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "batch size", int))
 
 
-def self_condition_control(model=None, **options) -> gr.Radio:
+SELF_CONDITION_CHOICE = {None: "own", True: "on", False: "off"}  # a request's self_condition -> the control's value
+
+
+def self_condition_control(model=None, value="own", **options) -> gr.Radio:
     """Self-conditioning for a checkpoint (a new control, or an update with `options`): "own" (the default here and
     in the API: on where the checkpoint was trained with it), "on" or "off"; a model trained without it has only "own"."""
     trained = bool(model is not None and model.kind == "denoiser" and model.self_condition)
     choices = ([("the checkpoint's own (on)", "own"), ("on", "on"), ("off", "off")] if trained
                else [("the checkpoint's own (off: not trained with it)", "own")])
-    return gr.Radio(choices, value="own", label="Self-conditioning", interactive=trained,
+    return gr.Radio(choices, value=value if trained else "own", label="Self-conditioning", interactive=trained,
                     info="feed the previous x0 estimate back into the network", **options)
 
 

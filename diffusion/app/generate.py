@@ -4,6 +4,7 @@ progress and x0 previews, then the gallery, NFE and time, and a PNG download."""
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import gradio as gr
 
 from ..engine import MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError, run_request
 from ..sampling import ODE_SOLVERS
+from ..settings import request_from_png
 from .card import model_summary
-from .common import grid_pil, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
-from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SPACING_LABELS, class_and_guidance, guidance_method_controls, make_request,
-                       method_settings, self_condition_control, stochastic_sampler_controls, stochastic_settings,
-                       stochastic_visibility)
+from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
+from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE, SPACING_LABELS, class_and_guidance,
+                       guidance_method_controls, make_request, method_settings, self_condition_control,
+                       stochastic_sampler_controls, stochastic_settings, stochastic_visibility)
 
 
 def generate_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
@@ -102,14 +104,15 @@ def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed,
 APP_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 50}  # where the tab starts for most denoisers
 
 
-def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler, few_step_before):
+def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler, few_step_before, loaded=None):
     """Class names, the controls that apply to the checkpoint's kind, and its card.
 
     A denoiser shows the sampler, steps, guidance and self-conditioning; a normalizing flow shows a temperature
     instead, and its own Generate button (API /generate_flow). A few-step model (one whose file names its sampling
     defaults, e.g. a reflow student) sets the sampler, steps and guidance to them and offers live mode; leaving one
-    puts the tab's own defaults back. The last outputs are whether a few-step model is now selected, and the
-    normalizing flow /generate_flow samples (kept when a denoiser is chosen)."""
+    puts the tab's own defaults back. Settings just loaded from a PNG for this checkpoint (`loaded`, a request's
+    fields) are restored instead of any defaults. The last outputs are whether a few-step model is now selected, the
+    normalizing flow /generate_flow samples (kept when a denoiser is chosen), and `loaded` cleared."""
     try:
         model = cache.get(name)
     except RequestError as error:
@@ -123,17 +126,58 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
     guidance_value = defaults.get("guidance", "cfg" if "cfg" in modes else "none")
     guidance_value = guidance_value if guidance_value in modes else "none"
     setting = defaults if few_step else APP_SAMPLING if few_step_before else {}  # {}: keep the user's choices
+    if setting:
+        setting = setting | {"scale": DEFAULT_SCALES.get(guidance_value, 1.0)}
+    class_value = classes[0][1]
+    restore = loaded if isinstance(loaded, dict) and loaded.get("checkpoint") == name else None
+    if restore:  # a PNG's settings win over every default
+        setting = {key: restore[key] for key in ("sampler", "solver", "steps", "eta", "spacing", "scale", "temperature")
+                   if key in restore}
+        guidance_value = restore.get("guidance", guidance_value)
+        class_value = "" if restore.get("class_index") is None else restore["class_index"]
+        self_cond = self_condition_control(model, SELF_CONDITION_CHOICE.get(restore.get("self_condition"), "own"),
+                                           visible=denoiser)
     sampler = setting.get("sampler", sampler)
-    return (gr.Dropdown(choices=classes, value=classes[0][1]), self_cond,
+    return (gr.Dropdown(choices=classes, value=class_value), self_cond,
             gr.Radio(choices=guidance_choices, value=guidance_value, visible=denoiser), model_summary(cache, evaluation_dir, name),
             gr.Radio(visible=denoiser, **_value(setting, "sampler")),
             gr.Dropdown(visible=denoiser and sampler == "ode", **_value(setting, "solver")),
-            gr.Slider(visible=denoiser, **_value(setting, "steps")), gr.Slider(visible=denoiser and sampler == "ddim"),
-            gr.Radio(visible=denoiser),
-            gr.Slider(visible=denoiser, **({"value": DEFAULT_SCALES.get(guidance_value, 1.0)} if setting else {})),
-            gr.Slider(visible=not denoiser), gr.Button(visible=denoiser), gr.Button(visible=not denoiser),
-            gr.Checkbox(visible=few_step, value=False), few_step,
-            gr.Dropdown(value=name) if model.kind == "normalizing-flow" else gr.skip())
+            gr.Slider(visible=denoiser, **_value(setting, "steps")),
+            gr.Slider(visible=denoiser and sampler == "ddim", **_value(setting, "eta")),
+            gr.Radio(visible=denoiser, **_value(setting, "spacing")),
+            gr.Slider(visible=denoiser, **_value(setting, "scale")),
+            gr.Slider(visible=not denoiser, **_value(setting, "temperature")), gr.Button(visible=denoiser),
+            gr.Button(visible=not denoiser), gr.Checkbox(visible=few_step, value=False), few_step,
+            gr.Dropdown(value=name) if model.kind == "normalizing-flow" else gr.skip(), None)
+
+
+METHOD_FIELDS = ("rescale", "interval_low", "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold")
+STOCHASTIC_FIELDS = ("stochasticity", "predictor", "correctors", "snr", "langevin_steps", "step_size")
+
+
+def load_settings(cache: ModelCache, file):
+    """A PNG made by this app (its grid or any one image) -> every Generate control, a status line, and the request's
+    fields, which the checkpoint change that may follow restores instead of the new checkpoint's defaults."""
+    path = file.get("path") if isinstance(file, dict) else file
+    try:
+        if not isinstance(path, str):
+            raise RequestError("drop a PNG that this app (or `python -m diffusion sample`) saved")
+        request, sha256 = request_from_png(path)
+        model = cache.get(request.checkpoint)
+    except RequestError as error:
+        raise user_error(error) from None
+    fields = asdict(request)
+    flow = isinstance(request, FlowRequest)
+    same_file = not sha256 or sha256 == model.sha256
+    status = (f"Settings loaded: **{markdown_text(request.checkpoint)}**, seed {request.seed}, {request.batch_size} "
+              f"image(s). Press **Generate** for the same pixels."
+              + ("" if same_file else " The checkpoint file has changed since that PNG was made: the pixels may differ."))
+    value = lambda key: gr.skip() if flow else fields[key]  # noqa: E731 (a flow has no sampler settings)
+    return (request.checkpoint, *(value(key) for key in ("sampler", "solver", "steps", "eta", "spacing", "guidance")),
+            "" if request.class_index is None else request.class_index, value("scale"),
+            gr.skip() if flow else SELF_CONDITION_CHOICE.get(request.self_condition, "own"), request.seed,
+            request.batch_size, *(value(key) for key in METHOD_FIELDS + STOCHASTIC_FIELDS),
+            fields["temperature"] if flow else gr.skip(), status, fields)
 
 
 def _value(setting: dict, key: str) -> dict:
@@ -173,6 +217,9 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             live = gr.Checkbox(False, label="Live: regenerate at once when the class, scale or seed changes",
                                info="for few-step models; the newest change wins, stale ones are dropped",
                                visible=default_few_step)
+            with gr.Accordion("Load settings from a PNG made here", open=False):
+                settings_png = gr.File(label="Drop a grid or an image this app saved", file_types=[".png"],
+                                       type="filepath")
             run = gr.Button("Generate", variant="primary")
             run_flow = gr.Button("Generate", variant="primary", visible=False)  # normalizing flows
             stop = gr.Button("Stop", variant="stop", size="sm")
@@ -198,9 +245,12 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     run_flow.click(partial(generate_flow, cache), [flow_checkpoint, class_index, temperature, seed, batch_size],
                    [gallery, preview, status, download], api_name="generate_flow", **sampling)
     few_step = gr.State(default_few_step)
-    checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler, few_step],
+    loaded = gr.State(None)  # a PNG's request fields until the checkpoint change they cause has restored them
+    checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler, few_step, loaded],
                       [class_index, self_condition, guidance, card, sampler, solver, steps, eta, spacing,
-                       scale, temperature, run, run_flow, live, few_step, flow_checkpoint], api_name=False)
+                       scale, temperature, run, run_flow, live, few_step, flow_checkpoint, loaded], api_name=False)
+    settings_png.upload(partial(load_settings, cache), settings_png, [*inputs, temperature, status, loaded],
+                        api_name="load_settings")
     for trigger in (live, class_index, scale, seed):
         trigger.change(partial(generate_live, cache), [live, *inputs], [gallery, preview, status, download],
                        api_name=False, trigger_mode="always_last", show_progress="hidden", **sampling)
