@@ -819,3 +819,39 @@ def test_browser_a_dropped_png_restores_its_settings_across_a_checkpoint_switch(
         again.write_bytes(page.request.get(link).body())
         browser.close()
     assert np.array_equal(np.asarray(Image.open(grid)), np.asarray(Image.open(again)))
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (CI installs it)")
+def test_browser_stop_says_stopped_and_clears_the_earlier_results(server):
+    """Issue 27: after Stop, no earlier run's gallery or half-made preview stays on screen, and the status says so."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        generate = page.locator("button.primary:visible", has_text="Generate").first
+        generate.click()
+        page.wait_for_selector("text=images/s", timeout=60_000)  # a first, quick run fills the gallery
+        assert page.locator("button.thumbnail-item img").count() > 0
+        page.get_by_label("DDPM (ancestral)").check()
+        for label, value in (("number input for Steps", "1000"), ("number input for Images", "32")):
+            box = page.get_by_label(label)
+            box.fill(value)
+            box.press("Enter")
+        generate.click()
+        deadline = time.time() + 30
+        while _sampling_workers() == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        page.get_by_role("button", name="Stop", exact=True).first.click()
+        page.wait_for_selector("text=This run was cancelled and its results cleared", timeout=15_000)
+        page.wait_for_timeout(500)
+        assert page.locator("button.thumbnail-item img").count() == 0  # the first run's gallery is gone
+        assert "images/s" not in page.inner_text("body")
+        browser.close()
+    deadline = time.time() + 15
+    while _sampling_workers() and time.time() < deadline:
+        time.sleep(0.05)
+    assert _sampling_workers() == 0

@@ -129,7 +129,7 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
                           c_ddim, c_eta, c_ode, c_solver, c_a, c_b],
                 [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state],
                 api_name="compare", show_progress="minimal", **sampling)
-    stop_cancels(c_stop, comparing)
+    stop_cancels(c_stop, comparing, [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state], c_diff_text)
     for picker in (c_a, c_b):
         picker.change(render_difference, [c_state, c_a, c_b], [c_diff, c_diff_text], api_name=False)
     students = cache.few_step_names()

@@ -173,6 +173,17 @@ def run_and_stop(label: str):
     return run, stop
 
 
-def stop_cancels(stop: gr.Button, event) -> None:
-    """The Stop button cancels the running event (the work stops at its next network evaluation)."""
-    stop.click(None, None, None, cancels=[event], api_name=False)
+STOPPED = "**Stopped.** This run was cancelled and its results cleared; press the button to run again."
+
+
+def stop_cancels(stop: gr.Button, event, outputs, note) -> None:
+    """The Stop button cancels the running event (the work stops at its next network evaluation) and clears the
+    event's outputs, saying so in `note` (one of them): no earlier run's results or half-made previews stay on screen
+    as if they were this run's."""
+    outputs = list(outputs)
+
+    def stopped():
+        values = tuple(STOPPED if output is note else None for output in outputs)
+        return values if len(values) > 1 else values[0]
+
+    stop.click(stopped, None, outputs, cancels=[event], api_name=False)

@@ -168,7 +168,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list
         decoding = n_run.click(partial(run_same_noise, cache),
                     [n_checkpoints, n_class, n_seed, n_batch, n_steps, n_solver, n_scale, n_temperature],
                     [n_gallery, n_table, n_file], api_name="same_noise", show_progress="minimal", **sampling)
-        stop_cancels(n_stop, decoding)
+        stop_cancels(n_stop, decoding, [n_gallery, n_table, n_file], n_table)
 
     with gr.Accordion("Latent walk", open=False):
         gr.Markdown("Walk on the sphere from one seed's noise to another's (spherical interpolation keeps the "
@@ -188,7 +188,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list
         walking = w_run.click(partial(run_latent_walk, cache),
                     [w_checkpoints, w_class, w_seed_a, w_seed_b, w_frames, w_steps, w_solver, w_scale, w_temperature],
                     [w_strip, w_caption, w_gif], api_name="latent_walk", show_progress="minimal", **sampling)
-        stop_cancels(w_stop, walking)
+        stop_cancels(w_stop, walking, [w_strip, w_caption, w_gif], w_caption)
 
     with gr.Accordion("Encode an image", open=False):
         installed = (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists()

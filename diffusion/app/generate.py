@@ -16,7 +16,7 @@ from ..settings import request_from_png
 from .card import model_summary
 from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
 from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE, SPACING_LABELS, class_and_guidance,
-                       guidance_method_controls, make_request, method_settings, self_condition_control,
+                       guidance_method_controls, make_request, method_settings, self_condition_control, stop_cancels,
                        stochastic_sampler_controls, stochastic_settings, stochastic_visibility)
 
 
@@ -233,7 +233,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
               self_condition, seed, batch_size, *methods, *stochastic]
     generating = run.click(partial(generate, cache), inputs, [gallery, preview, status, download], api_name="generate",
                            show_progress="minimal", show_progress_on=[status], **sampling)
-    stop.click(None, None, None, cancels=[generating], api_name=False)
+    stop_cancels(stop, generating, [gallery, preview, status, download], status)
     dice.click(random_seed, None, seed, api_name=False)
     sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim"), *stochastic_visibility(s)),
                    sampler, [solver, eta, *stochastic], api_name=False)

@@ -194,6 +194,6 @@ def build_lens_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
     scoring = run.click(partial(run_lens, cache),
                         [checkpoints, source, index, upload, sample_checkpoint, sample_class, sample_seed, seed],
                         [gallery, table, plot, caption], api_name="likelihood", show_progress="minimal", **sampling)
-    stop_cancels(stop, scoring)
+    stop_cancels(stop, scoring, [gallery, table, plot, caption], caption)
     sample_checkpoint.change(partial(on_class_checkpoint_change, cache), sample_checkpoint, sample_class, api_name=False)
     return [checkpoints, sample_checkpoint]

@@ -88,5 +88,5 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
     sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_methods, s_seed, s_per_row, s_sampler, s_steps],
                 [s_grid, s_rows, s_conf, s_div, s_strength, s_table], api_name="sweep",
                 show_progress="minimal", **sampling)
-    stop_cancels(s_stop, sweeping)
+    stop_cancels(s_stop, sweeping, [s_grid, s_rows, s_conf, s_div, s_strength, s_table], s_table)
     return s_checkpoint, s_class, s_methods

@@ -75,5 +75,5 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
     tracing = t_run.click(partial(show_trajectory, cache), [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
                                   t_seed, t_frames], [t_strip, t_caption, t_gif, t_path], api_name="trajectory",
                 show_progress="minimal", **sampling)
-    stop_cancels(t_stop, tracing)
+    stop_cancels(t_stop, tracing, [t_strip, t_caption, t_gif, t_path], t_caption)
     return t_checkpoint, t_class, t_guidance, t_scale

@@ -90,5 +90,5 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
     making = run.click(partial(xy_grid, cache), [checkpoint, sampler, solver, steps, spacing, guidance, class_index, scale, seed,
                                                  images, x_field, x_values, y_field, y_values],
                        [picture, table, png, manifest], api_name="xy_grid", show_progress="minimal", **sampling)
-    stop_cancels(stop, making)
+    stop_cancels(stop, making, [picture, table, png, manifest], table)
     return checkpoint, class_index, guidance, scale
