@@ -21,8 +21,8 @@ from starlette.middleware import Middleware
 
 from diffusion.app.card import build_card_tab, checkpoint_table
 from diffusion.app.compare import build_compare_tab
-from diffusion.app.controls import (DEFAULT_SCALES, GUIDANCE_LABELS, class_and_guidance, on_methods_checkpoint_change,
-                                    on_sampler_checkpoint_change)
+from diffusion.app.controls import (GUIDANCE_LABELS, class_and_guidance, on_methods_checkpoint_change,
+                                    on_sampler_checkpoint_change, scale_for_guidance)
 from diffusion.app.families import build_families_tab
 from diffusion.app.generate import build_generate_tab
 from diffusion.app.guard import RequestGuard
@@ -126,7 +126,8 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
             s_checkpoint.change(partial(on_methods_checkpoint_change, cache), [s_checkpoint, s_methods],
                                 [s_class, s_methods], api_name=False)
             for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale), (x_guidance, x_scale)):
-                mode.change(lambda m: DEFAULT_SCALES.get(m, 1.0), mode, value, api_name=False)
+                # .input: the user's choice only; settings loaded from a PNG set guidance and scale together.
+                mode.input(scale_for_guidance, mode, value, api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
 

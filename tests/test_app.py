@@ -855,3 +855,36 @@ def test_browser_stop_says_stopped_and_clears_the_earlier_results(server):
     while _sampling_workers() and time.time() < deadline:
         time.sleep(0.05)
     assert _sampling_workers() == 0
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (CI installs it)")
+def test_browser_switching_kinds_hides_what_does_not_apply_and_clears_results(server):
+    """Issue 27's inert controls: a flow shows no eta, sampler or guidance-method controls, and a switch clears the
+    last model's results; with guidance "none" the scale cannot be moved."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.get_by_label("ODE (probability flow)").check()  # then DDIM again when the flow is left
+        page.get_by_label("DDIM", exact=True).check()
+        page.locator("button.primary:visible", has_text="Generate").first.click()
+        page.wait_for_selector("text=images/s", timeout=60_000)
+        assert page.locator("button.thumbnail-item img").count() > 0
+        page.get_by_label("Checkpoint").first.click()
+        page.get_by_role("option", name="tiny-nice", exact=True).click()
+        page.wait_for_selector("text=Now tiny-nice", timeout=30_000)
+        page.wait_for_timeout(800)
+        body = page.inner_text("body")
+        assert "DDIM eta" not in body and "Guidance methods" not in body and "Sampler" not in body
+        assert "Grid (one exact decode)" in body and "live x0 estimates" not in body
+        assert page.locator("button.thumbnail-item img").count() == 0
+        page.get_by_label("Checkpoint").first.click()
+        page.get_by_role("option", name="tiny", exact=True).click()
+        page.wait_for_selector("text=Now tiny:", timeout=30_000)
+        page.get_by_label("none (the model as it is)").check()
+        page.wait_for_timeout(500)
+        assert page.get_by_label("number input for Guidance scale w").first.is_disabled()
+        browser.close()

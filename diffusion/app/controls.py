@@ -65,6 +65,11 @@ def stochastic_sampler_controls(sampler: str = "ddim"):
     return [stochasticity, predictor, correctors, snr, langevin_steps, step_size]
 
 
+def scale_for_guidance(mode):
+    """A guidance mode chosen by the user: its own starting scale, and no scale at all for "none"."""
+    return gr.Slider(value=DEFAULT_SCALES.get(mode, 1.0), interactive=mode != "none")
+
+
 def stochastic_visibility(sampler):
     """stochastic_sampler_controls' visibility for a sampler."""
     return (gr.Slider(visible=sampler == "sde"), *(gr.update(visible=sampler == "pc") for _ in range(3)),
@@ -80,8 +85,9 @@ def stochastic_settings(stochasticity, predictor, correctors, snr, langevin_step
 
 
 def guidance_method_controls():
-    """The guidance methods' settings (guidance.py), each at its neutral value: left alone, plain guidance."""
-    with gr.Accordion("Guidance methods (each is plain CFG at its default)", open=False):
+    """(the accordion, its settings): the guidance methods' settings (guidance.py), each at its neutral value: left
+    alone, plain guidance."""
+    with gr.Accordion("Guidance methods (each is plain CFG at its default)", open=False) as accordion:
         gr.Markdown("Fixes for CFG's side effects. **Rescale** (Lin et al. 2024) pulls the guided image's spread "
                     "back to the conditional one's. **Interval** (Kynkaanniemi et al. 2024) guides only between two "
                     "log-SNRs (noise levels; empty = no bound). **APG** (Sadat et al. 2024) down-weights the part of "
@@ -96,7 +102,7 @@ def guidance_method_controls():
             apg_norm = gr.Slider(0, 50, value=0.0, step=0.5, label="APG norm bound r (0: none)")
             apg_momentum = gr.Slider(-0.9, 0.9, value=0.0, step=0.05, label="APG momentum beta")
         threshold = gr.Slider(0, 0.999, value=0.0, step=0.005, label="Dynamic thresholding percentile (0: off)")
-    return [rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold]
+    return accordion, [rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold]
 
 
 def method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold) -> dict:

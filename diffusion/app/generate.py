@@ -125,6 +125,8 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
     modes = [g[1] for g in guidance_choices]
     guidance_value = defaults.get("guidance", "cfg" if "cfg" in modes else "none")
     guidance_value = guidance_value if guidance_value in modes else "none"
+    if not denoiser:
+        sampler = ""
     setting = defaults if few_step else APP_SAMPLING if few_step_before else {}  # {}: keep the user's choices
     if setting:
         setting = setting | {"scale": DEFAULT_SCALES.get(guidance_value, 1.0)}
@@ -145,10 +147,32 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
             gr.Slider(visible=denoiser, **_value(setting, "steps")),
             gr.Slider(visible=denoiser and sampler == "ddim", **_value(setting, "eta")),
             gr.Radio(visible=denoiser, **_value(setting, "spacing")),
-            gr.Slider(visible=denoiser, **_value(setting, "scale")),
+            gr.Slider(visible=denoiser, interactive=guidance_value != "none", **_value(setting, "scale")),
             gr.Slider(visible=not denoiser, **_value(setting, "temperature")), gr.Button(visible=denoiser),
             gr.Button(visible=not denoiser), gr.Checkbox(visible=few_step, value=False), few_step,
-            gr.Dropdown(value=name) if model.kind == "normalizing-flow" else gr.skip(), None)
+            gr.Dropdown(value=name) if model.kind == "normalizing-flow" else gr.skip(), None,
+            gr.Accordion(visible=denoiser), *stochastic_visibility(sampler if denoiser else ""),
+            *_switched(name, model.kind, bool(restore)))
+
+
+PREVIEW_LABEL = {"denoiser": "Grid (live x0 estimates while sampling)", "normalizing-flow": "Grid (one exact decode)"}
+
+
+def _switched(name: str, kind: str, restoring: bool):
+    """A new checkpoint clears the last one's results (gallery, grid, download) and says so; settings being restored
+    from a PNG keep their own status line."""
+    status = gr.skip() if restoring else f"Now **{markdown_text(name)}**: press **Generate**."
+    return None, gr.Image(value=None, label=PREVIEW_LABEL.get(kind, PREVIEW_LABEL["denoiser"])), status, None
+
+
+def sampler_controls(cache: ModelCache, sampler, name):
+    """The controls of the chosen sampler (solver, eta, score-SDE settings), for denoisers only: a flow shows none."""
+    try:
+        denoiser = cache.get(name).kind == "denoiser"
+    except RequestError:
+        denoiser = True
+    shown = sampler if denoiser else ""
+    return (gr.Dropdown(visible=shown == "ode"), gr.Slider(visible=shown == "ddim"), *stochastic_visibility(shown))
 
 
 METHOD_FIELDS = ("rescale", "interval_low", "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold")
@@ -205,8 +229,8 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
             guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
             class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
-            scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
-            methods = guidance_method_controls()
+            scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w", interactive=guidance_default != "none")
+            methods_box, methods = guidance_method_controls()
             temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
                                     label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
             self_condition = self_condition_control(default_model)
@@ -225,7 +249,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             stop = gr.Button("Stop", variant="stop", size="sm")
         with gr.Column(scale=2):
             status = gr.Markdown("Press **Generate**.", label="Status")
-            preview = gr.Image(label="Grid (live x0 estimates while sampling)", format="png",
+            preview = gr.Image(label=PREVIEW_LABEL[default_model.kind if default_model else "denoiser"], format="png",
                                interactive=False, height=320)
             gallery = gr.Gallery(label="Images", columns=8, format="png", height="auto")
             download = gr.File(label="Download PNG grid")
@@ -235,8 +259,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
                            show_progress="minimal", show_progress_on=[status], **sampling)
     stop_cancels(stop, generating, [gallery, preview, status, download], status)
     dice.click(random_seed, None, seed, api_name=False)
-    sampler.change(lambda s: (gr.Dropdown(visible=s == "ode"), gr.Slider(visible=s == "ddim"), *stochastic_visibility(s)),
-                   sampler, [solver, eta, *stochastic], api_name=False)
+    sampler.change(partial(sampler_controls, cache), [sampler, checkpoint], [solver, eta, *stochastic], api_name=False)
     # /generate_flow reads its own (hidden) checkpoint, which follows the picker to flows only: its API default is a
     # flow, where the shared picker's default is a denoiser that it would refuse.
     flows = cache.names("normalizing-flow")
@@ -248,7 +271,8 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     loaded = gr.State(None)  # a PNG's request fields until the checkpoint change they cause has restored them
     checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler, few_step, loaded],
                       [class_index, self_condition, guidance, card, sampler, solver, steps, eta, spacing,
-                       scale, temperature, run, run_flow, live, few_step, flow_checkpoint, loaded], api_name=False)
+                       scale, temperature, run, run_flow, live, few_step, flow_checkpoint, loaded,
+                       methods_box, *stochastic, gallery, preview, status, download], api_name=False)
     settings_png.upload(partial(load_settings, cache), settings_png, [*inputs, temperature, status, loaded],
                         api_name="load_settings")
     for trigger in (live, class_index, scale, seed):
