@@ -120,9 +120,8 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                                               *family_pickers, lens_checkpoints, lens_sample_checkpoint, c_student,
                                               m_files],
                                api_name="rescan")
-            for picker, class_box, mode in ((c_checkpoint, c_class, c_guidance), (t_checkpoint, t_class, t_guidance),
-                                            (x_checkpoint, x_class, x_guidance)):
-                picker.change(partial(on_sampler_checkpoint_change, cache), [picker, mode], [class_box, mode], api_name=False)
+            c_checkpoint.change(partial(on_sampler_checkpoint_change, cache), [c_checkpoint, c_guidance], [c_class, c_guidance],
+                                api_name=False)  # Trajectory and X/Y also take a few-step model's own settings
             s_checkpoint.change(partial(on_methods_checkpoint_change, cache), [s_checkpoint, s_methods],
                                 [s_class, s_methods], api_name=False)
             for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale), (x_guidance, x_scale)):

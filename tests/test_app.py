@@ -805,7 +805,9 @@ def test_browser_a_dropped_png_restores_its_settings_across_a_checkpoint_switch(
         page.get_by_label("Checkpoint").first.click()
         page.get_by_role("option", name="tiny-flow", exact=True).click()
         page.wait_for_selector("text=flow model without self-conditioning", timeout=30_000)
-        page.get_by_text("Load settings from a PNG made here").click()
+        page.keyboard.press("Escape")  # the checkpoint list closed, so that it covers nothing
+        page.wait_for_timeout(300)
+        page.get_by_text("Load settings from a PNG made here").click(timeout=60_000)
         page.locator("input[type=file]").first.set_input_files(grid)
         page.wait_for_selector("text=Settings loaded", timeout=30_000)
         page.wait_for_timeout(1500)  # the checkpoint change the load caused restores the PNG's class and sampler

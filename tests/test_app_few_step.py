@@ -153,3 +153,18 @@ def test_cancelling_the_few_step_comparison_stops_its_work(few_step_client):
 
     cancel_while_sampling(few_step_client.submit("tiny-reflow", "1000, 999, 998, 997", 1, 0, 16,
                                                  api_name="/compare_few_steps"))
+
+
+def test_trajectory_and_xy_start_a_few_step_model_at_its_own_settings(few_step_cache):
+    """Issue 27: a reflow student's defaults apply in every tab that samples, not only on Generate."""
+    from diffusion.app.controls import on_study_checkpoint_change
+    from diffusion.app.trajectory import TAB_SAMPLING
+
+    student = on_study_checkpoint_change(few_step_cache, TAB_SAMPLING, "tiny-reflow", "cfg", False)
+    assert (student[1].value, student[2].value, student[3].value, student[4].value, student[5].value) == \
+        ("none", "ode", "euler", 2, 1.0)
+    assert student[5].interactive is False and student[6] is True
+    back = on_study_checkpoint_change(few_step_cache, TAB_SAMPLING, "tiny", "none", True)
+    assert (back[1].value, back[2].value, back[3].value, back[4].value, back[6]) == ("cfg", "ddim", "heun", 50, False)
+    kept = on_study_checkpoint_change(few_step_cache, TAB_SAMPLING, "tiny-flow", "cfg", False)
+    assert "value" not in kept[2].constructor_args and "value" not in kept[4].constructor_args  # the user's choices

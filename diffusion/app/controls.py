@@ -150,6 +150,24 @@ def on_sampler_checkpoint_change(cache: ModelCache, name, guidance_value):
     return gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value)
 
 
+def on_study_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guidance_value, was_few_step):
+    """Trajectory and X/Y grid: the checkpoint's classes and guidance modes, and a few-step model's own sampling
+    settings (a reflow student: ODE-Euler, 2 steps, no guidance), as Generate starts it; leaving one puts the tab's
+    own settings (`tab_sampling`) back. Outputs: class, guidance, sampler, solver, steps, scale, is-few-step."""
+    classes, guidance_choices = checkpoint_choices(cache, name)
+    model = cache.get(name)
+    defaults = model.sampling_defaults if model.kind == "denoiser" else {}
+    setting = defaults or (tab_sampling if was_few_step else {})  # {}: keep the user's choices
+    allowed = [value for _, value in guidance_choices]
+    guidance_value = setting.get("guidance", guidance_value)
+    guidance_value = guidance_value if guidance_value in allowed else ("cfg" if "cfg" in allowed else "none")
+    chosen = lambda key: {"value": setting[key]} if key in setting else {}  # noqa: E731
+    scale = {"value": DEFAULT_SCALES.get(guidance_value, 1.0)} if setting else {}
+    return (gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value),
+            gr.Radio(**chosen("sampler")), gr.Dropdown(**chosen("solver")), gr.Slider(**chosen("steps")),
+            gr.Slider(interactive=guidance_value != "none", **scale), bool(defaults))
+
+
 def method_choices(guidance_choices) -> list[tuple[str, str]]:
     """The guidance methods (guidance.GUIDANCE_METHODS) a checkpoint allows, given its guidance modes."""
     modes = {value for _, value in guidance_choices}

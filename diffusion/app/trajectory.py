@@ -13,7 +13,7 @@ from ..engine import ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
 from ..studies import trajectory
 from .common import SINGLE_PX, grid_pil, save_gif, stream_result, user_error, widget_number
-from .controls import SAMPLER_LABELS, make_request, run_and_stop, stop_cancels
+from .controls import SAMPLER_LABELS, make_request, on_study_checkpoint_change, run_and_stop, stop_cancels
 
 
 def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, frames,
@@ -76,4 +76,10 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
                                   t_seed, t_frames], [t_strip, t_caption, t_gif, t_path], api_name="trajectory",
                 show_progress="minimal", **sampling)
     stop_cancels(t_stop, tracing, [t_strip, t_caption, t_gif, t_path], t_caption)
+    few_step = gr.State(False)
+    t_checkpoint.change(partial(on_study_checkpoint_change, cache, TAB_SAMPLING), [t_checkpoint, t_guidance, few_step],
+                        [t_class, t_guidance, t_sampler, t_solver, t_steps, t_scale, few_step], api_name=False)
     return t_checkpoint, t_class, t_guidance, t_scale
+
+
+TAB_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 50, "guidance": "cfg"}  # where the tab starts

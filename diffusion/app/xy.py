@@ -14,7 +14,9 @@ from ..sampling import ODE_SOLVERS
 from ..xy import (AXIS_FIELDS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, grid_manifest, grid_picture, plan_grid,
                   run_grid, value_label)
 from .common import output_path, stream_result, user_error
-from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, run_and_stop, stop_cancels
+from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, on_study_checkpoint_change, run_and_stop, stop_cancels
+
+TAB_SAMPLING = {"sampler": "ddim", "solver": "dpm++2m", "steps": 25, "guidance": "cfg"}  # where the tab starts
 
 XY_TEXT = f"""Put any setting on **X** and another on **Y**, type the values (`1, 2, 4`; ranges `1-8 (+2)` or `0-1 [5]`;
 `none` for an open interval bound or no class), and every cell samples from the **same noise**. Limits: at most
@@ -91,4 +93,7 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
                                                  images, x_field, x_values, y_field, y_values],
                        [picture, table, png, manifest], api_name="xy_grid", show_progress="minimal", **sampling)
     stop_cancels(stop, making, [picture, table, png, manifest], table)
+    few_step = gr.State(False)
+    checkpoint.change(partial(on_study_checkpoint_change, cache, TAB_SAMPLING), [checkpoint, guidance, few_step],
+                      [class_index, guidance, sampler, solver, steps, scale, few_step], api_name=False)
     return checkpoint, class_index, guidance, scale
