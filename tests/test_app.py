@@ -480,6 +480,19 @@ def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(ser
         browser.close()
 
 
+def start_a_long_generate(page):
+    """Generate with DDPM, 1000 steps and 32 images (about 10 s on the tiny model); returns once it samples."""
+    page.get_by_label("DDPM (ancestral)").check()
+    for label, value in (("number input for Steps", "1000"), ("number input for Images", "32")):
+        box = page.get_by_label(label)
+        box.fill(value)
+        box.press("Enter")
+    page.locator("button.primary:visible", has_text="Generate").first.click()
+    deadline = time.time() + 30
+    while _sampling_workers() == 0 and time.time() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
                     reason="needs Debian's chromium (CI installs it)")
 def test_closing_the_tab_stops_the_sampling(server):
@@ -491,15 +504,7 @@ def test_closing_the_tab_stops_the_sampling(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server)
-        page.get_by_label("DDPM (ancestral)").check()
-        for label, value in (("number input for Steps", "1000"), ("number input for Images", "32")):
-            box = page.get_by_label(label)
-            box.fill(value)
-            box.press("Enter")
-        page.locator("button.primary:visible", has_text="Generate").first.click()
-        deadline = time.time() + 30
-        while _sampling_workers() == 0 and time.time() < deadline:
-            time.sleep(0.05)
+        start_a_long_generate(page)
         time.sleep(0.5)
         assert _sampling_workers() == 1  # still sampling: the 1000 DDPM steps x 32 images took effect (~10 s)
         page.close()
@@ -838,15 +843,7 @@ def test_browser_stop_says_stopped_and_clears_the_earlier_results(server):
         generate.click()
         page.wait_for_selector("text=images/s", timeout=60_000)  # a first, quick run fills the gallery
         assert page.locator("button.thumbnail-item img").count() > 0
-        page.get_by_label("DDPM (ancestral)").check()
-        for label, value in (("number input for Steps", "1000"), ("number input for Images", "32")):
-            box = page.get_by_label(label)
-            box.fill(value)
-            box.press("Enter")
-        generate.click()
-        deadline = time.time() + 30
-        while _sampling_workers() == 0 and time.time() < deadline:
-            time.sleep(0.05)
+        start_a_long_generate(page)
         time.sleep(1.0)
         page.get_by_role("button", name="Stop", exact=True).first.click()
         page.wait_for_selector("text=This run was cancelled and its results cleared", timeout=15_000)
