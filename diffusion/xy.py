@@ -26,6 +26,16 @@ AXIS_FIELDS = ("checkpoint", "sampler", "solver", "steps", "eta", "stochasticity
                "langevin_steps", "step_size", "spacing", "guidance", "guide", "scale", "rescale", "interval_low",
                "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold", "class_index", "seed",
                "self_condition")
+# What a person reads for each field, on the dropdowns, the grid's labels and the table (the values stay the API's).
+AXIS_LABELS = {"checkpoint": "checkpoint", "sampler": "sampler", "solver": "ODE solver", "steps": "steps",
+               "eta": "DDIM eta", "stochasticity": "SDE stochasticity", "predictor": "PC predictor",
+               "correctors": "PC corrector steps", "snr": "PC corrector SNR", "langevin_steps": "Langevin steps per level",
+               "step_size": "Langevin step size", "spacing": "time spacing", "guidance": "guidance",
+               "guide": "autoguidance guide", "scale": "guidance scale w", "rescale": "CFG rescale phi",
+               "interval_low": "guidance from log-SNR", "interval_high": "guidance to log-SNR", "apg_eta": "APG eta",
+               "apg_norm": "APG norm bound r", "apg_momentum": "APG momentum beta",
+               "threshold": "thresholding percentile", "class_index": "class", "seed": "seed",
+               "self_condition": "self-conditioning"}
 MAX_AXIS_TEXT = 1000  # characters in one axis box (8 values need far fewer); longer text is refused unread
 _INTEGER = re.compile(r"[-+]?[0-9]+")  # no nested quantifier: matching is linear in the text's length
 
@@ -228,25 +238,39 @@ def value_label(value) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def axis_value(field: str, value, class_names=()) -> str:
+    """A cell's value as a person reads it: a class by its name, a number as typed."""
+    if field == "class_index" and isinstance(value, int) and 0 <= value < len(class_names):
+        return class_names[value]
+    if field == "class_index" and value is None:
+        return "no class"
+    return value_label(value)
+
+
+def axis_text(field: str, value, class_names=()) -> str:
+    return f"{AXIS_LABELS.get(field, field)} = {axis_value(field, value, class_names)}"
+
+
 def grid_picture(plan: XYPlan, cells: list[list[XYCell]], columns: int, target_px: int = 64) -> Image.Image:
     """All cells as one labelled picture: X values over the columns, Y values beside the rows."""
     tiles = [[to_pil(image_grid(c.result.images, columns),
                      scale=display_scale(c.result.images.shape[-1], target_px)) for c in row] for row in cells]
+    names = cells[0][0].result.class_names
     font = ImageFont.load_default()
     tile_w = max(t.width for row in tiles for t in row)
     tile_h = max(t.height for row in tiles for t in row)
     pad, top = 6, 34
-    left = 10 + max((len(f"{plan.y_field} = {value_label(y)}") for y in plan.y_values), default=0) * 6 if plan.y_field else pad
+    left = 10 + max((len(axis_text(plan.y_field, y, names)) for y in plan.y_values), default=0) * 6 if plan.y_field else pad
     width = left + len(plan.x_values) * (tile_w + pad)
     height = top + len(plan.y_values) * (tile_h + pad)
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
     for i, x in enumerate(plan.x_values):
-        draw.text((left + i * (tile_w + pad), 8), f"{plan.x_field} = {value_label(x)}"[:tile_w // 6], fill="black", font=font)
+        draw.text((left + i * (tile_w + pad), 8), axis_text(plan.x_field, x, names)[:tile_w // 6], fill="black", font=font)
     for j, (y, row) in enumerate(zip(plan.y_values, tiles)):
         y0 = top + j * (tile_h + pad)
         if plan.y_field:
-            draw.text((4, y0 + tile_h // 2 - 6), f"{plan.y_field} = {value_label(y)}", fill="black", font=font)
+            draw.text((4, y0 + tile_h // 2 - 6), axis_text(plan.y_field, y, names), fill="black", font=font)
         for i, tile in enumerate(row):
             picture.paste(tile.convert("RGB"), (left + i * (tile_w + pad), y0))
     return picture

@@ -888,3 +888,17 @@ def test_browser_switching_kinds_hides_what_does_not_apply_and_clears_results(se
         page.wait_for_timeout(500)
         assert page.get_by_label("number input for Guidance scale w").first.is_disabled()
         browser.close()
+
+
+def test_the_xy_grid_speaks_in_labels_and_class_names(client):
+    """Issue 27's internal names: 'class = cross', not 'class_index = 2'; fields by their labels."""
+    from diffusion.xy import AXIS_FIELDS, AXIS_LABELS
+
+    assert set(AXIS_LABELS) == set(AXIS_FIELDS)
+    picture, table, png, manifest = client.predict("tiny", "ddim", "heun", 2, "uniform", "cfg", 0, 2.0, 1, 1,
+                                                   "class_index", "0, 2", "self_condition", "true, false",
+                                                   api_name="/xy_grid")
+    header = table.splitlines()[0]
+    assert header.startswith("| self-conditioning | class | NFE") and "class_index" not in table
+    assert "| circle |" in table and "| cross |" in table
+    assert json.loads(Path(manifest).read_text())["x"] == {"field": "class_index", "values": [0, 2]}  # the API's names

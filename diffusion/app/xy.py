@@ -11,9 +11,9 @@ import gradio as gr
 
 from ..engine import MAX_STEPS, ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
-from ..xy import (AXIS_FIELDS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, grid_manifest, grid_picture, plan_grid,
-                  run_grid, value_label)
-from .common import output_path, stream_result, user_error
+from ..xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, axis_value, grid_manifest,
+                  grid_picture, plan_grid, run_grid)
+from .common import markdown_text, output_path, stream_result, user_error
 from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, on_study_checkpoint_change, run_and_stop, stop_cancels
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "dpm++2m", "steps": 25, "guidance": "cfg"}  # where the tab starts
@@ -51,15 +51,16 @@ def xy_grid(cache: ModelCache, checkpoint, sampler, solver, steps, spacing, guid
 
 
 def cell_table(plan, cells) -> str:
-    y_head = f"{plan.y_field} | " if plan.y_field else ""
-    lines = [f"| {y_head}{plan.x_field} | NFE | seconds | class confidence | diversity |",
+    names = cells[0][0].result.class_names
+    y_head = f"{AXIS_LABELS[plan.y_field]} | " if plan.y_field else ""
+    lines = [f"| {y_head}{AXIS_LABELS[plan.x_field]} | NFE | seconds | class confidence | diversity |",
              "|" + "---|" * (5 + bool(plan.y_field))]
     for row in cells:
         for c in row:
-            y_cell = f"{value_label(c.y)} | " if plan.y_field else ""
+            y_cell = f"{markdown_text(axis_value(plan.y_field, c.y, names))} | " if plan.y_field else ""
             confidence = "n/a" if c.confidence is None else f"{c.confidence:.3f}"
-            lines.append(f"| {y_cell}{value_label(c.x)} | {c.result.nfe} | {c.result.seconds:.2f} | {confidence} | "
-                         f"{c.diversity:.3f} |")
+            lines.append(f"| {y_cell}{markdown_text(axis_value(plan.x_field, c.x, names))} | {c.result.nfe} | "
+                         f"{c.result.seconds:.2f} | {confidence} | {c.diversity:.3f} |")
     return "\n".join(lines)
 
 
@@ -79,9 +80,10 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
         seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         images = gr.Slider(1, 16, value=4, step=1, label="Images per cell")
     with gr.Row():
-        x_field = gr.Dropdown(list(AXIS_FIELDS), value="scale", label="X: field")
+        fields = [(AXIS_LABELS[name], name) for name in AXIS_FIELDS]
+        x_field = gr.Dropdown(fields, value="scale", label="X: field")
         x_values = gr.Textbox("1, 2, 4, 8", label="X: values", max_length=MAX_AXIS_TEXT)
-        y_field = gr.Dropdown(["", *AXIS_FIELDS], value="sampler", label="Y: field (empty: one row)")
+        y_field = gr.Dropdown([("none (one row)", ""), *fields], value="sampler", label="Y: field")
         y_values = gr.Textbox("ddim, ode", label="Y: values", max_length=MAX_AXIS_TEXT)
     run, stop = run_and_stop("Make grid")
     picture = gr.Image(label="X/Y grid", format="png", interactive=False)
