@@ -300,8 +300,10 @@ class ModelCache:
         self.extra_folders = tuple(Path(p).resolve() for p in extra_folders)
         self.capacity = capacity
         self.device = torch.device(device) if device else pick_device()
-        budget = budget or WorkBudget()
-        self.budget = budget if budget.device_type else replace(budget, device_type=self.device.type)  # per request
+        # What one request may cost. None: unbounded, for the command line and evaluations, whose long jobs are the
+        # point; the app passes its bounded budget (app.py --max-request-seconds).
+        budget = budget or WorkBudget(seconds=math.inf)
+        self.budget = budget if budget.device_type else replace(budget, device_type=self.device.type)
         self._flops: dict[str, float] = {}  # FLOPs of one image through a model, by the file's SHA-256
         self._models: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
         self._entries: dict[Path, tuple[tuple, CheckpointEntry]] = {}

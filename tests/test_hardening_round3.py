@@ -252,3 +252,15 @@ def test_the_command_line_answers_a_deeply_nested_file_in_one_line(tmp_path):
         result = run_cli(*args)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().endswith("nested 100,000 levels deep (at most 32)"), result.stderr
+
+
+def test_the_library_and_command_line_are_not_bounded_by_the_apps_budget(checkpoint_dir):
+    """An evaluation's DDPM-1000 rows run for minutes on purpose: only the app's cache carries a bound."""
+    from diffusion.engine import check_work
+
+    cache = ModelCache(checkpoint_dir)
+    huge = SampleRequest(checkpoint="tiny", sampler="ddpm", steps=1000, batch_size=64)
+    assert check_work(cache, [huge] * 100) > 0  # an estimate, never a refusal
+    import app
+
+    assert app.parse_args([]).max_request_seconds == 180
