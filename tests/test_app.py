@@ -6,6 +6,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -480,6 +481,21 @@ def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(ser
         browser.close()
 
 
+@contextmanager
+def app_page(server):
+    """A page of the app in headless Chromium at 1400 x 1000, closed with its browser afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server)
+            yield page
+        finally:
+            browser.close()
+
+
 def start_a_long_generate(page):
     """Generate with DDPM, 1000 steps and 32 images (about 10 s on the tiny model); returns once it samples."""
     page.get_by_label("DDPM (ancestral)").check()
@@ -498,17 +514,11 @@ def start_a_long_generate(page):
 def test_closing_the_tab_stops_the_sampling(server):
     import time
 
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server)
+    with app_page(server) as page:
         start_a_long_generate(page)
         time.sleep(0.5)
         assert _sampling_workers() == 1  # still sampling: the 1000 DDPM steps x 32 images took effect (~10 s)
         page.close()
-        browser.close()
     deadline = time.time() + 15
     while _sampling_workers() and time.time() < deadline:
         time.sleep(0.05)
@@ -800,14 +810,9 @@ def test_browser_a_dropped_png_restores_its_settings_across_a_checkpoint_switch(
     """Issue 27: a PNG made on one checkpoint, dropped while another is selected, brings back every control, and
     Generate then makes the same pixels."""
     import numpy as np
-    from playwright.sync_api import sync_playwright
-
     _, _, _, grid = client.predict("tiny", "ode", "heun", 4, 0.0, "uniform", "cfg", 2, 2.5, "own", 9, 6,
                                    api_name="/generate")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server)
+    with app_page(server) as page:
         page.get_by_label("Checkpoint").first.click()
         page.get_by_role("option", name="tiny-flow", exact=True).click()
         page.wait_for_selector("text=flow model without self-conditioning", timeout=30_000)
@@ -825,7 +830,6 @@ def test_browser_a_dropped_png_restores_its_settings_across_a_checkpoint_switch(
         link = page.locator("a[href*='samples-'][download]").first.get_attribute("href")
         again = tmp_path / "again.png"
         again.write_bytes(page.request.get(link).body())
-        browser.close()
     assert np.array_equal(np.asarray(Image.open(grid)), np.asarray(Image.open(again)))
 
 
@@ -833,12 +837,7 @@ def test_browser_a_dropped_png_restores_its_settings_across_a_checkpoint_switch(
                     reason="needs Debian's chromium (CI installs it)")
 def test_browser_stop_says_stopped_and_clears_the_earlier_results(server):
     """Issue 27: after Stop, no earlier run's gallery or half-made preview stays on screen, and the status says so."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server)
+    with app_page(server) as page:
         generate = page.locator("button.primary:visible", has_text="Generate").first
         generate.click()
         page.wait_for_selector("text=images/s", timeout=60_000)  # a first, quick run fills the gallery
@@ -850,7 +849,6 @@ def test_browser_stop_says_stopped_and_clears_the_earlier_results(server):
         page.wait_for_timeout(500)
         assert page.locator("button.thumbnail-item img").count() == 0  # the first run's gallery is gone
         assert "images/s" not in page.inner_text("body")
-        browser.close()
     deadline = time.time() + 15
     while _sampling_workers() and time.time() < deadline:
         time.sleep(0.05)
@@ -862,12 +860,7 @@ def test_browser_stop_says_stopped_and_clears_the_earlier_results(server):
 def test_browser_switching_kinds_hides_what_does_not_apply_and_clears_results(server):
     """Issue 27's inert controls: a flow shows no eta, sampler or guidance-method controls, and a switch clears the
     last model's results; with guidance "none" the scale cannot be moved."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server)
+    with app_page(server) as page:
         page.get_by_label("ODE (probability flow)").check()  # then DDIM again when the flow is left
         page.get_by_label("DDIM", exact=True).check()
         page.locator("button.primary:visible", has_text="Generate").first.click()
@@ -887,7 +880,6 @@ def test_browser_switching_kinds_hides_what_does_not_apply_and_clears_results(se
         page.get_by_label("none (the model as it is)").check()
         page.wait_for_timeout(500)
         assert page.get_by_label("number input for Guidance scale w").first.is_disabled()
-        browser.close()
 
 
 def test_the_xy_grid_speaks_in_labels_and_class_names(client):
