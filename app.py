@@ -13,7 +13,6 @@ import argparse
 import os
 import socket
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -21,8 +20,7 @@ from starlette.middleware import Middleware
 
 from diffusion.app.card import build_card_tab, checkpoint_table
 from diffusion.app.compare import build_compare_tab
-from diffusion.app.controls import (GUIDANCE_LABELS, class_and_guidance, on_methods_checkpoint_change,
-                                    on_sampler_checkpoint_change, scale_for_guidance)
+from diffusion.app.controls import GUIDANCE_LABELS, class_and_guidance, scale_for_guidance
 from diffusion.app.families import build_families_tab
 from diffusion.app.generate import build_generate_tab
 from diffusion.app.guard import RequestGuard
@@ -120,10 +118,6 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                                               *family_pickers, lens_checkpoints, lens_sample_checkpoint, c_student,
                                               m_files],
                                api_name="rescan")
-            c_checkpoint.change(partial(on_sampler_checkpoint_change, cache), [c_checkpoint, c_guidance], [c_class, c_guidance],
-                                api_name=False)  # Trajectory and X/Y also take a few-step model's own settings
-            s_checkpoint.change(partial(on_methods_checkpoint_change, cache), [s_checkpoint, s_methods],
-                                [s_class, s_methods], api_name=False)
             for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale), (x_guidance, x_scale)):
                 # .input: the user's choice only; settings loaded from a PNG set guidance and scale together.
                 mode.input(scale_for_guidance, mode, value, api_name=False)

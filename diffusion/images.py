@@ -29,3 +29,21 @@ def to_pil(image_uint8: torch.Tensor, scale: int = 1) -> Image.Image:
 def display_scale(side: int, target: int = 96) -> int:
     """Whole-number enlargement that shows a side-px image at about `target` px (28 -> 3, 64 -> 2, >= 96 -> 1)."""
     return max(1, round(target / side))
+
+
+def labelled_rows(rows: list[Image.Image], labels: list[str], padding: int = 4) -> Image.Image:
+    """Pictures stacked top to bottom, each with its label written to its left (as a person reads a sweep)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    left = 8 + max(len(label) for label in labels) * 6  # the default bitmap font is about 6 px per character
+    width = left + max(row.width for row in rows)
+    height = sum(row.height + padding for row in rows) + padding
+    picture = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(picture)
+    top = padding
+    for row, label in zip(rows, labels):
+        picture.paste(row.convert("RGB"), (left, top))
+        draw.text((4, top + row.height // 2 - 6), label, fill="black", font=font)
+        top += row.height + padding
+    return picture

@@ -209,11 +209,15 @@ def test_compare_manifest_and_difference(client):
 
 
 def test_sweep_and_trajectory(client):
-    grid, rows, confidence, diversity, strength, table = client.predict(
+    grid, rows, plots, table, data = client.predict(
         "tiny", 1, "0, 1, 4", ["cfg", "classifier"], 3, 4, "ddim", 4, api_name="/sweep")
     assert Image.open(grid).size[1] > Image.open(grid).size[0] / 2  # six rows of four
-    assert table.count("\n") == 1 + 6 and "classifier" in table
-    assert len(confidence["data"]) == 12 and len(strength["data"]) == 4 * 4  # 2 modes x 2 scales > 0 x 4 steps
+    assert table.count("\n") == 1 + 6 and "classifier guidance" in table
+    assert rows.startswith("Rows, top to bottom: CFG, w = 0; CFG, w = 1; CFG, w = 4; classifier guidance, w = 0")
+    numbers = json.loads(Path(data).read_text())["rows"]
+    assert [(r["method"], r["scale"]) for r in numbers] == [(m, s) for m in ("cfg", "classifier") for s in (0, 1, 4)]
+    assert sum(len(r["guidance_strength"]) for r in numbers if r["scale"] > 0) == 4 * 4  # 2 modes x 2 scales x 4 steps
+    assert Image.open(plots).size[0] > 800
     strip, caption, gif, deviation = client.predict("tiny", "ode", "heun", 6, "cfg", 0, 2.0, 1, 4, api_name="/trajectory")
     assert "t=0 (data)" in caption
     assert Image.open(gif).n_frames == 4
@@ -230,11 +234,12 @@ def test_guidance_methods_through_generate_and_the_sweep(client):
         assert pixels(client.predict(*plain, *methods, api_name="/generate")) != pixels(reference), methods
     with pytest.raises(Exception, match="guidance interval is empty"):
         client.predict(*plain, 0.0, 3.0, -3.0, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
-    grid, rows, confidence, diversity, strength, table = client.predict(
+    grid, rows, plots, table, data = client.predict(
         "tiny", 1, "1, 4", ["cfg", "cfg-rescale", "apg", "interval", "dynamic-threshold"], 3, 3, "ddim", 3,
         api_name="/sweep")
-    assert table.count("\n") == 1 + 10 and "cfg-rescale" in table and "dynamic-threshold" in table
-    assert {row[-1] for row in diversity["data"]} == {"cfg", "cfg-rescale", "apg", "interval", "dynamic-threshold"}
+    assert table.count("\n") == 1 + 10 and "CFG rescale, phi 0.7" in table and "dynamic thresholding" in table
+    assert {r["method"] for r in json.loads(Path(data).read_text())["rows"]} == {
+        "cfg", "cfg-rescale", "apg", "interval", "dynamic-threshold"}
     with pytest.raises(Exception, match="unknown guidance method"):
         client.predict("tiny", 1, "1", ["magic"], 3, 3, "ddim", 3, api_name="/sweep")
 

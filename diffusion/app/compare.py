@@ -15,10 +15,11 @@ from ..sampling import ODE_SOLVERS
 from ..studies import compare_samplers, difference_map
 from ..xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, run_grid
 from .common import grid_pil, markdown_text, output_path, stream_result, user_error, widget_number
-from .controls import SPACING_LABELS, make_request, run_and_stop, stop_cancels
+from .controls import SPACING_LABELS, make_request, on_compare_checkpoint_change, run_and_stop, stop_cancels
 
 
 COLUMNS = ("ddpm", "ddim", "ode")  # the comparison's columns, as the difference map names them
+TAB_SAMPLING = {"guidance": "cfg", "ddim_steps": 50, "ode_steps": 10, "solver": "dpm++2m"}  # where the tab starts
 
 
 def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, batch_size, spacing, ddpm_steps, ddim_steps, eta,
@@ -144,6 +145,10 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
         f_run = gr.Button("Compare few steps", variant="primary")
         f_picture = gr.Image(label="Rows: teacher, student; columns: steps", format="png", interactive=False)
         f_table = gr.Markdown(label="Few-step figures")
+    few_step = gr.State(False)
+    c_checkpoint.change(partial(on_compare_checkpoint_change, cache, TAB_SAMPLING),
+                        [c_checkpoint, c_guidance, few_step], [c_class, c_guidance, c_scale, c_ddim, c_ode, c_solver, few_step],
+                        api_name=False)
     f_run.click(partial(compare_few_steps, cache), [f_student, f_steps, c_class, c_seed, c_batch], [f_picture, f_table],
                 api_name="compare_few_steps", **sampling)
     return c_checkpoint, c_class, c_guidance, c_scale, f_student

@@ -142,30 +142,50 @@ def checkpoint_choices(cache: ModelCache, name):
     return class_and_guidance(cache, model)
 
 
-def on_sampler_checkpoint_change(cache: ModelCache, name, guidance_value):
-    """Compare, X/Y grid and Trajectory: the checkpoint's classes and the guidance modes it allows."""
-    classes, guidance_choices = checkpoint_choices(cache, name)
-    values = [g[1] for g in guidance_choices]
-    guidance_value = guidance_value if guidance_value in values else ("cfg" if "cfg" in values else "none")
-    return gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value)
+def few_step_setting(model, tab_sampling: dict, was_few_step: bool) -> dict:
+    """The sampling settings a tab takes on a checkpoint change: a few-step model's own (a reflow student: ODE-Euler,
+    2 steps, no guidance), the tab's own (`tab_sampling`) when leaving one, else {} (keep the user's choices)."""
+    defaults = model.sampling_defaults if model.kind == "denoiser" else {}
+    return dict(defaults) or (dict(tab_sampling) if was_few_step else {})
+
+
+def allowed_guidance(guidance_choices, wanted) -> str:
+    """`wanted` where the checkpoint allows it, else classifier-free guidance, else none."""
+    allowed = [value for _, value in guidance_choices]
+    return wanted if wanted in allowed else ("cfg" if "cfg" in allowed else "none")
 
 
 def on_study_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guidance_value, was_few_step):
-    """Trajectory and X/Y grid: the checkpoint's classes and guidance modes, and a few-step model's own sampling
-    settings (a reflow student: ODE-Euler, 2 steps, no guidance), as Generate starts it; leaving one puts the tab's
-    own settings (`tab_sampling`) back. Outputs: class, guidance, sampler, solver, steps, scale, is-few-step."""
+    """Trajectory and X/Y grid: the checkpoint's classes and guidance modes, and its few-step settings
+    (few_step_setting), as Generate starts it. Outputs: class, guidance, sampler, solver, steps, scale, is-few-step."""
     classes, guidance_choices = checkpoint_choices(cache, name)
     model = cache.get(name)
-    defaults = model.sampling_defaults if model.kind == "denoiser" else {}
-    setting = defaults or (tab_sampling if was_few_step else {})  # {}: keep the user's choices
-    allowed = [value for _, value in guidance_choices]
-    guidance_value = setting.get("guidance", guidance_value)
-    guidance_value = guidance_value if guidance_value in allowed else ("cfg" if "cfg" in allowed else "none")
+    setting = few_step_setting(model, tab_sampling, was_few_step)
+    guidance_value = allowed_guidance(guidance_choices, setting.get("guidance", guidance_value))
     chosen = lambda key: {"value": setting[key]} if key in setting else {}  # noqa: E731
     scale = {"value": DEFAULT_SCALES.get(guidance_value, 1.0)} if setting else {}
     return (gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value),
             gr.Radio(**chosen("sampler")), gr.Dropdown(**chosen("solver")), gr.Slider(**chosen("steps")),
-            gr.Slider(interactive=guidance_value != "none", **scale), bool(defaults))
+            gr.Slider(interactive=guidance_value != "none", **scale), bool(model.kind == "denoiser"
+                                                                           and model.sampling_defaults))
+
+
+def on_compare_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guidance_value, was_few_step):
+    """Compare: the checkpoint's classes and guidance modes; a few-step model's steps and solver go to the DDIM and
+    ODE columns (DDPM keeps its own: it has no few-step form). Outputs: class, guidance, scale, DDIM steps, ODE steps,
+    ODE solver, is-few-step."""
+    classes, guidance_choices = checkpoint_choices(cache, name)
+    model = cache.get(name)
+    setting = few_step_setting(model, tab_sampling, was_few_step)
+    guidance_value = allowed_guidance(guidance_choices, setting.get("guidance", guidance_value))
+    steps = lambda key: gr.Slider(value=setting[key]) if key in setting else gr.Slider()  # noqa: E731
+    return (gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value),
+            gr.Slider(interactive=guidance_value != "none",
+                      **({"value": DEFAULT_SCALES.get(guidance_value, 1.0)} if setting else {})),
+            steps("ddim_steps" if "ddim_steps" in setting else "steps"),
+            steps("ode_steps" if "ode_steps" in setting else "steps"),
+            gr.Dropdown(value=setting["solver"]) if "solver" in setting else gr.Dropdown(),
+            bool(model.kind == "denoiser" and model.sampling_defaults))
 
 
 def method_choices(guidance_choices) -> list[tuple[str, str]]:
@@ -175,12 +195,19 @@ def method_choices(guidance_choices) -> list[tuple[str, str]]:
             if method.settings["guidance"] in modes]
 
 
-def on_methods_checkpoint_change(cache: ModelCache, name, chosen):
-    """Guidance sweep: the checkpoint's classes and the guidance methods it allows (kept where still allowed)."""
+def on_methods_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, chosen, was_few_step):
+    """Guidance sweep: the checkpoint's classes, the guidance methods it allows (kept where still allowed), and a
+    few-step model's sampler, solver and steps (few_step_setting). Outputs: class, methods, sampler, solver, steps,
+    is-few-step."""
     classes, guidance_choices = checkpoint_choices(cache, name)
+    model = cache.get(name)
     methods = method_choices(guidance_choices)
     kept = [m for m in (chosen or []) if m in {value for _, value in methods}]
-    return gr.Dropdown(choices=classes, value=classes[0][1]), gr.CheckboxGroup(choices=methods, value=kept)
+    setting = few_step_setting(model, tab_sampling, was_few_step)
+    chosen_value = lambda key: {"value": setting[key]} if key in setting else {}  # noqa: E731
+    return (gr.Dropdown(choices=classes, value=classes[0][1]), gr.CheckboxGroup(choices=methods, value=kept),
+            gr.Radio(**chosen_value("sampler")), gr.Dropdown(**chosen_value("solver")),
+            gr.Slider(**chosen_value("steps")), bool(model.kind == "denoiser" and model.sampling_defaults))
 
 
 def on_class_checkpoint_change(cache: ModelCache, name):

@@ -3,16 +3,21 @@ and the per-step guidance strength."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 
 import gradio as gr
-import pandas as pd
-import torch
+from PIL import Image
 
 from ..engine import ModelCache, RequestError
+from ..guidance import GUIDANCE_METHODS
+from ..sampling import ODE_SOLVERS
+from ..images import labelled_rows
 from ..studies import MAX_SCALES_TEXT, guidance_sweep, parse_scales
-from .common import EXPORT_PX, grid_pil, stream_result, user_error, widget_names
-from .controls import SAMPLER_LABELS, make_request, method_choices, run_and_stop, stop_cancels
+from .common import EXPORT_PX, grid_pil, output_path, stream_result, user_error, widget_names
+from .controls import SAMPLER_LABELS, make_request, method_choices, on_methods_checkpoint_change, run_and_stop, stop_cancels
 
 SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
 (`eps_c`) and without it (`eps_u`). Classifier-free guidance uses `eps_u + w (eps_c - eps_u)`: `w = 0` ignores the class,
@@ -23,11 +28,12 @@ see how the fixes for CFG's side effects (rescale, interval, APG, thresholding, 
 diversity on one chart; each is CFG with the paper's suggested setting (Generate's *Guidance methods* has the knobs)."""
 
 
-def sweep(cache: ModelCache, checkpoint, class_index, scales_text, methods, seed, per_row, sampler, steps, progress=gr.Progress()):
+def sweep(cache: ModelCache, checkpoint, class_index, scales_text, methods, seed, per_row, sampler, steps,
+          solver="heun", progress=gr.Progress()):
     try:
         scales = parse_scales(scales_text)
         methods = widget_names(methods, "guidance methods")
-        base = make_request(checkpoint, sampler, "heun", steps, 0.0, "uniform", "cfg", class_index, 1.0, False, seed,
+        base = make_request(checkpoint, sampler, solver, steps, 0.0, "uniform", "cfg", class_index, 1.0, False, seed,
                             per_row)
     except RequestError as error:
         raise user_error(error) from None
@@ -40,18 +46,66 @@ def sweep(cache: ModelCache, checkpoint, class_index, scales_text, methods, seed
         row, rows, done, total = event
         progress((row * total + done, rows * total), desc=f"row {row + 1}/{rows}")
 
-    rows = yield from stream_result(work, on_event, outputs=6)
-    grid = grid_pil(torch.cat([r.result.images for r in rows]), columns=base.batch_size, target_px=EXPORT_PX)
-    metrics = pd.DataFrame(
-        [{"scale": r.scale, "value": v, "series": f"{name} ({r.mode})"} for r in rows
-         for name, v in (("class confidence", r.confidence), ("accuracy", r.accuracy)) if v is not None])
-    diversity = pd.DataFrame([{"scale": r.scale, "diversity": r.diversity, "series": r.mode} for r in rows])
-    strength = pd.DataFrame([{"log-SNR": lam, "strength": s, "series": f"{r.mode} w={r.scale:g}"}
-                             for r in rows if r.scale > 0 for lam, s in r.result.guidance_trace])
+    rows = yield from stream_result(work, on_event, outputs=5)
+    labels = [row_label(r) for r in rows]
+    grid = labelled_rows([grid_pil(r.result.images, columns=base.batch_size, target_px=EXPORT_PX) for r in rows], labels)
     table = "| method | scale | class confidence | accuracy | diversity |\n|---|---|---|---|---|\n" + "\n".join(
-        f"| {r.mode} | {r.scale:g} | {_fmt(r.confidence)} | {_fmt(r.accuracy)} | {r.diversity:.3f} |" for r in rows)
-    labels = ", ".join(f"row {i + 1}: {r.mode} w={r.scale:g}" for i, r in enumerate(rows))
-    yield grid, labels, metrics, diversity, strength, table
+        f"| {GUIDANCE_METHODS[r.mode].label} | {r.scale:g} | {_fmt(r.confidence)} | {_fmt(r.accuracy)} | "
+        f"{r.diversity:.3f} |" for r in rows)
+    caption = "Rows, top to bottom: " + "; ".join(labels) + "."
+    data = [{"method": r.mode, "label": GUIDANCE_METHODS[r.mode].label, "scale": r.scale, "confidence": r.confidence,
+             "accuracy": r.accuracy, "diversity": r.diversity, "request": asdict(r.result.request),
+             "guidance_strength": [{"log_snr": lam, "strength": value} for lam, value in r.result.guidance_trace]}
+            for r in rows]
+    data_path = output_path("sweep", ".json")
+    Path(data_path).write_text(json.dumps({"checkpoint": base.checkpoint, "rows": data}, indent=1))
+    yield grid, caption, plot_sweep(rows), table, data_path
+
+
+def row_label(row) -> str:
+    return f"{GUIDANCE_METHODS[row.mode].label}, w = {row.scale:g}"
+
+
+def plot_sweep(rows) -> Image.Image:
+    """The sweep's three charts, drawn anew for every sweep (one line per guidance method): class confidence and
+    accuracy against the scale, diversity against the scale, and the guidance strength per step against log-SNR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r.mode for r in rows))
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    figure, (confidence, diversity, strength) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for method in methods:
+        mine = [r for r in rows if r.mode == method]
+        scales = [r.scale for r in mine]
+        label, colour = GUIDANCE_METHODS[method].label, colours[method]
+        if mine[0].confidence is not None:
+            confidence.plot(scales, [r.confidence for r in mine], "o-", color=colour, label=f"{label}: confidence")
+            confidence.plot(scales, [r.accuracy for r in mine], "s--", color=colour, alpha=0.6,
+                            label=f"{label}: accuracy")
+        diversity.plot(scales, [r.diversity for r in mine], "o-", color=colour, label=label)
+        for r, shade in zip((r for r in mine if r.scale > 0), (0.35, 0.5, 0.65, 0.8, 0.9, 1.0, 1.0, 1.0)):
+            trace = r.result.guidance_trace
+            if trace:
+                strength.plot([lam for lam, _ in trace], [s for _, s in trace], color=colour, alpha=shade,
+                              label=f"{label}, w = {r.scale:g}")
+    confidence.set(title="Evaluator: class confidence (o) and accuracy (s)", xlabel="guidance scale w", ylim=(0, 1.02))
+    diversity.set(title="Diversity (mean feature distance)", xlabel="guidance scale w")
+    strength.set(title="Guidance strength per step", xlabel="log-SNR (noisy to clean)",
+                 ylabel="|eps_c - eps_u| or classifier term")
+    for axis in (confidence, diversity, strength):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    if rows[0].confidence is None:
+        confidence.text(0.5, 0.5, "no evaluator for this checkpoint", ha="center", transform=confidence.transAxes)
+    figure.tight_layout()
+    path = output_path("sweep-plots", ".png")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Image.open(path)
 
 
 def _fmt(value):
@@ -72,6 +126,7 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
         s_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         s_per_row = gr.Slider(2, 16, value=8, step=1, label="Images per row")
         s_sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
+        s_solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver", visible=False)
         s_steps = gr.Slider(1, 200, value=25, step=1, label="Steps")
     s_run, s_stop = run_and_stop("Sweep")
     with gr.Row():
@@ -80,13 +135,17 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
             s_rows = gr.Markdown(label="Rows")
             s_table = gr.Markdown(label="Metrics table")
         with gr.Column(scale=2):
-            s_conf = gr.LinePlot(x="scale", y="value", color="series", label="Class confidence plot", title="Evaluator: class confidence",
-                                 y_lim=[0, 1])
-            s_div = gr.LinePlot(x="scale", y="diversity", color="series", label="Diversity plot", title="Diversity (mean feature distance)")
-            s_strength = gr.LinePlot(x="log-SNR", y="strength", color="series", label="Guidance strength plot",
-                                     title="Guidance strength per step (|eps_c - eps_u| or classifier term)")
-    sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_methods, s_seed, s_per_row, s_sampler, s_steps],
-                [s_grid, s_rows, s_conf, s_div, s_strength, s_table], api_name="sweep",
+            s_plots = gr.Image(label="Confidence, diversity and guidance strength", format="png", interactive=False)
+            s_data = gr.File(label="The sweep's numbers and requests (JSON)")
+    sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_methods, s_seed, s_per_row, s_sampler, s_steps, s_solver],
+                [s_grid, s_rows, s_plots, s_table, s_data], api_name="sweep",
                 show_progress="minimal", **sampling)
-    stop_cancels(s_stop, sweeping, [s_grid, s_rows, s_conf, s_div, s_strength, s_table], s_table)
+    stop_cancels(s_stop, sweeping, [s_grid, s_rows, s_plots, s_table, s_data], s_table)
+    few_step = gr.State(False)
+    s_checkpoint.change(partial(on_methods_checkpoint_change, cache, TAB_SAMPLING), [s_checkpoint, s_methods, few_step],
+                        [s_class, s_methods, s_sampler, s_solver, s_steps, few_step], api_name=False)
+    s_sampler.change(lambda sampler: gr.Dropdown(visible=sampler == "ode"), s_sampler, s_solver, api_name=False)
     return s_checkpoint, s_class, s_methods
+
+
+TAB_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 25}  # where the tab starts
