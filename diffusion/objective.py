@@ -38,8 +38,8 @@ class ObjectiveConfig:
 
 
 def q_sample(schedule: Schedule, x0, t, eps):
-    """x_t = alpha_t x0 + sigma_t eps, t of shape (B,)."""
-    alpha, sigma = (v.to(x0.dtype)[:, None, None, None] for v in schedule.alpha_sigma(t))
+    """x_t = alpha_t x0 + sigma_t eps, t of shape (B,), x0 of shape (B, ...): images (B, C, H, W) or points (B, D)."""
+    alpha, sigma = (v.to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1)) for v in schedule.alpha_sigma(t))
     return alpha * x0 + sigma * eps, alpha, sigma
 
 
@@ -85,7 +85,7 @@ def diffusion_loss(network: nn.Module, x0: torch.Tensor, labels: torch.Tensor | 
 
     prediction = network_prediction(network, x_t, alpha, sigma, log_snr, labels, x0_previous)
     target = training_target(config.parameterization, x0, eps, alpha, sigma)
-    per_image = (prediction.float() - target).pow(2).mean(dim=(1, 2, 3))
+    per_image = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)
     if config.min_snr_gamma > 0:
         per_image = per_image * min_snr_weight(config, alpha, sigma).flatten()
     return per_image.mean()

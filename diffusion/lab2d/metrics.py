@@ -1,0 +1,89 @@
+"""How far samples are from the exact distribution, and how many fall outside a class's support.
+
+Distance: sliced Wasserstein-2 (Rabin et al. 2011; Bonneel et al. 2015),
+    SW2(a, p) = sqrt(mean_theta W2^2(<a, theta>, <p, theta>)),
+over evenly spaced directions theta on the half circle. The 1-D W2^2 between N points and the distribution p is
+the mean squared difference between the sorted projections and p's quantiles at levels (i + 1/2) / N, read off a
+REFERENCE_FACTOR times larger exact sample with the same labels (so the reference adds little noise of its own).
+Its noise floor is the same distance for exact samples of the same size and labels: a sampler is as good as the
+sample size can tell when it is at the floor.
+
+Support: point x of class y is outside the support of p(. | y) when log p(x | y) lies below the `quantile`
+(1 %) of log p(x0 | y) over exact samples of class y. By construction exact samples are outside at that rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .exact import log_density
+from .mixture import Mixture, sample_mixture
+
+DIRECTIONS = 180
+SUPPORT_QUANTILE = 0.01
+REFERENCE_FACTOR = 10  # the distance's reference sample is this many times larger than the sample
+SUPPORT_COUNT = 20_000  # exact samples per class that set the support threshold
+
+
+def sliced_wasserstein(a: torch.Tensor, reference: torch.Tensor, directions: int = DIRECTIONS) -> float:
+    """SW2 of points a (N, 2) to a reference sample (M >= N, 2): sqrt(mean_theta mean_i (sort<a, theta>_i -
+    Q_theta((i + 1/2) / N))^2), Q_theta the quantile function of <reference, theta>."""
+    angles = torch.arange(directions, dtype=torch.float64) * math.pi / directions
+    theta = torch.stack([angles.cos(), angles.sin()])  # (2, D)
+    projected, projected_reference = a.double() @ theta, reference.double() @ theta  # (N, D), (M, D)
+    levels = (torch.arange(len(a), dtype=torch.float64) + 0.5) / len(a)
+    quantiles = torch.quantile(projected_reference, levels, dim=0)  # (N, D)
+    return float((projected.sort(0).values - quantiles).pow(2).mean().sqrt())
+
+
+def exact_samples(mix: Mixture, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    return sample_mixture(mix, labels, torch.Generator().manual_seed(seed))
+
+
+def reference_samples(mix: Mixture, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(REFERENCE_FACTOR N, 2) exact samples with each label repeated REFERENCE_FACTOR times."""
+    return exact_samples(mix, labels.repeat(REFERENCE_FACTOR), 777 + seed)
+
+
+def noise_floor(mix: Mixture, labels: torch.Tensor, reference: torch.Tensor, repeats: int = 3) -> float:
+    """Mean SW2 of `repeats` independent exact sample sets with these labels to the reference."""
+    return sum(sliced_wasserstein(exact_samples(mix, labels, 1 + r), reference) for r in range(repeats)) / repeats
+
+
+def support_thresholds(mix: Mixture, quantile: float = SUPPORT_QUANTILE, count: int = SUPPORT_COUNT) -> torch.Tensor:
+    """(C,) per class: the `quantile` of log p(x0 | y) over `count` exact samples of class y (fixed seed)."""
+    thresholds = []
+    for label in range(mix.num_classes):
+        labels = torch.full((count,), label)
+        log_p = log_density(mix, exact_samples(mix, labels, 12345 + label), 1.0, 0.0, labels)
+        thresholds.append(torch.quantile(log_p, quantile))
+    return torch.stack(thresholds)
+
+
+def outside_support(mix: Mixture, x: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: log p(x_i | y_i) < threshold of y_i (non-finite points count as outside)."""
+    log_p = log_density(mix, x, 1.0, 0.0, labels)
+    return ~(log_p >= thresholds[labels])
+
+
+@dataclass(frozen=True)
+class SampleQuality:
+    distance: float  # SW2 to the exact distribution with the same labels
+    noise_floor: float  # the same for exact samples of that size
+    outside_share: float  # share of samples outside their class's support
+
+    @property
+    def above_floor(self) -> float:
+        """distance / noise floor: about 1 when the sampler is exact as far as this sample size tells."""
+        return self.distance / self.noise_floor
+
+
+def sample_quality(mix: Mixture, samples: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor,
+                   seed: int = 0) -> SampleQuality:
+    """Distance to exact samples with the same labels, its noise floor, and the share outside the support."""
+    reference = reference_samples(mix, labels, seed)
+    return SampleQuality(sliced_wasserstein(samples, reference), noise_floor(mix, labels, reference),
+                         float(outside_support(mix, samples, labels, thresholds).double().mean()))
