@@ -45,9 +45,14 @@ MAX_UPLOAD_FILE = "5mb"
 DELETE_CACHE = (600, 3600)  # every 10 minutes, files this app wrote or received more than an hour ago
 
 
+PAGE_SCRIPT = Path(__file__).parent / "diffusion" / "app" / "page.js"  # range notices beside controls, Ctrl+Enter
+
+
 def launch_options(demo: gr.Blocks) -> dict:
-    """demo.launch's options: the upload bound and the request guard (per-session queue cap, upload budget)."""
-    return {"max_file_size": MAX_UPLOAD_FILE, "app_kwargs": {"middleware": [Middleware(RequestGuard, blocks=demo)]}}
+    """demo.launch's options: the upload bound, the request guard (per-session queue cap, upload budget) and the
+    page's own script."""
+    return {"max_file_size": MAX_UPLOAD_FILE, "app_kwargs": {"middleware": [Middleware(RequestGuard, blocks=demo)]},
+            "head": f"<script>{PAGE_SCRIPT.read_text()}</script>"}
 
 # --- layout -----------------------------------------------------------------------------------
 INTRO = """# diffusion-playground

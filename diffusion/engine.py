@@ -37,6 +37,7 @@ MAX_BATCH = 64
 MAX_SCALE = 100.0
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 2.0
+MIN_TIMED_SECONDS = 0.3  # runs shorter than this are too short to estimate the machine's speed from
 GENERATIVE_KINDS = ("denoiser", "normalizing-flow")  # checkpoint kinds that make images
 
 
@@ -305,6 +306,7 @@ class ModelCache:
         budget = budget or WorkBudget(seconds=math.inf)
         self.budget = budget if budget.device_type else replace(budget, device_type=self.device.type)
         self._flops: dict[str, float] = {}  # FLOPs of one image through a model, by the file's SHA-256
+        self.observed_rate: float | None = None  # FLOP/s of the last sampling run long enough to time (estimates)
         self._models: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
         self._entries: dict[Path, tuple[tuple, CheckpointEntry]] = {}
         self._lock = threading.Lock()
@@ -351,6 +353,15 @@ class ModelCache:
         if key not in self._flops:
             self._flops[key] = _count_flops(model, self.device)
         return self._flops[key]
+
+    def estimate_seconds(self, work: Work) -> float:
+        """How long `work` should take here: at the rate the last timed run reached, else the budget's rate."""
+        return work.flops / self.observed_rate if self.observed_rate else self.budget.estimate_seconds(work)
+
+    def observe(self, work: Work, seconds: float) -> None:
+        """A finished run's speed, for the next estimate (runs under MIN_TIMED_SECONDS are too short to time)."""
+        if seconds >= MIN_TIMED_SECONDS and work.flops > 0:
+            self.observed_rate = work.flops / seconds
 
     def names(self, *kinds: str) -> list[str]:
         """Available checkpoints of the given kinds, in listing order (files, then folders)."""
@@ -580,6 +591,7 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
         return run_flow_request(cache, request, x_T, model)
     model, classifier, guide = prepare(cache, request, model)
     check_work(cache, [request], model=model)
+    work = request_work(cache, request, model)
     device = cache.device
     schedule = model.schedule
     trajectory, total = [], expected_nfe(request)
@@ -605,8 +617,11 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
             images = SAMPLERS[request.sampler].sample(counted, x_T, grid, schedule=schedule, generators=generators,
                                                       callback=callback, **sampler_options(request))
             images = _finite(images.float(), request).clamp(-1, 1).cpu()
-    return SampleResult(images, denoise.nfe, time.perf_counter() - started, denoise.trace, request, trajectory,
-                        model.sha256, model.class_names)
+    seconds = time.perf_counter() - started
+    if not (record_trajectory or trace_guidance):  # their per-step copies and syncs are not the network's speed
+        cache.observe(work, seconds)
+    return SampleResult(images, denoise.nfe, seconds, denoise.trace, request, trajectory, model.sha256,
+                        model.class_names)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -157,13 +158,38 @@ def markdown_text(text: str) -> str:
 
 
 MAX_ERROR_CHARS = 600  # messages quote at most a short prefix of what a user typed; this bounds the rest
+MAX_SESSIONS_REMEMBERED = 1000
+_last_errors: OrderedDict[str, str] = OrderedDict()  # browser session -> the last sentence it was shown
+_last_errors_lock = threading.Lock()
 
 
-def user_error(error: Exception) -> gr.Error:
-    """The sentence a user sees (on screen, and in the API's AppError), at most MAX_ERROR_CHARS long."""
+def user_error(error: Exception | str) -> gr.Error:
+    """The sentence a user sees (in the API's AppError, and on screen in a red message that stays until closed), at
+    most MAX_ERROR_CHARS long. It is also kept for the session, so settle_run can write it into the tab."""
     message = str(error)
-    return gr.Error(message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + " ...",
-                    print_exception=False)
+    message = message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + " ..."
+    session = _session_hash()
+    if session is not None:
+        with _last_errors_lock:
+            _last_errors[session] = message
+            _last_errors.move_to_end(session)
+            while len(_last_errors) > MAX_SESSIONS_REMEMBERED:
+                _last_errors.popitem(last=False)
+    return gr.Error(message, duration=None, print_exception=False)
+
+
+def _session_hash() -> str | None:
+    """The browser session of the request being handled: Gradio sets the request around every handler call."""
+    from gradio.context import LocalContext
+
+    return getattr(LocalContext.request.get(None), "session_hash", None)
+
+
+def last_error(request: gr.Request | None) -> str:
+    """The last sentence user_error made for this browser session (taken, so it is shown once)."""
+    with _last_errors_lock:
+        message = _last_errors.pop(getattr(request, "session_hash", None), None)
+    return message or "the run failed; the reason is in the red message at the top right"
 
 
 class Cancelled(Exception):
@@ -217,7 +243,9 @@ def run_in_worker(work, on_event):
             error = outcome["error"]
             if isinstance(error, (RequestError, SamplingError)):
                 raise user_error(error) from None
-            raise gr.Error(f"Unexpected error: {error}", print_exception=True)
+            unexpected = user_error(f"Unexpected error: {error}")
+            unexpected.print_exception = True
+            raise unexpected
         yield ("result", outcome["value"])
     finally:
         cancelled.set()

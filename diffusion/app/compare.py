@@ -15,7 +15,7 @@ from ..sampling import ODE_SOLVERS
 from ..studies import compare_samplers, difference_map
 from ..xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, run_grid
 from .common import grid_pil, markdown_text, output_path, stream_result, user_error, widget_number
-from .controls import SPACING_LABELS, make_request, on_compare_checkpoint_change, run_and_stop, stop_cancels
+from .controls import SPACING_LABELS, make_request, on_compare_checkpoint_change, run_and_stop, settle_run
 
 
 COLUMNS = ("ddpm", "ddim", "ode")  # the comparison's columns, as the difference map names them
@@ -130,7 +130,7 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
                           c_ddim, c_eta, c_ode, c_solver, c_a, c_b],
                 [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state],
                 api_name="compare", show_progress="minimal", **sampling)
-    stop_cancels(c_stop, comparing, [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state], c_diff_text)
+    settle_run(comparing, [*col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state], c_diff_text, c_stop)
     for picker in (c_a, c_b):
         picker.change(render_difference, [c_state, c_a, c_b], [c_diff, c_diff_text], api_name=False)
     students = cache.few_step_names()
@@ -149,6 +149,7 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
     c_checkpoint.change(partial(on_compare_checkpoint_change, cache, TAB_SAMPLING),
                         [c_checkpoint, c_guidance, few_step], [c_class, c_guidance, c_scale, c_ddim, c_ode, c_solver, few_step],
                         api_name=False)
-    f_run.click(partial(compare_few_steps, cache), [f_student, f_steps, c_class, c_seed, c_batch], [f_picture, f_table],
-                api_name="compare_few_steps", **sampling)
+    few_steps = f_run.click(partial(compare_few_steps, cache), [f_student, f_steps, c_class, c_seed, c_batch],
+                            [f_picture, f_table], api_name="compare_few_steps", **sampling)
+    settle_run(few_steps, [f_picture, f_table], f_table)
     return c_checkpoint, c_class, c_guidance, c_scale, f_student

@@ -9,7 +9,7 @@ from ..engine import ModelCache, RequestError, SampleRequest, image_shape
 from ..guidance import GUIDANCE_METHODS
 from ..sampling import SAMPLERS
 from ..schedules import SPACINGS
-from .common import user_error, widget_class, widget_number, widget_self_condition
+from .common import last_error, markdown_text, user_error, widget_class, widget_number, widget_self_condition
 
 SAMPLER_LABELS = [(spec.label, name) for name, spec in SAMPLERS.items()]
 # Each guidance mode's own starting scale: classifier guidance with our small noisy classifier needs ~8 to reach
@@ -217,7 +217,7 @@ def on_class_checkpoint_change(cache: ModelCache, name):
 
 
 def run_and_stop(label: str):
-    """A wide primary button and its Stop button, in one row; wire them with stop_cancels."""
+    """A wide primary button and its Stop button, in one row; wire them with settle_run."""
     with gr.Row():
         run = gr.Button(label, variant="primary", scale=4)
         stop = gr.Button("Stop", variant="stop", scale=1)
@@ -227,14 +227,20 @@ def run_and_stop(label: str):
 STOPPED = "**Stopped.** This run was cancelled and its results cleared; press the button to run again."
 
 
-def stop_cancels(stop: gr.Button, event, outputs, note) -> None:
-    """The Stop button cancels the running event (the work stops at its next network evaluation) and clears the
-    event's outputs, saying so in `note` (one of them): no earlier run's results or half-made previews stay on screen
-    as if they were this run's."""
+def settle_run(event, outputs, note, stop: gr.Button | None = None) -> None:
+    """What a run that does not finish leaves on screen: never an earlier run's results or half-made previews as if
+    they were this run's. Stop cancels the event (the work stops at its next network evaluation) and clears its
+    outputs, saying "Stopped." in `note` (one of them); a failure clears them too and writes its sentence into `note`,
+    where it stays until the next run (the red message at the top right stays until closed)."""
     outputs = list(outputs)
 
-    def stopped():
-        values = tuple(STOPPED if output is note else None for output in outputs)
+    def cleared(sentence: str):
+        values = tuple(sentence if output is note else None for output in outputs)
         return values if len(values) > 1 else values[0]
 
-    stop.click(stopped, None, outputs, cancels=[event], api_name=False)
+    def failed(request: gr.Request):
+        return cleared(f"**Not run:** {markdown_text(last_error(request))}")
+
+    event.failure(failed, None, outputs, api_name=False, show_progress="hidden")
+    if stop is not None:
+        stop.click(lambda: cleared(STOPPED), None, outputs, cancels=[event], api_name=False)

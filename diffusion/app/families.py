@@ -17,7 +17,7 @@ from ..sampling import ODE_SOLVERS
 from ..studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
                        same_noise, walk_noise)
 from .common import SINGLE_PX, grid_pil, pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_names, widget_number
-from .controls import run_and_stop, stop_cancels
+from .controls import run_and_stop, settle_run
 
 INTRO = """**Same noise, three families.** A normalizing flow (NICE) turns Gaussian noise into an image in one exact,
 invertible pass; a diffusion model and a rectified flow do it by integrating their probability-flow ODE. Give them
@@ -168,7 +168,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list
         decoding = n_run.click(partial(run_same_noise, cache),
                     [n_checkpoints, n_class, n_seed, n_batch, n_steps, n_solver, n_scale, n_temperature],
                     [n_gallery, n_table, n_file], api_name="same_noise", show_progress="minimal", **sampling)
-        stop_cancels(n_stop, decoding, [n_gallery, n_table, n_file], n_table)
+        settle_run(decoding, [n_gallery, n_table, n_file], n_table, n_stop)
 
     with gr.Accordion("Latent walk", open=False):
         gr.Markdown("Walk on the sphere from one seed's noise to another's (spherical interpolation keeps the "
@@ -188,7 +188,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list
         walking = w_run.click(partial(run_latent_walk, cache),
                     [w_checkpoints, w_class, w_seed_a, w_seed_b, w_frames, w_steps, w_solver, w_scale, w_temperature],
                     [w_strip, w_caption, w_gif], api_name="latent_walk", show_progress="minimal", **sampling)
-        stop_cancels(w_stop, walking, [w_strip, w_caption, w_gif], w_caption)
+        settle_run(walking, [w_strip, w_caption, w_gif], w_caption, w_stop)
 
     with gr.Accordion("Encode an image", open=False):
         installed = (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists()
@@ -205,6 +205,7 @@ def build_families_tab(cache: ModelCache, class_choices, sampling: dict) -> list
         e_gallery = gr.Gallery(label="Original, then per model: latent and reconstructions", columns=6,
                                format="png", height="auto")
         e_table = gr.Markdown(label="Reconstruction errors")
-        e_run.click(partial(run_encode, cache), [e_checkpoints, e_index], [e_gallery, e_table],
-                    api_name="encode", show_progress="minimal", **sampling)
+        encoding = e_run.click(partial(run_encode, cache), [e_checkpoints, e_index], [e_gallery, e_table],
+                               api_name="encode", show_progress="minimal", **sampling)
+        settle_run(encoding, [e_gallery, e_table], e_table)
     return [n_checkpoints, w_checkpoints, e_checkpoints]

@@ -4,19 +4,21 @@ progress and x0 previews, then the gallery, NFE and time, and a PNG download."""
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
-from ..engine import MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError, run_request
+from ..engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError,
+                      SampleRequest, check_request, expected_nfe, request_work, run_request)
 from ..sampling import ODE_SOLVERS
 from ..settings import request_from_png
 from .card import model_summary
 from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
 from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE, SPACING_LABELS, class_and_guidance,
-                       guidance_method_controls, make_request, method_settings, self_condition_control, stop_cancels,
+                       guidance_method_controls, make_request, method_settings, self_condition_control, settle_run,
                        stochastic_sampler_controls, stochastic_settings, stochastic_visibility)
 
 
@@ -26,12 +28,23 @@ def generate_request(checkpoint, sampler, solver, steps, eta, spacing, guidance,
                      langevin_steps=5, step_size=1.0):
     """The Generate tab's widget values -> SampleRequest (the user's error if one does not convert)."""
     try:
-        methods = method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold)
-        methods |= stochastic_settings(stochasticity, predictor, correctors, snr, langevin_steps, step_size)
-        return make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
-                            self_condition, seed, batch_size, methods)
+        return generate_request_fields(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+                                       self_condition, seed, batch_size, rescale, interval_low, interval_high, apg_eta,
+                                       apg_norm, apg_momentum, threshold, stochasticity, predictor, correctors, snr,
+                                       langevin_steps, step_size)
     except RequestError as error:
         raise user_error(error) from None
+
+
+def generate_request_fields(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+                            self_condition, seed, batch_size, rescale=0.0, interval_low=None, interval_high=None,
+                            apg_eta=1.0, apg_norm=0.0, apg_momentum=0.0, threshold=0.0, stochasticity=1.0,
+                            predictor="ddpm", correctors=1, snr=0.16, langevin_steps=5, step_size=1.0) -> SampleRequest:
+    """generate_request's conversion, raising RequestError (for the estimate line, which shows it in place)."""
+    methods = method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold)
+    methods |= stochastic_settings(stochasticity, predictor, correctors, snr, langevin_steps, step_size)
+    return make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
+                        self_condition, seed, batch_size, methods)
 
 
 def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition, seed,
@@ -55,8 +68,8 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
             progress((event[1], event[2]), desc=f"network evaluation {event[1]}/{event[2]}")
             return None
         if event[0] == "preview":
-            preview = grid_pil(event[2], columns)
-            return gr.skip(), preview, f"step {event[1] + 1}/{request.steps}: x0 estimate", gr.skip()
+            preview = gr.Image(value=grid_pil(event[2], columns), visible=True)
+            return None, preview, f"step {event[1] + 1}/{request.steps}: x0 estimate", None
         return None
 
     result = yield from stream_result(work, on_event, outputs=4)
@@ -65,10 +78,14 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
 
 def finished(cache: ModelCache, result, columns: int, note: str = ""):
     """Gallery, grid, status line and PNG download of a finished request."""
-    status = (f"**{len(result.images)} images**, NFE {result.nfe}, {result.seconds:.2f} s, "
+    status = (f"**{len(result.images)} images** (seed {result.request.seed}), NFE {result.nfe}, {result.seconds:.2f} s, "
               f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}{note}")
     singles, grid = result_pngs(result, columns, "samples")  # every file carries the request that made it
-    return singles, grid_pil(result.images, columns), status, grid
+    return singles, HIDDEN_PREVIEW, status, grid
+
+
+# The previews show while sampling; the finished images are the gallery's (one picture of them, not two).
+HIDDEN_PREVIEW = gr.Image(value=None, visible=False)
 
 
 def generate_live(cache: ModelCache, live, *values):
@@ -98,10 +115,11 @@ def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed,
     status = (f"**{len(result.images)} images**, one exact pass (NFE 1), {result.seconds:.3f} s, "
               f"{len(result.images) / max(result.seconds, 1e-9):.0f} images/s on {cache.device}")
     singles, grid = result_pngs(result, columns, "samples")
-    return singles, grid_pil(result.images, columns), status, grid
+    return singles, HIDDEN_PREVIEW, status, grid
 
 
 APP_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 50}  # where the tab starts for most denoisers
+
 
 
 def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler, few_step_before, loaded=None):
@@ -152,17 +170,65 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
             gr.Button(visible=not denoiser), gr.Checkbox(visible=few_step, value=False), few_step,
             gr.Dropdown(value=name) if model.kind == "normalizing-flow" else gr.skip(), None,
             gr.Accordion(visible=denoiser), *stochastic_visibility(sampler if denoiser else ""),
-            *_switched(name, model.kind, bool(restore)))
+            *_switched(name, model.kind, restore))
 
 
-PREVIEW_LABEL = {"denoiser": "Grid (live x0 estimates while sampling)", "normalizing-flow": "Grid (one exact decode)"}
+PREVIEW_LABEL = {"denoiser": "While sampling: the x0 estimates", "normalizing-flow": "One exact decode"}
 
 
-def _switched(name: str, kind: str, restoring: bool):
+def _switched(name: str, kind: str, restore: dict | None):
     """A new checkpoint clears the last one's results (gallery, grid, download) and says so; settings being restored
-    from a PNG keep their own status line."""
-    status = gr.skip() if restoring else f"Now **{markdown_text(name)}**: press **Generate**."
-    return None, gr.Image(value=None, label=PREVIEW_LABEL.get(kind, PREVIEW_LABEL["denoiser"])), status, None
+    keep their own status line, and a run restored from the history its images."""
+    preview = gr.Image(value=None, visible=False, label=PREVIEW_LABEL.get(kind, PREVIEW_LABEL["denoiser"]))
+    if restore and restore.get(RESTORED_OUTPUTS):
+        return gr.skip(), preview, gr.skip(), gr.skip()
+    status = gr.skip() if restore else f"Now **{markdown_text(name)}**: press **Generate**."
+    return None, preview, status, None
+
+
+# --- history: this browser session's runs, newest first ---------------------------------------
+MAX_HISTORY = 20
+RESTORED_OUTPUTS = "restored outputs"  # a `loaded` key: the checkpoint change must keep the images a restore showed
+
+
+def add_to_history(history, grid_file, images):
+    """A finished run joins the session's history: its grid PNG (which carries the request), its images and a caption."""
+    path = grid_file.get("path") if isinstance(grid_file, dict) else grid_file
+    if not isinstance(path, str):
+        return gr.skip(), gr.skip()
+    try:
+        request, _ = request_from_png(path)
+    except RequestError:
+        return gr.skip(), gr.skip()
+    singles = [item[0] if isinstance(item, (list, tuple)) else item for item in (images or [])]
+    entry = {"grid": path, "images": singles, "caption": run_caption(request)}
+    history = [entry, *(history or [])][:MAX_HISTORY]
+    return history, [(e["grid"], e["caption"]) for e in history]
+
+
+def run_caption(request) -> str:
+    """A run in one line: checkpoint, sampler and steps (or temperature), guidance, seed, images and the time."""
+    if isinstance(request, FlowRequest):
+        how = f"T {request.temperature:g}"
+    else:
+        how = f"{request.sampler.upper()}{'-' + request.solver if request.sampler == 'ode' else ''} {request.steps}"
+        how += f", {request.guidance} {request.scale:g}" if request.guidance != "none" else ", no guidance"
+    return (f"{request.checkpoint}: {how}, seed {request.seed}, {request.batch_size} images, "
+            f"{time.strftime('%H:%M:%S')}")
+
+
+def restore_run(cache: ModelCache, history, event: gr.SelectData):
+    """A click on a history entry: every control as that run had it, and its images while their files exist."""
+    if not history or not 0 <= event.index < len(history):
+        raise user_error("that history entry is gone; run again")
+    entry = history[event.index]
+    *controls, status, loaded = load_settings(cache, entry["grid"])
+    images = [path for path in entry["images"] if Path(path).exists()]
+    if Path(entry["grid"]).exists() and len(images) == len(entry["images"]):
+        loaded[RESTORED_OUTPUTS] = True
+        status = f"Restored from the history: {entry['caption']}."
+        return (*controls, status, loaded, images, entry["grid"])
+    return (*controls, status + " Its image files are gone; press **Generate** to make them again.", loaded, None, None)
 
 
 def sampler_controls(cache: ModelCache, sampler, name):
@@ -208,6 +274,37 @@ def _value(setting: dict, key: str) -> dict:
     return {"value": setting[key]} if key in setting else {}
 
 
+def estimate(cache: ModelCache, *values) -> str:
+    """Before a run: its network evaluations and the time they should take here (the work budget's FLOP count at this
+    machine's measured rate), or the sentence that says why it cannot run as set."""
+    try:
+        request = generate_request_fields(*values)
+        model = check_request(cache, request)
+    except RequestError as error:
+        return f"**Cannot run as set:** {markdown_text(error)}"
+    if model.kind != "denoiser":
+        return "One exact pass per image (NFE 1)."
+    work = request_work(cache, request, model)
+    rows = {"cfg": " x 2 rows (CFG)", "autoguidance": " + the weak model's", "classifier": " + the classifier's gradient"}
+    seconds = cache.estimate_seconds(work)
+    return (f"Next run: NFE **{expected_nfe(request)}**{rows.get(request.guidance, '')} for {request.batch_size} "
+            f"images, about **{seconds:.1f} s** on this machine ({cache.device}).")
+
+
+def picked_image(event: gr.SelectData):
+    """The seed and noise index of a gallery image, read from the settings its PNG carries."""
+    value = event.value if isinstance(event.value, dict) else {}
+    path = (value.get("image") or {}).get("path")
+    try:
+        request, _ = request_from_png(path) if isinstance(path, str) else (None, None)
+    except RequestError:
+        request = None
+    if request is None:
+        return "This image carries no settings."
+    return (f"Image {event.index + 1}: seed **{request.seed}**, noise index **{request.first_index}**. Its PNG holds a "
+            f"one-image request: drop it into *Load settings* to make this image alone.")
+
+
 def random_seed():
     return random.randint(0, 2**31 - 1)
 
@@ -217,65 +314,89 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, guidance, scale)."""
     default_model = cache.get(default) if default else None
     default_few_step = bool(default_model and default_model.kind == "denoiser" and default_model.sampling_defaults)
+    with gr.Row(equal_height=True):  # what a newcomer needs first, on top at any width: the model and the button
+        checkpoint = gr.Dropdown(generative, value=default, label="Checkpoint", scale=3)
+        run = gr.Button("Generate", variant="primary", scale=2)
+        run_flow = gr.Button("Generate", variant="primary", visible=False, scale=2)  # normalizing flows
+        stop = gr.Button("Stop", variant="stop", scale=1)
+    next_run = gr.Markdown(label="Next run")
+    status = gr.Markdown("Press **Generate**.", label="Status")  # up here, so progress shows where the button is
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            checkpoint = gr.Dropdown(generative, value=default, label="Checkpoint")
-            card = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "")
+            class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+            guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
+            scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w", interactive=guidance_default != "none")
+            temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
+                                    label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
+            with gr.Row(equal_height=True):
+                seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, scale=3)
+                dice = gr.Button("Random seed", size="sm", scale=1)
+            batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
+            live = gr.Checkbox(False, label="Live: regenerate at once when the class, scale or seed changes",
+                               info="for few-step models; the newest change wins, stale ones are dropped",
+                               visible=default_few_step)
             sampler = gr.Radio(SAMPLER_LABELS, value="ddim", label="Sampler")
             solver = gr.Dropdown(list(ODE_SOLVERS), value="heun", label="ODE solver", visible=False)
             steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps")
             eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta (0 = deterministic, 1 = DDPM-like)")
             stochastic = stochastic_sampler_controls()
             spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
-            guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
-            class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
-            scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w", interactive=guidance_default != "none")
             methods_box, methods = guidance_method_controls()
-            temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
-                                    label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
             self_condition = self_condition_control(default_model)
-            with gr.Row():
-                seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
-                dice = gr.Button("Random seed", size="sm")
-            batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
-            live = gr.Checkbox(False, label="Live: regenerate at once when the class, scale or seed changes",
-                               info="for few-step models; the newest change wins, stale ones are dropped",
-                               visible=default_few_step)
             with gr.Accordion("Load settings from a PNG made here", open=False):
                 settings_png = gr.File(label="Drop a grid or an image this app saved", file_types=[".png"],
                                        type="filepath")
-            run = gr.Button("Generate", variant="primary")
-            run_flow = gr.Button("Generate", variant="primary", visible=False)  # normalizing flows
-            stop = gr.Button("Stop", variant="stop", size="sm")
         with gr.Column(scale=2):
-            status = gr.Markdown("Press **Generate**.", label="Status")
             preview = gr.Image(label=PREVIEW_LABEL[default_model.kind if default_model else "denoiser"], format="png",
-                               interactive=False, height=320)
-            gallery = gr.Gallery(label="Images", columns=8, format="png", height="auto")
-            download = gr.File(label="Download PNG grid")
+                               interactive=False, height=320, visible=False)
+            gallery = gr.Gallery(label="Images (click one for its seed and noise index)", columns=8, format="png",
+                                 height="auto", interactive=False, elem_id="images")
+            picked = gr.Markdown(label="The image clicked")
+            download = gr.File(label="Download PNG grid", interactive=False)
+            with gr.Accordion("History (this browser session; click a run to restore it)", open=True):
+                history_gallery = gr.Gallery(label="Runs, newest first", columns=4, height=200, format="png",
+                                             allow_preview=False, object_fit="contain", elem_id="history")
+            card = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "")
     inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
               self_condition, seed, batch_size, *methods, *stochastic]
     generating = run.click(partial(generate, cache), inputs, [gallery, preview, status, download], api_name="generate",
                            show_progress="minimal", show_progress_on=[status], **sampling)
-    stop_cancels(stop, generating, [gallery, preview, status, download], status)
+    settle_run(generating, [gallery, preview, status, download], status, stop)
     dice.click(random_seed, None, seed, api_name=False)
+    gallery.select(picked_image, None, picked, api_name=False)
     sampler.change(partial(sampler_controls, cache), [sampler, checkpoint], [solver, eta, *stochastic], api_name=False)
     # /generate_flow reads its own (hidden) checkpoint, which follows the picker to flows only: its API default is a
     # flow, where the shared picker's default is a denoiser that it would refuse.
     flows = cache.names("normalizing-flow")
     flow_checkpoint = gr.Dropdown(flows, value=flows[0] if flows else None, visible=False, allow_custom_value=True,
                                   label="Normalizing flow")
-    run_flow.click(partial(generate_flow, cache), [flow_checkpoint, class_index, temperature, seed, batch_size],
-                   [gallery, preview, status, download], api_name="generate_flow", **sampling)
+    decoding = run_flow.click(partial(generate_flow, cache), [flow_checkpoint, class_index, temperature, seed, batch_size],
+                              [gallery, preview, status, download], api_name="generate_flow", **sampling)
+    settle_run(decoding, [gallery, preview, status, download], status)
     few_step = gr.State(default_few_step)
     loaded = gr.State(None)  # a PNG's request fields until the checkpoint change they cause has restored them
     checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler, few_step, loaded],
                       [class_index, self_condition, guidance, card, sampler, solver, steps, eta, spacing,
                        scale, temperature, run, run_flow, live, few_step, flow_checkpoint, loaded,
                        methods_box, *stochastic, gallery, preview, status, download], api_name=False)
+    next_run.value = estimate(cache, *(control.value for control in inputs)) if default else ""
+    for control in (checkpoint, sampler, solver, steps, guidance, batch_size, *methods, *stochastic):
+        control.change(partial(estimate, cache), inputs, next_run, api_name=False, show_progress="hidden",
+                       trigger_mode="always_last")
+    history = gr.State([])
+    for run_event in (generating, decoding):
+        run_event.success(add_to_history, [history, download, gallery], [history, history_gallery], api_name=False,
+                          show_progress="hidden")
+    generating.success(partial(estimate, cache), inputs, next_run, api_name=False, show_progress="hidden")
+    def on_history_select(history, event: gr.SelectData):  # a plain function: Gradio passes SelectData by annotation
+        return restore_run(cache, history, event)
+
+    history_gallery.select(on_history_select, history,
+                           [*inputs, temperature, status, loaded, gallery, download], api_name=False)
     settings_png.upload(partial(load_settings, cache), settings_png, [*inputs, temperature, status, loaded],
                         api_name="load_settings")
     for trigger in (live, class_index, scale, seed):
-        trigger.change(partial(generate_live, cache), [live, *inputs], [gallery, preview, status, download],
-                       api_name=False, trigger_mode="always_last", show_progress="hidden", **sampling)
+        regenerating = trigger.change(partial(generate_live, cache), [live, *inputs], [gallery, preview, status, download],
+                                      api_name=False, trigger_mode="always_last", show_progress="hidden", **sampling)
+        settle_run(regenerating, [gallery, preview, status, download], status)
     return checkpoint, guidance, scale

@@ -15,7 +15,7 @@ from ..engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, Reques
 from ..lens import PROBES, likelihood_lens, probe_images
 from ..studies import MAX_FAMILY_COLUMNS
 from .common import output_path, pil_images, stream_result, user_error, widget_class, widget_names, widget_number
-from .controls import on_class_checkpoint_change, run_and_stop, stop_cancels
+from .controls import on_class_checkpoint_change, run_and_stop, settle_run
 from .families import test_image
 
 SOURCES = ("test image", "uploaded image", "a sample")
@@ -194,6 +194,6 @@ def build_lens_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
     scoring = run.click(partial(run_lens, cache),
                         [checkpoints, source, index, upload, sample_checkpoint, sample_class, sample_seed, seed],
                         [gallery, table, plot, caption], api_name="likelihood", show_progress="minimal", **sampling)
-    stop_cancels(stop, scoring, [gallery, table, plot, caption], caption)
+    settle_run(scoring, [gallery, table, plot, caption], caption, stop)
     sample_checkpoint.change(partial(on_class_checkpoint_change, cache), sample_checkpoint, sample_class, api_name=False)
     return [checkpoints, sample_checkpoint]

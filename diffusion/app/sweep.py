@@ -17,7 +17,7 @@ from ..sampling import ODE_SOLVERS
 from ..images import labelled_rows
 from ..studies import MAX_SCALES_TEXT, guidance_sweep, parse_scales
 from .common import EXPORT_PX, grid_pil, output_path, stream_result, user_error, widget_names
-from .controls import SAMPLER_LABELS, make_request, method_choices, on_methods_checkpoint_change, run_and_stop, stop_cancels
+from .controls import SAMPLER_LABELS, make_request, method_choices, on_methods_checkpoint_change, run_and_stop, settle_run
 
 SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
 (`eps_c`) and without it (`eps_u`). Classifier-free guidance uses `eps_u + w (eps_c - eps_u)`: `w = 0` ignores the class,
@@ -140,7 +140,7 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
     sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_methods, s_seed, s_per_row, s_sampler, s_steps, s_solver],
                 [s_grid, s_rows, s_plots, s_table, s_data], api_name="sweep",
                 show_progress="minimal", **sampling)
-    stop_cancels(s_stop, sweeping, [s_grid, s_rows, s_plots, s_table, s_data], s_table)
+    settle_run(sweeping, [s_grid, s_rows, s_plots, s_table, s_data], s_table, s_stop)
     few_step = gr.State(False)
     s_checkpoint.change(partial(on_methods_checkpoint_change, cache, TAB_SAMPLING), [s_checkpoint, s_methods, few_step],
                         [s_class, s_methods, s_sampler, s_solver, s_steps, few_step], api_name=False)

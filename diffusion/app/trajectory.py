@@ -13,7 +13,7 @@ from ..engine import ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
 from ..studies import trajectory
 from .common import SINGLE_PX, grid_pil, save_gif, stream_result, user_error, widget_number
-from .controls import SAMPLER_LABELS, make_request, on_study_checkpoint_change, run_and_stop, stop_cancels
+from .controls import SAMPLER_LABELS, make_request, on_study_checkpoint_change, run_and_stop, settle_run
 
 
 def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, frames,
@@ -75,7 +75,7 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
     tracing = t_run.click(partial(show_trajectory, cache), [t_checkpoint, t_sampler, t_solver, t_steps, t_guidance, t_class, t_scale,
                                   t_seed, t_frames], [t_strip, t_caption, t_gif, t_path], api_name="trajectory",
                 show_progress="minimal", **sampling)
-    stop_cancels(t_stop, tracing, [t_strip, t_caption, t_gif, t_path], t_caption)
+    settle_run(tracing, [t_strip, t_caption, t_gif, t_path], t_caption, t_stop)
     few_step = gr.State(False)
     t_checkpoint.change(partial(on_study_checkpoint_change, cache, TAB_SAMPLING), [t_checkpoint, t_guidance, few_step],
                         [t_class, t_guidance, t_sampler, t_solver, t_steps, t_scale, few_step], api_name=False)

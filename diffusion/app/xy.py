@@ -14,7 +14,7 @@ from ..sampling import ODE_SOLVERS
 from ..xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, axis_value, grid_manifest,
                   grid_picture, plan_grid, run_grid)
 from .common import markdown_text, output_path, stream_result, user_error
-from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, on_study_checkpoint_change, run_and_stop, stop_cancels
+from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, on_study_checkpoint_change, run_and_stop, settle_run
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "dpm++2m", "steps": 25, "guidance": "cfg"}  # where the tab starts
 
@@ -94,7 +94,7 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
     making = run.click(partial(xy_grid, cache), [checkpoint, sampler, solver, steps, spacing, guidance, class_index, scale, seed,
                                                  images, x_field, x_values, y_field, y_values],
                        [picture, table, png, manifest], api_name="xy_grid", show_progress="minimal", **sampling)
-    stop_cancels(stop, making, [picture, table, png, manifest], table)
+    settle_run(making, [picture, table, png, manifest], table, stop)
     few_step = gr.State(False)
     checkpoint.change(partial(on_study_checkpoint_change, cache, TAB_SAMPLING), [checkpoint, guidance, few_step],
                       [class_index, guidance, sampler, solver, steps, scale, few_step], api_name=False)
