@@ -22,7 +22,7 @@ from diffusion.app.card import build_card_tab, checkpoint_table
 from diffusion.app.compare import build_compare_tab
 from diffusion.app.controls import GUIDANCE_LABELS, class_and_guidance, scale_for_guidance
 from diffusion.app.families import build_families_tab
-from diffusion.app.generate import build_generate_tab
+from diffusion.app.generate import build_generate_tab, send_to
 from diffusion.app.guard import RequestGuard
 from diffusion.app.lens import build_lens_tab
 from diffusion.app.sweep import build_sweep_tab
@@ -80,25 +80,23 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         if not names:
             gr.Markdown(f"**No usable checkpoint in the folder `{cache.checkpoint_dir.name}`.**\n\n"
                         f"{checkpoint_table(cache)}")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
-                checkpoint, guidance, scale = build_generate_tab(
+                generate = build_generate_tab(
                     cache, EVALUATION_DIR, generative, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("Compare samplers", id="compare"):
-                c_checkpoint, c_class, c_guidance, c_scale, c_student = build_compare_tab(
+                compare, c_student = build_compare_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("Guidance sweep", id="sweep"):
-                s_checkpoint, s_class, s_methods = build_sweep_tab(cache, names, default, classes, guidance_choices, guidance_default,
-                                                        sampling)
+                sweep = build_sweep_tab(cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("X/Y grid", id="xy"):
-                x_checkpoint, x_class, x_guidance, x_scale = build_xy_tab(
-                    cache, names, default, classes, guidance_choices, guidance_default, sampling)
+                xy = build_xy_tab(cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("Trajectory", id="trajectory"):
-                t_checkpoint, t_class, t_guidance, t_scale = build_trajectory_tab(
+                trajectory = build_trajectory_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
             with gr.Tab("Families", id="families"):
@@ -119,13 +117,17 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                                gr.Dropdown(choices=generative), gr.Dropdown(choices=cache.few_step_names())]
                     return (*pickers, "### Files in the checkpoint folder\n" + checkpoint_table(cache))
 
-                m_rescan.click(rescan, None, [checkpoint, c_checkpoint, s_checkpoint, t_checkpoint, x_checkpoint, m_checkpoint,
+                studies = (compare, sweep, trajectory, xy)
+                m_rescan.click(rescan, None, [generate.checkpoint, *(t.controls["checkpoint"] for t in studies), m_checkpoint,
                                               *family_pickers, lens_checkpoints, lens_sample_checkpoint, c_student,
                                               m_files],
                                api_name="rescan")
-            for mode, value in ((guidance, scale), (c_guidance, c_scale), (t_guidance, t_scale), (x_guidance, x_scale)):
-                # .input: the user's choice only; settings loaded from a PNG set guidance and scale together.
-                mode.input(scale_for_guidance, mode, value, api_name=False)
+            for target in studies:  # Generate's "Send to" buttons
+                send_to(cache, generate, target, tabs)
+            for target in (generate, compare, trajectory, xy):
+                # .input: the user's choice only; settings loaded or sent set guidance and scale together.
+                target.controls["guidance"].input(scale_for_guidance, target.controls["guidance"],
+                                                  target.controls["scale"], api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
 

@@ -15,7 +15,8 @@ from ..sampling import ODE_SOLVERS
 from ..studies import compare_samplers, difference_map
 from ..xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, run_grid
 from .common import grid_pil, markdown_text, output_path, stream_result, user_error, widget_number
-from .controls import SPACING_LABELS, make_request, on_compare_checkpoint_change, run_and_stop, settle_run
+from .controls import (SPACING_LABELS, RequestTarget, make_request, on_compare_checkpoint_change, run_and_stop,
+                       settle_run)
 
 
 COLUMNS = ("ddpm", "ddim", "ode")  # the comparison's columns, as the difference map names them
@@ -93,8 +94,8 @@ def render_difference(state, column_a, column_b):
 
 
 def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
-    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, class, guidance, scale,
-    few-step student picker)."""
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns it as a RequestTarget, and the few-step
+    student picker."""
     gr.Markdown("The same seed gives every column the same starting noise and the same per-step noise "
                 "stream, so differences come from the samplers alone.")
     with gr.Row():
@@ -145,11 +146,14 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
         f_run = gr.Button("Compare few steps", variant="primary")
         f_picture = gr.Image(label="Rows: teacher, student; columns: steps", format="png", interactive=False)
         f_table = gr.Markdown(label="Few-step figures")
-    few_step = gr.State(False)
-    c_checkpoint.change(partial(on_compare_checkpoint_change, cache, TAB_SAMPLING),
-                        [c_checkpoint, c_guidance, few_step], [c_class, c_guidance, c_scale, c_ddim, c_ode, c_solver, few_step],
-                        api_name=False)
+    few_step, sent = gr.State(False), gr.State(None)
+    c_checkpoint.change(partial(on_compare_checkpoint_change, cache, TAB_SAMPLING), [c_checkpoint, c_guidance, few_step, sent],
+                        [c_class, c_guidance, c_scale, c_ddim, c_ode, c_solver, few_step, sent], api_name=False)
     few_steps = f_run.click(partial(compare_few_steps, cache), [f_student, f_steps, c_class, c_seed, c_batch],
                             [f_picture, f_table], api_name="compare_few_steps", **sampling)
     settle_run(few_steps, [f_picture, f_table], f_table)
-    return c_checkpoint, c_class, c_guidance, c_scale, f_student
+    target = RequestTarget("compare", "Compare samplers", {
+        "checkpoint": c_checkpoint, "guidance": c_guidance, "class_index": c_class, "scale": c_scale, "seed": c_seed,
+        "batch_size": c_batch, "spacing": c_spacing, "ddim_steps": c_ddim, "eta": c_eta, "ode_steps": c_ode,
+        "solver": c_solver}, {"scale": (0, 15), "batch_size": (1, 16)}, sent)
+    return target, f_student

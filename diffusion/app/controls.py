@@ -1,7 +1,15 @@
 """Controls and conversions that several tabs share: the sampler, spacing and guidance choices, widget values ->
-SampleRequest, and what a checkpoint allows (its classes, its guidance modes)."""
+SampleRequest, what a checkpoint allows (its classes, its guidance modes), and how a request's settings reach a tab.
+
+The request is the unit of the app. Generate turns its controls into one SampleRequest; its PNGs carry it
+(diffusion.settings); its "Send to" buttons hand its fields to any tab that is a RequestTarget (its controls by request
+field). A checkpoint change decides which controls apply and their defaults in one place per kind of tab
+(few_step_setting); settings just sent or loaded win over those defaults.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -142,11 +150,58 @@ def checkpoint_choices(cache: ModelCache, name):
     return class_and_guidance(cache, model)
 
 
-def few_step_setting(model, tab_sampling: dict, was_few_step: bool) -> dict:
-    """The sampling settings a tab takes on a checkpoint change: a few-step model's own (a reflow student: ODE-Euler,
-    2 steps, no guidance), the tab's own (`tab_sampling`) when leaving one, else {} (keep the user's choices)."""
+def few_step_setting(model, tab_sampling: dict, was_few_step: bool, sent=None) -> dict:
+    """The sampling settings a tab takes on a checkpoint change: settings just sent to it for this checkpoint (`sent`,
+    a request's fields), else a few-step model's own (a reflow student: ODE-Euler, 2 steps, no guidance), the tab's own
+    (`tab_sampling`) when leaving one, else {} (keep the user's choices)."""
+    if isinstance(sent, dict) and sent.get("checkpoint") == model.name:
+        return dict(sent)
     defaults = model.sampling_defaults if model.kind == "denoiser" else {}
     return dict(defaults) or (dict(tab_sampling) if was_few_step else {})
+
+
+def class_value(classes, setting: dict):
+    """The class a checkpoint change selects: the sent one where it is among the checkpoint's, else the first."""
+    wanted = "" if setting.get("class_index", 0) is None else setting.get("class_index")
+    return wanted if wanted in [value for _, value in classes] else classes[0][1]
+
+
+@dataclass
+class RequestTarget:
+    """A tab that takes a request's settings from Generate's "Send to" buttons: its id and name, its controls by
+    request field (also "ddim_steps", "ode_steps", "methods": the tab's own forms of steps and guidance), the range
+    each bounded control allows there, and the state its checkpoint change reads, so the switch of checkpoint that
+    sending may cause keeps the sent settings instead of the checkpoint's defaults."""
+
+    tab: str
+    name: str
+    controls: dict
+    ranges: dict = field(default_factory=dict)  # field -> (low, high) of that tab's control
+    sent: gr.State | None = None
+
+
+def sent_values(target: RequestTarget, fields: dict) -> tuple[list, list[str]]:
+    """A request's fields as values of the target's controls (in `controls` order), and a sentence for each value
+    the target cannot show as it is (never changed silently)."""
+    values, notes = [], []
+    for name in target.controls:
+        key = "steps" if name in ("ddim_steps", "ode_steps") else name
+        value = fields.get(key)
+        if name == "methods":
+            value = [fields["guidance"]] if fields.get("guidance") in GUIDANCE_METHODS else gr.skip()
+        elif name == "class_index":
+            value = "" if value is None else value
+        elif name == "self_condition":
+            value = SELF_CONDITION_CHOICE.get(value, "own")
+        elif name in target.ranges and value is not None:
+            low, high = target.ranges[name]
+            if not low <= value <= high:
+                clipped = min(max(value, low), high)
+                notes.append(f"{target.name} takes {name.replace('_', ' ')} from {low} to {high}: "
+                             f"{value} became {clipped}")
+                value = clipped
+        values.append(value)
+    return values, notes
 
 
 def allowed_guidance(guidance_choices, wanted) -> str:
@@ -155,37 +210,39 @@ def allowed_guidance(guidance_choices, wanted) -> str:
     return wanted if wanted in allowed else ("cfg" if "cfg" in allowed else "none")
 
 
-def on_study_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guidance_value, was_few_step):
-    """Trajectory and X/Y grid: the checkpoint's classes and guidance modes, and its few-step settings
-    (few_step_setting), as Generate starts it. Outputs: class, guidance, sampler, solver, steps, scale, is-few-step."""
+def on_study_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guidance_value, was_few_step, sent=None):
+    """Trajectory and X/Y grid: the checkpoint's classes and guidance modes, and its settings (few_step_setting), as
+    Generate starts it. Outputs: class, guidance, sampler, solver, steps, scale, is-few-step, sent (cleared)."""
     classes, guidance_choices = checkpoint_choices(cache, name)
     model = cache.get(name)
-    setting = few_step_setting(model, tab_sampling, was_few_step)
+    setting = few_step_setting(model, tab_sampling, was_few_step, sent)
     guidance_value = allowed_guidance(guidance_choices, setting.get("guidance", guidance_value))
     chosen = lambda key: {"value": setting[key]} if key in setting else {}  # noqa: E731
-    scale = {"value": DEFAULT_SCALES.get(guidance_value, 1.0)} if setting else {}
-    return (gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value),
+    scale = {"value": setting.get("scale", DEFAULT_SCALES.get(guidance_value, 1.0))} if setting else {}
+    return (gr.Dropdown(choices=classes, value=class_value(classes, setting)),
+            gr.Radio(choices=guidance_choices, value=guidance_value),
             gr.Radio(**chosen("sampler")), gr.Dropdown(**chosen("solver")), gr.Slider(**chosen("steps")),
             gr.Slider(interactive=guidance_value != "none", **scale), bool(model.kind == "denoiser"
-                                                                           and model.sampling_defaults))
+                                                                           and model.sampling_defaults), None)
 
 
-def on_compare_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guidance_value, was_few_step):
-    """Compare: the checkpoint's classes and guidance modes; a few-step model's steps and solver go to the DDIM and
-    ODE columns (DDPM keeps its own: it has no few-step form). Outputs: class, guidance, scale, DDIM steps, ODE steps,
-    ODE solver, is-few-step."""
+def on_compare_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guidance_value, was_few_step, sent=None):
+    """Compare: the checkpoint's classes and guidance modes; a few-step model's (or sent) steps and solver go to the
+    DDIM and ODE columns (DDPM keeps its own: it has no few-step form). Outputs: class, guidance, scale, DDIM steps,
+    ODE steps, ODE solver, is-few-step, sent (cleared)."""
     classes, guidance_choices = checkpoint_choices(cache, name)
     model = cache.get(name)
-    setting = few_step_setting(model, tab_sampling, was_few_step)
+    setting = few_step_setting(model, tab_sampling, was_few_step, sent)
     guidance_value = allowed_guidance(guidance_choices, setting.get("guidance", guidance_value))
     steps = lambda key: gr.Slider(value=setting[key]) if key in setting else gr.Slider()  # noqa: E731
-    return (gr.Dropdown(choices=classes, value=classes[0][1]), gr.Radio(choices=guidance_choices, value=guidance_value),
+    return (gr.Dropdown(choices=classes, value=class_value(classes, setting)),
+            gr.Radio(choices=guidance_choices, value=guidance_value),
             gr.Slider(interactive=guidance_value != "none",
-                      **({"value": DEFAULT_SCALES.get(guidance_value, 1.0)} if setting else {})),
+                      **({"value": setting.get("scale", DEFAULT_SCALES.get(guidance_value, 1.0))} if setting else {})),
             steps("ddim_steps" if "ddim_steps" in setting else "steps"),
             steps("ode_steps" if "ode_steps" in setting else "steps"),
             gr.Dropdown(value=setting["solver"]) if "solver" in setting else gr.Dropdown(),
-            bool(model.kind == "denoiser" and model.sampling_defaults))
+            bool(model.kind == "denoiser" and model.sampling_defaults), None)
 
 
 def method_choices(guidance_choices) -> list[tuple[str, str]]:
@@ -195,19 +252,22 @@ def method_choices(guidance_choices) -> list[tuple[str, str]]:
             if method.settings["guidance"] in modes]
 
 
-def on_methods_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, chosen, was_few_step):
-    """Guidance sweep: the checkpoint's classes, the guidance methods it allows (kept where still allowed), and a
-    few-step model's sampler, solver and steps (few_step_setting). Outputs: class, methods, sampler, solver, steps,
-    is-few-step."""
+def on_methods_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, chosen, was_few_step, sent=None):
+    """Guidance sweep: the checkpoint's classes, the guidance methods it allows (kept where still allowed, or the sent
+    one), and a few-step model's (or sent) sampler, solver and steps (few_step_setting). Outputs: class, methods,
+    sampler, solver, steps, is-few-step, sent (cleared)."""
     classes, guidance_choices = checkpoint_choices(cache, name)
     model = cache.get(name)
     methods = method_choices(guidance_choices)
+    setting = few_step_setting(model, tab_sampling, was_few_step, sent)
+    if setting.get("guidance") in GUIDANCE_METHODS and sent:
+        chosen = [setting["guidance"]]
     kept = [m for m in (chosen or []) if m in {value for _, value in methods}]
-    setting = few_step_setting(model, tab_sampling, was_few_step)
     chosen_value = lambda key: {"value": setting[key]} if key in setting else {}  # noqa: E731
-    return (gr.Dropdown(choices=classes, value=classes[0][1]), gr.CheckboxGroup(choices=methods, value=kept),
+    return (gr.Dropdown(choices=classes, value=class_value(classes, setting)),
+            gr.CheckboxGroup(choices=methods, value=kept),
             gr.Radio(**chosen_value("sampler")), gr.Dropdown(**chosen_value("solver")),
-            gr.Slider(**chosen_value("steps")), bool(model.kind == "denoiser" and model.sampling_defaults))
+            gr.Slider(**chosen_value("steps")), bool(model.kind == "denoiser" and model.sampling_defaults), None)
 
 
 def on_class_checkpoint_change(cache: ModelCache, name):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -17,9 +17,10 @@ from ..sampling import ODE_SOLVERS
 from ..settings import request_from_png
 from .card import model_summary
 from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
-from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE, SPACING_LABELS, class_and_guidance,
-                       guidance_method_controls, make_request, method_settings, self_condition_control, settle_run,
-                       stochastic_sampler_controls, stochastic_settings, stochastic_visibility)
+from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE, SPACING_LABELS, RequestTarget,
+                       class_and_guidance, guidance_method_controls, make_request, method_settings,
+                       self_condition_control, sent_values, settle_run, stochastic_sampler_controls,
+                       stochastic_settings, stochastic_visibility)
 
 
 def generate_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
@@ -309,6 +310,48 @@ def random_seed():
     return random.randint(0, 2**31 - 1)
 
 
+SEND_TARGETS = {"compare": "Compare samplers", "sweep": "Guidance sweep", "xy": "X/Y grid", "trajectory": "Trajectory"}
+
+
+@dataclass
+class GenerateTab(RequestTarget):
+    """Generate as the other tabs see it: a RequestTarget (history and PNGs restore into it), its controls in
+    generate_request's order, its status line and its "Send to" buttons by target tab."""
+
+    inputs: list = field(default_factory=list)
+    status: gr.Markdown | None = None
+    send_buttons: dict = field(default_factory=dict)
+
+    @property
+    def checkpoint(self):
+        return self.controls["checkpoint"]
+
+
+def send_settings(cache: ModelCache, target: RequestTarget, target_checkpoint, *values):
+    """Generate's settings into another tab: its controls, its `sent` state (read by the checkpoint change the sending
+    causes; None when the checkpoint stays), the tab selected, and a status line naming what could not go as it was."""
+    try:
+        request = generate_request_fields(*values)
+        model = cache.get(request.checkpoint)
+    except RequestError as error:
+        raise user_error(error) from None
+    if model.kind != "denoiser":
+        raise user_error(f"{target.name} studies samplers, and {request.checkpoint} is a {model.kind} without one; "
+                         f"choose a diffusion or flow model")
+    fields = asdict(request)
+    values, notes = sent_values(target, fields)
+    sent = fields if target_checkpoint != request.checkpoint else None
+    status = f"Settings sent to **{target.name}**" + (": " + "; ".join(notes) + "." if notes else ".")
+    return (sent, *values, gr.Tabs(selected=target.tab), status)
+
+
+def send_to(cache: ModelCache, generate: GenerateTab, target: RequestTarget, tabs: gr.Tabs) -> None:
+    """Wire Generate's "Send to" button for `target`."""
+    generate.send_buttons[target.tab].click(
+        partial(send_settings, cache, target), [target.controls["checkpoint"], *generate.inputs],
+        [target.sent, *target.controls.values(), tabs, generate.status], api_name=False)
+
+
 def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, default, classes, guidance_choices,
                        guidance_default, sampling: dict):
     """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, guidance, scale)."""
@@ -353,6 +396,9 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
                                  height="auto", interactive=False, elem_id="images")
             picked = gr.Markdown(label="The image clicked")
             download = gr.File(label="Download PNG grid", interactive=False)
+            with gr.Row():
+                gr.Markdown("Send these settings to:")
+                send_buttons = {tab: gr.Button(name, size="sm") for tab, name in SEND_TARGETS.items()}
             with gr.Accordion("History (this browser session; click a run to restore it)", open=True):
                 history_gallery = gr.Gallery(label="Runs, newest first", columns=4, height=200, format="png",
                                              allow_preview=False, object_fit="contain", elem_id="history")
@@ -399,4 +445,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
         regenerating = trigger.change(partial(generate_live, cache), [live, *inputs], [gallery, preview, status, download],
                                       api_name=False, trigger_mode="always_last", show_progress="hidden", **sampling)
         settle_run(regenerating, [gallery, preview, status, download], status)
-    return checkpoint, guidance, scale
+    fields = ("checkpoint", "sampler", "solver", "steps", "eta", "spacing", "guidance", "class_index", "scale",
+              "self_condition", "seed", "batch_size")
+    return GenerateTab("generate", "Generate", dict(zip(fields, inputs)), {}, loaded, inputs=inputs, status=status,
+                       send_buttons=send_buttons)

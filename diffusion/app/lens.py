@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import FASHION_MNIST_DIR, to_uint8
+from ..data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_uint8
 from ..engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest, image_shape, run_request
 from ..lens import PROBES, likelihood_lens, probe_images
 from ..studies import MAX_FAMILY_COLUMNS
@@ -34,7 +34,7 @@ def picked_image(cache: ModelCache, source, index, upload, sample_checkpoint, sa
     source = str(source)
     if source == "test image":
         image, label = test_image(index)
-        return to_uint8(image[0]), f"test image {int(index)} (class {label})"
+        return to_uint8(image[0]), f"test image {int(index)} (a {FASHION_MNIST_CLASSES[label]})"
     if source == "uploaded image":
         if upload is None:
             raise RequestError("upload an image first (or pick another source)")

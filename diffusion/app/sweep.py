@@ -17,7 +17,8 @@ from ..sampling import ODE_SOLVERS
 from ..images import labelled_rows
 from ..studies import MAX_SCALES_TEXT, guidance_sweep, parse_scales
 from .common import EXPORT_PX, grid_pil, output_path, stream_result, user_error, widget_names
-from .controls import SAMPLER_LABELS, make_request, method_choices, on_methods_checkpoint_change, run_and_stop, settle_run
+from .controls import (SAMPLER_LABELS, RequestTarget, make_request, method_choices, on_methods_checkpoint_change,
+                       run_and_stop, settle_run)
 
 SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
 (`eps_c`) and without it (`eps_u`). Classifier-free guidance uses `eps_u + w (eps_c - eps_u)`: `w = 0` ignores the class,
@@ -113,7 +114,7 @@ def _fmt(value):
 
 
 def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
-    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, class)."""
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns it as a RequestTarget."""
     gr.Markdown(SWEEP_TEXT)
     with gr.Row():
         s_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
@@ -141,11 +142,13 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
                 [s_grid, s_rows, s_plots, s_table, s_data], api_name="sweep",
                 show_progress="minimal", **sampling)
     settle_run(sweeping, [s_grid, s_rows, s_plots, s_table, s_data], s_table, s_stop)
-    few_step = gr.State(False)
-    s_checkpoint.change(partial(on_methods_checkpoint_change, cache, TAB_SAMPLING), [s_checkpoint, s_methods, few_step],
-                        [s_class, s_methods, s_sampler, s_solver, s_steps, few_step], api_name=False)
+    few_step, sent = gr.State(False), gr.State(None)
+    s_checkpoint.change(partial(on_methods_checkpoint_change, cache, TAB_SAMPLING), [s_checkpoint, s_methods, few_step, sent],
+                        [s_class, s_methods, s_sampler, s_solver, s_steps, few_step, sent], api_name=False)
     s_sampler.change(lambda sampler: gr.Dropdown(visible=sampler == "ode"), s_sampler, s_solver, api_name=False)
-    return s_checkpoint, s_class, s_methods
+    return RequestTarget("sweep", "Guidance sweep", {
+        "checkpoint": s_checkpoint, "class_index": s_class, "methods": s_methods, "seed": s_seed, "batch_size": s_per_row,
+        "sampler": s_sampler, "steps": s_steps, "solver": s_solver}, {"batch_size": (2, 16), "steps": (1, 200)}, sent)
 
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 25}  # where the tab starts

@@ -14,7 +14,8 @@ from ..sampling import ODE_SOLVERS
 from ..xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, axis_value, grid_manifest,
                   grid_picture, plan_grid, run_grid)
 from .common import markdown_text, output_path, stream_result, user_error
-from .controls import SAMPLER_LABELS, SPACING_LABELS, make_request, on_study_checkpoint_change, run_and_stop, settle_run
+from .controls import (SAMPLER_LABELS, SPACING_LABELS, RequestTarget, make_request, on_study_checkpoint_change,
+                       run_and_stop, settle_run)
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "dpm++2m", "steps": 25, "guidance": "cfg"}  # where the tab starts
 
@@ -65,7 +66,7 @@ def cell_table(plan, cells) -> str:
 
 
 def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
-    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, class, guidance, scale)."""
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns it as a RequestTarget."""
     gr.Markdown(XY_TEXT)
     with gr.Row():
         checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
@@ -95,7 +96,10 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
                                                  images, x_field, x_values, y_field, y_values],
                        [picture, table, png, manifest], api_name="xy_grid", show_progress="minimal", **sampling)
     settle_run(making, [picture, table, png, manifest], table, stop)
-    few_step = gr.State(False)
-    checkpoint.change(partial(on_study_checkpoint_change, cache, TAB_SAMPLING), [checkpoint, guidance, few_step],
-                      [class_index, guidance, sampler, solver, steps, scale, few_step], api_name=False)
-    return checkpoint, class_index, guidance, scale
+    few_step, sent = gr.State(False), gr.State(None)
+    checkpoint.change(partial(on_study_checkpoint_change, cache, TAB_SAMPLING), [checkpoint, guidance, few_step, sent],
+                      [class_index, guidance, sampler, solver, steps, scale, few_step, sent], api_name=False)
+    return RequestTarget("xy", "X/Y grid", {
+        "checkpoint": checkpoint, "sampler": sampler, "solver": solver, "steps": steps, "spacing": spacing,
+        "guidance": guidance, "class_index": class_index, "scale": scale, "seed": seed, "batch_size": images},
+        {"scale": (0, 15), "batch_size": (1, 16)}, sent)
