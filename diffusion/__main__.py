@@ -1,4 +1,4 @@
-"""Command line: python -m diffusion {train,export,sample,evaluate,benchmark,cards} --help"""
+"""Command line: python -m diffusion {train,export,sample,evaluate,benchmark,lab2d-report,cards} --help"""
 
 from __future__ import annotations
 
@@ -304,6 +304,20 @@ def output_in_existing_folder(path) -> Path:
     return path
 
 
+def command_lab2d_report(args):
+    """The 2-D lab's convergence-order plot and guidance-support table, with their reading (README.md)."""
+    from .lab2d.report import QUICK, REPORT_FILES, ReportSettings, write_report
+
+    out = Path(args.out) if args.out else quick_output_dir("lab2d-report") if args.quick else Path(LAB2D_DIR)
+    for name in REPORT_FILES:
+        refuse_to_replace(out / name, args.overwrite)
+    for path in write_report(out, QUICK if args.quick else ReportSettings()):
+        print(path)
+
+
+LAB2D_DIR = "docs/evaluation/lab2d"
+
+
 def _overwrite_option(parser: argparse.ArgumentParser, what: str):
     parser.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists (default: refuse)")
 
@@ -453,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the device's peak TFLOP/s for this dtype, for the fraction-of-peak row")
     _overwrite_option(bench, "the report")
     bench.set_defaults(handler=command_benchmark)
+
+    lab2d = commands.add_parser("lab2d-report", help="the 2-D lab's exact readings: solver convergence orders (plot) "
+                                "and CFG against autoguidance on the class support (table)", description=command_lab2d_report.__doc__)
+    lab2d.add_argument("--out", default=None, help=f"folder (default {LAB2D_DIR}; with --quick a new temporary folder)")
+    lab2d.add_argument("--quick", action="store_true", help="3 step counts, 32 points, one distribution (CI, seconds)")
+    _overwrite_option(lab2d, "the report in --out")
+    lab2d.set_defaults(handler=command_lab2d_report)
 
     cards = commands.add_parser("cards", help="print a Markdown table of the checkpoints in a folder")
     cards.add_argument("--checkpoint-dir", default="checkpoints")

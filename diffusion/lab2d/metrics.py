@@ -48,7 +48,7 @@ def reference_samples(mix: Mixture, labels: torch.Tensor, seed: int = 0) -> torc
     return exact_samples(mix, labels.repeat(REFERENCE_FACTOR), 777 + seed)
 
 
-def noise_floor(mix: Mixture, labels: torch.Tensor, reference: torch.Tensor, repeats: int = 3) -> float:
+def noise_floor(mix: Mixture, labels: torch.Tensor, reference: torch.Tensor, repeats: int = 10) -> float:
     """Mean SW2 of `repeats` independent exact sample sets with these labels to the reference."""
     return sum(sliced_wasserstein(exact_samples(mix, labels, 1 + r), reference) for r in range(repeats)) / repeats
 
@@ -75,15 +75,26 @@ class SampleQuality:
     noise_floor: float  # the same for exact samples of that size
     outside_share: float  # share of samples outside their class's support
 
-    @property
-    def above_floor(self) -> float:
-        """distance / noise floor: about 1 when the sampler is exact as far as this sample size tells."""
-        return self.distance / self.noise_floor
+
+@dataclass(frozen=True, eq=False)
+class ExactReference:
+    """What samples with these labels are measured against, computed once: a large exact sample, the distance's
+    noise floor and each class's support threshold."""
+
+    mixture: Mixture
+    labels: torch.Tensor  # (N,)
+    samples: torch.Tensor  # (REFERENCE_FACTOR N, 2)
+    noise_floor: float
+    thresholds: torch.Tensor  # (C,)
+
+    def quality(self, samples: torch.Tensor) -> SampleQuality:
+        """Distance of `samples` (row i of class labels[i]) to the exact distribution, and share outside the support."""
+        return SampleQuality(sliced_wasserstein(samples, self.samples), self.noise_floor,
+                             float(outside_support(self.mixture, samples, self.labels, self.thresholds).double().mean()))
 
 
-def sample_quality(mix: Mixture, samples: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor,
-                   seed: int = 0) -> SampleQuality:
-    """Distance to exact samples with the same labels, its noise floor, and the share outside the support."""
+def exact_reference(mix: Mixture, labels: torch.Tensor, thresholds: torch.Tensor | None = None,
+                    seed: int = 0) -> ExactReference:
     reference = reference_samples(mix, labels, seed)
-    return SampleQuality(sliced_wasserstein(samples, reference), noise_floor(mix, labels, reference),
-                         float(outside_support(mix, samples, labels, thresholds).double().mean()))
+    return ExactReference(mix, labels, reference, noise_floor(mix, labels, reference),
+                          support_thresholds(mix) if thresholds is None else thresholds)
