@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+from functools import partial
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from diffusion.app.card import build_card_tab, checkpoint_table
 from diffusion.app.compare import build_compare_tab
 from diffusion.app.controls import GUIDANCE_LABELS, class_and_guidance, scale_for_guidance
 from diffusion.app.families import build_families_tab
+from diffusion.app.examples import example_files, open_example, open_png, opening_outputs
 from diffusion.app.generate import build_generate_tab, send_to
 from diffusion.app.guard import RequestGuard
 from diffusion.app.lens import build_lens_tab
@@ -80,6 +82,12 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         if not names:
             gr.Markdown(f"**No usable checkpoint in the folder `{cache.checkpoint_dir.name}`.**\n\n"
                         f"{checkpoint_table(cache)}")
+        with gr.Accordion("Examples: one click shows the result and puts its settings in their tab", open=True):
+            with gr.Row():
+                example_buttons = [gr.Button(title, size="sm") for _, title in example_files()]
+            example_picture = gr.Image(label="The example's result (made by its tab: press the button there for the "
+                                             "same pixels)", format="png", interactive=False, visible=False,
+                                       height=300)
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 generate = build_generate_tab(
@@ -124,6 +132,13 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                                api_name="rescan")
             for target in studies:  # Generate's "Send to" buttons
                 send_to(cache, generate, target, tabs)
+            opened = opening_outputs(generate, studies, tabs)
+            generate.settings_png.upload(lambda path: open_png(cache, generate, studies, path), generate.settings_png,
+                                         opened, api_name="load_settings")
+
+            for button, (path, _) in zip(example_buttons, example_files()):
+                button.click(partial(open_example, cache, generate, studies, path), None, [example_picture, *opened],
+                             api_name=False)
             for target in (generate, compare, trajectory, xy):
                 # .input: the user's choice only; settings loaded or sent set guidance and scale together.
                 target.controls["guidance"].input(scale_for_guidance, target.controls["guidance"],

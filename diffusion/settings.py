@@ -52,14 +52,35 @@ def readable_parameters(request: SampleRequest | FlowRequest, class_names=(), sh
 
 
 def png_info(request: SampleRequest | FlowRequest, class_names=(), sha256: str = "",
-             image_size: int | None = None) -> PngImagePlugin.PngInfo:
-    """The two text chunks for PIL's save(..., pnginfo=...)."""
+             image_size: int | None = None, study: dict | None = None) -> PngImagePlugin.PngInfo:
+    """The two text chunks for PIL's save(..., pnginfo=...). `study`: a study tab's own settings beyond the request
+    (its "tab" and, e.g., the sweep's scales or the X/Y grid's axes), so the picture reopens that tab as it was."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", readable_parameters(request, class_names, sha256, image_size))
     kind = "flow" if isinstance(request, FlowRequest) else "sample"
-    info.add_text(CHUNK, json.dumps({"format": FORMAT, "kind": kind, "request": asdict(request),
-                                     "checkpoint_sha256": sha256}))
+    data = {"format": FORMAT, "kind": kind, "request": asdict(request), "checkpoint_sha256": sha256}
+    if study is not None:
+        data["study"] = checked_study(study)
+    info.add_text(CHUNK, json.dumps(data))
     return info
+
+
+STUDY_TABS = ("generate", "compare", "sweep", "xy", "trajectory")
+MAX_STUDY_FIELDS = 16
+
+
+def checked_study(study) -> dict:
+    """A study's settings as they may travel: a known tab, at most MAX_STUDY_FIELDS short fields of plain values."""
+    if not isinstance(study, dict) or study.get("tab") not in STUDY_TABS or len(study) > MAX_STUDY_FIELDS:
+        raise RequestError(f"a study's settings name one of the tabs {', '.join(STUDY_TABS)} and at most "
+                           f"{MAX_STUDY_FIELDS} fields")
+    plain = (str, int, float, bool, type(None))
+    for key, value in study.items():
+        items = value if isinstance(value, list) else [value]
+        if not isinstance(key, str) or len(items) > 16 or not all(isinstance(v, plain) for v in items) \
+                or any(isinstance(v, str) and len(v) > 1000 for v in items):
+            raise RequestError(f"the study setting {str(key)[:30]!r} is not a short plain value")
+    return study
 
 
 def result_png_info(result, index: int | None = None) -> PngImagePlugin.PngInfo:
@@ -73,6 +94,17 @@ def result_png_info(result, index: int | None = None) -> PngImagePlugin.PngInfo:
 
 def request_from_png(path) -> tuple[SampleRequest | FlowRequest, str]:
     """(the request, the checkpoint's SHA-256 it was made with) from a PNG this app wrote; RequestError otherwise."""
+    return request_from_text(_settings_text(path))
+
+
+def study_from_png(path) -> dict | None:
+    """The study settings a PNG carries beside its request (checked_study), or None for a plain request."""
+    data = load_json(_settings_text(path), "the PNG's settings")
+    return checked_study(data["study"]) if isinstance(data, dict) and "study" in data else None
+
+
+def _settings_text(path) -> str:
+    """The JSON chunk of a PNG this app wrote, read without decoding its pixels; RequestError otherwise."""
     try:
         with Image.open(Path(path)) as picture:
             kind = picture.format
@@ -83,7 +115,9 @@ def request_from_png(path) -> tuple[SampleRequest | FlowRequest, str]:
         raise RequestError("settings travel in PNG files made by this app; this file is not a PNG")
     if text is None:
         raise RequestError("this PNG carries no diffusion-playground settings (it was not saved by this app)")
-    return request_from_text(text)
+    if len(text) > MAX_CHUNK_CHARS:
+        raise RequestError(f"the PNG's settings are {len(text):,} characters long; at most {MAX_CHUNK_CHARS:,}")
+    return text
 
 
 def request_from_text(text: str) -> tuple[SampleRequest | FlowRequest, str]:

@@ -65,10 +65,15 @@ def prune_outputs(folder: Path, keep: int) -> int:
     return deleted
 
 
-def save_png(images: torch.Tensor, columns: int, stem: str, pnginfo=None) -> str:
+def save_png(images: torch.Tensor, columns: int, stem: str, pnginfo=None, target_px: int = EXPORT_PX) -> str:
     """A grid as a PNG in the output folder; `pnginfo` (settings.png_info) carries the request that made it."""
+    return save_picture(grid_pil(images, columns, target_px), stem, pnginfo)
+
+
+def save_picture(picture, stem: str, pnginfo=None) -> str:
+    """A PIL picture as a PNG in the output folder (a file, so the browser downloads it with its settings)."""
     path = output_path(stem, ".png")
-    grid_pil(images, columns, EXPORT_PX).save(path, pnginfo=pnginfo)
+    picture.save(path, pnginfo=pnginfo)
     return path
 
 

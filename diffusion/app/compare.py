@@ -12,9 +12,10 @@ import gradio as gr
 
 from ..engine import MAX_STEPS, ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
+from ..settings import png_info
 from ..studies import compare_samplers, difference_map
 from ..xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, run_grid
-from .common import grid_pil, markdown_text, output_path, stream_result, user_error, widget_number
+from .common import GRID_PX, grid_pil, markdown_text, output_path, save_png, stream_result, user_error, widget_number
 from .controls import (SPACING_LABELS, RequestTarget, make_request, on_compare_checkpoint_change, run_and_stop,
                        settle_run)
 
@@ -46,7 +47,11 @@ def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, b
 
     results, manifest = yield from stream_result(work, on_event, outputs=10)
     columns = min(4, results[0].request.batch_size)
-    galleries = [grid_pil(r.images, columns) for r in results]
+    study = {"tab": "compare", "ddpm_steps": requests[0].steps, "ddim_steps": requests[1].steps,
+             "ode_steps": requests[2].steps}
+    galleries = [save_png(r.images, columns, f"compare-{r.request.sampler}", target_px=GRID_PX,
+                          pnginfo=png_info(r.request, r.class_names, r.checkpoint_sha256, int(r.images.shape[-1]), study))
+                 for r in results]
     labels = [f"**{r.request.sampler.upper()}** {r.request.steps} steps"
               + (f", eta {r.request.eta}" if r.request.sampler == "ddim" else "")
               + (f", {r.request.solver}" if r.request.sampler == "ode" else "")
@@ -154,6 +159,6 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
     settle_run(few_steps, [f_picture, f_table], f_table)
     target = RequestTarget("compare", "Compare samplers", {
         "checkpoint": c_checkpoint, "guidance": c_guidance, "class_index": c_class, "scale": c_scale, "seed": c_seed,
-        "batch_size": c_batch, "spacing": c_spacing, "ddim_steps": c_ddim, "eta": c_eta, "ode_steps": c_ode,
+        "batch_size": c_batch, "spacing": c_spacing, "ddpm_steps": c_ddpm, "ddim_steps": c_ddim, "eta": c_eta, "ode_steps": c_ode,
         "solver": c_solver}, {"scale": (0, 15), "batch_size": (1, 16)}, sent)
     return target, f_student

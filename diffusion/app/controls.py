@@ -180,26 +180,35 @@ class RequestTarget:
     sent: gr.State | None = None
 
 
-def sent_values(target: RequestTarget, fields: dict) -> tuple[list, list[str]]:
-    """A request's fields as values of the target's controls (in `controls` order), and a sentence for each value
-    the target cannot show as it is (never changed silently)."""
+def sent_values(target: RequestTarget, fields: dict, study: dict | None = None) -> tuple[list, list[str]]:
+    """A request's fields (and a study's own settings, settings.checked_study) as values of the target's controls (in
+    `controls` order; gr.skip() for one that neither names), and a sentence for each value the target cannot show as
+    it is (never changed silently)."""
     values, notes = [], []
+    study = study or {}
     for name in target.controls:
+        if name in study:
+            values.append(study[name])
+            continue
         key = "steps" if name in ("ddim_steps", "ode_steps") else name
-        value = fields.get(key)
         if name == "methods":
-            value = [fields["guidance"]] if fields.get("guidance") in GUIDANCE_METHODS else gr.skip()
+            guidance = fields.get("guidance")
+            value = [guidance] if guidance in GUIDANCE_METHODS else gr.skip()
+        elif key not in fields:
+            value = gr.skip()
         elif name == "class_index":
-            value = "" if value is None else value
+            value = "" if fields[key] is None else fields[key]
         elif name == "self_condition":
-            value = SELF_CONDITION_CHOICE.get(value, "own")
-        elif name in target.ranges and value is not None:
-            low, high = target.ranges[name]
-            if not low <= value <= high:
-                clipped = min(max(value, low), high)
-                notes.append(f"{target.name} takes {name.replace('_', ' ')} from {low} to {high}: "
-                             f"{value} became {clipped}")
-                value = clipped
+            value = SELF_CONDITION_CHOICE.get(fields[key], "own")
+        else:
+            value = fields[key]
+            if name in target.ranges and value is not None:
+                low, high = target.ranges[name]
+                if not low <= value <= high:
+                    clipped = min(max(value, low), high)
+                    notes.append(f"{target.name} takes {name.replace('_', ' ')} from {low} to {high}: "
+                                 f"{value} became {clipped}")
+                    value = clipped
         values.append(value)
     return values, notes
 

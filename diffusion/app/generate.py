@@ -168,7 +168,8 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
             gr.Radio(visible=denoiser, **_value(setting, "spacing")),
             gr.Slider(visible=denoiser, interactive=guidance_value != "none", **_value(setting, "scale")),
             gr.Slider(visible=not denoiser, **_value(setting, "temperature")), gr.Button(visible=denoiser),
-            gr.Button(visible=not denoiser), gr.Checkbox(visible=few_step, value=False), few_step,
+            gr.Button(visible=not denoiser),
+            gr.Checkbox(visible=few_step, value=few_step and bool(restore and restore.get("live"))), few_step,
             gr.Dropdown(value=name) if model.kind == "normalizing-flow" else gr.skip(), None,
             gr.Accordion(visible=denoiser), *stochastic_visibility(sampler if denoiser else ""),
             *_switched(name, model.kind, restore))
@@ -321,6 +322,9 @@ class GenerateTab(RequestTarget):
     inputs: list = field(default_factory=list)
     status: gr.Markdown | None = None
     send_buttons: dict = field(default_factory=dict)
+    temperature: gr.Slider | None = None
+    live: gr.Checkbox | None = None
+    settings_png: gr.File | None = None
 
     @property
     def checkpoint(self):
@@ -439,8 +443,6 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
 
     history_gallery.select(on_history_select, history,
                            [*inputs, temperature, status, loaded, gallery, download], api_name=False)
-    settings_png.upload(partial(load_settings, cache), settings_png, [*inputs, temperature, status, loaded],
-                        api_name="load_settings")
     for trigger in (live, class_index, scale, seed):
         regenerating = trigger.change(partial(generate_live, cache), [live, *inputs], [gallery, preview, status, download],
                                       api_name=False, trigger_mode="always_last", show_progress="hidden", **sampling)
@@ -448,4 +450,4 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     fields = ("checkpoint", "sampler", "solver", "steps", "eta", "spacing", "guidance", "class_index", "scale",
               "self_condition", "seed", "batch_size")
     return GenerateTab("generate", "Generate", dict(zip(fields, inputs)), {}, loaded, inputs=inputs, status=status,
-                       send_buttons=send_buttons)
+                       send_buttons=send_buttons, temperature=temperature, live=live, settings_png=settings_png)

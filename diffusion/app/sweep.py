@@ -14,9 +14,10 @@ from PIL import Image
 from ..engine import ModelCache, RequestError
 from ..guidance import GUIDANCE_METHODS
 from ..sampling import ODE_SOLVERS
+from ..settings import png_info
 from ..images import labelled_rows
 from ..studies import MAX_SCALES_TEXT, guidance_sweep, parse_scales
-from .common import EXPORT_PX, grid_pil, output_path, stream_result, user_error, widget_names
+from .common import EXPORT_PX, grid_pil, output_path, save_picture, stream_result, user_error, widget_names
 from .controls import (SAMPLER_LABELS, RequestTarget, make_request, method_choices, on_methods_checkpoint_change,
                        run_and_stop, settle_run)
 
@@ -49,7 +50,11 @@ def sweep(cache: ModelCache, checkpoint, class_index, scales_text, methods, seed
 
     rows = yield from stream_result(work, on_event, outputs=5)
     labels = [row_label(r) for r in rows]
-    grid = labelled_rows([grid_pil(r.result.images, columns=base.batch_size, target_px=EXPORT_PX) for r in rows], labels)
+    study = {"tab": "sweep", "scales": str(scales_text), "methods": methods}
+    grid = save_picture(labelled_rows([grid_pil(r.result.images, columns=base.batch_size, target_px=EXPORT_PX)
+                                       for r in rows], labels),
+                        "sweep", png_info(base, rows[0].result.class_names, rows[0].result.checkpoint_sha256,
+                                          int(rows[0].result.images.shape[-1]), study))
     table = "| method | scale | class confidence | accuracy | diversity |\n|---|---|---|---|---|\n" + "\n".join(
         f"| {GUIDANCE_METHODS[r.mode].label} | {r.scale:g} | {_fmt(r.confidence)} | {_fmt(r.accuracy)} | "
         f"{r.diversity:.3f} |" for r in rows)
@@ -147,7 +152,7 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
                         [s_class, s_methods, s_sampler, s_solver, s_steps, few_step, sent], api_name=False)
     s_sampler.change(lambda sampler: gr.Dropdown(visible=sampler == "ode"), s_sampler, s_solver, api_name=False)
     return RequestTarget("sweep", "Guidance sweep", {
-        "checkpoint": s_checkpoint, "class_index": s_class, "methods": s_methods, "seed": s_seed, "batch_size": s_per_row,
+        "checkpoint": s_checkpoint, "class_index": s_class, "methods": s_methods, "scales": s_scales, "seed": s_seed, "batch_size": s_per_row,
         "sampler": s_sampler, "steps": s_steps, "solver": s_solver}, {"batch_size": (2, 16), "steps": (1, 200)}, sent)
 
 

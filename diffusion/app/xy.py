@@ -11,9 +11,10 @@ import gradio as gr
 
 from ..engine import MAX_STEPS, ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
+from ..settings import png_info
 from ..xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, axis_value, grid_manifest,
                   grid_picture, plan_grid, run_grid)
-from .common import markdown_text, output_path, stream_result, user_error
+from .common import markdown_text, output_path, save_picture, stream_result, user_error
 from .controls import (SAMPLER_LABELS, SPACING_LABELS, RequestTarget, make_request, on_study_checkpoint_change,
                        run_and_stop, settle_run)
 
@@ -44,11 +45,14 @@ def xy_grid(cache: ModelCache, checkpoint, sampler, solver, steps, spacing, guid
 
     cells = yield from stream_result(work, on_event, outputs=4)
     picture = grid_picture(plan, cells, columns=min(4, base.batch_size))
-    png = output_path("xy-grid", ".png")
-    picture.save(png)
+    first = cells[0][0].result
+    study = {"tab": "xy", "x_field": str(x_field), "x_values": str(x_values), "y_field": str(y_field or ""),
+             "y_values": str(y_values or "")}
+    png = save_picture(picture, "xy-grid", png_info(base, first.class_names, first.checkpoint_sha256,
+                                                    int(first.images.shape[-1]), study))
     manifest = output_path("xy-grid", ".json")
     Path(manifest).write_text(json.dumps(grid_manifest(cache, plan, cells), indent=2))
-    yield picture, cell_table(plan, cells), png, manifest
+    yield png, cell_table(plan, cells), png, manifest
 
 
 def cell_table(plan, cells) -> str:
@@ -101,5 +105,6 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
                       [class_index, guidance, sampler, solver, steps, scale, few_step, sent], api_name=False)
     return RequestTarget("xy", "X/Y grid", {
         "checkpoint": checkpoint, "sampler": sampler, "solver": solver, "steps": steps, "spacing": spacing,
-        "guidance": guidance, "class_index": class_index, "scale": scale, "seed": seed, "batch_size": images},
+        "guidance": guidance, "class_index": class_index, "scale": scale, "seed": seed, "batch_size": images,
+        "x_field": x_field, "x_values": x_values, "y_field": y_field, "y_values": y_values},
         {"scale": (0, 15), "batch_size": (1, 16)}, sent)
