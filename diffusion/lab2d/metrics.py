@@ -28,15 +28,26 @@ REFERENCE_FACTOR = 10  # the distance's reference sample is this many times larg
 SUPPORT_COUNT = 20_000  # exact samples per class that set the support threshold
 
 
-def sliced_wasserstein(a: torch.Tensor, reference: torch.Tensor, directions: int = DIRECTIONS) -> float:
-    """SW2 of points a (N, 2) to a reference sample (M >= N, 2): sqrt(mean_theta mean_i (sort<a, theta>_i -
-    Q_theta((i + 1/2) / N))^2), Q_theta the quantile function of <reference, theta>."""
-    angles = torch.arange(directions, dtype=torch.float64) * math.pi / directions
-    theta = torch.stack([angles.cos(), angles.sin()])  # (2, D)
-    projected, projected_reference = a.double() @ theta, reference.double() @ theta  # (N, D), (M, D)
-    levels = (torch.arange(len(a), dtype=torch.float64) + 0.5) / len(a)
-    quantiles = torch.quantile(projected_reference, levels, dim=0)  # (N, D)
-    return float((projected.sort(0).values - quantiles).pow(2).mean().sqrt())
+def directions(count: int = DIRECTIONS) -> torch.Tensor:
+    """(2, count) unit vectors evenly spaced over the half circle."""
+    angles = torch.arange(count, dtype=torch.float64) * math.pi / count
+    return torch.stack([angles.cos(), angles.sin()])
+
+
+def projected_quantiles(reference: torch.Tensor, size: int) -> torch.Tensor:
+    """(size, D) Q_theta((i + 1/2) / size): the quantiles of the reference's projections on every direction."""
+    levels = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    return torch.quantile(reference.double() @ directions(), levels, dim=0)
+
+
+def sliced_wasserstein_to(a: torch.Tensor, quantiles: torch.Tensor) -> float:
+    """SW2 = sqrt(mean_theta mean_i (sort<a, theta>_i - Q_theta((i + 1/2) / N))^2)."""
+    return float(((a.double() @ directions(quantiles.shape[1])).sort(0).values - quantiles).pow(2).mean().sqrt())
+
+
+def sliced_wasserstein(a: torch.Tensor, reference: torch.Tensor) -> float:
+    """SW2 of points a (N, 2) to a reference sample (M >= N, 2)."""
+    return sliced_wasserstein_to(a, projected_quantiles(reference, len(a)))
 
 
 def exact_samples(mix: Mixture, labels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -48,9 +59,9 @@ def reference_samples(mix: Mixture, labels: torch.Tensor, seed: int = 0) -> torc
     return exact_samples(mix, labels.repeat(REFERENCE_FACTOR), 777 + seed)
 
 
-def noise_floor(mix: Mixture, labels: torch.Tensor, reference: torch.Tensor, repeats: int = 10) -> float:
-    """Mean SW2 of `repeats` independent exact sample sets with these labels to the reference."""
-    return sum(sliced_wasserstein(exact_samples(mix, labels, 1 + r), reference) for r in range(repeats)) / repeats
+def noise_floor(mix: Mixture, labels: torch.Tensor, quantiles: torch.Tensor, repeats: int = 10) -> float:
+    """Mean SW2 of `repeats` independent exact sample sets with these labels to the reference's quantiles."""
+    return sum(sliced_wasserstein_to(exact_samples(mix, labels, 1 + r), quantiles) for r in range(repeats)) / repeats
 
 
 def support_thresholds(mix: Mixture, quantile: float = SUPPORT_QUANTILE, count: int = SUPPORT_COUNT) -> torch.Tensor:
@@ -78,23 +89,23 @@ class SampleQuality:
 
 @dataclass(frozen=True, eq=False)
 class ExactReference:
-    """What samples with these labels are measured against, computed once: a large exact sample, the distance's
-    noise floor and each class's support threshold."""
+    """What samples with these labels are measured against, computed once: the quantiles of a large exact sample's
+    projections, the distance's noise floor and each class's support threshold."""
 
     mixture: Mixture
     labels: torch.Tensor  # (N,)
-    samples: torch.Tensor  # (REFERENCE_FACTOR N, 2)
+    quantiles: torch.Tensor  # (N, DIRECTIONS) of REFERENCE_FACTOR N exact samples with these labels
     noise_floor: float
     thresholds: torch.Tensor  # (C,)
 
     def quality(self, samples: torch.Tensor) -> SampleQuality:
         """Distance of `samples` (row i of class labels[i]) to the exact distribution, and share outside the support."""
-        return SampleQuality(sliced_wasserstein(samples, self.samples), self.noise_floor,
+        return SampleQuality(sliced_wasserstein_to(samples, self.quantiles), self.noise_floor,
                              float(outside_support(self.mixture, samples, self.labels, self.thresholds).double().mean()))
 
 
 def exact_reference(mix: Mixture, labels: torch.Tensor, thresholds: torch.Tensor | None = None,
                     seed: int = 0) -> ExactReference:
-    reference = reference_samples(mix, labels, seed)
-    return ExactReference(mix, labels, reference, noise_floor(mix, labels, reference),
+    quantiles = projected_quantiles(reference_samples(mix, labels, seed), len(labels))
+    return ExactReference(mix, labels, quantiles, noise_floor(mix, labels, quantiles),
                           support_thresholds(mix) if thresholds is None else thresholds)

@@ -99,8 +99,9 @@ def plot_convergence(rows: list[ConvergenceRow], path: Path, title: str):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for row, marker in zip(rows, "osD^"):
-        ax.loglog(row.steps, row.errors, marker=marker, label=f"{row.solver}: slope {row.slope:.2f} (order {row.order})")
+    for row, marker, size in zip(rows, "osD^", (11, 5, 6, 6)):  # DDIM's large hollow circles ring ODE-Euler's
+        ax.loglog(row.steps, row.errors, marker=marker, markersize=size, markerfacecolor="none" if size > 10 else None,
+                  label=f"{row.solver}: slope {row.slope:.2f} (order {row.order})")
     first = rows[0]
     for order, style in ((1, ":"), (2, "--")):  # guide lines through the first point of the first solver
         ax.loglog(first.steps, [first.errors[0] * (first.steps[0] / n) ** order for n in first.steps], "k" + style,
@@ -156,14 +157,20 @@ def write_report(out: Path, settings: ReportSettings = ReportSettings()) -> list
     plot = out / REPORT_FILES[0]
     plot_convergence(rows, plot, f"{settings.convergence_distribution}, exact denoiser, {CONVERGENCE_SCHEDULE}, "
                      f"{CONVERGENCE_SPACING} spacing; reference: DPM-Solver++(2M), {settings.reference_steps} steps")
-    tables = []
+    tables, summary = [], []
     for name in settings.guidance_distributions:
-        tables.append(guidance_markdown(name, guidance_support(DISTRIBUTIONS[name](), scales=settings.scales,
-                                                               count=settings.guidance_count)))
+        rows_w = guidance_support(DISTRIBUTIONS[name](), scales=settings.scales, count=settings.guidance_count)
+        tables.append(guidance_markdown(name, rows_w))
+        last = rows_w[-1]
+        summary.append(f"- {name}, w = {last.scale:g}: CFG {last.cfg.outside_share:.1%} outside, distance "
+                       f"{last.cfg.distance:.3f} ({last.cfg.distance / last.cfg.noise_floor:.1f}x the floor); "
+                       f"autoguidance {last.autoguidance.outside_share:.1%} outside, distance "
+                       f"{last.autoguidance.distance:.3f} ({last.autoguidance.distance / last.cfg.noise_floor:.1f}x)")
     readme = out / REPORT_FILES[1]
     readme.write_text(README.format(distribution=settings.convergence_distribution, count=settings.count,
                                     reference=settings.reference_steps, convergence=convergence_markdown(rows),
-                                    guidance="\n\n".join(tables), samples=settings.guidance_count,
+                                    guidance="\n\n".join(tables), summary="\n".join(summary),
+                                    samples=settings.guidance_count,
                                     factor=WEAK_FACTOR, slopes=", ".join(f"{r.solver} {r.slope:.2f}" for r in rows)))
     return [plot, readme]
 
@@ -189,7 +196,7 @@ uniform in log-SNR (vp-cosine schedule).
 Read: the fitted slopes ({slopes}) are minus the solvers' orders: DDIM and ODE-Euler are the same first-order
 method (identical rows), Heun and DPM-Solver++(2M) are second order. On a grid uniform in t the data-prediction
 Heun step loses part of its order near t = 0, where the steps in alpha / sigma grow without bound (slopes of
-about 1.5 there); a log-SNR grid keeps the steps even where the ODE changes fastest. `tests/test_lab2d.py`
+1.2 to 1.6 there); a log-SNR grid keeps the steps even where the ODE changes fastest. `tests/test_lab2d.py`
 checks every slope within 0.3 of its order.
 
 ## Guidance and the class's support
@@ -203,10 +210,13 @@ deliberately worse exact model.
 
 {guidance}
 
-Read: w = 1 is the conditional model itself, at the noise floor. As w grows, classifier-free guidance pushes
-samples away from the other classes: on the rings the inner class is pushed through the centre and off its
-ring, and the share outside the support grows to several per cent; the distance to the class grows on every
-distribution (the samples crowd where the class is most unlike the others, the tips of the tree, the outer ends
-of the spirals). Autoguidance at the same w moves samples towards the cores of their own components, so none
-leave the support and the distance grows far less: Karras et al. 2024's claim, on their kind of example.
+Read: w = 1 is the conditional model itself (both columns equal, near the noise floor). At the largest w:
+
+{summary}
+
+Classifier-free guidance pushes each class away from the others. Where the classes interleave (rings, spirals)
+samples leave their class's support; where they part (the tree's outer branches) they stay on the branches but
+crowd at the tips, so the share outside stays small while the distance grows. Autoguidance at the same w sharpens
+each class towards the cores of its own components: no sample leaves the support and the distance grows far
+less: Karras et al. 2024's claim, on their kind of example. `tests/test_lab2d_samplers.py` checks it on the rings.
 """

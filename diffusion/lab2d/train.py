@@ -42,10 +42,16 @@ def fit(network: torch.nn.Module, batches: Callable[[torch.Generator], tuple], o
     return network.eval()
 
 
-def train_mlp(mix: Mixture, *, steps: int = 1500, batch: int = 256, seed: int = 0) -> LabModel:
+def seeded_mlp(num_classes: int, hidden: int, seed: int) -> MLPDenoiser:
+    """A fresh MLP whose initial weights depend only on `seed` (torch's global generator is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MLPDenoiser(MLPConfig(num_classes, hidden=hidden))
+
+
+def train_mlp(mix: Mixture, *, steps: int = 1500, batch: int = 256, hidden: int = 128, seed: int = 0) -> LabModel:
     """An MLP denoiser learned from exact samples of the mixture (classes uniform, 20 % labels dropped for CFG)."""
-    torch.manual_seed(seed)  # the initial weights
-    network = MLPDenoiser(MLPConfig(mix.num_classes))
+    network = seeded_mlp(mix.num_classes, hidden, seed)
 
     def batches(generator):
         labels = torch.randint(mix.num_classes, (batch,), generator=generator)
@@ -69,8 +75,7 @@ def train_student(teacher: LabModel, num_classes: int, *, pairs: int = 4096, ste
                   seed: int = 0) -> LabModel:
     """One reflow: an MLP trained on the teacher's (noise, ODE endpoint) pairs, whose paths are straighter."""
     z, x, labels = reflow_pairs(teacher, num_classes, pairs, seed=seed)
-    torch.manual_seed(seed)
-    network = MLPDenoiser(MLPConfig(num_classes))
+    network = seeded_mlp(num_classes, 128, seed)
 
     def batches(generator):
         rows = torch.randint(len(z), (batch,), generator=generator)
