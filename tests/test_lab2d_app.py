@@ -10,8 +10,9 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 SAMPLING = {"concurrency_limit": 1, "concurrency_id": "sampling", "preprocess": False}  # as app.py passes it
-# distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale, apg_eta, seed, noise_level, points
-REQUEST = ["blobs", "exact", "ode", "heun", 12, "flow", "cfg", 4.0, 0.0, 1.0, 0, 0.5, 200]
+# distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale, apg_eta, seed, noise_level, arrows,
+# points
+REQUEST = ["blobs", "exact", "ode", "heun", 12, "flow", "cfg", 4.0, 0.0, 1.0, 0, 0.5, "x0", 200]
 
 
 def free_port() -> int:
@@ -39,7 +40,7 @@ def client():
 
 def call(client, **changes):
     names = ["distribution", "model", "sampler", "solver", "steps", "schedule", "guidance", "scale", "rescale",
-             "apg_eta", "seed", "noise_level", "points"]
+             "apg_eta", "seed", "noise_level", "arrows", "points"]
     values = dict(zip(names, REQUEST)) | changes
     return client.predict(*values.values(), api_name="/lab2d")
 
@@ -61,7 +62,8 @@ def test_the_endpoint_draws_the_lab_with_exact_numbers(client):
 
 
 def test_the_learned_mlp_and_a_stochastic_sampler(client):
-    _, _, table, note = call(client, model="mlp", sampler="ddpm", steps=30, schedule="vp-cosine", guidance="none")
+    _, _, table, note = call(client, model="mlp", sampler="ddpm", steps=30, schedule="vp-cosine", guidance="none",
+                             arrows="velocity")
     readings = {row[0]: row[1] for row in table["data"]}
     assert readings["network evaluations of the run"] == "30"
     assert "Trained just now for blobs" in note and "mlp, weak-mlp" in note  # at first use, then cached
@@ -74,6 +76,7 @@ def test_the_learned_mlp_and_a_stochastic_sampler(client):
     ({"scale": 2.5e30}, "scale must be a number in [0, 20]"),
     ({"distribution": "moons"}, "distribution must be one of blobs, rings, spirals, tree; got 'moons'"),
     ({"model": "reflow", "guidance": "autoguidance"}, "autoguidance needs a weaker model of the same family"),
+    ({"arrows": "curl"}, "arrows must be one of x0, velocity; got 'curl'"),
 ])
 def test_bad_values_get_a_sentence_naming_the_field_and_its_range(client, changes, message):
     from gradio_client.exceptions import AppError

@@ -33,13 +33,13 @@ def lab_number(value, name: str):
 
 
 def lab_request(distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale, apg_eta, seed,
-                noise_level, points) -> LabRequest:
+                noise_level, arrows, points) -> LabRequest:
     """Widget values -> LabRequest, which checks every choice and range (ValueError with a sentence)."""
     numbers = {name: lab_number(value, name) for name, value in
                (("steps", steps), ("scale", scale), ("rescale", rescale), ("apg_eta", apg_eta), ("seed", seed),
                 ("noise_level", noise_level), ("points", points))}
     return LabRequest(distribution=str(distribution), model=str(model), sampler=str(sampler), solver=str(solver),
-                      schedule=str(schedule), guidance=str(guidance), **numbers)
+                      schedule=str(schedule), guidance=str(guidance), arrows=str(arrows), **numbers)
 
 
 def numbers_table(view: LabView) -> pd.DataFrame:
@@ -68,10 +68,10 @@ def caption(view: LabView) -> str:
 
 
 def show_lab2d(distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale, apg_eta, seed,
-               noise_level, points):
+               noise_level, arrows, points):
     try:
         request = lab_request(distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale,
-                              apg_eta, seed, noise_level, points)
+                              apg_eta, seed, noise_level, arrows, points)
         view = lab_view(request)
     except ValueError as error:  # RequestError too: a sentence naming the field
         raise user_error(error) from None
@@ -100,6 +100,7 @@ def build_lab2d_tab(sampling: dict):
         rescale = gr.Slider(*RANGES["rescale"][:2], value=0.0, step=0.05, label="CFG rescale phi (0: off)")
         apg_eta = gr.Slider(*RANGES["apg_eta"][:2], value=1.0, step=0.05, label="APG eta (1: plain guidance)")
         noise_level = gr.Slider(*RANGES["noise_level"][:2], value=0.5, step=0.01, label="Noise level t of the field")
+        arrows = gr.Radio([("x0 estimate", "x0"), ("velocity", "velocity")], value="x0", label="Field arrows")
     run = gr.Button("Draw", variant="primary")
     picture = gr.Image(label="Samples and paths | the field at t", format="png", interactive=False)
     compared = gr.Image(label="CFG | autoguidance at the same w | exact teacher against reflow student", format="png",
@@ -107,7 +108,7 @@ def build_lab2d_tab(sampling: dict):
     numbers = gr.Dataframe(label="Exact numbers", interactive=False)
     note = gr.Markdown(label="Reading")
     controls = [distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale, apg_eta, seed,
-                noise_level, points]
+                noise_level, arrows, points]
     sliders = [steps, scale, rescale, apg_eta, noise_level, points]
     triggers = [run.click, seed.submit] + [c.change for c in controls if c not in sliders and c is not seed] \
         + [s.release for s in sliders]

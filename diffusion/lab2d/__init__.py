@@ -8,4 +8,6 @@ log-density are closed form, tiny learned models beside them, and distances that
     run.py        sampling a lab model through the library's Denoiser and SAMPLERS, with paths
     metrics.py    sliced Wasserstein-2 with its noise floor, share of samples outside a class's support
     report.py     the convergence-order plot and the guidance-support table (python -m diffusion lab2d-report)
+    view.py       one look at the lab for the app's tab: a LabRequest -> samples, paths, field, exact numbers
+    figures.py    the tab's matplotlib pictures of a LabView
 """

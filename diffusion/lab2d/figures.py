@@ -69,15 +69,15 @@ def samples_and_field(view: LabView) -> Image.Image:
     f = view.field
     e = f.extent
     right.imshow(f.density.numpy(), origin="lower", extent=e, cmap="Blues", aspect="equal")
-    arrows = f.x0 - f.grid
-    right.quiver(f.grid[:, 0], f.grid[:, 1], arrows[:, 0], arrows[:, 1], angles="xy", color="darkred", width=0.004)
+    right.quiver(f.grid[:, 0], f.grid[:, 1], f.arrows[:, 0], f.arrows[:, 1], angles="xy", color="darkred", width=0.004)
     right.set_xlim(e[0], e[1])
     right.set_ylim(e[2], e[3])
     right.set_xticks([])
     right.set_yticks([])
     whose = "the mixture" if f.label is None else f"class '{view.mixture.class_names[f.label]}'"
     right.set_title(f"t = {f.t:.2f} ({r.schedule}): exact p_t of {whose} (blue);\n"
-                    f"arrows x0_hat - x_t of the {'guided ' if f.label is not None else ''}model", fontsize=9)
+                    f"arrows {'x0_hat - x_t' if r.arrows == 'x0' else 'velocity x0_hat - eps_hat'} of the "
+                    f"{'guided ' if f.label is not None else ''}model", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     return _to_pil(fig)
 

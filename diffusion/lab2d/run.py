@@ -3,7 +3,7 @@ paths of a few points for plots."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,7 +33,6 @@ class LabSamples:
     samples: torch.Tensor  # (N, 2) where the sampler ended
     paths: torch.Tensor  # (steps + 1, P, 2) the first P points' states, from x_T on (annealed Langevin: per level)
     nfe: int = 0
-    times: list[float] = field(default_factory=list)  # t after each step
 
 
 def starting_noise(seed: int, count: int) -> torch.Tensor:
@@ -52,12 +51,11 @@ def sample_points(model: LabModel, schedule: Schedule, labels: torch.Tensor, *, 
     x_T = starting_noise(seed, count) if x_T is None else x_T
     generators = image_generators(seed, count, first_index=count)
     denoise = model.denoiser(schedule, labels, guidance, guide)
-    paths, times = [x_T[:path_rows].clone()], []
+    paths = [x_T[:path_rows].clone()]
 
     def keep(step, t, x, x0):
         paths.append(x[:path_rows].float().clone())
-        times.append(t)
 
     samples = SAMPLERS[sampler].sample(denoise, x_T, time_grid(schedule, steps, spacing), schedule=schedule,
                                        generators=generators, callback=keep, **(options or {}))
-    return LabSamples(x_T, samples.float(), torch.stack(paths), denoise.nfe, times)
+    return LabSamples(x_T, samples.float(), torch.stack(paths), denoise.nfe)

@@ -25,6 +25,7 @@ from .train import train_mlp, train_student
 
 MODELS = {"exact": "exact (closed form)", "mlp": "learned MLP", "reflow": "reflow student (one reflow of the exact model)"}
 GUIDANCE = ("none", "cfg", "autoguidance")
+ARROWS = ("x0", "velocity")  # the field panel: x0_hat - x_t, or the flow velocity x0_hat - eps_hat (towards the data)
 PATH_ROWS = 12  # trajectories drawn from the first points' shared starting noise
 LIKELIHOOD_POINTS = 8
 TEACHER_STEPS = 64  # the exact teacher's paths in the teacher-student panel (Heun)
@@ -49,11 +50,12 @@ class LabRequest:
     apg_eta: float = 1.0  # APG's weight on the parallel part (Sadat et al. 2024); 1 is plain guidance
     seed: int = 0
     noise_level: float = 0.5  # t of the field and marginal-density panel
+    arrows: str = "x0"  # one of ARROWS
     points: int = 500
 
     def __post_init__(self):
         choices = {"distribution": tuple(DISTRIBUTIONS), "model": tuple(MODELS), "sampler": tuple(SAMPLERS),
-                   "solver": ODE_SOLVERS, "schedule": SCHEDULES, "guidance": GUIDANCE}
+                   "solver": ODE_SOLVERS, "schedule": SCHEDULES, "guidance": GUIDANCE, "arrows": ARROWS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {str(getattr(self, name))[:40]!r}")
@@ -125,8 +127,7 @@ def build_lab_model(mix: Mixture, kind: str) -> LabModel:
 class Field:
     t: float
     grid: torch.Tensor  # (G * G, 2) points x_t
-    x0: torch.Tensor  # (G * G, 2) x0_hat at them
-    velocity: torch.Tensor  # (G * G, 2) flow velocity eps_hat - x0_hat
+    arrows: torch.Tensor  # (G * G, 2) x0_hat - x_t, or the flow velocity towards the data, x0_hat - eps_hat
     density: torch.Tensor  # (D, D) exact p_t of the field's class (or the mixture), on `extent`
     extent: tuple[float, float, float, float]
     label: int | None  # the field's class, None: unconditional
@@ -183,7 +184,8 @@ def data_density(name: str) -> torch.Tensor:
 
 
 def model_field(request: LabRequest, model: LabModel, extent, size: int = 17) -> Field:
-    """The model's x0 estimate and flow velocity on a grid of x_t at t = noise_level, with the exact p_t under it.
+    """The model's x0 estimate (as x0_hat - x_t) or flow velocity towards the data (x0_hat - eps_hat: minus
+    straightness.flow_velocity) on a grid of x_t at t = noise_level, with the exact p_t under it.
     Unguided models show the unconditional field; guided ones the first class's (guidance needs a class)."""
     mix, schedule = lab_mixture(request.distribution), Schedule(request.schedule)
     label = 0 if request.guidance != "none" else None
@@ -195,7 +197,8 @@ def model_field(request: LabRequest, model: LabModel, extent, size: int = 17) ->
     with torch.no_grad():
         x0, eps = denoise(grid, request.noise_level)
     alpha, sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor(request.noise_level, dtype=torch.float64)))
-    return Field(request.noise_level, grid, x0.float(), (eps - x0).float(),
+    arrows = x0 - grid if request.arrows == "x0" else x0 - eps
+    return Field(request.noise_level, grid, arrows.float(),
                  density_grid(mix, extent, 90, alpha, sigma, label).exp(), extent, label)
 
 
