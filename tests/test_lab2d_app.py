@@ -77,6 +77,7 @@ def test_the_learned_mlp_and_a_stochastic_sampler(client):
     ({"distribution": "moons"}, "distribution must be one of blobs, rings, spirals, tree; got 'moons'"),
     ({"model": "reflow", "guidance": "autoguidance"}, "autoguidance needs a weaker model of the same family"),
     ({"arrows": "curl"}, "arrows must be one of x0, velocity; got 'curl'"),
+    ({"guidance": "none", "rescale": 0.5}, "CFG rescale and APG eta modify guidance: choose CFG or autoguidance"),
 ])
 def test_bad_values_get_a_sentence_naming_the_field_and_its_range(client, changes, message):
     from gradio_client.exceptions import AppError

@@ -67,6 +67,9 @@ class LabRequest:
                 raise ValueError(f"{name.replace('_', ' ')} must be {kind} in [{low:g}, {high:g}], got {value!r:.40}")
         if self.sampler == "langevin" and self.steps < 2:
             raise ValueError("steps must be at least 2 for annealed Langevin (it runs on the grid's inner levels)")
+        if self.guidance == "none" and (self.rescale != 0 or self.apg_eta != 1):
+            raise ValueError("CFG rescale and APG eta modify guidance: choose CFG or autoguidance, or set CFG rescale "
+                             "to 0 and APG eta to 1")
         if self.guidance == "autoguidance" and self.model == "reflow":
             raise ValueError("autoguidance needs a weaker model of the same family: choose the exact model or the MLP")
 
@@ -246,10 +249,17 @@ def lab_view(request: LabRequest) -> LabView:
     run = sample_points(model, schedule, labels, guidance=request.guidance_setting,
                         guide=guide_for(request) if request.guidance == "autoguidance" else None, **common)
     scale = request.scale if request.guidance != "none" else 3.0
-    cfg = sample_points(model, schedule, labels, guidance=Guidance("cfg", scale), x_T=run.x_T, **common)
     guide = guide_for(request)
-    auto = None if guide is None else sample_points(model, schedule, labels, guidance=Guidance("autoguidance", scale),
-                                                    guide=guide, x_T=run.x_T, **common)
+
+    def compared(mode: str):  # the run itself when it is this plain method at this scale
+        if guide is None and mode == "autoguidance":
+            return None
+        if request.guidance_setting == Guidance(mode, scale):
+            return run
+        return sample_points(model, schedule, labels, guidance=Guidance(mode, scale),
+                             guide=guide if mode == "autoguidance" else None, x_T=run.x_T, **common)
+
+    cfg, auto = compared("cfg"), compared("autoguidance")
     teacher_paths, student_paths, straightness = teacher_and_student(request.distribution, request.seed, request.steps)
     log_likelihood, exact_log_p = mean_log_likelihood(request.distribution, request.model, request.schedule,
                                                       request.seed)
