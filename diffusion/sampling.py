@@ -208,7 +208,9 @@ def langevin_step(x, eps, sigma, step_size, noise):
 # Song et al.'s rule reads ||z|| / ||score|| of one image. In an image's D = 784 dimensions both norms concentrate
 # (||z|| ~ sqrt(D), ||score|| ~ sqrt(D) / sigma, so a ~ 2 r^2 sigma^2); in two they do not, and where the score
 # vanishes (a mode, a ring's centre) the step was unbounded: samples of a 2-D mixture flew to |x| = 515 (sliced W2
-# 366x its noise floor, tests/test_lab2d_samplers.py). The step is capped at this many times 2 r^2 sigma^2.
+# 366x its noise floor, tests/test_lab2d_samplers.py). The step is capped at this many times 2 r^2 sigma^2; on
+# fashion-diffusion (50 steps, 8 images, 392 corrector steps) the rule gives at most 1.75x that (median 1.05x), so
+# the cap never binds on the images.
 MAX_CORRECTOR_STEP_RATIO = 2.0
 
 
