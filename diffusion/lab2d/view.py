@@ -5,8 +5,8 @@ cached per distribution in memory (a learned model is trained at its first use, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -30,6 +30,7 @@ PATH_ROWS = 12  # trajectories drawn from the first points' shared starting nois
 LIKELIHOOD_POINTS = 8
 TEACHER_STEPS = 64  # the exact teacher's paths in the teacher-student panel (Heun)
 WEAK_MLP_STEPS, WEAK_MLP_WIDTH = 200, 32  # autoguidance's guide for the learned MLP: smaller and trained less
+TRAINED = ("mlp", "weak-mlp", "reflow")  # the lab models that are trained (at first use), not written down
 # Each numeric field's range: (low, high, whole number).
 RANGES = {"steps": (1, 200, True), "scale": (0.0, 20.0, False), "rescale": (0.0, 1.0, False),
           "apg_eta": (0.0, 1.0, False), "seed": (0, 2**31 - 1, True), "noise_level": (0.01, 1.0, False),
@@ -235,21 +236,21 @@ def teacher_and_student(distribution: str, seed: int, steps: int) -> tuple[torch
 
 
 def lab_view(request: LabRequest) -> LabView:
+    """Everything the tab shows for one request; the models it needs are trained first if this is their first use."""
     mix = lab_mixture(request.distribution)
     started = time.monotonic()
-    untrained = [kind for kind in (request.model, "reflow", "weak-" + request.model)
-                 if kind not in ("exact", "weak-reflow") and not is_ready(request.distribution, kind)]
+    untrained = [kind for kind in (request.model, "weak-" + request.model, "reflow")
+                 if kind in TRAINED and not is_ready(request.distribution, kind)]
     for kind in untrained:
         lab_model(request.distribution, kind)
-    model = lab_model(request.distribution, request.model)
+    model, guide = lab_model(request.distribution, request.model), guide_for(request)
     reference = lab_reference(request.distribution, request.points)
     labels, schedule = reference.labels, Schedule(request.schedule)
     common = dict(sampler=request.sampler, steps=request.steps, options=sampler_options(request),
                   seed=request.seed, spacing=grid_spacing(request), path_rows=PATH_ROWS)
     run = sample_points(model, schedule, labels, guidance=request.guidance_setting,
-                        guide=guide_for(request) if request.guidance == "autoguidance" else None, **common)
+                        guide=guide if request.guidance == "autoguidance" else None, **common)
     scale = request.scale if request.guidance != "none" else 3.0
-    guide = guide_for(request)
 
     def compared(mode: str):  # the run itself when it is this plain method at this scale
         if guide is None and mode == "autoguidance":
