@@ -82,9 +82,11 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         if not names:
             gr.Markdown(f"**No usable checkpoint in the folder `{cache.checkpoint_dir.name}`.**\n\n"
                         f"{checkpoint_table(cache)}")
-        with gr.Accordion("Examples: one click shows the result and puts its settings in their tab", open=True):
+        examples = example_files(cache)  # (path, title) of those whose checkpoint is served here
+        with gr.Accordion("Examples: one click shows the result and puts its settings in their tab", open=True,
+                          visible=bool(examples)):
             with gr.Row():
-                example_buttons = [gr.Button(title, size="sm") for _, title in example_files()]
+                example_buttons = [gr.Button(title, size="sm") for _, title in examples]
             example_picture = gr.Image(label="The example's result (made by its tab: press the button there for the "
                                              "same pixels)", format="png", interactive=False, visible=False,
                                        height=300)
@@ -136,7 +138,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
             generate.settings_png.upload(lambda path: open_png(cache, generate, studies, path), generate.settings_png,
                                          opened, api_name="load_settings")
 
-            for button, (path, _) in zip(example_buttons, example_files()):
+            for button, (path, _) in zip(example_buttons, examples):
                 button.click(partial(open_example, cache, generate, studies, path), None, [example_picture, *opened],
                              api_name=False)
             for target in (generate, compare, trajectory, xy):

@@ -20,7 +20,7 @@ from PIL import Image, PngImagePlugin
 
 from ..engine import ModelCache, RequestError, SampleRequest, run_request
 from ..images import labelled_rows
-from ..outputs import refuse_to_replace
+from ..outputs import OutputExists, refuse_to_replace
 from ..settings import CHUNK, png_info, request_from_png, study_from_png
 from .common import markdown_text, save_png, user_error
 from .compare import compare
@@ -117,9 +117,15 @@ def write_examples(cache: ModelCache, out: Path, names=(), overwrite: bool = Fal
 
 
 # --- in the app ---------------------------------------------------------------------------------
-def example_files(folder: Path = EXAMPLES_DIR) -> list[tuple[str, str]]:
-    """(path, title) of the examples whose PNG is there, in EXAMPLES order."""
-    return [(str(folder / f"{e.name}.png"), e.title) for e in EXAMPLES if (folder / f"{e.name}.png").is_file()]
+def example_files(cache: ModelCache, folder: Path = EXAMPLES_DIR) -> list[tuple[str, str]]:
+    """(path, title) of the examples whose PNG is there and whose checkpoint the cache serves, in EXAMPLES order."""
+    served = set(cache.names("denoiser", "normalizing-flow"))
+    found = []
+    for example in EXAMPLES:
+        path = folder / f"{example.name}.png"
+        if path.is_file() and example.arguments[0] in served:
+            found.append((str(path), example.title))
+    return found
 
 
 def open_png(cache: ModelCache, generate: GenerateTab, studies: list[RequestTarget], path) -> tuple:
@@ -170,8 +176,11 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=[], metavar="NAME")
     parser.add_argument("--overwrite", action="store_true", help="replace existing example PNGs")
     args = parser.parse_args(argv)
-    for path in write_examples(ModelCache(args.checkpoints), args.out, args.only, args.overwrite):
-        print(path)
+    try:
+        written = write_examples(ModelCache(args.checkpoints), args.out, args.only, args.overwrite)
+    except (OutputExists, RequestError) as error:
+        raise SystemExit(f"examples: {error}") from None
+    print("\n".join(str(path) for path in written))
 
 
 if __name__ == "__main__":

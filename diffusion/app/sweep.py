@@ -141,7 +141,8 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
             s_rows = gr.Markdown(label="Rows")
             s_table = gr.Markdown(label="Metrics table")
         with gr.Column(scale=2):
-            s_plots = gr.Image(label="Confidence, diversity and guidance strength", format="png", interactive=False)
+            s_plots = gr.Image(label="Confidence, diversity and guidance strength", format="png", interactive=False,
+                               elem_id="sweep-charts")
             s_data = gr.File(label="The sweep's numbers and requests (JSON)")
     sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_methods, s_seed, s_per_row, s_sampler, s_steps, s_solver],
                 [s_grid, s_rows, s_plots, s_table, s_data], api_name="sweep",

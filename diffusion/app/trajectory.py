@@ -67,7 +67,7 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
         t_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         t_frames = gr.Slider(2, 16, value=10, step=1, label="Frames")
     t_run, t_stop = run_and_stop("Show trajectory")
-    t_strip = gr.Image(label="Filmstrip", format="png", interactive=False)
+    t_strip = gr.Image(label="Filmstrip", format="png", interactive=False, elem_id="trajectory-strip")
     t_caption = gr.Markdown(label="Caption")
     t_gif = gr.File(label="Animated GIF")
     t_path = gr.LinePlot(x="flow time s (1 = noise)", y="rms of v - (z - x)", label="How far each step's velocity is "

@@ -1,0 +1,135 @@
+"""Issue 27's newcomer's tour in Chromium, on the tiny checkpoints: every study tab twice with different settings
+(the second run's outputs replace the first's), a failure that stays on screen, a typed value out of range, the
+history, Send to, and Ctrl+Enter. Stop, switching kinds and dropping a PNG have their own browser tests in
+test_app.py."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_app import CHROMIUM, app_cache, app_page, server  # noqa: F401 (the fixtures, shared)
+
+pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists()
+                                and os.environ.get("CI") != "true", reason="needs Debian's chromium (CI installs it)")
+
+
+def visible(page, selector):
+    return page.locator(selector).filter(visible=True)
+
+
+def set_number(page, label, value):
+    box = visible(page, f"input[aria-label='{label}']").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def open_tab(page, name):
+    page.locator("[role=tab]", has_text=name).first.click()
+    page.wait_for_timeout(300)
+
+
+def run(page, button):
+    visible(page, "button.primary").filter(has_text=button).first.click()
+
+
+def src(page, selector):
+    return visible(page, selector).first.get_attribute("src")
+
+
+def test_a_newcomers_tour(server):  # noqa: F811
+    with app_page(server) as page:
+        # Generate, twice: the second run's images and status replace the first's; Ctrl+Enter runs the tab.
+        set_number(page, "number input for Steps", 3)
+        run(page, "Generate")
+        page.wait_for_selector("text=(seed 0)", timeout=60_000)
+        first = src(page, "#images button.thumbnail-item img")
+        set_number(page, "Seed", 7)
+        page.keyboard.press("Control+Enter")
+        page.wait_for_selector("text=(seed 7)", timeout=60_000)
+        assert "(seed 0)" not in page.inner_text("body") and src(page, "#images button.thumbnail-item img") != first
+        assert "Next run: NFE 3" in page.inner_text("body")
+
+        # The history restores the first run: its seed and its images.
+        page.wait_for_timeout(800)
+        history = page.locator("#history button.thumbnail-item")
+        assert history.count() == 2
+        history.nth(1).click()
+        page.wait_for_selector("text=Restored from the history", timeout=30_000)
+        assert visible(page, "input[aria-label='Seed']").first.input_value() == "0"
+        assert src(page, "#images button.thumbnail-item img") is not None
+
+        # A typed value out of range gets a sentence beside its control.
+        set_number(page, "number input for Steps", 5000)
+        assert "Steps: 5000 is outside 1 to 1000" in page.locator(".range-notice").first.inner_text()
+        set_number(page, "number input for Steps", 3)
+        assert page.locator(".range-notice").count() == 0
+
+        # A failure stays: the sentence in the status (outputs cleared), the red message until closed.
+        page.get_by_text("Guidance methods (each is plain CFG").click()
+        set_number(page, "Interval: from log-SNR", 3)
+        set_number(page, "to log-SNR", -3)
+        run(page, "Generate")
+        page.wait_for_selector("text=Not run: guidance interval is empty", timeout=30_000)
+        page.wait_for_timeout(11_000)  # longer than Gradio's default toast (10 s): the sentence is still there
+        assert "Not run: guidance interval is empty" in page.inner_text("body")
+        assert visible(page, "#images button.thumbnail-item img").count() == 0
+        set_number(page, "Interval: from log-SNR", "")
+        set_number(page, "to log-SNR", "")
+
+        # Send to Trajectory: the tab opens with Generate's settings.
+        set_number(page, "Seed", 4)
+        page.get_by_role("button", name="Trajectory", exact=True).last.click()
+        page.wait_for_timeout(1500)
+        assert page.locator("[role=tab][aria-selected=true]").inner_text() == "Trajectory"
+        assert visible(page, "input[aria-label='Seed']").first.input_value() == "4"
+        assert visible(page, "input[aria-label='number input for Steps']").first.input_value() == "3"
+
+        # Trajectory, twice.
+        run(page, "Show trajectory")
+        page.wait_for_selector("text=Straightness S =", timeout=60_000)
+        strip = src(page, "#trajectory-strip img")
+        set_number(page, "Seed", 5)
+        run(page, "Show trajectory")
+        page.wait_for_function("(old) => { const i = document.querySelector('#trajectory-strip img');"
+                               " return i && i.src !== old; }", arg=strip, timeout=60_000)
+
+        # Guidance sweep, twice with other methods: the rows, the table and the charts are the second sweep's.
+        open_tab(page, "Guidance sweep")
+        visible(page, "textarea").first.fill("0, 2")
+        run(page, "Sweep")
+        page.wait_for_selector("text=Rows, top to bottom: CFG, w = 0; CFG, w = 2.", timeout=60_000)
+        charts = src(page, "#sweep-charts img")
+        page.get_by_label("classifier guidance (Dhariwal & Nichol 2021)").check()
+        page.get_by_label("CFG (Ho & Salimans 2022)").uncheck()
+        run(page, "Sweep")
+        page.wait_for_selector("text=Rows, top to bottom: classifier guidance, w = 0", timeout=60_000)
+        body = page.inner_text("body")
+        assert "CFG, w = 2" not in body and "| classifier guidance | 2 |" not in body  # (markdown rendered)
+        assert src(page, "#sweep-charts img") != charts
+
+        # X/Y grid, twice: the second table is the second grid's.
+        open_tab(page, "X/Y grid")
+        areas = visible(page, "textarea")
+        areas.nth(0).fill("1, 2")
+        areas.nth(1).fill("ddim")
+        run(page, "Make grid")
+        page.wait_for_function("() => [...document.querySelectorAll('table')].some(t => t.offsetParent && "
+                               "t.innerText.includes('NFE') && t.rows.length === 3)", timeout=60_000)
+        areas.nth(0).fill("0, 3, 5")
+        run(page, "Make grid")
+        page.wait_for_function("() => [...document.querySelectorAll('table')].some(t => t.offsetParent && "
+                               "t.innerText.includes('5') && t.rows.length === 4)", timeout=60_000)
+
+        # Compare, twice with another seed.
+        open_tab(page, "Compare samplers")
+        set_number(page, "number input for DDPM steps", 4)
+        run(page, "Compare")
+        page.wait_for_selector("text=mean |DDIM - ODE|", timeout=60_000)
+        before = page.locator("text=mean |DDIM - ODE|").first.inner_text()
+        set_number(page, "Seed", 9)
+        run(page, "Compare")
+        page.wait_for_function("(old) => [...document.querySelectorAll('.prose')].some(e => e.offsetParent && "
+                               "e.innerText.includes('mean |DDIM - ODE|') && e.innerText !== old)", arg=before,
+                               timeout=60_000)
