@@ -2,8 +2,8 @@
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share] [--checkpoints checkpoints] [--add-model FOLDER ...]
 
-Layout and wiring only: each tab is a module of diffusion/app/ (generate, compare, sweep, trajectory, families,
-lens, card) whose handlers turn widget values into requests for the backend (diffusion.engine / diffusion.studies),
+Layout and wiring only: each tab is a module of diffusion/app/ (generate, compare, sweep, xy, trajectory, lab2d,
+families, lens, card) whose handlers turn widget values into requests for the backend (diffusion.engine / diffusion.studies),
 passed in as the model cache. Sampling runs in a worker thread so a handler can stream previews and progress.
 """
 
@@ -26,6 +26,7 @@ from diffusion.app.families import build_families_tab
 from diffusion.app.examples import example_files, open_example, open_png, opening_outputs
 from diffusion.app.generate import build_generate_tab, send_to
 from diffusion.app.guard import RequestGuard
+from diffusion.app.lab2d import build_lab2d_tab
 from diffusion.app.lens import build_lens_tab
 from diffusion.app.sweep import build_sweep_tab
 from diffusion.app.xy import build_xy_tab
@@ -108,6 +109,9 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
             with gr.Tab("Trajectory", id="trajectory"):
                 trajectory = build_trajectory_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
+
+            with gr.Tab("2-D lab", id="lab2d"):
+                build_lab2d_tab(sampling)
 
             with gr.Tab("Families", id="families"):
                 family_pickers = build_families_tab(cache, classes, sampling)

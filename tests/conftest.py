@@ -122,3 +122,47 @@ def write_diffusers_folder(folder, channels=3, size=16, beta_schedule="linear", 
     kind = DDPMPipeline if pipeline == "DDPMPipeline" else DDIMPipeline
     kind(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
     return folder, unet, scheduler
+
+
+# --- the app over the tiny checkpoints, and a browser page of it (test_app.py, test_tour.py) ---
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def app_cache(tmp_path_factory):
+    """The model cache the test server runs on (the app's whole backend)."""
+    from diffusion.budget import WorkBudget
+    from diffusion.engine import ModelCache
+
+    folder = write_tiny_checkpoints(tmp_path_factory.mktemp("app") / "checkpoints")
+    (folder / "corrupt.safetensors").write_bytes(b"\x00" * 50)  # listed as unavailable, app still starts
+    write_diffusers_folder(folder / "colour32", channels=3, size=32, clip_sample=True)  # a user's diffusers folder
+    # A fixed rate, so the work budget refuses the same requests on every machine: 180 s at 1.5 GFLOP/s is 90,000
+    # image-evaluations of the 3-MFLOP tiny UNet.
+    return ModelCache(folder, capacity=4, budget=WorkBudget(seconds=180, flops_per_second=1.5e9))
+
+
+@pytest.fixture(scope="module")
+def server(app_cache):
+    import app
+
+    with app.serve(app_cache) as url:
+        yield url
+
+
+
+@contextlib.contextmanager
+def app_page(server):
+    """A page of the app in headless Chromium at 1400 x 1000, closed with its browser afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server)
+            yield page
+        finally:
+            browser.close()
+
+

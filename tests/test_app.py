@@ -6,44 +6,18 @@ import shutil
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import write_diffusers_folder, write_tiny_checkpoints
+from conftest import CHROMIUM, app_page, write_tiny_checkpoints
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-CHROMIUM = "/usr/bin/chromium"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_cache(tmp_path_factory):
-    """The model cache the test server runs on (the app's whole backend)."""
-    from diffusion.budget import WorkBudget
-    from diffusion.engine import ModelCache
-
-    folder = write_tiny_checkpoints(tmp_path_factory.mktemp("app") / "checkpoints")
-    (folder / "corrupt.safetensors").write_bytes(b"\x00" * 50)  # listed as unavailable, app still starts
-    write_diffusers_folder(folder / "colour32", channels=3, size=32, clip_sample=True)  # a user's diffusers folder
-    # A fixed rate, so the work budget refuses the same requests on every machine: 180 s at 1.5 GFLOP/s is 90,000
-    # image-evaluations of the 3-MFLOP tiny UNet.
-    return ModelCache(folder, capacity=4, budget=WorkBudget(seconds=180, flops_per_second=1.5e9))
-
-
-@pytest.fixture(scope="module")
-def server(app_cache):
-    import app
-
-    with app.serve(app_cache) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +32,7 @@ def test_named_endpoints(client):
     unnamed = [(name, r["label"]) for name, e in endpoints.items() for r in e["returns"] if r["label"].startswith("value_")]
     assert unnamed == []  # every output has a name in the API docs
     assert {"/generate", "/generate_flow", "/compare", "/sweep", "/trajectory", "/model_card", "/same_noise",
-            "/latent_walk", "/encode", "/likelihood"} <= set(endpoints)
+            "/latent_walk", "/encode", "/likelihood", "/lab2d", "/load_settings"} <= set(endpoints)
 
 
 def test_generate_through_the_api(client):
@@ -484,21 +458,6 @@ def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(ser
                                "i.value === 'no class (unconditional model)')", timeout=30_000)
         assert page.get_by_label("classifier-free").filter(visible=True).count() == 0
         browser.close()
-
-
-@contextmanager
-def app_page(server):
-    """A page of the app in headless Chromium at 1400 x 1000, closed with its browser afterwards."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server)
-            yield page
-        finally:
-            browser.close()
 
 
 def start_a_long_generate(page):

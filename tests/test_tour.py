@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_app import CHROMIUM, app_cache, app_page, server  # noqa: F401 (the fixtures, shared)
+from conftest import CHROMIUM, app_page
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists()
                                 and os.environ.get("CI") != "true", reason="needs Debian's chromium (CI installs it)")
@@ -38,7 +38,7 @@ def src(page, selector):
     return visible(page, selector).first.get_attribute("src")
 
 
-def test_a_newcomers_tour(server):  # noqa: F811
+def test_a_newcomers_tour(server):
     with app_page(server) as page:
         # Generate, twice: the second run's images and status replace the first's; Ctrl+Enter runs the tab.
         set_number(page, "number input for Steps", 3)
@@ -133,3 +133,14 @@ def test_a_newcomers_tour(server):  # noqa: F811
         page.wait_for_function("(old) => [...document.querySelectorAll('.prose')].some(e => e.offsetParent && "
                                "e.innerText.includes('mean |DDIM - ODE|') && e.innerText !== old)", arg=before,
                                timeout=60_000)
+
+        # The 2-D lab (issue 29), twice: the second seed's picture replaces the first's.
+        open_tab(page, "2-D lab")
+        run(page, "Draw")
+        page.wait_for_selector("#lab2d-picture img", timeout=120_000)
+        first_lab = src(page, "#lab2d-picture img")
+        set_number(page, "Seed", 3)
+        run(page, "Draw")
+        page.wait_for_function("(old) => { const i = document.querySelector('#lab2d-picture img');"
+                               " return i && i.src !== old; }", arg=first_lab, timeout=60_000)
+        assert "W2" in page.inner_text("body")

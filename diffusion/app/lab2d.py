@@ -102,7 +102,8 @@ def build_lab2d_tab(sampling: dict):
         noise_level = gr.Slider(*RANGES["noise_level"][:2], value=0.5, step=0.01, label="Noise level t of the field")
         arrows = gr.Radio([("x0 estimate", "x0"), ("velocity", "velocity")], value="x0", label="Field arrows")
     run = gr.Button("Draw", variant="primary")
-    picture = gr.Image(label="Samples and paths | the field at t", format="png", interactive=False)
+    picture = gr.Image(label="Samples and paths | the field at t", format="png", interactive=False,
+                       elem_id="lab2d-picture")
     compared = gr.Image(label="CFG | autoguidance at the same w | exact teacher against reflow student", format="png",
                         interactive=False)
     numbers = gr.Dataframe(label="Exact numbers", interactive=False)
