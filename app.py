@@ -49,13 +49,16 @@ DELETE_CACHE = (600, 3600)  # every 10 minutes, files this app wrote or received
 
 
 PAGE_SCRIPT = Path(__file__).parent / "diffusion" / "app" / "page.js"  # range notices beside controls, Ctrl+Enter
+# Table headers wrap between words, never inside one (at 400 px wide they broke mid-word).
+PAGE_CSS = ".prose th, .prose td { word-break: normal; overflow-wrap: normal; hyphens: manual; }"
 
 
 def launch_options(demo: gr.Blocks) -> dict:
     """demo.launch's options: the upload bound, the request guard (per-session queue cap, upload budget) and the
     page's own script."""
     return {"max_file_size": MAX_UPLOAD_FILE, "app_kwargs": {"middleware": [Middleware(RequestGuard, blocks=demo)]},
-            "head": f"<script>{PAGE_SCRIPT.read_text()}</script>"}
+            "head": f"<script>{PAGE_SCRIPT.read_text()}</script>", "css": PAGE_CSS}
+
 
 # --- layout -----------------------------------------------------------------------------------
 INTRO = """# diffusion-playground

@@ -125,6 +125,58 @@ def test_likelihood_of_a_sample_an_upload_and_their_probes_through_the_api(clien
         client.predict([], "a sample", 0, None, "tiny", 1, 3, 0, api_name="/likelihood")
 
 
+def test_likelihood_uploads_real_pictures_odd_modes_and_refuses_bombs_and_non_images(client, tmp_path):
+    """Issue 27: a real-size upload and odd modes are read; a decompression bomb and a non-image get a sentence."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    score = lambda path: client.predict(["tiny-nice"], "uploaded image", 0, handle_file(str(path)), "tiny", 1, 3, 0,
+                                        api_name="/likelihood")  # noqa: E731
+    pictures = {"photo.png": Image.effect_noise((210, 220), 64), "palette.png": Image.new("P", (30, 30), 7),
+                "sixteen-bit.png": Image.new("I;16", (16, 16), 40000), "cmyk.jpg": Image.new("CMYK", (20, 20))}
+    for name, picture in pictures.items():
+        picture.save(tmp_path / name)
+        assert "resized to 8x8" in score(tmp_path / name)[3], name
+    Image.new("1", (5000, 5000)).save(tmp_path / "bomb.png")  # 12 KB on disk, 25 M pixels decoded
+    with pytest.raises(AppError, match=r"5000x5000 = 25,000,000 pixels; at most 16,777,216"):
+        score(tmp_path / "bomb.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(AppError, match="not an image this app can read"):
+        score(tmp_path / "notes.png")
+
+
+def test_every_study_png_carries_what_regenerates_it(client):
+    """Issue 27: the sweep grid, the X/Y picture and each compare column carry their request and their tab's own
+    settings; run again from what the PNG says, the tab makes the same pixels."""
+    from diffusion.settings import request_from_png, study_from_png
+
+    def again(path, endpoint, arguments):
+        request, _ = request_from_png(path)
+        study = study_from_png(path)
+        repeat = client.predict(*arguments(request, study), api_name=endpoint)
+        return request, study, repeat
+
+    grid = client.predict("tiny", 1, "0, 2", ["cfg"], 5, 2, "ddim", 3, "heun", api_name="/sweep")[0]
+    request, study, repeat = again(grid, "/sweep", lambda r, s: (r.checkpoint, r.class_index, s["scales"],
+                                                                 s["methods"], r.seed, r.batch_size, r.sampler,
+                                                                 r.steps, r.solver))
+    assert study == {"tab": "sweep", "scales": "0, 2", "methods": ["cfg"]} and request.seed == 5
+    assert Image.open(repeat[0]).tobytes() == Image.open(grid).tobytes()
+    png = client.predict("tiny", "ddim", "heun", 3, "uniform", "cfg", 1, 2.0, 4, 2, "scale", "1, 3", "", "",
+                         api_name="/xy_grid")[2]
+    request, study, repeat = again(png, "/xy_grid", lambda r, s: (
+        r.checkpoint, r.sampler, r.solver, r.steps, r.spacing, r.guidance, r.class_index, r.scale, r.seed,
+        r.batch_size, s["x_field"], s["x_values"], s["y_field"], s["y_values"]))
+    assert study["x_values"] == "1, 3" and Image.open(repeat[2]).tobytes() == Image.open(png).tobytes()
+    columns = client.predict("tiny", "cfg", 1, 2.0, 6, 2, "uniform", 3, 4, 0.0, 5, "heun", "ddim", "ode",
+                             api_name="/compare")[:3]
+    request, study, repeat = again(columns[0], "/compare", lambda r, s: (
+        r.checkpoint, r.guidance, r.class_index, r.scale, r.seed, r.batch_size, r.spacing, s["ddpm_steps"],
+        s["ddim_steps"], r.eta, s["ode_steps"], r.solver, "ddim", "ode"))
+    assert (request.sampler, study["ode_steps"]) == ("ddpm", 5)
+    assert [Image.open(p).tobytes() for p in repeat[:3]] == [Image.open(p).tobytes() for p in columns]
+
+
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
                     reason="needs Debian's dataset-fashion-mnist (CI installs it)")
 def test_encode_handler_on_a_test_image(tmp_path):

@@ -77,10 +77,17 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
     yield finished(cache, result, columns)
 
 
+def speed(images: int, seconds: float) -> str:
+    """Images per second, or seconds per image where that is the readable one (4 images in 91 s: "22.8 s/image",
+    not "0.0 images/s")."""
+    rate = images / max(seconds, 1e-9)
+    return f"{rate:.1f} images/s" if rate >= 1 else f"{1 / rate:.1f} s/image ({rate:.2f} images/s)"
+
+
 def finished(cache: ModelCache, result, columns: int, note: str = ""):
     """Gallery, grid, status line and PNG download of a finished request."""
     status = (f"**{len(result.images)} images** (seed {result.request.seed}), NFE {result.nfe}, {result.seconds:.2f} s, "
-              f"{len(result.images) / result.seconds:.1f} images/s on {cache.device}{note}")
+              f"{speed(len(result.images), result.seconds)} on {cache.device}{note}")
     singles, grid = result_pngs(result, columns, "samples")  # every file carries the request that made it
     return singles, HIDDEN_PREVIEW, status, grid
 
@@ -114,7 +121,7 @@ def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed,
         raise user_error(error) from None
     columns = min(8, request.batch_size)
     status = (f"**{len(result.images)} images**, one exact pass (NFE 1), {result.seconds:.3f} s, "
-              f"{len(result.images) / max(result.seconds, 1e-9):.0f} images/s on {cache.device}")
+              f"{speed(len(result.images), result.seconds)} on {cache.device}")
     singles, grid = result_pngs(result, columns, "samples")
     return singles, HIDDEN_PREVIEW, status, grid
 
