@@ -6,6 +6,8 @@
 - cache: a cold checkpoint load / a cached lookup
 - network cost: FLOPs of one forward (counted by torch's FlopCounterMode), the FLOP rate the bare forwards
   achieve, and with --peak-tflops the fraction of the device's peak
+- share of peak: the network's FLOP rate at batch 1, 16, 32 and 64 over a large matmul's, measured in the same run
+  (so the ratio holds on any machine), for the eager network, in channels_last, and with --compile also compiled
 - compile (with --compile): bare forwards of torch.compile(network) / eager forwards, same batch
 - GPU (only where CUDA exists): images/s at batch 256 for DDIM-50, fp32 vs bf16 autocast
 Absolute times are printed for context only; these machines are noisy, so read the ratios.
@@ -86,6 +88,12 @@ def run_benchmark(config: BenchConfig) -> dict:
         compiled = torch.compile(network)
         forwards(2, x, labels, compiled)  # compiles
         results["compiled_over_eager"] = best_time(lambda: forwards(c.steps, x, labels, compiled), c.repeats) / bare
+    if device.type == "cpu":
+        variants = {"eager": network, "channels_last": ChannelsLastCall(network)}
+        if c.compile:
+            variants["compiled, channels_last"] = ChannelsLastCall(torch.compile(network))
+        batches = (1, 4) if c.quick else EFFICIENCY_BATCHES
+        results["share_of_peak"] = share_of_peak(model, variants, batches, repeats=1 if c.quick else 3)
     overhead = {}
     for sampler, solver, nfe in [("ddim", "heun", c.steps), ("ddpm", "heun", c.steps), ("ode", "euler", c.steps)]:
         request = replace(base, sampler=sampler, solver=solver)
@@ -109,6 +117,35 @@ def run_benchmark(config: BenchConfig) -> dict:
     return results
 
 
+EFFICIENCY_BATCHES = (1, 16, 32, 64)
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 peak as people quote it: the best rate of a size x size matmul (2 size^3 FLOPs)."""
+    a = torch.randn(size, size)
+    return 2 * size**3 / best_time(lambda: a @ a, repeats)
+
+
+def share_of_peak(model, variants: dict, batches=EFFICIENCY_BATCHES, repeats: int = 3, forwards: int = 5) -> dict:
+    """{variant: {batch: achieved FLOP rate / matmul peak}}; the peak is measured again before each variant's rows
+    and the larger of the two readings kept, so a busy moment lowers no row by raising the peak's share."""
+    shape = (model.config["image_channels"], model.config["image_size"], model.config["image_size"])
+    rows, peak = {}, matmul_flops_per_second()
+    for name, network in variants.items():
+        peak = max(peak, matmul_flops_per_second())
+        rows[name] = {}
+        for batch in batches:
+            x = torch.randn(batch, *shape)
+            log_snr = torch.zeros(batch)
+            labels = torch.zeros(batch, dtype=torch.long) if model.class_names else None
+            flops = forward_flops(model.network, x, labels)
+            with torch.inference_mode():
+                network(x, log_snr, labels, None)  # warm-up (and, compiled, the compile for this shape)
+                seconds = best_time(lambda: [network(x, log_snr, labels, None) for _ in range(forwards)], repeats)
+            rows[name][batch] = flops * forwards / seconds / peak
+    return {"peak_gflops": peak / 1e9, "rows": rows}
+
+
 def forward_flops(network, x, labels) -> float:
     """Floating-point operations of one forward at this batch (a multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -117,6 +154,17 @@ def forward_flops(network, x, labels) -> float:
     with torch.inference_mode(), counter:
         network(x, torch.zeros(len(x), device=x.device), labels, None)
     return float(counter.get_total_flops())
+
+
+class ChannelsLastCall:
+    """A network called on channels_last inputs (NHWC in memory, which oneDNN's convolutions prefer on a CPU); the
+    weights stay as they are, so the eager network is shared, not copied."""
+
+    def __init__(self, network):
+        self.network = network
+
+    def __call__(self, x, *args):
+        return self.network(x.contiguous(memory_format=torch.channels_last), *args)
 
 
 def peer_comparison(model, x_T, labels, c: BenchConfig) -> dict:
@@ -191,6 +239,14 @@ def report(results: dict) -> str:
         lines.append(f"| bare forwards: torch.compile / eager | {results['compiled_over_eager']:.3f} | < 1 if compile pays |")
     if "fraction_of_peak" in results:
         lines.append(f"| achieved / peak FLOP rate (bare forwards) | {results['fraction_of_peak']:.3f} | |")
+    if "share_of_peak" in results:
+        share = results["share_of_peak"]
+        batches = list(next(iter(share["rows"].values())))
+        lines += ["", f"Share of peak: the network's FLOP rate over a 2048^2 float32 matmul's on this machine "
+                      f"({share['peak_gflops']:.0f} GFLOP/s, measured in this run).", "",
+                  "| network | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
+        for name, row in share["rows"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[b]:.0%}" for b in batches) + " |")
     lines += ["", f"Network cost: {results['forward_gflops']:.2f} GFLOP per forward at batch {results['batch']} "
               f"({results['forward_gflops'] / results['batch'] * 1e3:.1f} MFLOP per image, multiply-add = 2); the bare "
               f"forwards ran at {results['achieved_tflops'] * 1e3:.1f} GFLOP/s."]

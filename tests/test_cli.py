@@ -176,7 +176,7 @@ def test_benchmark_quick(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
     for row in ("ddim wall time / bare network forwards", "CFG DDIM at batch B", "diffusers DDIMScheduler",
-                "cold checkpoint load", "GFLOP per forward"):
+                "cold checkpoint load", "GFLOP per forward", "Share of peak", "| channels_last |"):
         assert row in text
 
 
