@@ -119,6 +119,8 @@ def _check_number(name, value, low, high, integer=False):
     if not low <= value <= high:
         digits = str(value)
         shown = f"{value:.3g}" if isinstance(value, float) else digits if len(digits) < 20 else f"a {len(digits)}-digit number"
+        if high == MAX_SEED:  # "between 0 and 9223372036854775807" reads as noise
+            raise RequestError(f"{name} must be a whole number from {low} to 2^63 - 1, got {shown}")
         raise RequestError(f"{name} must be between {low} and {high}, got {shown}")
 
 

@@ -38,14 +38,14 @@ def tiny(tmp_path_factory):
 
 
 def test_generate_with_only_the_checkpoint_for_every_shipped_generator(shipped):
-    """The README's quick start as an API user types it: the default DDIM-50, CFG 3, 16 images, seed 0."""
+    """The README's quick start as an API user types it: the default DPM-Solver++(2M)-10, CFG 3, 16 images, seed 0."""
     cache, client = shipped
     denoisers, flows = cache.names("denoiser"), cache.names("normalizing-flow")
     assert {"fashion-diffusion", "fashion-flow", "fashion-reflow", "fashion-dit"} <= set(denoisers)
     assert flows == ["fashion-nice"]
     for name in denoisers:
         gallery, grid, status, png = client.predict(checkpoint=name, api_name="/generate")
-        assert len(gallery) == 16 and "NFE 50" in status, (name, status)
+        assert len(gallery) == 16 and "NFE 10" in status, (name, status)
         assert Image.open(gallery[0]["image"]).size == (112, 112)  # 28 px, enlarged 4x
     for name in flows:
         gallery, grid, status, png = client.predict(checkpoint=name, api_name="/generate_flow")

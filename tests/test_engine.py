@@ -63,7 +63,7 @@ def test_only_plain_names_inside_the_folder_load(cache, name):
     ({"scale": float("inf")}, "scale must be finite"),
     ({"scale": -1.0}, "scale must be between"),
     ({"eta": 2.0}, "eta must be between"),
-    ({"seed": -5}, "seed must be between"),
+    ({"seed": -5}, "seed must be a whole number from 0 to 2\\^63 - 1, got -5"),
     ({"sampler": "plms"}, "unknown sampler"),
     ({"sampler": "ode", "solver": "rk4"}, "unknown ODE solver"),
     ({"spacing": "karras"}, "unknown time spacing"),

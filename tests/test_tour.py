@@ -62,7 +62,7 @@ def test_a_newcomers_tour(server):
 
         # A typed value out of range gets a sentence beside its control.
         set_number(page, "number input for Steps", 5000)
-        assert "Steps: 5000 is outside 1 to 1000" in page.locator(".range-notice").first.inner_text()
+        assert "Steps must be from 1 to 1000; 5000 is not" in page.locator(".range-notice").first.inner_text()
         set_number(page, "number input for Steps", 3)
         assert page.locator(".range-notice").count() == 0
 

@@ -190,11 +190,11 @@ def _session_hash() -> str | None:
     return getattr(LocalContext.request.get(None), "session_hash", None)
 
 
-def last_error(request: gr.Request | None) -> str:
-    """The last sentence user_error made for this browser session (taken, so it is shown once)."""
+def last_error(request: gr.Request | None) -> str | None:
+    """The last sentence user_error made for this browser session (taken, so it is shown once); None if there is
+    none (the run was cancelled)."""
     with _last_errors_lock:
-        message = _last_errors.pop(getattr(request, "session_hash", None), None)
-    return message or "the run failed; the reason is in the red message at the top right"
+        return _last_errors.pop(getattr(request, "session_hash", None), None)
 
 
 class Cancelled(Exception):

@@ -160,5 +160,5 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
     target = RequestTarget("compare", "Compare samplers", {
         "checkpoint": c_checkpoint, "guidance": c_guidance, "class_index": c_class, "scale": c_scale, "seed": c_seed,
         "batch_size": c_batch, "spacing": c_spacing, "ddpm_steps": c_ddpm, "ddim_steps": c_ddim, "eta": c_eta, "ode_steps": c_ode,
-        "solver": c_solver}, {"scale": (0, 15), "batch_size": (1, 16)}, sent)
+        "solver": c_solver}, {"scale": (0, 15), "batch_size": (1, 16)}, sent, c_diff_text, "Compare")
     return target, f_student

@@ -178,6 +178,8 @@ class RequestTarget:
     controls: dict
     ranges: dict = field(default_factory=dict)  # field -> (low, high) of that tab's control
     sent: gr.State | None = None
+    note: gr.Markdown | None = None  # where the tab says that settings arrived (its results' caption)
+    button: str = ""  # the label of the tab's run button
 
 
 def sent_values(target: RequestTarget, fields: dict, study: dict | None = None) -> tuple[list, list[str]]:
@@ -308,7 +310,10 @@ def settle_run(event, outputs, note, stop: gr.Button | None = None) -> None:
         return values if len(values) > 1 else values[0]
 
     def failed(request: gr.Request):
-        return cleared(f"**Not run:** {markdown_text(last_error(request))}")
+        message = last_error(request)
+        if message is None:  # cancelled (Stop, a closed tab), not failed: Stop's own handler says so
+            return tuple(gr.skip() for _ in outputs) if len(outputs) > 1 else gr.skip()
+        return cleared(f"**Not run:** {markdown_text(message)}")
 
     event.failure(failed, None, outputs, api_name=False, show_progress="hidden")
     if stop is not None:

@@ -38,6 +38,7 @@ class Example:
     title: str
     tab: str
     arguments: tuple  # the tab handler's arguments after the model cache
+    live: bool = False  # Generate: opens with live mode on
 
 
 EXAMPLES = (
@@ -46,7 +47,9 @@ EXAMPLES = (
     Example("same-noise-samplers", "DDPM, DDIM and the ODE on the same noise", "compare",
             ("fashion-diffusion", "cfg", 0, 3.0, 0, 8, "uniform", 100, 50, 0.0, 10, "dpm++2m", "ddim", "ode")),
     Example("reflow-live", "The reflow student in live mode: 2 Euler steps", "generate",
-            ("fashion-reflow", "ode", "euler", 2, 0.0, "uniform", "none", 0, 1.0, None, 0, 16)),
+            ("fashion-reflow", "ode", "euler", 2, 0.0, "uniform", "none", 0, 1.0, None, 0, 16), live=True),
+    Example("classic-ddim", "The classic: DDIM, 50 steps, CFG 3", "generate",
+            ("fashion-diffusion", "ddim", "heun", 50, 0.0, "uniform", "cfg", 0, 3.0, None, 0, 16)),
     Example("class-by-scale", "X/Y grid: three classes by three guidance scales", "xy",
             ("fashion-diffusion", "ddim", "heun", 25, "uniform", "cfg", 0, 3.0, 0, 4, "scale", "1, 3, 6",
              "class_index", "1, 7, 8")),
@@ -87,7 +90,7 @@ def make_example(cache: ModelCache, example: Example) -> tuple[Image.Image, PngI
     result = run_request(cache, request)
     path = save_png(result.images, 8, "example", png_info(request, result.class_names, result.checkpoint_sha256,
                                                           int(result.images.shape[-1]),
-                                                          {"tab": "generate", "live": True}))
+                                                          {"tab": "generate", "live": example.live}))
     return _with_settings(path)
 
 
@@ -131,7 +134,7 @@ def example_files(cache: ModelCache, folder: Path = EXAMPLES_DIR) -> list[tuple[
 def open_png(cache: ModelCache, generate: GenerateTab, studies: list[RequestTarget], path) -> tuple:
     """A PNG made here, opened in the tab that made it: Generate's controls (as Load settings fills them), or a study
     tab's controls and its own settings (the sweep's scales, the grid's axes), then the tab selected. Outputs:
-    load_settings' outputs, each study's (sent, *controls), live mode, the tabs."""
+    load_settings' outputs, each study's (sent, *controls, note), live mode, the tabs."""
     *generate_values, status, loaded = load_settings(cache, path)  # checks the file and its checkpoint
     request, _ = request_from_png(path)
     try:
@@ -141,20 +144,21 @@ def open_png(cache: ModelCache, generate: GenerateTab, studies: list[RequestTarg
     skip = lambda count: [gr.skip()] * count  # noqa: E731
     target = next((t for t in studies if t.tab == study["tab"]), None)
     if target is None:  # Generate
-        study_values = [value for t in studies for value in skip(1 + len(t.controls))]
+        study_values = [value for t in studies for value in skip(2 + len(t.controls))]
         loaded["live"] = bool(study.get("live", False))  # kept by the checkpoint change this may cause
         return (*generate_values, status, loaded, *study_values, loaded["live"],
                 gr.Tabs(selected="generate"))
     fields = asdict(request)
+    status = (f"Opened in **{target.name}**: {markdown_text(request.checkpoint)}, seed {request.seed}. Press "
+              f"**{target.button}** there for the same pixels.")
     study_values = []
     for other in studies:
         if other is target:
-            values, notes = sent_values(target, fields, study)
-            study_values += [fields, *values]
+            values, _ = sent_values(target, fields, study)  # the PNG's own tab takes its values as they are
+            study_values += [fields, *values, f"Settings loaded from a PNG ({markdown_text(request.checkpoint)}, "
+                                              f"seed {request.seed}): press **{target.button}** for the same pixels."]
         else:
-            study_values += skip(1 + len(other.controls))
-    status = (f"Opened in **{target.name}**: {markdown_text(request.checkpoint)}, seed {request.seed}. Press its "
-              f"button for the same pixels.")
+            study_values += skip(2 + len(other.controls))
     return (*skip(len(generate_values)), status, gr.skip(), *study_values, gr.skip(), gr.Tabs(selected=target.tab))
 
 
@@ -166,7 +170,7 @@ def open_example(cache: ModelCache, generate: GenerateTab, studies: list[Request
 def opening_outputs(generate: GenerateTab, studies: list[RequestTarget], tabs: gr.Tabs) -> list:
     """open_png's output components, in its order."""
     return [*generate.inputs, generate.temperature, generate.status, generate.sent,
-            *(c for t in studies for c in (t.sent, *t.controls.values())), generate.live, tabs]
+            *(c for t in studies for c in (t.sent, *t.controls.values(), t.note)), generate.live, tabs]
 
 
 def main(argv=None):

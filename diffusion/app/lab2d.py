@@ -15,6 +15,7 @@ from ..lab2d.view import GUIDANCE, LIKELIHOOD_POINTS, MODELS, RANGES, LabRequest
 from ..sampling import ODE_SOLVERS, SAMPLERS
 from ..schedules import SCHEDULES
 from .common import user_error, widget_number
+from .controls import settle_run
 
 GUIDANCE_LABELS = [("none (the conditional model)", "none"), ("classifier-free (CFG)", "cfg"),
                    ("autoguidance (a worse model of the same kind)", "autoguidance")]
@@ -113,5 +114,6 @@ def build_lab2d_tab(sampling: dict):
     sliders = [steps, scale, rescale, apg_eta, noise_level, points]
     triggers = [run.click, seed.submit] + [c.change for c in controls if c not in sliders and c is not seed] \
         + [s.release for s in sliders]
-    gr.on(triggers, show_lab2d, controls, [picture, compared, numbers, note], api_name="lab2d",
-          show_progress="minimal", **sampling)
+    drawing = gr.on(triggers, show_lab2d, controls, [picture, compared, numbers, note], api_name="lab2d",
+                    show_progress="minimal", **sampling)
+    settle_run(drawing, [picture, compared, numbers, note], note)  # a refused setting: its sentence, no stale plots

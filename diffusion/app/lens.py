@@ -196,4 +196,9 @@ def build_lens_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
                         [gallery, table, plot, caption], api_name="likelihood", show_progress="minimal", **sampling)
     settle_run(scoring, [gallery, table, plot, caption], caption, stop)
     sample_checkpoint.change(partial(on_class_checkpoint_change, cache), sample_checkpoint, sample_class, api_name=False)
+    # An upload or a test image number is the user choosing that source: the radio follows, so what is scored is
+    # what was just given (a newcomer uploaded an image and had test image 0 scored).
+    upload.upload(lambda: "uploaded image", None, source, api_name=False)
+    index.input(lambda: "test image", None, source, api_name=False)
+    sample_checkpoint.input(lambda: "a sample", None, source, api_name=False)
     return [checkpoints, sample_checkpoint]

@@ -27,8 +27,8 @@
     }
     const label = (block.querySelector("label span, [data-testid='block-info']")?.textContent || "This value").trim();
     const slider = block.querySelector("input[type=range]") !== null;
-    const range = `${min ?? "-inf"} to ${max ?? "inf"}`;
-    noticeFor(block).textContent = `${label}: ${input.value} is outside ${range}. ` +
+    const range = high === Infinity ? `${min} or more` : low === -Infinity ? `${max} or less` : `from ${min} to ${max}`;
+    noticeFor(block).textContent = `${label} must be ${range}; ${input.value} is not. ` +
       (slider ? `The slider was set to ${value > high ? max : min}; type a value in range.` : "Type a value in range.");
   };
   document.addEventListener("input", checkRange, true);

@@ -139,11 +139,11 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
         with gr.Column(scale=3):
             s_grid = gr.Image(label="One row per scale", format="png", interactive=False)
             s_rows = gr.Markdown(label="Rows")
-            s_table = gr.Markdown(label="Metrics table")
         with gr.Column(scale=2):
-            s_plots = gr.Image(label="Confidence, diversity and guidance strength", format="png", interactive=False,
-                               elem_id="sweep-charts")
+            s_table = gr.Markdown(label="Metrics table")
             s_data = gr.File(label="The sweep's numbers and requests (JSON)")
+    s_plots = gr.Image(label="Confidence, diversity and guidance strength", format="png", interactive=False,
+                       elem_id="sweep-charts")  # the full width: three charts side by side
     sweeping = s_run.click(partial(sweep, cache), [s_checkpoint, s_class, s_scales, s_methods, s_seed, s_per_row, s_sampler, s_steps, s_solver],
                 [s_grid, s_rows, s_plots, s_table, s_data], api_name="sweep",
                 show_progress="minimal", **sampling)
@@ -154,7 +154,8 @@ def build_sweep_tab(cache: ModelCache, names, default, classes, guidance_choices
     s_sampler.change(lambda sampler: gr.Dropdown(visible=sampler == "ode"), s_sampler, s_solver, api_name=False)
     return RequestTarget("sweep", "Guidance sweep", {
         "checkpoint": s_checkpoint, "class_index": s_class, "methods": s_methods, "scales": s_scales, "seed": s_seed, "batch_size": s_per_row,
-        "sampler": s_sampler, "steps": s_steps, "solver": s_solver}, {"batch_size": (2, 16), "steps": (1, 200)}, sent)
+        "sampler": s_sampler, "steps": s_steps, "solver": s_solver}, {"batch_size": (2, 16), "steps": (1, 200)}, sent,
+        s_table, "Sweep")
 
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 25}  # where the tab starts

@@ -81,7 +81,8 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
                         [t_class, t_guidance, t_sampler, t_solver, t_steps, t_scale, few_step, sent], api_name=False)
     return RequestTarget("trajectory", "Trajectory", {
         "checkpoint": t_checkpoint, "sampler": t_sampler, "solver": t_solver, "steps": t_steps, "guidance": t_guidance,
-        "class_index": t_class, "scale": t_scale, "seed": t_seed}, {"steps": (2, 200), "scale": (0, 15)}, sent)
+        "class_index": t_class, "scale": t_scale, "seed": t_seed}, {"steps": (2, 200), "scale": (0, 15)}, sent,
+        t_caption, "Show trajectory")
 
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 50, "guidance": "cfg"}  # where the tab starts

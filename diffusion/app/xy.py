@@ -107,4 +107,4 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
         "checkpoint": checkpoint, "sampler": sampler, "solver": solver, "steps": steps, "spacing": spacing,
         "guidance": guidance, "class_index": class_index, "scale": scale, "seed": seed, "batch_size": images,
         "x_field": x_field, "x_values": x_values, "y_field": y_field, "y_values": y_values},
-        {"scale": (0, 15), "batch_size": (1, 16)}, sent)
+        {"scale": (0, 15), "batch_size": (1, 16)}, sent, table, "Make grid")
