@@ -50,7 +50,10 @@ DELETE_CACHE = (600, 3600)  # every 10 minutes, files this app wrote or received
 
 PAGE_SCRIPT = Path(__file__).parent / "diffusion" / "app" / "page.js"  # range notices beside controls, Ctrl+Enter
 # Table headers wrap between words, never inside one (at 400 px wide they broke mid-word).
-PAGE_CSS = ".prose th, .prose td { word-break: normal; overflow-wrap: normal; hyphens: manual; }"
+# History thumbnails stay small (Gradio's gallery stretches two items to the full width).
+PAGE_CSS = (".prose th, .prose td { word-break: normal; overflow-wrap: normal; hyphens: manual; }\n"
+            "#history .grid-container { grid-template-columns: repeat(auto-fill, 110px) !important; }\n"
+            "#history button.thumbnail-item { width: 110px; height: 110px; }")
 
 
 def launch_options(demo: gr.Blocks) -> dict:

@@ -216,7 +216,8 @@ def add_to_history(history, grid_file, images):
     singles = [item[0] if isinstance(item, (list, tuple)) else item for item in (images or [])]
     entry = {"grid": path, "images": singles, "caption": run_caption(request)}
     history = [entry, *(history or [])][:MAX_HISTORY]
-    return history, [(e["grid"], e["caption"]) for e in history]
+    # Each run's first image as its thumbnail: a square tile shows it whole (a wide grid came out as a cut strip).
+    return history, [((e["images"] or [e["grid"]])[0], e["caption"]) for e in history]
 
 
 def run_caption(request) -> str:
@@ -419,8 +420,9 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
                 gr.Markdown("Send these settings to:")
                 send_buttons = {tab: gr.Button(name, size="sm") for tab, name in SEND_TARGETS.items()}
             with gr.Accordion("History (this browser session; click a run to restore it)", open=True):
-                history_gallery = gr.Gallery(label="Runs, newest first", columns=4, height=200, format="png",
-                                             allow_preview=False, object_fit="contain", elem_id="history")
+                history_gallery = gr.Gallery(label="Runs, newest first (each by its first image)", columns=8,
+                                             height=170, format="png", allow_preview=False, object_fit="contain",
+                                             elem_id="history")
             card = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "")
     inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
               self_condition, seed, batch_size, *methods, *stochastic]
