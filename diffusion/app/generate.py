@@ -376,7 +376,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     default_model = cache.get(default) if default else None
     default_few_step = bool(default_model and default_model.kind == "denoiser" and default_model.sampling_defaults)
     with gr.Row(equal_height=True):  # what a newcomer needs first, on top at any width: the model and the button
-        checkpoint = gr.Dropdown(generative, value=default, label="Checkpoint", scale=3)
+        checkpoint = gr.Dropdown(generative, value=default, label="Checkpoint", scale=3, min_width=280)
         run = gr.Button("Generate", variant="primary", scale=2)
         run_flow = gr.Button("Generate", variant="primary", visible=False, scale=2)  # normalizing flows
         stop = gr.Button("Stop", variant="stop", scale=1)
