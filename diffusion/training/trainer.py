@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,28 +21,13 @@ from torch.utils.data import DistributedSampler
 
 from ..checkpoint import atomic_write, save_checkpoint
 from ..data import ImageDataset
+from ..distributed import default_device, process_group
 from ..images import image_grid, to_pil
 from ..outputs import refuse_to_replace
 from .config import TrainConfig
 from .tasks import PREVIEW_COLUMNS, TASKS
 
 STATE_FILE = "state.safetensors"
-
-
-# --- distributed helpers ----------------------------------------------------------------------
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def default_device(rank: int = 0) -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
-        return torch.device("cuda", local)
-    return torch.device("cpu")
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -78,7 +62,7 @@ class Trainer:
         self.overwrite = overwrite
         if c.export_to:
             refuse_to_replace(c.export_to, overwrite)
-        self.rank, self.world = _distributed()
+        self.rank, self.world = process_group()
         self.device = torch.device(device) if device else default_device(self.rank)
         torch.manual_seed(c.seed)
         self.task = TASKS[c.task](c)
