@@ -411,6 +411,11 @@ class ModelCache:
             if signature_of(path) != signature:  # replaced while we read it: do not serve a mix
                 raise RequestError(f"checkpoint {name!r:.60} changed while loading; try again")
             self.flops_per_image(model)  # counted once, as it loads: the work budget never runs a model later
+            # Convolution weights in channels_last (NHWC), oneDNN's fast layout on a CPU (issue 30): fashion-diffusion's
+            # forward 10 % faster at batch 16 and 8 % at 32, measured here, outputs within 2e-6 of NCHW. Inputs need
+            # no change: a convolution with channels_last weights computes in that layout. After the FLOP count,
+            # which torch's counter reads lower for some layers in this layout.
+            model.network.to(memory_format=torch.channels_last)
             self._models[name] = (signature, model)
             self._models.move_to_end(name)
             while len(self._models) > self.capacity:
