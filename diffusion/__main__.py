@@ -78,6 +78,7 @@ def command_export(args):
 
 
 def command_pairs(args):
+    from .distributed import default_device, is_main
     from .training.pairs import PairConfig, generate_pairs
 
     output_in_existing_folder(args.out)  # the shard folder may be new; its parent must exist
@@ -89,8 +90,10 @@ def command_pairs(args):
         part = tuple(int(n) for n in args.part.split("/"))
     except ValueError:
         raise SystemExit(f"--part must look like 0/2, got {args.part!r}") from None
-    paths = generate_pairs(config, args.out, log=lambda line: print(line, file=sys.stderr, flush=True), part=part)
-    print(f"{len(paths)} shards ({config.count} pairs) in {args.out}" + (f", part {args.part}" if args.part != "0/1" else ""))
+    paths = generate_pairs(config, args.out, device=default_device(), part=part,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    if is_main():
+        print(f"{len(paths)} shards ({config.count} pairs) in {args.out}" + (f", part {args.part}" if args.part != "0/1" else ""))
 
 
 DENOISER_SAMPLE_DEFAULTS = {"sampler": "ddim", "solver": "heun", "steps": 50, "eta": 0.0, "spacing": "uniform",
@@ -98,20 +101,22 @@ DENOISER_SAMPLE_DEFAULTS = {"sampler": "ddim", "solver": "heun", "steps": 50, "e
 
 
 def command_sample(args):
-    """One grid: `--class N` for a batch of one class, `--class all` for one row of `--columns` images per class,
-    or `--settings-from FILE.png` for the exact request a PNG of this project carries (the same pixels again).
+    """One grid: `--class N` for `--count` images of one class (in requests of `--batch-size`), `--class all` for one
+    row of `--columns` images per class, or `--settings-from FILE.png` for the exact request a PNG of this project
+    carries (the same pixels again). Under torchrun the requests are split across the ranks; rank 0 writes the grid.
 
     A denoiser takes the sampler options, a normalizing flow `--temperature`; an option of the other kind is
     an error, never ignored. A grid of one request carries it in its PNG (settings.png_info)."""
     import torch
 
+    from .distributed import map_sharded
     from .engine import ModelCache, RequestError, run_request
     from .images import display_scale, image_grid, to_pil
     from .settings import request_from_png, result_png_info
 
     refuse_to_replace(output_in_existing_folder(args.out), args.overwrite)
     if args.settings_from:
-        given = [f"--{key.replace('_', '-')}" for key in (*DENOISER_SAMPLE_DEFAULTS, "temperature", "checkpoint")
+        given = [f"--{key.replace('_', '-')}" for key in (*DENOISER_SAMPLE_DEFAULTS, "temperature", "checkpoint", "count")
                  if getattr(args, key) is not None]
         if given:
             raise RequestError(f"--settings-from takes every setting from the PNG; leave out {', '.join(given)}")
@@ -125,7 +130,9 @@ def command_sample(args):
         if not args.checkpoint:
             raise RequestError("give --checkpoint NAME (or --settings-from FILE.png)")
         cache, requests = _sample_requests(args)
-    results = [run_request(cache, request) for request in requests]
+    results = map_sharded(lambda request: run_request(cache, request), requests)
+    if results is None:  # another rank than 0: its share went to rank 0
+        return
     images = torch.cat([r.images for r in results])
     settings = result_png_info(results[0]) if len(results) == 1 else None  # a grid of one request carries it
     to_pil(image_grid(images, columns=args.columns), scale=display_scale(images.shape[-1], 56)).save(args.out, pnginfo=settings)
@@ -134,19 +141,24 @@ def command_sample(args):
 
 
 def _sample_requests(args):
-    """(the model cache, one request per row) of `sample`'s options."""
+    """(the model cache, the requests of `sample`'s options: one per class row, or `--count` images in requests of
+    `--batch-size`, request k starting at image index k * batch size)."""
     import dataclasses as dc
 
+    from .distributed import default_device
     from .engine import FlowRequest, ModelCache, RequestError, SampleRequest
 
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
-    cache = ModelCache(given.parent if is_path else Path(args.checkpoint_dir))
+    cache = ModelCache(given.parent if is_path else Path(args.checkpoint_dir), device=default_device())
     name = (given.name if given.is_dir() else given.stem) if is_path else args.checkpoint
     kind = cache.get(name).kind
     every_class = args.class_index == "all"
+    if every_class and args.count is not None:
+        raise RequestError("--count applies to one class; --class all makes --columns images per class")
+    count = args.batch_size if args.count is None else args.count
     common = dict(checkpoint=name, class_index=0 if every_class else int(args.class_index), seed=args.seed,
-                  batch_size=args.columns if every_class else args.batch_size)
+                  batch_size=args.columns if every_class else min(args.batch_size, count))
     sampler_options = {key: getattr(args, key) for key in DENOISER_SAMPLE_DEFAULTS if getattr(args, key) is not None}
     if kind == "normalizing-flow":
         if sampler_options:
@@ -157,8 +169,10 @@ def _sample_requests(args):
         if args.temperature is not None:
             raise RequestError(f"checkpoint {name!r} has kind {kind!r}: --temperature applies to normalizing flows only")
         request = SampleRequest(**common, **(DENOISER_SAMPLE_DEFAULTS | sampler_options))
-    classes = range(len(cache.get(name).class_names)) if every_class else [request.class_index]
-    return cache, [dc.replace(request, class_index=k) for k in classes]
+    if every_class:
+        return cache, [dc.replace(request, class_index=k) for k in range(len(cache.get(name).class_names))]
+    return cache, [dc.replace(request, first_index=first, batch_size=min(args.batch_size, count - first))
+                   for first in range(0, count, args.batch_size)]
 
 
 def command_import_diffusers(args):
@@ -176,9 +190,10 @@ def command_import_diffusers(args):
 
 
 def command_evaluate(args):
+    from .distributed import is_main, on_main
     from .evaluation import EvalConfig, Evaluator, markdown_tables
 
-    out_dir = args.out_dir or (quick_output_dir("evaluate") if args.quick else DEFAULT_EVALUATION_DIR)
+    out_dir = args.out_dir or (on_main(lambda: quick_output_dir("evaluate")) if args.quick else DEFAULT_EVALUATION_DIR)
     output_in_existing_folder(out_dir)  # the folder itself may be new; its parent must exist
     config = EvalConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, samples=args.samples,
                         reference=args.reference, batch_size=args.batch_size, seed=args.seed, out_dir=str(out_dir),
@@ -189,8 +204,9 @@ def command_evaluate(args):
     conditioning = {"both": (False, True), "on": (True,), "off": (False,)}[args.self_cond]
     parts = tuple(args.parts) if args.parts else None
     results = Evaluator(config).run(parts=parts, self_conditioning=conditioning, overwrite=args.overwrite)
-    print(markdown_tables(results))
-    print(f"written to {out_dir}", file=sys.stderr)
+    if is_main():
+        print(markdown_tables(results))
+        print(f"written to {out_dir}", file=sys.stderr)
 
 
 def command_benchmark(args):
@@ -370,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=True)
     pairs.add_argument("--seed", type=non_negative_int, default=1)
     pairs.add_argument("--batch-size", type=positive_int, default=100)
-    pairs.add_argument("--part", default="0/1", help="i/n: make only shards k with k mod n = i (n processes, one folder)")
+    pairs.add_argument("--part", default="0/1", help="i/n: make only shards k with k mod n = i (n runs sharing one folder "
+                       "without torchrun; under torchrun the ranks share the shards by themselves)")
     pairs.add_argument("--quick", action="store_true", help="40 pairs in 2 shards with 3 steps (CI)")
     pairs.set_defaults(handler=command_pairs)
 
@@ -399,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="denoisers trained with it (default off)")
     sample.add_argument("--temperature", type=float, help="normalizing flows: z ~ N(0, T^2 I) (default 1)")
     sample.add_argument("--seed", type=non_negative_int, default=0)
+    sample.add_argument("--count", type=positive_int, help="images of one class (default: --batch-size); image i "
+                        "has the noise of (seed, i), however the requests are split")
     sample.add_argument("--batch-size", type=positive_int, default=16)
     sample.add_argument("--columns", type=positive_int, default=8)
     sample.add_argument("--out", default="samples.png")

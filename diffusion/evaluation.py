@@ -9,6 +9,9 @@ table and PNG plots.
 A full run takes hours on a CPU, so the JSON is rewritten after every row, and a later run reuses
 the rows it already holds when the checkpoint file (by SHA-256) and the sample settings are the
 same: an interrupted run resumes, and computing one part keeps the other parts' rows.
+
+Under torchrun the batches of every row are split across the ranks (diffusion.distributed) and scored on rank 0,
+which alone reads and writes the files: K processes give the numbers of one, K times sooner.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from .checkpoint import atomic_write
 from .data import load_fashion_mnist, to_model_range
+from .distributed import default_device, from_main, is_main, map_sharded, on_main, process_group
 from .engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
 from .sampling import draw_noise, image_generators
 from .schedules import time_grid
@@ -108,9 +112,8 @@ def earlier_run(path: Path, identity: dict) -> dict:
     return earlier if isinstance(earlier, dict) and earlier.get("identity") == identity else {}
 
 
-def reusable_rows(path: Path, identity: dict) -> dict[str, dict]:
-    """Rows of an earlier run at `path` whose checkpoint and sample settings equal `identity`."""
-    earlier = earlier_run(path, identity)
+def reusable_rows(earlier: dict) -> dict[str, dict]:
+    """The rows of an earlier run's JSON (earlier_run), by row_key."""
     parts = [earlier.get(part) for part in PARTS]
     rows = [r for part in parts for r in ([part] if isinstance(part, dict) else part or []) if isinstance(r, dict)]
     return {row_key(r): r for r in rows}
@@ -212,7 +215,7 @@ def check_evaluator_fits(model, evaluator, name: str):
 class Evaluator:
     def __init__(self, config: EvalConfig, cache: ModelCache | None = None):
         self.config = c = config.scaled()
-        self.cache = cache or ModelCache(c.checkpoint_dir)
+        self.cache = cache or ModelCache(c.checkpoint_dir, device=default_device())  # under torchrun: this rank's GPU
         evaluator = self.cache.first_of_kind("evaluator")
         if evaluator is None:
             raise RequestError(f"no evaluator checkpoint in {c.checkpoint_dir}; train one with "
@@ -225,15 +228,15 @@ class Evaluator:
                                f"({', '.join(KIND_PARTS)}) can be evaluated")
         check_evaluator_fits(model, evaluator, c.checkpoint)
         self.classes = len(model.class_names)
-        self.reference, self.reference_texture = self._reference_features()
 
     @cached_property
     def test_set(self):
         """The Fashion-MNIST test split, read once per Evaluator (reference features and every likelihood row)."""
         return load_fashion_mnist("test")
 
-    def _reference_features(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The test images' penultimate features and texture statistics."""
+    @cached_property
+    def reference_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test images' penultimate features and texture statistics (computed where rows are scored)."""
         images = to_model_range(self.test_set.images[: self.config.reference])
         return evaluator_outputs(self.evaluator, images)[1], texture_statistics(self.evaluator, images)
 
@@ -250,14 +253,15 @@ class Evaluator:
     def score(self, **request_fields) -> dict:
         """Sample config.samples images (equal share per class) with one request setting and score them.
 
-        A "seed" field, if given, replaces config.seed (the seed-spread rows)."""
+        A "seed" field, if given, replaces config.seed (the seed-spread rows). The batches are split across ranks;
+        rank 0 scores them all and returns the row, the other ranks None."""
         c = self.config
         row = dict(request_fields)
         seed = request_fields.pop("seed", c.seed)
         request_fields.pop("measure", None)  # marks a row of the texture or methods part (it has its own key)
         request_fields.pop("method", None)  # a guidance method's name; its settings are the row's request fields
         per_class = max(1, c.samples // self.classes)
-        images, labels, nfe, seconds = [], [], 0, 0.0
+        requests = []
         for label in range(self.classes):
             for start in range(0, per_class, c.batch_size):
                 # Every sample has its own noise (image index label * per_class + start + i): with the same noise
@@ -265,37 +269,42 @@ class Evaluator:
                 common = dict(checkpoint=c.checkpoint, class_index=label, seed=seed,
                               first_index=label * per_class + start, batch_size=min(c.batch_size, per_class - start))
                 if self.kind == "normalizing-flow":
-                    request = FlowRequest(**common, **request_fields)
+                    requests.append(FlowRequest(**common, **request_fields))
                 else:
-                    request = SampleRequest(**common, **({"guidance": "none", "scale": 1.0} | request_fields))
-                result = run_request(self.cache, request, model=self.model)
-                images.append(result.images)
-                labels += [label] * len(result.images)
-                nfe, seconds = result.nfe, seconds + result.seconds
-        return {**row, "nfe": nfe, **self.metrics(torch.cat(images), torch.tensor(labels)),
-                "seconds": round(seconds, 1)}
+                    requests.append(SampleRequest(**common, **({"guidance": "none", "scale": 1.0} | request_fields)))
+        results = map_sharded(lambda request: run_request(self.cache, request, model=self.model), requests)
+        if results is None:
+            return None
+        images = torch.cat([r.images for r in results])
+        labels = torch.tensor([r.request.class_index for r in results for _ in range(len(r.images))])
+        return {**row, "nfe": results[-1].nfe, **self.metrics(images, labels),
+                "seconds": round(sum(r.seconds for r in results), 1)}
 
     def straightness(self, **row) -> dict:
         """Straightness of config.samples class-balanced paths (the score() rows' noise), each read along its own
         DDIM run (straightness.readout_from_trajectory): mean and spread over images, and the mean rms distance of
-        the velocity from z - x at every step (the curve plotted against flow time)."""
+        the velocity from z - x at every step (the curve plotted against flow time). Rank 0 returns the row, the
+        other ranks None."""
         c = self.config
         fields = {k: v for k, v in row.items() if k != "measure"}
         per_class = max(1, c.samples // self.classes)
-        per_image, deviation, flow_time = [], [], None
         schedule = self.model.schedule
-        for label in range(self.classes):
-            for start in range(0, per_class, c.batch_size):
-                first, count = label * per_class + start, min(c.batch_size, per_class - start)
-                request = SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=c.seed, first_index=first,
-                                        batch_size=count, **fields)
-                result = run_request(self.cache, request, model=self.model, record_trajectory=True)
-                x_T = draw_noise(image_generators(c.seed, count, first), result.images.shape[1:])
-                readout = readout_from_trajectory(schedule, time_grid(schedule, request.steps), x_T, result.trajectory)
-                per_image.append(readout.per_image)
-                deviation.append(readout.deviation)
-                flow_time = readout.s[:-1]
-        per_image, deviation = torch.cat(per_image).double(), torch.cat(deviation, dim=1).double()
+        requests = [SampleRequest(checkpoint=c.checkpoint, class_index=label, seed=c.seed,
+                                  first_index=label * per_class + start, batch_size=min(c.batch_size, per_class - start),
+                                  **fields)
+                    for label in range(self.classes) for start in range(0, per_class, c.batch_size)]
+
+        def readout(request):
+            result = run_request(self.cache, request, model=self.model, record_trajectory=True)
+            x_T = draw_noise(image_generators(c.seed, request.batch_size, request.first_index), result.images.shape[1:])
+            return readout_from_trajectory(schedule, time_grid(schedule, request.steps), x_T, result.trajectory)
+
+        readouts = map_sharded(readout, requests)
+        if readouts is None:
+            return None
+        per_image = torch.cat([r.per_image for r in readouts]).double()
+        deviation = torch.cat([r.deviation for r in readouts], dim=1).double()
+        flow_time = readouts[-1].s[:-1]
         return {**row, "samples": len(per_image), "straightness": float(per_image.mean()),
                 "straightness_std": float(per_image.std()), "flow_time": [round(float(v), 5) for v in flow_time],
                 "deviation": [round(float(v), 5) for v in deviation.mean(1)]}
@@ -314,7 +323,10 @@ class Evaluator:
             labels = test.labels[start:end] if row["likelihood"] == "conditional" else None
             return x, rademacher_probes(generators, x.shape[1:]), labels
 
-        bits, nfes, seconds = self._resumable_bits(row, min(row["images"], len(test)), c.batch_size, batch, ode)
+        measured = self._resumable_bits(row, min(row["images"], len(test)), c.batch_size, batch, ode)
+        if measured is None:
+            return None
+        bits, nfes, seconds = measured
         return {**row, "bits_per_dim": float(bits.mean()), "stderr": float(bits.std() / len(bits) ** 0.5),
                 "median": float(bits.median()), "p05": float(bits.quantile(0.05)), "p95": float(bits.quantile(0.95)),
                 "nfe": round(sum(nfes) / len(nfes)), "nfe_max": max(nfes), "seconds": seconds}
@@ -335,7 +347,10 @@ class Evaluator:
 
         count = min(row["images"], len(test))
         step = max(1, c.batch_size // len(PROBES))
-        bits, nfes, seconds = self._resumable_bits(row, count, step, batch, ode)
+        measured = self._resumable_bits(row, count, step, batch, ode)
+        if measured is None:
+            return None
+        bits, nfes, seconds = measured
         bits = bits.view(count, len(PROBES))
         by_probe = {probe: {"bits_per_dim": float(bits[:, p].mean()), "stderr": float(bits[:, p].std() / count ** 0.5),
                             "likelier_than_original": float((bits[:, p] < bits[:, 0]).double().mean())}
@@ -345,34 +360,45 @@ class Evaluator:
 
     def _resumable_bits(self, row: dict, count: int, step: int, batch, ode: ODELikelihoodConfig):
         """bits/dim for items 0..count in batches of `step` (batch(start, end) -> x, Hutchinson probes, labels),
-        unconditional when labels is None. Each batch is saved under progress_dir as it finishes, so an interrupted
-        row resumes. Returns (bits, NFE per batch, seconds)."""
+        unconditional when labels is None. The missing batches go to the ranks one round of K batches at a time; rank 0
+        saves each round's batches under progress_dir, so an interrupted row resumes. Returns (bits, NFE per batch,
+        seconds) on rank 0, None on the other ranks."""
         c = self.config
         run_id = hashlib.sha256(f"{self.model.sha256} {row_key(row)} {c.seed} {c.batch_size}".encode()).hexdigest()[:16]
         progress_path = Path(c.progress_dir) / f"{c.checkpoint}-{run_id}.json"
-        progress = _read_progress(progress_path)
+        progress = on_main(lambda: _read_progress(progress_path))
         device = self.cache.device
-        for start in range(0, count, step):
-            if str(start) in progress:
-                continue
+
+        def measure(start: int) -> dict:
             x, probes, labels = batch(start, min(start + step, count))
             began = time.perf_counter()
             with torch.inference_mode():
                 result = model_log_likelihood(self.model, x.to(device), None if labels is None else labels.to(device),
                                               probes.to(device), ode)
-            progress[str(start)] = {"bits": result.bits_per_dim.cpu().tolist(), "nfe": result.nfe,
-                                    "seconds": time.perf_counter() - began}
+            return {"bits": result.bits_per_dim.cpu().tolist(), "nfe": result.nfe, "seconds": time.perf_counter() - began}
+
+        missing = [start for start in range(0, count, step) if str(start) not in progress]
+        world = process_group()[1]
+        for first in range(0, len(missing), world):
+            starts = missing[first:first + world]
+            measured = map_sharded(measure, starts)
+            if measured is None:
+                continue
+            progress |= {str(start): entry for start, entry in zip(starts, measured)}
             progress_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(progress_path, lambda tmp: Path(tmp).write_text(json.dumps(progress)))
+        if not is_main():
+            return None
         bits = torch.tensor([b for start in sorted(progress, key=int) for b in progress[start]["bits"]], dtype=torch.float64)
         nfes = [entry["nfe"] for entry in progress.values()]
         return bits, nfes, round(sum(entry["seconds"] for entry in progress.values()), 1)
 
     def metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         probs, features = evaluator_outputs(self.evaluator, images)
+        reference, reference_texture = self.reference_features
         diversity = sum(mean_pairwise_distance(features[labels == k]) for k in range(self.classes)) / self.classes
-        return {"samples": len(labels), "fid": frechet_distance(features, self.reference),
-                "texture_fid": frechet_distance(texture_statistics(self.evaluator, images), self.reference_texture),
+        return {"samples": len(labels), "fid": frechet_distance(features, reference),
+                "texture_fid": frechet_distance(texture_statistics(self.evaluator, images), reference_texture),
                 "accuracy": class_accuracy(probs, labels), "diversity": diversity}
 
     def real_data_floor(self, draws: int = 5) -> dict:
@@ -412,7 +438,8 @@ class Evaluator:
         one row's numbers move with the noise); for a normalizing flow "temperatures" and "quality-bar" (T = 1).
 
         Results go to out_dir/CHECKPOINT.json as rows finish; a file there from the same checkpoint and settings is
-        continued, one from another file or other settings is replaced only if `overwrite`."""
+        continued, one from another file or other settings is replaced only if `overwrite`. Under torchrun every
+        rank returns the same results; rank 0 alone reads and writes the files."""
         c = self.config
         default, optional = KIND_PARTS[self.kind]
         wanted = {part.replace("-", "_") for part in (parts or default)}
@@ -425,14 +452,16 @@ class Evaluator:
         identity = {"checkpoint_sha256": model.sha256, "samples": c.samples,
                     "reference": c.reference, "seed": c.seed, "noise": NOISE_INDEXING}
         path = Path(c.out_dir) / f"{c.checkpoint}.json"
-        if write and path.exists() and not overwrite and not earlier_run(path, identity):
+        exists, earlier = on_main(lambda: (path.exists(), earlier_run(path, identity))) if write else (False, {})
+        if exists and not overwrite and not earlier:
             raise OutputExists(f"{path} holds an evaluation of another file or with other settings (samples, "
                                f"reference, seed); pass --overwrite to replace it, or choose another --out-dir")
-        done = reusable_rows(path, identity) if write else {}
+        done = reusable_rows(earlier)
+        writes = write and is_main()
         started = time.time()
         results = {"config": asdict(c), "identity": identity, "checkpoint": c.checkpoint,
                    "device": str(self.cache.device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                   "real_data": self.real_data_floor(), "samplers": [], "guidance": [], "temperatures": [],
+                   "real_data": on_main(self.real_data_floor), "samplers": [], "guidance": [], "temperatures": [],
                    "likelihood": []}
         steps = 4 if c.quick else 50
         planned = {} if self.kind == "normalizing-flow" else {
@@ -460,8 +489,6 @@ class Evaluator:
             rows = [done[row_key(r)] for r in planned[part] if row_key(r) in done]
             return rows if part not in ("quality_bar", "probes") else (rows[0] if rows else None)
 
-        earlier = earlier_run(path, identity) if write else {}
-
         def known_or_kept(part):  # a part not computed now keeps the earlier run's rows as they are (other settings)
             return earlier[part] if part not in wanted and earlier.get(part) else known(part)
 
@@ -472,9 +499,9 @@ class Evaluator:
                 if row_key(row) not in done:
                     measure = {"likelihood": self.likelihood, "probes": self.probes,
                                "straightness": self.straightness}.get(part, self.score)
-                    done[row_key(row)] = measure(**row)
+                    done[row_key(row)] = from_main(measure(**row))  # scored on rank 0
                     results[part] = known(part)
-                    if write:
+                    if writes:
                         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
         for part in planned:  # rows shared between parts (a flow's quality bar is its T = 1 row) are known now
             results[part] = known_or_kept(part)
@@ -482,7 +509,7 @@ class Evaluator:
             if results[part] is None:
                 del results[part]
         results["wall_minutes"] = round((time.time() - started) / 60, 1)
-        if write:
+        if writes:
             write_report(results, Path(c.out_dir))
         return results
 

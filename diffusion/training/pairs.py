@@ -5,7 +5,8 @@ image x, and retrain on the coupling (z, x) instead of an independent (noise, da
 numbered safetensors shards; each shard is written atomically and records the teacher (file SHA-256), solver,
 steps, guidance and its index range, so a killed run continues at the first missing shard and a folder never mixes
 pairs of different teachers or settings. Pair i has the class i mod C and the noise of image i of the seed
-(sampling.image_generators), so a shard's contents depend on nothing but (settings, index range).
+(sampling.image_generators), so a shard's contents depend on nothing but (settings, index range), and a run
+sharded over torchrun writes the same bytes as one process (at the same thread count).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 from ..checkpoint import atomic_write, load_checkpoint
 from ..data import DataError
 from ..denoiser import Denoiser, Guidance
+from ..distributed import map_sharded, on_main, process_group
 from ..sampling import ODE_SOLVERS, draw_noise, image_generators, sample_ode
 from ..schedules import time_grid
 
@@ -94,59 +96,77 @@ def _shard_metadata(path: Path) -> dict:
 
 
 def generate_pairs(config: PairConfig, out_dir, device="cpu", log=print, part: tuple[int, int] = (0, 1)) -> list[Path]:
-    """Write the shards that are missing (resumable). Returns every shard's path, in order. part = (i, n): only
-    shards k with k mod n = i, so n processes can share one folder (one core each is faster than two threads)."""
+    """Write the shards that are missing (resumable). Returns every shard's path, in order. Under torchrun the
+    missing shards are made K at a time, one per rank, and written by rank 0 as each round ends. part = (i, n): only
+    shards k with k mod n = i (`pairs --part`: n runs without torchrun sharing one folder)."""
     index, parts = part
     if not 0 <= index < parts:
         raise ValueError(f"part must be i/n with 0 <= i < n, got {index}/{parts}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     teacher = load_checkpoint(config.teacher, device)
     if teacher.kind != "denoiser":
         raise DataError(f"the teacher {config.teacher} is a {teacher.kind}, not a denoiser")
-    network = teacher.network.eval()
     classes = len(teacher.class_names)
-    if config.scale != 1 and (not classes or network.config.null_class is None):
+    if config.scale != 1 and (not classes or teacher.network.config.null_class is None):
         raise DataError("guided pairs (scale != 1) need a class-conditional teacher with a null class")
     settings = config.settings(teacher.sha256)
-    shape = (teacher.config["image_channels"], teacher.config["image_size"], teacher.config["image_size"])
-    schedule = teacher.schedule
-    paths = []
-    for shard, first in enumerate(range(0, config.count, config.shard_size)):
-        path = shard_path(out, shard)
-        count = min(config.shard_size, config.count - first)
-        paths.append(path)
-        if shard % parts != index:
-            continue
-        if path.exists():
-            found = _shard_metadata(path)
-            if found["settings"] != settings or (found["first"], found["count"]) != (first, count):
-                raise DataError(f"{path} was made with other settings or another teacher ({found['settings']}); "
-                                f"use a new folder for these pairs")
-            continue
-        started = time.perf_counter()
-        noise, images, labels = [], [], []
-        for start in range(first, first + count, config.batch_size):
-            n = min(config.batch_size, first + count - start)
-            z = draw_noise(image_generators(config.seed, n, start), shape)
-            y = torch.arange(start, start + n) % classes if classes else None
-            guidance = Guidance("cfg", config.scale) if config.scale != 1 else Guidance()
-            denoise = Denoiser(network, schedule, teacher.parameterization, labels=None if y is None else y.to(device),
-                               guidance=guidance, self_condition=config.self_condition and teacher.self_condition)
-            with torch.inference_mode():
-                x = sample_ode(denoise, z.to(device), time_grid(schedule, config.steps), schedule=schedule,
-                               solver=config.solver)
-            noise.append(z)
-            images.append(x.float().clamp(-1, 1).cpu())
-            labels.append(y if y is not None else torch.zeros(n, dtype=torch.long))
-        seconds = time.perf_counter() - started
-        tensors = {"noise": torch.cat(noise).contiguous(), "images": torch.cat(images).contiguous(),
-                   "labels": torch.cat(labels).contiguous()}
-        metadata = {"format": PAIRS_FORMAT, "settings": json.dumps(settings), "first": str(first), "count": str(count),
-                    "class_names": json.dumps(list(teacher.class_names)), "seconds": f"{seconds:.3f}"}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-        log(f"{path.name}: pairs {first}-{first + count - 1} in {seconds:.1f} s")
+    ranges = [(first, min(config.shard_size, config.count - first)) for first in range(0, config.count, config.shard_size)]
+    paths = [shard_path(out, shard) for shard in range(len(ranges))]
+    wanted = [shard for shard in range(len(ranges)) if shard % parts == index]
+    missing = on_main(lambda: missing_shards(out, wanted, ranges, settings))
+    world = process_group()[1]
+    for round_start in range(0, len(missing), world):
+        shards = missing[round_start:round_start + world]
+        made = map_sharded(lambda shard: make_shard(teacher, config, *ranges[shard], device), shards)
+        for shard, (tensors, seconds) in zip(shards, made or []):  # rank 0 writes; the others made their share
+            first, count = ranges[shard]
+            metadata = {"format": PAIRS_FORMAT, "settings": json.dumps(settings), "first": str(first),
+                        "count": str(count), "class_names": json.dumps(list(teacher.class_names)),
+                        "seconds": f"{seconds:.3f}"}
+            atomic_write(paths[shard], lambda tmp: save_file(tensors, tmp, metadata=metadata))
+            log(f"{paths[shard].name}: pairs {first}-{first + count - 1} in {seconds:.1f} s")
     return paths
+
+
+def missing_shards(out: Path, wanted: list[int], ranges: list[tuple[int, int]], settings: dict) -> list[int]:
+    """The wanted shards not yet in `out` (created if new); DataError for a shard there of other settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for shard in wanted:
+        path = shard_path(out, shard)
+        if not path.exists():
+            missing.append(shard)
+            continue
+        found = _shard_metadata(path)
+        if found["settings"] != settings or (found["first"], found["count"]) != ranges[shard]:
+            raise DataError(f"{path} was made with other settings or another teacher ({found['settings']}); "
+                            f"use a new folder for these pairs")
+    return missing
+
+
+def make_shard(teacher, config: PairConfig, first: int, count: int, device) -> tuple[dict[str, torch.Tensor], float]:
+    """Pairs first..first + count - 1 as CPU tensors {"noise", "images", "labels"}, and the seconds they took."""
+    started = time.perf_counter()
+    network, schedule = teacher.network.eval(), teacher.schedule
+    classes = len(teacher.class_names)
+    shape = (teacher.config["image_channels"], teacher.config["image_size"], teacher.config["image_size"])
+    noise, images, labels = [], [], []
+    for start in range(first, first + count, config.batch_size):
+        n = min(config.batch_size, first + count - start)
+        z = draw_noise(image_generators(config.seed, n, start), shape)
+        y = torch.arange(start, start + n) % classes if classes else None
+        guidance = Guidance("cfg", config.scale) if config.scale != 1 else Guidance()
+        denoise = Denoiser(network, schedule, teacher.parameterization, labels=None if y is None else y.to(device),
+                           guidance=guidance, self_condition=config.self_condition and teacher.self_condition)
+        with torch.inference_mode():
+            x = sample_ode(denoise, z.to(device), time_grid(schedule, config.steps), schedule=schedule,
+                           solver=config.solver)
+        noise.append(z)
+        images.append(x.float().clamp(-1, 1).cpu())
+        labels.append(y if y is not None else torch.zeros(n, dtype=torch.long))
+    tensors = {"noise": torch.cat(noise).contiguous(), "images": torch.cat(images).contiguous(),
+               "labels": torch.cat(labels).contiguous()}
+    return tensors, time.perf_counter() - started
 
 
 def load_pairs(folder) -> PairSet:
