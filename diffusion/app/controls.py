@@ -10,6 +10,7 @@ field). A checkpoint change decides which controls apply and their defaults in o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import gradio as gr
 
@@ -235,6 +236,17 @@ def on_study_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guid
             gr.Radio(**chosen("sampler")), gr.Dropdown(**chosen("solver")), gr.Slider(**chosen("steps")),
             gr.Slider(interactive=guidance_value != "none", **scale), bool(model.kind == "denoiser"
                                                                            and model.sampling_defaults), None)
+
+
+def follow_study_checkpoint(cache: ModelCache, tab_sampling: dict, controls: dict) -> gr.State:
+    """Trajectory's and the X/Y grid's checkpoint change (on_study_checkpoint_change) wired over their controls by
+    request field; returns the tab's `sent` state."""
+    few_step, sent = gr.State(False), gr.State(None)
+    outputs = [controls[f] for f in ("class_index", "guidance", "sampler", "solver", "steps", "scale")]
+    controls["checkpoint"].change(partial(on_study_checkpoint_change, cache, tab_sampling),
+                                  [controls["checkpoint"], controls["guidance"], few_step, sent],
+                                  [*outputs, few_step, sent], api_name=False)
+    return sent
 
 
 def on_compare_checkpoint_change(cache: ModelCache, tab_sampling: dict, name, guidance_value, was_few_step, sent=None):

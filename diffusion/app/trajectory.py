@@ -13,7 +13,7 @@ from ..engine import ModelCache, RequestError
 from ..sampling import ODE_SOLVERS
 from ..studies import trajectory
 from .common import SINGLE_PX, grid_pil, save_gif, stream_result, user_error, widget_number
-from .controls import RequestTarget, SAMPLER_LABELS, make_request, on_study_checkpoint_change, run_and_stop, settle_run
+from .controls import RequestTarget, SAMPLER_LABELS, follow_study_checkpoint, make_request, run_and_stop, settle_run
 
 
 def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, frames,
@@ -76,13 +76,10 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
                                   t_seed, t_frames], [t_strip, t_caption, t_gif, t_path], api_name="trajectory",
                 show_progress="minimal", **sampling)
     settle_run(tracing, [t_strip, t_caption, t_gif, t_path], t_caption, t_stop)
-    few_step, sent = gr.State(False), gr.State(None)
-    t_checkpoint.change(partial(on_study_checkpoint_change, cache, TAB_SAMPLING), [t_checkpoint, t_guidance, few_step, sent],
-                        [t_class, t_guidance, t_sampler, t_solver, t_steps, t_scale, few_step, sent], api_name=False)
-    return RequestTarget("trajectory", "Trajectory", {
-        "checkpoint": t_checkpoint, "sampler": t_sampler, "solver": t_solver, "steps": t_steps, "guidance": t_guidance,
-        "class_index": t_class, "scale": t_scale, "seed": t_seed}, {"steps": (2, 200), "scale": (0, 15)}, sent,
-        t_caption, "Show trajectory")
-
+    controls = {"checkpoint": t_checkpoint, "sampler": t_sampler, "solver": t_solver, "steps": t_steps,
+                "guidance": t_guidance, "class_index": t_class, "scale": t_scale, "seed": t_seed}
+    sent = follow_study_checkpoint(cache, TAB_SAMPLING, controls)
+    return RequestTarget("trajectory", "Trajectory", controls, {"steps": (2, 200), "scale": (0, 15)}, sent, t_caption,
+                         "Show trajectory")
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "heun", "steps": 50, "guidance": "cfg"}  # where the tab starts

@@ -15,7 +15,7 @@ from ..settings import png_info
 from ..xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, axis_value, grid_manifest,
                   grid_picture, plan_grid, run_grid)
 from .common import markdown_text, output_path, save_picture, stream_result, user_error
-from .controls import (SAMPLER_LABELS, SPACING_LABELS, RequestTarget, make_request, on_study_checkpoint_change,
+from .controls import (SAMPLER_LABELS, SPACING_LABELS, RequestTarget, follow_study_checkpoint, make_request,
                        run_and_stop, settle_run)
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "dpm++2m", "steps": 25, "guidance": "cfg"}  # where the tab starts
@@ -100,11 +100,8 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
                                                  images, x_field, x_values, y_field, y_values],
                        [picture, table, png, manifest], api_name="xy_grid", show_progress="minimal", **sampling)
     settle_run(making, [picture, table, png, manifest], table, stop)
-    few_step, sent = gr.State(False), gr.State(None)
-    checkpoint.change(partial(on_study_checkpoint_change, cache, TAB_SAMPLING), [checkpoint, guidance, few_step, sent],
-                      [class_index, guidance, sampler, solver, steps, scale, few_step, sent], api_name=False)
-    return RequestTarget("xy", "X/Y grid", {
-        "checkpoint": checkpoint, "sampler": sampler, "solver": solver, "steps": steps, "spacing": spacing,
-        "guidance": guidance, "class_index": class_index, "scale": scale, "seed": seed, "batch_size": images,
-        "x_field": x_field, "x_values": x_values, "y_field": y_field, "y_values": y_values},
-        {"scale": (0, 15), "batch_size": (1, 16)}, sent, table, "Make grid")
+    controls = {"checkpoint": checkpoint, "sampler": sampler, "solver": solver, "steps": steps, "spacing": spacing,
+                "guidance": guidance, "class_index": class_index, "scale": scale, "seed": seed, "batch_size": images,
+                "x_field": x_field, "x_values": x_values, "y_field": y_field, "y_values": y_values}
+    return RequestTarget("xy", "X/Y grid", controls, {"scale": (0, 15), "batch_size": (1, 16)},
+                         follow_study_checkpoint(cache, TAB_SAMPLING, controls), table, "Make grid")
