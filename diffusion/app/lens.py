@@ -34,7 +34,7 @@ def picked_image(cache: ModelCache, source, index, upload, sample_checkpoint, sa
     source = str(source)
     if source == "test image":
         image, label = test_image(index)
-        return to_uint8(image[0]), f"test image {int(index)} (a {FASHION_MNIST_CLASSES[label]})"
+        return to_uint8(image[0]), f"test image {int(index)} ({FASHION_MNIST_CLASSES[label]})"
     if source == "uploaded image":
         if upload is None:
             raise RequestError("upload an image first (or pick another source)")
