@@ -23,16 +23,10 @@ from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE, SP
                        stochastic_settings, stochastic_visibility)
 
 
-def generate_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale, self_condition,
-                     seed, batch_size, rescale=0.0, interval_low=None, interval_high=None, apg_eta=1.0, apg_norm=0.0,
-                     apg_momentum=0.0, threshold=0.0, stochasticity=1.0, predictor="ddpm", correctors=1, snr=0.16,
-                     langevin_steps=5, step_size=1.0):
-    """The Generate tab's widget values -> SampleRequest (the user's error if one does not convert)."""
+def generate_request(*values):
+    """The Generate tab's widget values (generate_request_fields' order) -> SampleRequest, or the user's error."""
     try:
-        return generate_request_fields(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
-                                       self_condition, seed, batch_size, rescale, interval_low, interval_high, apg_eta,
-                                       apg_norm, apg_momentum, threshold, stochasticity, predictor, correctors, snr,
-                                       langevin_steps, step_size)
+        return generate_request_fields(*values)
     except RequestError as error:
         raise user_error(error) from None
 
