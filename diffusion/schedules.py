@@ -212,8 +212,12 @@ class Schedule:
 SPACINGS = ("uniform", "log-snr", "leading")
 
 
-def time_grid(schedule: Schedule, steps: int, spacing: str = "uniform", t_min: float = 1e-3) -> torch.Tensor:
-    """Decreasing float64 grid t_0 > ... > t_steps = 0 for a sampler taking `steps` steps.
+def time_grid(schedule: Schedule, steps: int, spacing: str = "uniform", t_min: float = 1e-3,
+              t_start: float = 1.0) -> torch.Tensor:
+    """Decreasing float64 grid t_0 = t_start > ... > t_steps = 0 for a sampler taking `steps` steps.
+
+    t_start < 1 starts from a partly noised image (image-to-image, editing.py); all `steps` steps are spent
+    between t_start and 0.
 
     "uniform": t_0 = 1, evenly spaced in t (for vp-linear with 1000 steps these are exactly DDPM's
     timesteps, and for fewer steps diffusers' "trailing" spacing).
@@ -225,8 +229,13 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "uniform", t_min: f
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if spacing == "uniform":
-        return torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    if not 0 < t_start <= 1:
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    if spacing == "uniform" or (spacing == "log-snr" and t_start <= t_min):
+        return torch.linspace(t_start, 0, steps + 1, dtype=torch.float64)
+    if spacing == "leading" and t_start < 1:
+        raise ValueError("'leading' spacing is diffusers' fixed timesteps from t = 1; start a partial grid with "
+                         "'uniform' or 'log-snr' spacing")
     if spacing == "leading":
         discrete = schedule.discrete
         if discrete is None:
@@ -237,11 +246,11 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "uniform", t_min: f
         return torch.cat([(k + 1) / discrete.steps, torch.zeros(1, dtype=torch.float64)])
     if spacing == "log-snr":
         if steps == 1:
-            return torch.tensor([1.0, 0.0], dtype=torch.float64)
-        lam_start = schedule.log_snr(torch.tensor(1.0)).clamp(min=-20.0)
+            return torch.tensor([t_start, 0.0], dtype=torch.float64)
+        lam_start = schedule.log_snr(torch.tensor(t_start, dtype=torch.float64)).clamp(min=-20.0)
         lam_end = schedule.log_snr(torch.tensor(t_min))
         lam = torch.linspace(float(lam_start), float(lam_end), steps, dtype=torch.float64)
         t = schedule.t_from_log_snr(lam)
-        t[0] = 1.0
+        t[0] = t_start
         return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
     raise ValueError(f"unknown time spacing {spacing!r}; expected one of {SPACINGS}")

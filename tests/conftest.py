@@ -107,7 +107,8 @@ def checkpoint_dir(tmp_path):
 
 
 def write_diffusers_folder(folder, channels=3, size=16, beta_schedule="linear", prediction_type="epsilon",
-                           clip_sample=False, num_class_embeds=None, pipeline="DDPMPipeline", seed=0):
+                           clip_sample=False, num_class_embeds=None, pipeline="DDPMPipeline", seed=0,
+                           num_train_timesteps=1000):
     """A diffusers pipeline folder as `save_pretrained(safe_serialization=True)` writes it: a small randomly
     initialised UNet2DModel and a DDPMScheduler. Returns (folder, the UNet, the scheduler)."""
     from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -117,7 +118,7 @@ def write_diffusers_folder(folder, channels=3, size=16, beta_schedule="linear", 
                        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8,
                        num_class_embeds=num_class_embeds).eval()
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, prediction_type=prediction_type,
+    scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type,
                               clip_sample=clip_sample)
     kind = DDPMPipeline if pipeline == "DDPMPipeline" else DDIMPipeline
     kind(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
