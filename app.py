@@ -20,6 +20,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from diffusion.app.card import build_card_tab, checkpoint_table
+from diffusion.app.common import serve_outputs_directly
 from diffusion.app.compare import build_compare_tab
 from diffusion.app.controls import GUIDANCE_LABELS, class_and_guidance, scale_for_guidance
 from diffusion.app.families import build_families_tab
@@ -83,6 +84,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     # themselves (diffusion.app.common.widget_number, the engine), so every wrong input, through the browser or
     # the API, gets one sentence naming its field instead of a component's anonymous bounds error.
     sampling = {"concurrency_limit": 1, "concurrency_id": "sampling", "preprocess": False}
+    serve_outputs_directly()  # the PNGs a run returns go out as written, not copied into Gradio's cache
 
     with gr.Blocks(title="diffusion-playground", fill_width=True, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(INTRO)

@@ -3,8 +3,9 @@
 Each denoiser races at its cheapest evaluated setting that reaches the accuracy bar: the rows `evaluate` wrote for
 exactly this file (matched by SHA-256), cost = network evaluations x rows per evaluation (classifier-free guidance
 runs two). fashion-diffusion's DDIM-50 with CFG 3 is the baseline the others are divided by. All rows are timed in one
-run, best of N, on this machine; then the fastest is timed again through the app (a live server and gradio_client),
-which adds PNG encoding, the queue and HTTP. Absolute times are for context: read the ratios.
+run, best of N, on this machine; then the fastest is timed again through the app (a live server, its event stream read
+as a browser reads it, and gradio_client), interleaved with sampling alone: the app adds PNG encoding, the queue and
+HTTP. Absolute times are for context: read the ratios.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import json
 import platform
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from .app_client import QueueClient
 from .engine import ModelCache, SampleRequest, run_request
 
 ACCURACY_BAR = 0.95
@@ -108,24 +111,35 @@ def time_rows(cache: ModelCache, rows: list[RaceRow], repeats: int, class_index:
         row.seconds, row.nfe = min(times), result.nfe
 
 
-def app_round_trip(url: str, row: RaceRow, repeats: int, class_index: int = 0, download_files: bool = False) -> float:
-    """Best-of-`repeats` seconds for /generate through gradio_client against the app's server at `url`: until the
-    response (the images as file URLs) arrives, or, with download_files, until the client has also fetched every
-    file of it (16 gallery PNGs, the grid and the download, one after another)."""
+def app_round_trip(url: str, cache: ModelCache, row: RaceRow, repeats: int, class_index: int = 0) -> dict:
+    """Best-of-`repeats` seconds of one GRID-image request of `row`, four ways, interleaved (each repeat times each way
+    once, so a busy machine slows them alike): "sampling" alone (run_request, as the race's rows); /generate through
+    the app at `url` until the response arrives, read from the event stream as a browser reads it ("seconds",
+    QueueClient) and through gradio_client ("gradio_client", which polls its messages every 50 ms); and through
+    gradio_client fetching the response's files one after another ("with_downloads")."""
     from gradio_client import Client
 
-    client = Client(url, verbose=False, download_files=download_files)
     s = {"solver": "heun", "eta": 0.0, "spacing": "uniform", "guidance": "none", "scale": 1.0,
          "self_condition": False} | row.setting
     args = (row.checkpoint, s["sampler"], s["solver"], s["steps"], s["eta"], s["spacing"], s["guidance"],
             class_index, s["scale"], s["self_condition"], 0, GRID)
-    client.predict(*args, api_name="/generate")  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        client.predict(*args, api_name="/generate")
-        times.append(time.perf_counter() - started)
-    return min(times)
+    request = SampleRequest(checkpoint=row.checkpoint, class_index=class_index, batch_size=GRID, seed=0,
+                            **({"guidance": "none", "scale": 1.0} | row.setting))
+    with QueueClient(url, "generate") as stream:
+        ways = {"sampling": lambda: run_request(cache, request),
+                "seconds": lambda: stream.predict(*args),
+                "gradio_client": partial(Client(url, verbose=False, download_files=False).predict, *args,
+                                         api_name="/generate"),
+                "with_downloads": partial(Client(url, verbose=False).predict, *args, api_name="/generate")}
+        times = {way: [] for way in ways}
+        for call in ways.values():
+            call()  # warm-up
+        for _ in range(repeats):
+            for way, call in ways.items():
+                started = time.perf_counter()
+                call()
+                times[way].append(time.perf_counter() - started)
+    return {way: min(seconds) for way, seconds in times.items()}
 
 
 DEFAULT_FOLDERS = ("docs/evaluation/reflow", "docs/evaluation/retrained", "docs/evaluation/dit", "docs/evaluation")
@@ -148,8 +162,7 @@ def run_race(cache: ModelCache, folders=DEFAULT_FOLDERS, checkpoints=DEFAULT_RAC
                   default=None)
     if fastest and serve is not None:
         with serve(cache) as url:
-            results["round_trip"] = {"label": fastest.label, "seconds": app_round_trip(url, fastest, repeats),
-                                     "with_downloads": app_round_trip(url, fastest, repeats, download_files=True)}
+            results["round_trip"] = {"label": fastest.label} | app_round_trip(url, cache, fastest, repeats)
     return results
 
 
@@ -168,8 +181,12 @@ def race_report(results: dict) -> str:
         lines.append(f"| {r['label']} | {r['nfe']} | {accuracy} | {fid} | {r['seconds']:.3f} | {ratio} |")
     if "round_trip" in results:
         trip = results["round_trip"]
-        lines += ["", f"Through the app (gradio_client `/generate` against a live server, the PNGs written and HTTP "
-                      f"included): {trip['label']} takes **{trip['seconds']:.3f} s** per {GRID}-image grid until the "
-                      f"response arrives, {trip['with_downloads']:.3f} s when the client then fetches its "
-                      f"{GRID + 2} image files one after another (a browser fetches them in parallel)."]
+        over = lambda way: f"{trip[way]:.3f} s ({trip[way] / trip['sampling']:.1f}x)"  # noqa: E731
+        lines += ["", f"Through the app (`/generate` against a live server: the PNGs written, Gradio's queue and HTTP "
+                      f"included), {trip['label']}, {GRID} images, best of {results['repeats']}, interleaved with "
+                      f"sampling alone ({trip['sampling']:.3f} s): **{over('seconds')}** until the response arrives, "
+                      f"read from the event stream as a browser reads it; {over('gradio_client')} through "
+                      f"gradio_client, which polls its messages every 50 ms; {over('with_downloads')} when "
+                      f"gradio_client then fetches the response's {GRID + 1} files one after another (a browser "
+                      f"fetches them in parallel)."]
     return "\n".join(lines) + "\n"

@@ -47,6 +47,42 @@ def test_generate_through_the_api(client):
     assert Image.open(again[0][3]["image"]).tobytes() == Image.open(gallery[3]["image"]).tobytes()
 
 
+def test_a_response_serves_its_pngs_where_they_were_written_and_carries_no_preview(server):
+    """Issue 30, item 4: the gallery and the grid go out from the app's output folder (Gradio neither hashes nor copies
+    them), and a run shorter than a preview interval sends no preview picture. Read as a browser reads the queue."""
+    import httpx
+
+    from diffusion.app.common import OUTPUT_DIR
+    from diffusion.app_client import QueueClient
+    from diffusion.settings import request_from_png
+
+    with QueueClient(server, "generate") as stream:
+        gallery, preview, status, grid = stream.predict("tiny", "ode", "euler", 1, 0.0, "uniform", "none", 0, 1.0,
+                                                        False, 3, 4)
+    assert len(gallery) == 4 and preview["value"] is None and "NFE 1" in status
+    files = [item["image"] for item in gallery] + [grid]
+    assert all(Path(f["path"]).parent == OUTPUT_DIR.resolve() for f in files)
+    served = httpx.get(files[2]["url"])
+    assert served.status_code == 200 and served.content == Path(files[2]["path"]).read_bytes()
+    single, _ = request_from_png(files[2]["path"])
+    assert (single.seed, single.first_index, single.batch_size) == (3, 2, 1)
+
+
+def test_previews_come_once_per_interval_and_never_in_a_shorter_run():
+    from diffusion.app.generate import PreviewClock
+
+    now = [100.0]
+    clock = PreviewClock(interval=0.5, clock=lambda: now[0])
+    due = []
+    for step in range(12):  # a step every 0.2 s
+        now[0] += 0.2
+        due.append(clock.due())
+    assert [i for i, d in enumerate(due) if d] == [2, 5, 8, 11]  # at 0.6, 1.2, 1.8, 2.4 s
+    short = PreviewClock(interval=0.5, clock=lambda: now[0])
+    now[0] += 0.45
+    assert not short.due()
+
+
 @pytest.mark.parametrize("args, message", [
     (("tiny", "ddim", "heun", 0, 0.0, "uniform", "cfg", 2, 3.0, False, 7, 6), "steps must be between 1 and 1000"),
     (("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 9, 3.0, False, 7, 6), "class must be between 0 and 2"),

@@ -121,14 +121,16 @@ def test_encode_image_is_exact_for_nice_and_reports_ode_errors(cache):
 def test_the_output_folder_keeps_a_bounded_number_of_files(tmp_path):
     import os
 
-    from diffusion.app.common import output_path
+    from diffusion.app.common import output_path, pruned
 
     paths = []
     for i in range(12):
         path = output_path("grid", ".png", folder=tmp_path, keep=5)
+        pruned()  # before the next file: the pruning thread must not see a file whose age is still being set
         os.utime(path, ns=(i * 10**9, i * 10**9))  # strictly increasing ages, whatever the clock's resolution
         paths.append(path)
     output_path("grid", ".png", folder=tmp_path, keep=5)
+    pruned()
     left = sorted(os.listdir(tmp_path))
     assert len(left) == 5
     assert {os.path.basename(p) for p in paths[-4:]} <= set(left)  # the newest survive

@@ -50,13 +50,13 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
                                self_condition, seed, batch_size, rescale, interval_low, interval_high, apg_eta,
                                apg_norm, apg_momentum, threshold, stochasticity, predictor, correctors, snr,
                                langevin_steps, step_size)
-    preview_every = max(1, request.steps // 10)
+    previews = PreviewClock()
     columns = min(8, request.batch_size)
 
     def work(emit):
         return run_request(cache, request, progress=lambda done, total: emit(("progress", done, total)),
                            preview=lambda step, t, x_t, x0: emit(("preview", step, x0.float().cpu()))
-                           if step % preview_every == 0 else None)
+                           if previews.due() else None)
 
     def on_event(event):
         if event[0] == "progress":
@@ -69,6 +69,26 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
 
     result = yield from stream_result(work, on_event, outputs=4)
     yield finished(cache, result, columns)
+
+
+PREVIEW_SECONDS = 0.5  # x0 previews at most this often
+
+
+class PreviewClock:
+    """When Generate shows an x0 preview: once `interval` seconds have passed since the run began or since the last
+    preview. A run shorter than one interval shows none: its images come before a preview could be looked at, and
+    each preview costs a PNG and a message through the queue (a few-step run used to send one at its first step)."""
+
+    def __init__(self, interval: float = PREVIEW_SECONDS, clock=time.monotonic):
+        self.interval, self.clock = interval, clock
+        self.next_at = clock() + interval
+
+    def due(self) -> bool:
+        now = self.clock()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.interval
+        return True
 
 
 def speed(images: int, seconds: float) -> str:
