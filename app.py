@@ -1,6 +1,7 @@
 """diffusion-playground: sample, compare and teach diffusion and flow models in the browser.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share] [--checkpoints checkpoints] [--add-model FOLDER ...]
+                  [--no-compile]
 
 Layout and wiring only: each tab is a module of diffusion/app/ (generate, compare, sweep, xy, trajectory, lab2d,
 families, lens, card) whose handlers turn widget values into requests for the backend (diffusion.engine / diffusion.studies),
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import threading
 from functools import partial
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +27,7 @@ from diffusion.app.compare import build_compare_tab
 from diffusion.app.controls import GUIDANCE_LABELS, class_and_guidance, scale_for_guidance
 from diffusion.app.families import build_families_tab
 from diffusion.app.examples import example_files, open_example, open_png, opening_outputs
-from diffusion.app.generate import build_generate_tab, send_to
+from diffusion.app.generate import APP_SAMPLING, build_generate_tab, send_to
 from diffusion.app.guard import RequestGuard
 from diffusion.app.lab2d import build_lab2d_tab
 from diffusion.app.lens import build_lens_tab
@@ -33,7 +35,8 @@ from diffusion.app.sweep import build_sweep_tab
 from diffusion.app.xy import build_xy_tab
 from diffusion.app.trajectory import build_trajectory_tab
 from diffusion.budget import DEFAULT_REQUEST_SECONDS, WorkBudget
-from diffusion.engine import GENERATIVE_KINDS, ModelCache
+from diffusion.compiled import BackgroundCompiler
+from diffusion.engine import GENERATIVE_KINDS, ModelCache, SampleRequest, run_request
 
 CHECKPOINT_DIR = Path(os.environ.get("PLAYGROUND_CHECKPOINTS", Path(__file__).parent / "checkpoints"))
 EVALUATION_DIR = Path(__file__).parent / "docs" / "evaluation"  # `evaluate` results, shown on a file's card
@@ -178,6 +181,15 @@ def serve(cache: ModelCache, host: str = "127.0.0.1", port: int | None = None):
         demo.close()
 
 
+def warm_up(cache: ModelCache) -> None:
+    """At start-up: Generate's default request at two steps, eager, so the background compiler starts on the shapes
+    the first user's request will have (the compile takes about a minute on 2 CPU cores, seconds from inductor's
+    cache after a restart)."""
+    if DEFAULT_CHECKPOINT in cache.names("denoiser"):
+        run_request(cache, SampleRequest(checkpoint=DEFAULT_CHECKPOINT, **APP_SAMPLING | {"steps": 2},
+                                         guidance="cfg", scale=3.0, self_condition=None))
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
@@ -191,6 +203,9 @@ def parse_args(argv=None):
     parser.add_argument("--add-model", action="append", default=[], metavar="FOLDER",
                         help="also serve this diffusers pipeline folder (UNet2DModel + DDPM-style scheduler, "
                              "safetensors weights); repeatable")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="run every network eager (by default denoisers are compiled with torch.compile in a "
+                             "background thread, a call's shapes at a time, and run eager until then)")
     args = parser.parse_args(argv)
     for folder in args.add_model:  # a typo would otherwise serve nothing, silently
         if not Path(folder).is_dir():
@@ -205,6 +220,9 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     cache = ModelCache(args.checkpoints or CHECKPOINT_DIR, capacity=4, extra_folders=args.add_model,
-                       budget=WorkBudget(seconds=args.max_request_seconds))
+                       budget=WorkBudget(seconds=args.max_request_seconds),
+                       compiler=None if args.no_compile else BackgroundCompiler())
+    if cache.compiler is not None:
+        threading.Thread(target=warm_up, args=(cache,), daemon=True, name="warm-up").start()
     demo = build_demo(cache)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(demo))

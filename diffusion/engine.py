@@ -24,6 +24,7 @@ import torch
 
 from .budget import Work, WorkBudget
 from .checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
+from .compiled import BackgroundCompiler, CompiledNetwork
 from .denoiser import Denoiser
 from .guidance import GUIDANCE_MODES, Guidance
 from .diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
@@ -298,7 +299,7 @@ class ModelCache:
     """
 
     def __init__(self, checkpoint_dir="checkpoints", capacity: int = 4, device=None, extra_folders=(),
-                 budget: WorkBudget | None = None):
+                 budget: WorkBudget | None = None, compiler: BackgroundCompiler | None = None):
         self.checkpoint_dir = Path(checkpoint_dir).resolve()
         self.extra_folders = tuple(Path(p).resolve() for p in extra_folders)
         self.capacity = capacity
@@ -313,6 +314,9 @@ class ModelCache:
         self._entries: dict[Path, tuple[tuple, CheckpointEntry]] = {}
         self._lock = threading.Lock()
         self.loads = 0  # number of times a file was read (for tests and the benchmark)
+        # With a compiler, denoisers are served as CompiledNetworks: eager until a background compile of a call's
+        # shapes is ready (the app; diffusion/compiled.py). None: eager throughout (the CLI, evaluations, tests).
+        self.compiler = compiler
 
     def _candidates(self) -> list[Path]:
         """Every .safetensors file and diffusers folder served, files first; a name is served once."""
@@ -416,6 +420,8 @@ class ModelCache:
             # no change: a convolution with channels_last weights computes in that layout. After the FLOP count,
             # which torch's counter reads lower for some layers in this layout.
             model.network.to(memory_format=torch.channels_last)
+            if self.compiler is not None and model.kind == "denoiser":
+                model = replace(model, network=CompiledNetwork(model.network, self.compiler))
             self._models[name] = (signature, model)
             self._models.move_to_end(name)
             while len(self._models) > self.capacity:

@@ -167,3 +167,10 @@ def app_page(server):
             browser.close()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `compile` run only when asked for (-m compile): each one compiles for a minute on 2 CPU cores."""
+    if "compile" in (config.option.markexpr or ""):
+        return
+    for item in items:
+        if "compile" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="compiles for a minute; run with -m compile"))
