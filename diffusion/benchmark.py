@@ -9,7 +9,8 @@
 - share of peak: the network's FLOP rate at batch 1, 16, 32 and 64 over a large matmul's, measured in the same run
   (so the ratio holds on any machine), for the eager network, in channels_last, and with --compile also compiled
 - compile (with --compile): bare forwards of torch.compile(network) / eager forwards, same batch
-- GPU (only where CUDA exists): images/s at batch 256 for DDIM-50, fp32 vs bf16 autocast
+- GPU (only where CUDA exists; diffusion/gpu_benchmark.py): images/s at batch 1, 16 and 256 for DDIM-50 with CFG 3
+  and the reflow student, and their share of the GPU's bf16 matmul peak
 Absolute times are printed for context only; these machines are noisy, so read the ratios.
 """
 
@@ -25,6 +26,7 @@ import torch
 from .compiled import BackgroundCompiler, CompiledNetwork
 from .denoiser import Denoiser
 from .engine import ModelCache, SampleRequest, run_request
+from .gpu_benchmark import GPU_BATCHES, gpu_report, gpu_rows
 from .sampling import draw_noise, image_generators, sample_ddim
 from .schedules import time_grid
 
@@ -116,7 +118,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     results["cache_cold_s"], results["cache_hit_s"] = cold, cached
     results["cache_cold_over_hit"] = cold / cached
     if device.type == "cuda":
-        results["gpu"] = gpu_throughput(cache, base)
+        results["gpu"] = gpu_rows(c.checkpoint_dir, batches=(1, 4) if c.quick else GPU_BATCHES, repeats=c.repeats)
     return results
 
 
@@ -209,24 +211,6 @@ def peer_comparison(model, x_T, labels, c: BenchConfig) -> dict:
     return {"peer_ours_over_diffusers": ours_time / theirs_time, "peer_max_pixel_difference": difference}
 
 
-def gpu_throughput(cache: ModelCache, base: SampleRequest) -> dict:
-    import diffusion.engine as engine
-
-    request = replace(base, batch_size=256, steps=50)
-    out = {}
-    original = engine._autocast
-    for label, autocast in [("fp32", lambda device: torch.autocast("cuda", enabled=False)), ("bf16", original)]:
-        engine._autocast = autocast
-        try:
-            run_request(cache, replace(request, steps=2))
-            torch.cuda.synchronize()
-            seconds = best_time(lambda: (run_request(cache, request), torch.cuda.synchronize()), 3)
-            out[f"{label}_images_per_s"] = 256 / seconds
-        finally:
-            engine._autocast = original
-    return out
-
-
 def report(results: dict) -> str:
     lines = [f"## Sampling speed: {results['checkpoint']} on {results['device']}",
              f"torch {results['torch']}, Python {results['python']}, {results['threads']} threads, {results['date']}; "
@@ -258,9 +242,10 @@ def report(results: dict) -> str:
     lines += ["", f"For context: one bare forward at batch {results['batch']} took {results['bare_forward_s'] * 1e3:.1f} ms; "
               f"cold load {results['cache_cold_s'] * 1e3:.0f} ms, cached lookup {results['cache_hit_s'] * 1e6:.0f} us."]
     if "gpu" in results:
-        lines += ["", "GPU, DDIM-50 at batch 256: " + ", ".join(f"{k} {v:.0f}" for k, v in results["gpu"].items())]
+        lines += gpu_report(results["gpu"])
     else:
-        lines += ["", "No GPU on this machine: the GPU rows (fp32 vs bf16 autocast images/s) are measured only where CUDA exists."]
+        lines += ["", "No GPU on this machine: the GPU rows (images/s and share of the bf16 peak at batch 1, 16 and 256) "
+                      "are measured only where CUDA exists."]
     return "\n".join(lines) + "\n"
 
 

@@ -299,7 +299,8 @@ class ModelCache:
     """
 
     def __init__(self, checkpoint_dir="checkpoints", capacity: int = 4, device=None, extra_folders=(),
-                 budget: WorkBudget | None = None, compiler: BackgroundCompiler | None = None):
+                 budget: WorkBudget | None = None, compiler: BackgroundCompiler | None = None,
+                 max_batch: int = MAX_BATCH):
         self.checkpoint_dir = Path(checkpoint_dir).resolve()
         self.extra_folders = tuple(Path(p).resolve() for p in extra_folders)
         self.capacity = capacity
@@ -317,6 +318,7 @@ class ModelCache:
         # With a compiler, denoisers are served as CompiledNetworks: eager until a background compile of a call's
         # shapes is ready (the app; diffusion/compiled.py). None: eager throughout (the CLI, evaluations, tests).
         self.compiler = compiler
+        self.max_batch = max_batch  # images per request (the GPU benchmark raises it to 256)
 
     def _candidates(self) -> list[Path]:
         """Every .safetensors file and diffusers folder served, files first; a name is served once."""
@@ -516,7 +518,7 @@ def prepare(cache: ModelCache, request: SampleRequest, model: LoadedModel | None
     """Load and validate a denoiser request; returns (model, classifier or None, autoguidance's guide or None)."""
     model = load_for(cache, request, model)
     classifier = cache.first_of_kind("noisy-classifier") if request.guidance == "classifier" else None
-    validate_request(request, model, has_classifier=classifier is not None)
+    validate_request(request, model, has_classifier=classifier is not None, max_batch=cache.max_batch)
     if classifier is not None and (image_shape(classifier), classifier.class_names) != (image_shape(model), model.class_names):
         raise RequestError(f"the noisy classifier judges {image_shape(classifier)} images of {len(classifier.class_names)} "
                            f"classes; checkpoint {request.checkpoint!r:.60} makes {image_shape(model)} images of "
@@ -548,7 +550,7 @@ def check_request(cache: ModelCache, request: SampleRequest | FlowRequest, model
     """Load and validate without sampling, so a study can refuse a bad cell before any work starts."""
     if isinstance(request, FlowRequest):
         model = load_for(cache, request, model)
-        validate_flow_request(request, model)
+        validate_flow_request(request, model, max_batch=cache.max_batch)
         return model
     return prepare(cache, request, model)[0]
 
@@ -581,7 +583,7 @@ def run_flow_request(cache: ModelCache, request: FlowRequest, x_T: torch.Tensor 
                      model: LoadedModel | None = None) -> SampleResult:
     """x = decode(T z, y): one exact pass of the inverse flow (NFE 1)."""
     model = load_for(cache, request, model)
-    validate_flow_request(request, model)
+    validate_flow_request(request, model, max_batch=cache.max_batch)
     check_work(cache, [request], model=model)
     started = time.perf_counter()
     with _sampling_failures("decoding"), torch.inference_mode():

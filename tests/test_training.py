@@ -61,6 +61,52 @@ def test_training_lowers_the_loss_and_ema_lags(tmp_path):
     assert [r["step"] for r in log] == list(range(5, 61, 5))
 
 
+def plain_loop_losses(trainer, steps: int) -> list[float]:
+    """The loop as it was before issue 30: CPU batches moved per step, the loss read after every step, the EMA
+    updated one parameter at a time."""
+    from diffusion.training.trainer import learning_rate
+
+    c, trainer.ema.use_foreach, losses = trainer.config, False, []
+    indices = torch.tensor(list(trainer.sampler))
+    for step in range(steps):
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = group.get("lr_scale", 1.0) * learning_rate(c, step)
+        batch = shapes_dataset().batch(indices[step * c.batch_size:(step + 1) * c.batch_size], "cpu")
+        loss = trainer.loss(*batch)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), c.grad_clip)
+        trainer.optimizer.step()
+        trainer.ema.update()
+        losses.append(loss.item())
+    return losses
+
+
+def test_the_loop_without_host_syncs_trains_exactly_as_the_plain_loop(tmp_path):
+    """Issue 30, item 3: data on the device, losses summed there and read once per log interval, a foreach EMA: the
+    same weights, EMA and losses as the plain loop, and the log gives each interval's mean loss and steps/s."""
+    trainer = Trainer(tiny_config(tmp_path / "a", steps=6, log_every=3), dataset=shapes_dataset())
+    trainer.train(progress=False)
+    plain = Trainer(tiny_config(tmp_path / "b", steps=6, log_every=3), dataset=shapes_dataset())
+    losses = plain_loop_losses(plain, 6)
+    assert weights_digest(trainer.network) == weights_digest(plain.network)
+    assert weights_digest(trainer.ema.ema_model) == weights_digest(plain.ema.ema_model)
+    log = [json.loads(line) for line in (tmp_path / "a" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6]
+    assert [r["loss"] for r in log] == pytest.approx([sum(losses[:3]) / 3, sum(losses[3:]) / 3], rel=1e-6)
+    assert all(r["steps_per_s"] > 0 for r in log)
+
+
+@pytest.mark.compile
+def test_a_compiled_network_trains_as_the_eager_one(tmp_path):
+    eager = Trainer(tiny_config(tmp_path / "a", steps=3, log_every=1), dataset=shapes_dataset())
+    eager.train(progress=False)
+    compiled = Trainer(tiny_config(tmp_path / "b", steps=3, log_every=1, compile=True), dataset=shapes_dataset())
+    compiled.train(progress=False)
+    read = lambda run: [json.loads(line)["loss"] for line in (tmp_path / run / "run" / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert read("b") == pytest.approx(read("a"), rel=1e-4)
+
+
 def test_state_round_trip_and_resume_continue_exactly(tmp_path):
     straight = Trainer(tiny_config(tmp_path / "a", steps=10), dataset=shapes_dataset())
     straight.train(progress=False)

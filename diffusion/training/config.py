@@ -44,6 +44,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     bf16: bool = False  # bf16 autocast, CUDA only (slow on CPUs without native bf16)
+    compile: bool = False  # torch.compile the network for the training steps (minutes to compile; pays on a GPU)
     export_to: str = ""  # write the exported checkpoint here when training ends
     name: str = "model"
     card: str = ""

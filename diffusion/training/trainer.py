@@ -3,6 +3,10 @@
 What is learned comes from a task object (training.tasks); the loop is the same for every task: EMA with
 ema-pytorch, AdamW with linear warm-up, gradient clipping. A training-state file (safetensors, never a
 pickle) is written atomically every `save_every` steps; `resume` continues from it bit for bit.
+
+The loop keeps a GPU busy (issue 30, item 3): the data set lives on the device and batches are indexed there, the
+loss is summed on the device and read once per log interval (a step makes no host sync), the EMA updates every
+weight in one foreach call, and `compile` compiles the network for the steps.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +58,39 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank
 
 
+def on_device(dataset, device):
+    """The data set with its tensors moved to the device once, so a batch is indexed there (a data set is a dataclass
+    of tensors and metadata: ImageDataset, PairSet)."""
+    return replace(dataset, **{f.name: getattr(dataset, f.name).to(device) for f in fields(dataset)
+                               if isinstance(getattr(dataset, f.name), torch.Tensor)})
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small CPU tensor on the device without a host sync (a copy from pageable memory waits for the device)."""
+    return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else t
+
+
+class LossInterval:
+    """The losses of the steps since the last log line, summed on the device; read() syncs once and starts anew."""
+
+    def __init__(self, device):
+        self.total = torch.zeros((), device=device)
+        self.steps, self.started = 0, time.time()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.float()
+        self.steps += 1
+
+    def read(self) -> dict:
+        """{"loss": the interval's mean loss, "steps_per_s": its rate}, then a new interval. Reading the sum waits
+        for the device, so the rate counts the steps' work, not only their launch."""
+        loss = self.total.item() / max(self.steps, 1)
+        record = {"loss": loss, "steps_per_s": self.steps / max(time.time() - self.started, 1e-9)}
+        self.total.zero_()
+        self.steps, self.started = 0, time.time()
+        return record
+
+
 # --- the trainer ------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None, device=None, overwrite: bool = False):
@@ -66,15 +104,18 @@ class Trainer:
         self.device = torch.device(device) if device else default_device(self.rank)
         torch.manual_seed(c.seed)
         self.task = TASKS[c.task](c)
-        self.dataset = dataset or self.task.load_data()
+        self.dataset = on_device(dataset or self.task.load_data(), self.device)
         self.network = self.task.build_network(self.dataset.class_names).to(self.device)
         self.model = (DistributedDataParallel(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                       if self.world > 1 else self.network)
+        if c.compile:
+            self.model = torch.compile(self.model)
         self.optimizer = torch.optim.AdamW(self.task.parameter_groups(self.network), lr=c.lr,
                                            weight_decay=c.weight_decay)
         torch.manual_seed(rank_seed(c.seed, self.rank))  # the weights are equal on every rank; the draws are not
+        # Its step counter stays on the CPU, so reading it syncs nothing; use_foreach: one lerp over all weights.
         self.ema = EMA(self.network, beta=c.ema_decay, update_after_step=0, update_every=1, power=c.ema_power,
-                       include_online_model=False)
+                       include_online_model=False, use_foreach=True)
         self.sampler = DistributedSampler(range(len(self.dataset)), num_replicas=self.world, rank=self.rank,
                                           shuffle=True, seed=c.seed, drop_last=True)
         self.steps_per_epoch = len(self.sampler) // c.batch_size
@@ -93,12 +134,12 @@ class Trainer:
         epoch, position = divmod(step, self.steps_per_epoch)
         if self._epoch_indices[0] != epoch:
             self.sampler.set_epoch(epoch)
-            self._epoch_indices = (epoch, torch.tensor(list(self.sampler)))
+            self._epoch_indices = (epoch, torch.tensor(list(self.sampler), device=self.device))
         indices = self._epoch_indices[1][position * c.batch_size:(position + 1) * c.batch_size]
         batch = self.dataset.batch(indices, self.device)
         if c.hflip:
             flip = torch.rand(len(indices), generator=torch.Generator().manual_seed(c.seed * 1_000_003 + step)) < 0.5
-            flip = flip.to(self.device)[:, None, None, None]
+            flip = to_device(flip, self.device)[:, None, None, None]
             batch = tuple(torch.where(flip, t.flip(-1), t) if t.dim() == 4 else t for t in batch)
         return batch
 
@@ -106,7 +147,8 @@ class Trainer:
     def loss(self, *batch):
         return self.task.loss(self.model, *batch)
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step; returns its loss, detached, on the device (reading it would wait for the device)."""
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = group.get("lr_scale", 1.0) * learning_rate(c, self.step)
@@ -121,7 +163,7 @@ class Trainer:
         self.optimizer.step()
         self.ema.update()
         self.step += 1
-        return loss.item()
+        return loss.detach()
 
     # --- loop -----------------------------------------------------------------------------
     def train(self, progress: bool = True):
@@ -132,15 +174,16 @@ class Trainer:
         if self.rank == 0:
             (self.run_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
         bar = tqdm(total=c.steps, initial=self.step, disable=not progress or self.rank != 0, dynamic_ncols=True)
-        started, start_step, smoothed = time.time(), self.step, None
+        started, start_step = time.time(), self.step
+        interval = LossInterval(self.device)
         while self.step < c.steps:
-            loss = self.train_step()
-            smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
+            interval.add(self.train_step())
             elapsed = time.time() - started
             bar.update(1)
             if self.step % c.log_every == 0:
-                bar.set_postfix(loss=f"{smoothed:.4f}", steps_per_s=f"{(self.step - start_step) / elapsed:.2f}")
-                self._log({"step": self.step, "loss": smoothed, "elapsed_s": self.wall_seconds + elapsed})
+                record = interval.read()  # the interval's one host sync
+                bar.set_postfix(loss=f"{record['loss']:.4f}", steps_per_s=f"{record['steps_per_s']:.2f}")
+                self._log({"step": self.step} | record | {"elapsed_s": self.wall_seconds + elapsed})
             out_of_time = c.max_minutes > 0 and self.wall_seconds + elapsed >= 60 * c.max_minutes
             if self.step % c.save_every == 0 or self.step == c.steps or out_of_time:
                 self.wall_seconds += time.time() - started
