@@ -357,6 +357,7 @@ def command_manifest(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation import PARTS, parts_help
     from .guidance import GUIDANCE_MODES
     from .sampling import SAMPLERS
     from .schedules import SPACINGS
@@ -446,15 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "temporary folder) where NAME.json, NAME.md and plots go; a run with the same checkpoint and "
                           "settings continues the file there")
     evaluate.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
-    evaluate.add_argument("--parts", nargs="+", default=None,
-                          choices=["samplers", "guidance", "quality-bar", "seed-spread", "temperatures", "likelihood",
-                                   "probes", "texture", "guidance-methods", "few-step", "straightness"],
-                          help="which tables to compute (default: samplers and guidance for a denoiser, "
-                               "temperatures and quality-bar for a normalizing flow; likelihood: bits/dim of test images; "
-                               "probes: bits/dim of out-of-distribution probes of test images; texture: sharpness against "
-                               "real and blurred real images; guidance-methods: accuracy, FID and diversity against scale for every "
-                               "guidance method, with a plot; few-step: FID against 1, 2, 4, 8 Euler steps; straightness: "
-                               "how straight the sampling paths are)")
+    evaluate.add_argument("--parts", nargs="+", default=None, choices=[part.cli_name for part in PARTS.values()],
+                          help=parts_help())
     evaluate.add_argument("--likelihood-images", type=positive_int, default=1000, help="test images for the likelihood part")
     evaluate.add_argument("--likelihood-tolerance", type=float, default=1e-4,
                           help="the probability-flow ODE solver's rtol = atol (dopri5)")

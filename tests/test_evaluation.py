@@ -103,7 +103,7 @@ def test_the_json_is_written_after_every_row(setup, monkeypatch):
 
 def test_every_sample_has_its_own_noise(setup, monkeypatch):
     """With the same noise for every class, an unconditional row would score `classes` copies of a few images."""
-    import diffusion.evaluation as evaluation
+    import diffusion.evaluation.evaluator as evaluation
 
     folder, config = setup
     evaluator = Evaluator(config)
@@ -200,3 +200,4 @@ def test_the_samplers_part_can_be_limited_to_some_samplers(setup):
     folder, config = setup
     results = Evaluator(replace(config, samplers=("ddim", "ode"))).run(parts=("samplers",), self_conditioning=(False,))
     assert [r["sampler"] for r in results["samplers"]] == ["ddim", "ode"]
+

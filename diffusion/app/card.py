@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..engine import ModelCache, RequestError
-from ..evaluation import likelihood_summary, recorded_likelihood
+from ..evaluation import recorded_summaries
 from .common import markdown_text, user_error
 
 
@@ -43,8 +43,7 @@ def model_summary(cache: ModelCache, evaluation_dir: Path, name: str) -> str:
     card = markdown_text(model.card)  # text from a file is data, never markup
     parameters = sum(p.numel() for p in model.network.parameters())
     size = f"{parameters / 1e6:.2f} M parameters, {training.get('steps', '?')} training steps"
-    likelihood = likelihood_summary(recorded_likelihood(model, evaluation_dir))
-    measured = f"\n\n**Likelihood:** {likelihood}." if likelihood else ""
+    measured = "".join(f"\n\n**{title}:** {markdown_text(text)}." for title, text in recorded_summaries(model, evaluation_dir))
     if model.kind == "normalizing-flow":
         bits = training.get("test_bits_per_dim")
         return (f"{card}\n\n*normalizing flow ({config['network']}), {size}"
