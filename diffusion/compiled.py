@@ -15,6 +15,7 @@ restarted app compiles a signature it has seen before in a fraction of the first
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -104,7 +105,9 @@ class CompiledNetwork:
         try:
             self.compiled = torch.compile(network, dynamic=False)
         except Exception as error:  # torch.compile unsupported here (e.g. this Python): every call eager
-            self.compiled, self.unavailable = None, f"{type(error).__name__}: {error}"
+            self.compiled = None
+            print(f"torch.compile is unavailable ({type(error).__name__}: {error}); {type(network).__name__} runs "
+                  f"eager", file=sys.stderr, flush=True)
         self.ready: set[tuple] = set()
         self.asked: set[tuple] = set()  # ready, being compiled, or failed
         self.failures: dict[tuple, str] = {}
@@ -122,6 +125,8 @@ class CompiledNetwork:
                     if free:
                         try:
                             return self.compiled(channels_last(x), log_snr, labels, x0_previous)
+                        except torch.cuda.OutOfMemoryError:  # the request's to handle; the compiled code is fine
+                            raise
                         except Exception as error:  # a guard that held at compile time fails now: stay eager
                             self._fail(key, error)
             else:
@@ -159,6 +164,8 @@ class CompiledNetwork:
     def _fail(self, key, error: Exception) -> None:
         self.ready.discard(key)
         self.failures[key] = f"{type(error).__name__}: {str(error)[:300]}"
+        print(f"torch.compile of {type(self.eager).__name__} for inputs {key[2][0]} on {key[0]}: "
+              f"{self.failures[key]}; these calls run eager", file=sys.stderr, flush=True)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
