@@ -200,7 +200,7 @@ def command_evaluate(args):
                         progress_dir=str(Path(out_dir) / "likelihood-progress") if args.quick else "runs/likelihood",
                         quick=args.quick, likelihood_images=args.likelihood_images,
                         likelihood_tolerance=args.likelihood_tolerance, probe_images=args.probe_images,
-                        samplers=tuple(args.samplers or ()))
+                        samplers=tuple(args.samplers or ()), second_evaluator=args.second_evaluator)
     conditioning = {"both": (False, True), "on": (True,), "off": (False,)}[args.self_cond]
     parts = tuple(args.parts) if args.parts else None
     results = Evaluator(config).run(parts=parts, self_conditioning=conditioning, overwrite=args.overwrite)
@@ -271,7 +271,9 @@ def command_cards(args):
             net = model.network.config
             what = f"{config['network']}, {net.couplings} couplings of {net.hidden_layers} x {net.hidden_width} units"
         else:
-            what = "noise-conditioned" if model.network.config.noise_conditioned else "clean images"
+            conditioned = getattr(model.network.config, "noise_conditioned", False)  # a ConvNet sees clean images only
+            what = ("noise-conditioned" if conditioned else "clean images") + (
+                "" if config["network"] == "Classifier" else f" ({config['network']})")
         accuracy, bits = training.get("test_accuracy"), training.get("test_bits_per_dim")
         trained = (f"{training.get('steps')} steps x batch {training.get('batch_size')}, {training.get('wall_minutes')} min "
                    f"on {training.get('device')}" + (f"; test accuracy {accuracy:.3f}" if accuracy else "")
@@ -454,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the probability-flow ODE solver's rtol = atol (dopri5)")
     evaluate.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="the samplers part: only these "
                           "samplers' rows (default: every sampler)")
+    evaluate.add_argument("--second-evaluator", default="fashion-second-evaluator",
+                          help="the other evaluator checkpoint of the second-evaluator and precision-recall parts")
     evaluate.add_argument("--probe-images", type=positive_int, default=100, help="test images for the probes part")
     evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
                           help="self-conditioning settings for the sampler table")

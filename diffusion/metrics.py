@@ -80,3 +80,24 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     sqrt_a = eigenvectors @ torch.diag(eigenvalues.clamp_min(0).sqrt()) @ eigenvectors.T
     middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0).sqrt().sum()
     return float((mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * middle)
+
+
+def knn_radii(features: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """(N,) distance from each point to its k-th nearest other point: the radius of its ball in the k-NN estimate of
+    a distribution's support (Kynkaanniemi et al. 2019, sec. 3)."""
+    distances = torch.cdist(features.double(), features.double())  # (N, N), zero on the diagonal
+    return distances.kthvalue(k + 1, dim=1).values  # the (k + 1)-th smallest: the point itself is the first
+
+
+def manifold_coverage(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor) -> float:
+    """Share of queries inside at least one support ball: mean_q 1[exists s: |q - s| <= r_s] (Kynkaanniemi et al.
+    2019, eq. 1: f(phi, Phi))."""
+    inside = torch.cdist(queries.double(), support.double()) <= radii.double()[None, :]  # (Q, S)
+    return float(inside.any(dim=1).double().mean())
+
+
+def precision_recall(generated: torch.Tensor, real: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, eq. 2): precision = share of generated features inside
+    the real manifold (fidelity), recall = share of real features inside the generated manifold (diversity)."""
+    return (manifold_coverage(generated, real, knn_radii(real, k)),
+            manifold_coverage(real, generated, knn_radii(generated, k)))

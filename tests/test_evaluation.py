@@ -201,3 +201,91 @@ def test_the_samplers_part_can_be_limited_to_some_samplers(setup):
     results = Evaluator(replace(config, samplers=("ddim", "ode"))).run(parts=("samplers",), self_conditioning=(False,))
     assert [r["sampler"] for r in results["samplers"]] == ["ddim", "ode"]
 
+
+def tiny_second_evaluator(folder):
+    """A randomly initialised ConvNet evaluator of 28 px images and 10 classes, as the outsider parts' second judge."""
+    import torch
+
+    from diffusion.checkpoint import model_config, save_checkpoint
+    from diffusion.models import ConvNetConfig, build_network
+
+    torch.manual_seed(3)
+    network = build_network("ConvNet", ConvNetConfig(widths=(4, 8), num_classes=10)).eval()
+    save_checkpoint(folder / "tiny-second-evaluator.safetensors", "evaluator", network,
+                    model_config("evaluator", network, class_names=tuple(f"c{i}" for i in range(10))), {"steps": 0},
+                    "Tiny second evaluator.")
+    return "tiny-second-evaluator"
+
+
+def test_the_outsider_parts_judge_references_and_settings_by_both_evaluators(setup):
+    from dataclasses import replace
+
+    folder, config = setup
+    config = replace(config, second_evaluator=tiny_second_evaluator(folder))
+    evaluator = Evaluator(config)
+    results = evaluator.run(parts=("second-evaluator", "precision-recall", "two-sample"))
+    split = evaluator.real_split
+    reference, comparison = set(split.reference_indices.tolist()), set(split.comparison_indices.tolist())
+    assert len(reference) == len(comparison) == 20 and not reference & comparison
+    assert not reference & set(split.pool_indices.tolist()) and len(split.pool_indices) == 200
+    settings = [(r.get("reference"), r.get("guidance")) for r in results["two_sample"]]
+    assert settings == [("real", None), ("noisy", None), ("blurred", None), (None, "none"), (None, "cfg")]
+    cfg = results["two_sample"][-1]
+    assert (cfg["sampler"], cfg["solver"], cfg["scale"], cfg["nfe"]) == ("ode", "dpm++2m", 3.0, 2)
+    assert all(0 <= r["two_sample_accuracy"] <= 1 and r["held_out"] == 8 for r in results["two_sample"])
+    for part in ("second_evaluator", "precision_recall"):
+        for row in results[part]:
+            assert list(row["by_evaluator"]) == ["tiny-evaluator", "tiny-second-evaluator"]
+    by_fid = {r.get("reference"): r["by_evaluator"]["tiny-second-evaluator"]["fid"] for r in results["second_evaluator"]}
+    assert by_fid["real"] < by_fid["blurred"]  # even a random ConvNet sees a 3x3 blur
+    assert all(0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+               for r in results["precision_recall"] for m in r["by_evaluator"].values())
+    table = (Path(config.out_dir) / "tiny.md").read_text()
+    assert "| real, 3x3 box blur |" in table and "Classifier two-sample test" in table and "tiny-second-evaluator: recall" in table
+
+
+def test_the_outsider_settings_are_generates_default_and_a_students_own():
+    from diffusion.app.controls import DEFAULT_SCALES
+    from diffusion.app.generate import APP_SAMPLING
+    from diffusion.evaluation.outsider import APP_DEFAULT
+
+    assert APP_DEFAULT == APP_SAMPLING | {"guidance": "cfg", "scale": DEFAULT_SCALES["cfg"]}
+
+
+def test_the_model_card_quotes_each_parts_recorded_summary_from_any_subfolder(tmp_path):
+    from diffusion.evaluation import recorded_summaries
+
+    class Model:
+        path = tmp_path / "ckpt" / "m.safetensors"
+        sha256 = "abc"
+
+    likelihood = {"likelihood": "conditional", "method": "exact", "images": 10, "bits_per_dim": 6.5, "stderr": 0.1}
+    judged = {"measure": "two-sample", "sampler": "ode", "solver": "dpm++2m", "steps": 10, "guidance": "cfg",
+              "scale": 3.0, "two_sample_accuracy": 0.8}
+    real = {"measure": "two-sample", "reference": "real", "two_sample_accuracy": 0.47}
+    hostile = {**judged, "two_sample_accuracy": "<b>1</b>"}
+    (tmp_path / "outsider").mkdir()
+    (tmp_path / "m.json").write_text(json.dumps({"identity": {"checkpoint_sha256": "abc"}, "likelihood": [likelihood]}))
+    (tmp_path / "outsider" / "m.json").write_text(json.dumps({"identity": {"checkpoint_sha256": "abc"},
+                                                              "two_sample": [real, judged, hostile, {"no": "fields"}]}))
+    assert recorded_summaries(Model, tmp_path) == [
+        ("Likelihood", "6.50 ± 0.10 bits/dim given the class (exact, first 10 test images)"),
+        ("Realism", "classifier two-sample accuracy 0.80 at DPM-Solver++(2M)-10, CFG 3 (0.5 = indistinguishable "
+                    "from real test images; real against real: 0.47)")]
+    Model.sha256 = "another file"
+    assert recorded_summaries(Model, tmp_path) == []
+
+
+def test_a_few_step_student_is_judged_at_its_own_setting_and_at_one_step(setup):
+    from dataclasses import replace
+
+    from diffusion.checkpoint import load_checkpoint, save_checkpoint
+    from diffusion.evaluation.outsider import judged_settings
+
+    folder, config = setup
+    teacher = load_checkpoint(folder / "tiny-flow.safetensors")
+    student_config = teacher.config | {"defaults": {"sampler": "ode", "solver": "euler", "steps": 2, "guidance": "none"}}
+    save_checkpoint(folder / "tiny-student.safetensors", "denoiser", teacher.network, student_config, {}, "student")
+    settings = judged_settings(Evaluator(replace(config, checkpoint="tiny-student")))
+    assert [(s["solver"], s["steps"], s["guidance"]) for s in settings] == [("euler", 2, "none"), ("euler", 1, "none")]
+    assert [s["temperature"] for s in judged_settings(Evaluator(replace(config, checkpoint="tiny-nice")))] == [1.0]

@@ -1,5 +1,5 @@
 """`python -m diffusion evaluate`: sample quality per part of parts.PARTS (samplers and NFE, guidance, texture,
-likelihood, few-step, straightness, ...).
+likelihood, few-step, straightness, the outsider's view by a second evaluator and a two-sample test, ...).
 
 For each configuration, class-balanced samples are scored by the shipped evaluation classifier:
 feature FID against the Fashion-MNIST test split (see diffusion.metrics for why it is not Inception

@@ -22,6 +22,7 @@ class EvalConfig:
     progress_dir: str = "runs/likelihood"  # per-batch results of a likelihood row, so a killed run resumes
     probe_images: int = 100  # test images whose out-of-distribution probes are scored (the probes part)
     samplers: tuple[str, ...] = ()  # the samplers part's rows of only these samplers (empty: all of them)
+    second_evaluator: str = "fashion-second-evaluator"  # the other evaluator of the outsider parts (a checkpoint name)
 
     def scaled(self) -> "EvalConfig":
         if not self.quick:
@@ -34,7 +35,8 @@ class EvalConfig:
 NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused
 METRICS = ("nfe", "samples", "fid", "texture_fid", "accuracy", "diversity", "seconds",
            "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max", "by_probe",
-           "straightness", "straightness_std", "flow_time", "deviation")
+           "straightness", "straightness_std", "flow_time", "deviation",
+           "by_evaluator", "two_sample_accuracy", "two_sample_stderr")
 
 
 def row_key(row: dict) -> str:

@@ -21,6 +21,7 @@ from ..metrics import (box_blur, class_accuracy, evaluator_outputs, frechet_dist
                        texture_statistics)
 from ..outputs import OutputExists
 from .config import NOISE_INDEXING, EvalConfig, earlier_run, reusable_rows, row_key
+from .outsider import RealSplit
 from .parts import PARTS, parts_of_kind
 from .report import write_report
 from .texture import NOISY_REFERENCE_SIGMA
@@ -56,7 +57,7 @@ class Evaluator:
         if evaluator is None:
             raise RequestError(f"no evaluator checkpoint in {c.checkpoint_dir}; train one with "
                                f"`python -m diffusion train --preset fashion-evaluator`")
-        self.evaluator = evaluator.network
+        self.evaluator, self.evaluator_name = evaluator.network, evaluator.name
         self.model = model = self.cache.get(c.checkpoint)  # loaded once: every row samples the same bytes
         self.kind = model.kind
         if self.kind not in GENERATOR_KINDS:
@@ -76,6 +77,32 @@ class Evaluator:
         """The test images' penultimate features and texture statistics (computed where rows are scored)."""
         images = to_model_range(self.test_set.images[: self.config.reference])
         return evaluator_outputs(self.evaluator, images)[1], texture_statistics(self.evaluator, images)
+
+    @cached_property
+    def judges(self) -> dict:
+        """The two evaluation classifiers of the outsider parts by checkpoint name: the evaluator and
+        config.second_evaluator."""
+        name = self.config.second_evaluator
+        second = self.cache.get(name)
+        if second.kind != "evaluator":
+            raise RequestError(f"the second evaluator {name!r} is a {second.kind}, not an evaluator checkpoint")
+        check_evaluator_fits(self.model, second, self.config.checkpoint)
+        return {self.evaluator_name: self.evaluator, name: second.network}
+
+    @cached_property
+    def real_split(self) -> RealSplit:
+        return RealSplit(self)
+
+    @cached_property
+    def pool_features(self) -> dict:
+        """Each judge's penultimate features of the real_split's pool (feature FID's reference)."""
+        return {name: evaluator_outputs(network, self.real_split.pool)[1] for name, network in self.judges.items()}
+
+    @cached_property
+    def comparison_features(self) -> dict:
+        """Each judge's penultimate features of the real_split's comparison images (precision and recall's real side)."""
+        images = self.real_split.comparison.images
+        return {name: evaluator_outputs(network, images)[1] for name, network in self.judges.items()}
 
     def draw(self, **request_fields) -> Drawn | None:
         """config.samples images (equal share per class) of one request setting, sampled once per Evaluator.

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from torch import nn
 
 from .classifier import Classifier, ClassifierConfig
+from .convnet import ConvNet, ConvNetConfig
 from .diffusers_unet import DiffusersUNet2D, DiffusersUNetConfig
 from .dit import DiT, DiTConfig
 from .nice import NICE, NICEConfig
 from .unet import UNet, UNetConfig
 
-__all__ = ["NETWORKS", "NetworkSpec", "build_network", "network_name", "ClassifierConfig", "DiffusersUNetConfig",
+__all__ = ["NETWORKS", "NetworkSpec", "build_network", "network_name", "ClassifierConfig", "ConvNetConfig", "DiffusersUNetConfig",
            "DiTConfig", "NICEConfig", "UNetConfig"]
 
 
@@ -33,6 +34,7 @@ NETWORKS = {
     "UNet": NetworkSpec(UNet, UNetConfig, ("denoiser",)),
     "DiT": NetworkSpec(DiT, DiTConfig, ("denoiser",)),
     "Classifier": NetworkSpec(Classifier, ClassifierConfig, ("noisy-classifier", "evaluator")),
+    "ConvNet": NetworkSpec(ConvNet, ConvNetConfig, ("evaluator",)),
     "NICE": NetworkSpec(NICE, NICEConfig, ("normalizing-flow",)),
     "DiffusersUNet2D": NetworkSpec(DiffusersUNet2D, DiffusersUNetConfig, ("denoiser",)),  # needs diffusers
 }

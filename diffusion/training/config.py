@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from ..data import FASHION_MNIST_DIR
-from ..models import ClassifierConfig, DiTConfig, NICEConfig, UNetConfig
+from ..models import ClassifierConfig, ConvNetConfig, DiTConfig, NICEConfig, UNetConfig
 from ..objective import ObjectiveConfig
 
 
@@ -33,6 +33,7 @@ class TrainConfig:
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(num_classes=10, self_condition=True, blocks_per_level=1))
     dit: DiTConfig = field(default_factory=lambda: DiTConfig(num_classes=10, self_condition=True))
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    convnet: ConvNetConfig = field(default_factory=ConvNetConfig)  # the evaluator-convnet task's network
     nice: NICEConfig = field(default_factory=lambda: NICEConfig(num_classes=10))
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     noise_schedule: str = "vp-cosine"  # noisy-classifier: the schedule used to noise its inputs
@@ -65,7 +66,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        nested = {"unet": UNetConfig, "dit": DiTConfig, "classifier": ClassifierConfig, "nice": NICEConfig,
+        nested = {"unet": UNetConfig, "dit": DiTConfig, "classifier": ClassifierConfig, "convnet": ConvNetConfig,
+                  "nice": NICEConfig,
                   "objective": ObjectiveConfig}
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

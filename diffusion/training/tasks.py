@@ -237,6 +237,19 @@ class NoisyClassifierTask(ClassifierTask):
     noise_conditioned = True
 
 
+class ConvNetEvaluatorTask(ClassifierTask):
+    """The second evaluator (models.ConvNet): clean images, each shifted by its own random offset (the Trainer adds
+    random horizontal flips)."""
+
+    def build_network(self, class_names):
+        c = self.config
+        return build_network("ConvNet", replace(c.convnet, image_size=c.image_size, image_channels=c.image_channels,
+                                                num_classes=len(class_names)))
+
+    def loss(self, model, images, labels):
+        return F.cross_entropy(model(random_shifts(images)).float(), labels)
+
+
 def load_dataset(config: TrainConfig) -> ImageDataset:
     if config.data == "fashion-mnist":
         return load_fashion_mnist("train", config.data_dir)
@@ -251,5 +264,15 @@ def random_shift(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
     return padded[:, :, dy:dy + h, dx:dx + w]
 
 
+def random_shifts(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Each image translated by its own random offset of up to `pad` pixels per axis (reflect-padded crop)."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")  # (B, C, H + 2 pad, W + 2 pad)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b, 1), device=images.device)
+    rows = (dy + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
+    cols = (dx + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
+    return padded[torch.arange(b, device=images.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+
 TASKS = {"denoiser": DenoiserTask, "reflow": ReflowTask, "normalizing-flow": NormalizingFlowTask,
-         "noisy-classifier": NoisyClassifierTask, "evaluator": ClassifierTask}
+         "noisy-classifier": NoisyClassifierTask, "evaluator": ClassifierTask, "evaluator-convnet": ConvNetEvaluatorTask}
