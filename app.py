@@ -3,7 +3,7 @@
     python app.py [--host 127.0.0.1] [--port 7860] [--share] [--checkpoints checkpoints] [--add-model FOLDER ...]
                   [--no-compile]
 
-Layout and wiring only: each tab is a module of diffusion/app/ (generate, compare, sweep, xy, trajectory, lab2d,
+Layout and wiring only: each tab is a module of diffusion/app/ (generate, compare, sweep, xy, trajectory, edit, lab2d,
 families, lens, card) whose handlers turn widget values into requests for the backend (diffusion.engine / diffusion.studies),
 passed in as the model cache. Sampling runs in a worker thread so a handler can stream previews and progress.
 """
@@ -24,6 +24,7 @@ from starlette.middleware import Middleware
 from diffusion.app.card import build_card_tab, checkpoint_table
 from diffusion.app.common import serve_outputs_directly
 from diffusion.app.compare import build_compare_tab
+from diffusion.app.edit import build_edit_tab, send_to_edit
 from diffusion.app.controls import GUIDANCE_LABELS, class_and_guidance, scale_for_guidance
 from diffusion.app.families import build_families_tab
 from diffusion.app.examples import example_files, open_example, open_png, opening_outputs
@@ -121,6 +122,9 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 trajectory = build_trajectory_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
+            with gr.Tab("Edit", id="edit"):
+                edit = build_edit_tab(cache, sampling)
+
             with gr.Tab("2-D lab", id="lab2d"):
                 build_lab2d_tab(sampling)
 
@@ -139,16 +143,18 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                     available = [e.name for e in cache.entries() if e.available]
                     pickers = [gr.Dropdown(choices=generative), *(gr.Dropdown(choices=denoisers) for _ in range(4)),
                                gr.Dropdown(choices=available), *(gr.CheckboxGroup(choices=generative) for _ in range(4)),
-                               gr.Dropdown(choices=generative), gr.Dropdown(choices=cache.few_step_names())]
+                               gr.Dropdown(choices=generative), gr.Dropdown(choices=cache.few_step_names()),
+                               gr.Dropdown(choices=generative)]
                     return (*pickers, "### Files in the checkpoint folder\n" + checkpoint_table(cache))
 
                 studies = (compare, sweep, trajectory, xy)
                 m_rescan.click(rescan, None, [generate.checkpoint, *(t.controls["checkpoint"] for t in studies), m_checkpoint,
                                               *family_pickers, lens_checkpoints, lens_sample_checkpoint, c_student,
-                                              m_files],
+                                              edit["checkpoint"], m_files],
                                api_name="rescan")
             for target in studies:  # Generate's "Send to" buttons
                 send_to(cache, generate, target, tabs)
+            send_to_edit(cache, generate, edit, tabs)
             opened = opening_outputs(generate, studies, tabs)
             generate.settings_png.upload(lambda path: open_png(cache, generate, studies, path), generate.settings_png,
                                          opened, api_name="load_settings")

@@ -47,3 +47,19 @@ def labelled_rows(rows: list[Image.Image], labels: list[str], padding: int = 4) 
         draw.text((4, top + row.height // 2 - 6), label, fill="black", font=font)
         top += row.height + padding
     return picture
+
+
+def captioned_row(pictures: list[Image.Image], captions: list[str], padding: int = 6) -> Image.Image:
+    """Pictures side by side, left to right, each with its caption written under it."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    cell = max(max(p.width for p in pictures), 6 * max(len(c) for c in captions))  # about 6 px per character
+    height = max(p.height for p in pictures)
+    picture = Image.new("RGB", (len(pictures) * (cell + padding) + padding, height + 2 * padding + 14), "white")
+    draw = ImageDraw.Draw(picture)
+    for column, (part, caption) in enumerate(zip(pictures, captions)):
+        left = padding + column * (cell + padding)
+        picture.paste(part.convert("RGB"), (left + (cell - part.width) // 2, padding))
+        draw.text((left + (cell - 6 * len(caption)) // 2, height + padding + 2), caption, fill="black", font=font)
+    return picture

@@ -337,7 +337,8 @@ def random_seed():
     return random.randint(0, 2**31 - 1)
 
 
-SEND_TARGETS = {"compare": "Compare samplers", "sweep": "Guidance sweep", "xy": "X/Y grid", "trajectory": "Trajectory"}
+SEND_TARGETS = {"compare": "Compare samplers", "sweep": "Guidance sweep", "xy": "X/Y grid", "trajectory": "Trajectory",
+                "edit": "Edit (the clicked image)"}
 
 
 @dataclass
@@ -351,6 +352,8 @@ class GenerateTab(RequestTarget):
     temperature: gr.Slider | None = None
     live: gr.Checkbox | None = None
     settings_png: gr.File | None = None
+    gallery: gr.Gallery | None = None
+    picked_index: gr.State | None = None  # the gallery image last clicked (0: the first), for Send to Edit
 
     @property
     def checkpoint(self):
@@ -445,6 +448,12 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     settle_run(generating, [gallery, preview, status, download], status, stop)
     dice.click(random_seed, None, seed, api_name=False)
     gallery.select(picked_image, None, picked, api_name=False)
+    picked_index = gr.State(0)
+
+    def on_gallery_select(event: gr.SelectData):  # a plain function: Gradio passes SelectData by annotation
+        return event.index
+
+    gallery.select(on_gallery_select, None, picked_index, api_name=False)
     sampler.change(partial(sampler_controls, cache), [sampler, checkpoint], [solver, eta, *stochastic], api_name=False)
     # /generate_flow reads its own (hidden) checkpoint, which follows the picker to flows only: its API default is a
     # flow, where the shared picker's default is a denoiser that it would refuse.
@@ -468,6 +477,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     for run_event in (generating, decoding):
         run_event.success(add_to_history, [history, download, gallery], [history, history_gallery], api_name=False,
                           show_progress="hidden")
+        run_event.success(lambda: 0, None, picked_index, api_name=False, show_progress="hidden")  # a new run's first
     generating.success(partial(estimate, cache), inputs, next_run, api_name=False, show_progress="hidden",
                        preprocess=False)
     def on_history_select(history, event: gr.SelectData):  # a plain function: Gradio passes SelectData by annotation
@@ -482,4 +492,5 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
     fields = ("checkpoint", "sampler", "solver", "steps", "eta", "spacing", "guidance", "class_index", "scale",
               "self_condition", "seed", "batch_size")
     return GenerateTab("generate", "Generate", dict(zip(fields, inputs)), {}, loaded, inputs=inputs, status=status,
-                       send_buttons=send_buttons, temperature=temperature, live=live, settings_png=settings_png)
+                       send_buttons=send_buttons, temperature=temperature, live=live, settings_png=settings_png,
+                       gallery=gallery, picked_index=picked_index)

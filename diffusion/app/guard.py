@@ -18,7 +18,10 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 MAX_PENDING_PER_SESSION = 4  # a Generate, its live-mode follow-ups and a study in another tab
-UPLOADS_PER_MINUTE = 30
+# The Edit tab's image editor uploads its background, paint layer and composite whenever they change: 30-50 files
+# for a first edit (load, paint, press Edit); 30 a minute refused a user's second edit. (It can also fall into a loop
+# of hundreds; see diffusion/app/edit.py: the runs no longer wait on those uploads.)
+UPLOADS_PER_MINUTE = 150
 MAX_UPLOAD_BYTES = 200 * 1024**2
 MAX_JOIN_BODY = 1024**2  # a queue/join body is a few KB (the inputs); larger ones are refused unread
 UPLOAD_GRACE_SECONDS = 60  # an upload younger than this may still be about to be read by its request
