@@ -6,7 +6,8 @@
     run_edit(cache, request, image, mask)      -> EditResult: the edited images and the noised start
 
 The input image is (C, H, W) or (1, C, H, W) in [-1, 1], the same for every image of the batch, whose variations
-come from the per-image noise of (seed, index), as in generation. The mask is (H, W) in {0, 1}: 1 where the
+come from the per-image noise of (seed, index), as in generation; or (B, C, H, W), one input per image (the
+evaluation edits many test images at once), and likewise the mask. The mask is (H, W) in {0, 1}: 1 where the
 model paints, 0 where the input is kept (what AUTOMATIC1111 and ComfyUI call the inpainting mask).
 """
 
@@ -64,13 +65,14 @@ def strength_log_snr(schedule: Schedule, strength: float) -> float:
 
 
 # --- validation -----------------------------------------------------------------------------------
-def edit_image(image, shape: tuple[int, int, int]) -> torch.Tensor:
-    """The input as (1, C, H, W) float in [-1, 1], or a RequestError saying what is wrong with it."""
+def edit_image(image, shape: tuple[int, int, int], batch: int = 1) -> torch.Tensor:
+    """The input as (1, C, H, W) (or one per image of the batch, (B, C, H, W)) float in [-1, 1], or a RequestError
+    saying what is wrong with it."""
     if not isinstance(image, torch.Tensor):
         raise RequestError("the edit needs an input image")
     if image.ndim == 3:
         image = image[None]
-    if image.ndim != 4 or image.shape[0] != 1 or tuple(image.shape[1:]) != shape:
+    if image.ndim != 4 or image.shape[0] not in (1, batch) or tuple(image.shape[1:]) != shape:
         raise RequestError(f"the input image has shape {tuple(image.shape)}; this checkpoint edits {shape} images "
                            f"(channels, height, width)")
     image = image.float()
@@ -79,23 +81,24 @@ def edit_image(image, shape: tuple[int, int, int]) -> torch.Tensor:
     return image
 
 
-def paint_mask(mask, shape: tuple[int, int, int]) -> torch.Tensor:
-    """The inpainting mask as (1, 1, H, W) with 1 = paint, or one sentence on why it cannot be used."""
+def paint_mask(mask, shape: tuple[int, int, int], batch: int = 1) -> torch.Tensor:
+    """The inpainting mask as (1, 1, H, W) (or one per image, (B, 1, H, W)) with 1 = paint, or one sentence on why it
+    cannot be used."""
     if not isinstance(mask, torch.Tensor):
         raise RequestError("inpainting needs a mask: paint the region the model should fill")
     height, width = shape[1:]
     mask = mask.float()
     if mask.ndim == 2:
         mask = mask[None, None]
-    if mask.ndim != 4 or mask.shape[:2] != (1, 1) or tuple(mask.shape[2:]) != (height, width):
+    if mask.ndim != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] != 1 or tuple(mask.shape[2:]) != (height, width):
         found = "x".join(str(n) for n in mask.shape[-2:]) if mask.ndim >= 2 else str(tuple(mask.shape))
         raise RequestError(f"the mask is {found} pixels; the image is {height}x{width}: paint on the image itself")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise RequestError("the mask must be 0 (keep) or 1 (paint) in every pixel; it has values in between")
-    painted = int(mask.sum())
-    if painted == 0:
+    painted = mask.flatten(1).sum(1)
+    if bool((painted == 0).any()):
         raise RequestError("the mask is empty: paint the region the model should fill")
-    if painted == height * width:
+    if bool((painted == height * width).any()):
         raise RequestError("the mask covers the whole image, so nothing of the input is kept: use Generate, or "
                            "image-to-image at strength 1")
     return mask
@@ -156,8 +159,8 @@ def run_edit(cache: ModelCache, request: EditRequest, image: torch.Tensor, mask:
         model, classifier, guide = prepare(cache, base, model)
     validate_edit(request, model)
     shape = image_shape(model)
-    image = edit_image(image, shape)
-    keep = 1 - paint_mask(mask, shape) if request.method == "repaint" else None
+    image = edit_image(image, shape, int(base.batch_size))
+    keep = 1 - paint_mask(mask, shape, int(base.batch_size)) if request.method == "repaint" else None
     check_work(cache, [], "this edit", extra=edit_work(cache, request, model))
     device, batch = cache.device, int(base.batch_size)
     generators = image_generators(int(base.seed), batch, int(base.first_index))

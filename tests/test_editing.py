@@ -201,3 +201,35 @@ def test_bad_masks_get_one_sentence(cache, mask, message):
 def test_bad_requests_get_one_sentence(cache, request_, image, message):
     with pytest.raises(RequestError, match=message):
         run_edit(cache, request_, image, centre_mask())
+
+
+# --- every family: a DiT and a user's colour diffusers folder ----------------------------------------
+@pytest.fixture(scope="module")
+def more_families(tmp_path_factory):
+    from test_dit import tiny_dit
+
+    from diffusion.checkpoint import model_config, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("families")
+    dit = tiny_dit()
+    save_checkpoint(folder / "dit.safetensors", "denoiser", dit,
+                    model_config("denoiser", dit, class_names=("a", "b", "c"),
+                                 schedule="flow", parameterization="flow"), {"steps": 0}, "A tiny DiT.")
+    write_diffusers_folder(folder / "colour", channels=3, size=16)
+    return ModelCache(folder, device="cpu")
+
+
+@pytest.mark.parametrize("method", ["sdedit", "repaint", "swap"])
+@pytest.mark.parametrize("checkpoint, channels, size, classes", [("dit", 1, 8, 1), ("colour", 3, 16, None)])
+def test_every_method_edits_a_dit_and_a_colour_diffusers_model(more_families, method, checkpoint, channels, size,
+                                                             classes):
+    image = picture(channels=channels, size=size)
+    guided = dict(class_index=classes, guidance="cfg" if classes is not None else "none")
+    request = EditRequest(method, base(checkpoint, steps=4, batch_size=2, **guided), jump_length=2, resamplings=2,
+                          source_class=classes)
+    result = run_edit(more_families, request, image, centre_mask(size))
+    assert result.images.shape == (2, channels, size, size) and bool(torch.isfinite(result.images).all())
+    assert float((result.images - image).abs().mean()) > 0  # it did something
+    if method == "repaint":
+        kept = (centre_mask(size) == 0).expand_as(result.images)
+        assert torch.equal(result.images[kept], image.expand_as(result.images)[kept])
