@@ -11,6 +11,7 @@ image's noise depends only on (seed, index) (sampling.image_generators). Only ra
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Callable, Sequence, TypeVar
 
@@ -30,7 +31,16 @@ def process_group() -> tuple[int, int]:
     if torch.cuda.is_available():
         torch.cuda.set_device(default_device())  # object collectives over NCCL use the current device
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    atexit.register(_leave_group)
     return dist.get_rank(), world
+
+
+def _leave_group() -> None:
+    """Wait for every rank, then close the group: a rank that exits with gloo's threads still running can die of
+    SIGABRT at shutdown (seen twice under load in the two-rank tests, after the work was done and written)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def is_main() -> bool:

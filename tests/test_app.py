@@ -570,7 +570,9 @@ def test_closing_the_tab_stops_the_sampling(server):
 
     with app_page(server) as page:
         start_a_long_generate(page)
-        time.sleep(0.5)
+        deadline = time.time() + 15  # on a loaded machine the job can take seconds to reach the worker
+        while not _sampling_workers() and time.time() < deadline:
+            time.sleep(0.05)
         assert _sampling_workers() == 1  # still sampling: the 1000 DDPM steps x 32 images took effect (~10 s)
         page.close()
     deadline = time.time() + 15
