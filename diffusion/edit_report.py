@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .data import load_fashion_mnist, to_model_range, to_uint8
+from .data import load_fashion_mnist, to_model_range
 from .edits import EditRequest, run_edit
 from .engine import ModelCache, SampleRequest
 from .images import image_grid, labelled_rows, to_pil
@@ -34,7 +34,7 @@ SWAP_IMAGE = 0  # test image 0, an ankle boot
 @dataclass(frozen=True)
 class ReportConfig:
     checkpoints: tuple[str, ...] = ("fashion-diffusion", "fashion-flow")
-    per_class: int = 5  # test images per class for inpainting
+    per_class: int = 3  # test images per class for inpainting
     sdedit_per_class: int = 1  # SDEdit: for each target class, this many images of each other class
     steps: int = 20  # SDEdit and class swap: DDIM steps / ODE steps between t0 and 0
     repaint_steps: int = 25
@@ -258,7 +258,7 @@ def main(argv=None) -> None:
         image = to_model_range(test.images[SWAP_IMAGE:SWAP_IMAGE + 1])
         strip = swap_strip(cache, name, image, int(test.labels[SWAP_IMAGE]), config)
         file = f"swap-{name}.png"
-        labelled_rows([to_pil(to_uint8(image_grid(strip, columns=11)), 3)], [name]).save(out / file)
+        labelled_rows([to_pil(image_grid(strip, columns=11), 3)], [name]).save(out / file)
         swaps.append((name, file))
         print(f"{name}: done", flush=True)
     plot_trade(trade, out / "sdedit-trade.png")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from conftest import write_tiny_checkpoints
 
 from diffusion.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
@@ -51,3 +53,5 @@ def test_quick_report_runs_on_tiny_models(tmp_path):
     assert "the trade bends at strength" in readme and "swap-tiny.png" in readme
     for name in ("sdedit-trade.png", "swap-tiny.png"):
         assert (tmp_path / "report" / name).stat().st_size > 200
+    strip = np.asarray(Image.open(tmp_path / "report" / "swap-tiny.png").convert("L"), dtype=np.float32)
+    assert strip.min() < 100  # the images are drawn (a grid of uint8 read as [-1, 1] images came out white)
