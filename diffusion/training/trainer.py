@@ -174,7 +174,7 @@ class Trainer:
         if self.rank == 0:
             (self.run_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
         bar = tqdm(total=c.steps, initial=self.step, disable=not progress or self.rank != 0, dynamic_ncols=True)
-        started, start_step = time.time(), self.step
+        started = time.time()
         interval = LossInterval(self.device)
         while self.step < c.steps:
             interval.add(self.train_step())
@@ -187,7 +187,7 @@ class Trainer:
             out_of_time = c.max_minutes > 0 and self.wall_seconds + elapsed >= 60 * c.max_minutes
             if self.step % c.save_every == 0 or self.step == c.steps or out_of_time:
                 self.wall_seconds += time.time() - started
-                started, start_step = time.time(), self.step
+                started = time.time()
                 self.save_state()
             if c.sample_every and self.step % c.sample_every == 0 and self.rank == 0:
                 self.write_sample_grid(self.run_dir / f"samples-{self.step:06d}.png")
