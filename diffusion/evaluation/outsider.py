@@ -15,7 +15,7 @@ import torch
 
 from ..data import to_model_range
 from ..engine import RequestError
-from ..metrics import box_blur
+from ..metrics import box_blur, evaluator_outputs
 
 # Generate's default sampling (diffusion/app/generate.py APP_SAMPLING with controls.DEFAULT_SCALES["cfg"]; a test
 # holds the two equal): what a user sees first.
@@ -110,6 +110,17 @@ def judged_images(evaluator, row: dict) -> Images | None:
         return evaluator.real_split.reference(row["reference"])
     drawn = evaluator.draw(**row)
     return None if drawn is None else Images(drawn.images, drawn.labels, dict(nfe=drawn.nfe, seconds=drawn.seconds))
+
+
+def judged_row(evaluator, row: dict, score) -> dict | None:
+    """A row measured by every judge: score(name, probabilities, features, images) -> that judge's numbers, under
+    "by_evaluator", beside the row's sample count and sampling figures (None on ranks other than 0)."""
+    judged = judged_images(evaluator, row)
+    if judged is None:
+        return None
+    by_evaluator = {name: score(name, *evaluator_outputs(network, judged.images), judged)
+                    for name, network in evaluator.judges.items()}
+    return {**row, "samples": len(judged.labels), **judged.extra, "by_evaluator": by_evaluator}
 
 
 def setting_words(row: dict) -> str:

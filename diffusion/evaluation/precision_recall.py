@@ -3,23 +3,19 @@ classifier's feature space, against real test images: fidelity and diversity rep
 
 from __future__ import annotations
 
-from ..metrics import evaluator_outputs, precision_recall
-from .outsider import judged_images, outsider_rows, setting_words
+from ..metrics import precision_recall
+from .outsider import judged_row, outsider_rows, setting_words
 from .part import Part
 
 K = 3  # neighbours for the k-NN radii (the paper's choice)
 
 
 def measure(evaluator, row: dict) -> dict | None:
-    judged = judged_images(evaluator, row)
-    if judged is None:
-        return None
-    by_evaluator = {}
-    for name, network in evaluator.judges.items():
-        features = evaluator_outputs(network, judged.images)[1]
+    def score(name, probabilities, features, judged):
         precision, recall = precision_recall(features, evaluator.comparison_features[name], K)
-        by_evaluator[name] = {"precision": precision, "recall": recall}
-    return {**row, "samples": len(judged.labels), **judged.extra, "by_evaluator": by_evaluator}
+        return {"precision": precision, "recall": recall}
+
+    return judged_row(evaluator, row, score)
 
 
 def table(results: dict) -> list[str]:

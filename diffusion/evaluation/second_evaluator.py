@@ -3,21 +3,17 @@ and config.second_evaluator, another architecture and recipe), against the same 
 
 from __future__ import annotations
 
-from ..metrics import class_accuracy, evaluator_outputs, frechet_distance
-from .outsider import judged_images, outsider_rows, setting_words
+from ..metrics import class_accuracy, frechet_distance
+from .outsider import judged_row, outsider_rows, setting_words
 from .part import Part
 
 
 def measure(evaluator, row: dict) -> dict | None:
-    judged = judged_images(evaluator, row)
-    if judged is None:
-        return None
-    by_evaluator = {}
-    for name, network in evaluator.judges.items():
-        probs, features = evaluator_outputs(network, judged.images)
-        by_evaluator[name] = {"fid": frechet_distance(features, evaluator.pool_features[name]),
-                              "accuracy": class_accuracy(probs, judged.labels)}
-    return {**row, "samples": len(judged.labels), **judged.extra, "by_evaluator": by_evaluator}
+    def score(name, probabilities, features, judged):
+        return {"fid": frechet_distance(features, evaluator.pool_features[name]),
+                "accuracy": class_accuracy(probabilities, judged.labels)}
+
+    return judged_row(evaluator, row, score)
 
 
 def table(results: dict) -> list[str]:
