@@ -553,10 +553,16 @@ def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(ser
 def start_a_long_generate(page):
     """Generate with DDPM, 1000 steps and 32 images (about 10 s on the tiny model); returns once it samples."""
     page.get_by_label("DDPM (ancestral)").check()
+    page.wait_for_timeout(500)  # the sampler change re-renders the controls; a value typed before it can be lost
     for label, value in (("number input for Steps", "1000"), ("number input for Images", "32")):
         box = page.get_by_label(label)
-        box.fill(value)
-        box.press("Enter")
+        for _ in range(5):  # typed again until the box holds it (else a 10-step run ends before it is seen)
+            box.fill(value)
+            box.press("Enter")
+            page.wait_for_timeout(200)
+            if box.input_value() == value:
+                break
+        assert box.input_value() == value
     page.locator("button.primary:visible", has_text="Generate").first.click()
     deadline = time.time() + 30
     while _sampling_workers() == 0 and time.time() < deadline:
