@@ -84,7 +84,7 @@ def command_pairs(args):
     output_in_existing_folder(args.out)  # the shard folder may be new; its parent must exist
     count, shard = (40, 20) if args.quick else (args.count, args.shard_size)
     config = PairConfig(teacher=args.teacher, count=count, shard_size=shard, solver=args.solver,
-                        steps=3 if args.quick else args.steps, scale=args.scale, seed=args.seed,
+                        steps=3 if args.quick else args.steps, scale=args.scale, method=args.method, seed=args.seed,
                         self_condition=args.self_condition, batch_size=args.batch_size)
     try:
         part = tuple(int(n) for n in args.part.split("/"))
@@ -360,6 +360,7 @@ def command_manifest(args):
 
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation import PARTS, parts_help
+    from .training.pairs import PAIR_METHODS
     from .guidance import GUIDANCE_MODES
     from .sampling import SAMPLERS
     from .schedules import SPACINGS
@@ -386,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--solver", default="dpm++2m", help="euler, heun or dpm++2m")
     pairs.add_argument("--steps", type=positive_int, default=20)
     pairs.add_argument("--scale", type=float, default=2.0, help="the teacher's classifier-free guidance")
+    pairs.add_argument("--method", default="cfg", choices=PAIR_METHODS,
+                       help="how the teacher is guided at --scale (guidance.GUIDANCE_METHODS)")
     pairs.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=True)
     pairs.add_argument("--seed", type=non_negative_int, default=1)
     pairs.add_argument("--batch-size", type=positive_int, default=100)

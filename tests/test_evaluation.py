@@ -289,3 +289,38 @@ def test_a_few_step_student_is_judged_at_its_own_setting_and_at_one_step(setup):
     settings = judged_settings(Evaluator(replace(config, checkpoint="tiny-student")))
     assert [(s["solver"], s["steps"], s["guidance"]) for s in settings] == [("euler", 2, "none"), ("euler", 1, "none")]
     assert [s["temperature"] for s in judged_settings(Evaluator(replace(config, checkpoint="tiny-nice")))] == [1.0]
+
+
+def test_the_guided_realism_part_ranks_guided_rows_by_their_judges_mean(setup):
+    from dataclasses import replace
+    from statistics import fmean
+
+    folder, config = setup
+    config = replace(config, second_evaluator=tiny_second_evaluator(folder))
+    results = Evaluator(config).run(parts=("guided-realism",))
+    rows = results["guided_realism"]
+    assert [(r["method"], r["guidance"], r["scale"]) for r in rows] == [
+        ("none", "none", 1.0), ("cfg", "cfg", 3.0), ("apg", "cfg", 3.0)]
+    assert rows[2]["apg_momentum"] == -0.5 and {r["solver"] for r in rows} == {"dpm++2m"}
+    for row in rows:
+        assert len(row["two_sample_judges"]) == 2 and row["two_sample_accuracy"] == fmean(row["two_sample_judges"])
+        assert list(row["by_evaluator"]) == ["tiny-evaluator", "tiny-second-evaluator"]
+        assert all(0 <= a <= 1 for a in row["by_evaluator"].values())
+    assert "Guided realism" in (Path(config.out_dir) / "tiny.md").read_text()
+    assert (Path(config.out_dir) / "tiny-guided-realism.png").exists()
+
+
+def test_the_chosen_guided_setting_is_the_most_real_one_that_both_evaluators_call_accurate():
+    from diffusion.evaluation.guided_realism import chosen, summary
+
+    def row(method, scale, accuracies, two_sample):
+        return dict(method=method, scale=scale, by_evaluator=dict(zip("ab", accuracies)), two_sample_accuracy=two_sample)
+
+    rows = [row("none", 1.0, (0.92, 0.91), 0.62),  # the most real, but not guided
+            row("cfg", 3.0, (0.99, 0.99), 0.72),
+            row("apg", 3.0, (0.99, 0.96), 0.64),  # one evaluator below the floor
+            row("interval", 3.0, (0.98, 0.97), 0.67)]
+    assert chosen(rows) is rows[3]
+    assert chosen(rows[:1]) is None
+    assert summary({"guided_realism": rows}).endswith("at two-sample accuracy 0.67 (no guidance: 0.62)")
+    assert summary({"guided_realism": [{"method": 3}]}) == ""  # a recorded file is data

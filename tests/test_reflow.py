@@ -41,6 +41,24 @@ def test_pairs_are_the_teachers_ode_solutions_with_their_metadata(checkpoint_dir
     assert torch.allclose(other.images, pairs.images, atol=1e-5)
 
 
+def test_pairs_can_be_guided_by_any_classifier_free_method(checkpoint_dir, tmp_path):
+    from diffusion.engine import SampleRequest, guidance_of
+    from diffusion.guidance import GUIDANCE_METHODS
+
+    for method in ("cfg-rescale", "interval", "apg"):  # the same Guidance the app and the evaluation build
+        request = SampleRequest(checkpoint="tiny-flow", scale=3.0, **GUIDANCE_METHODS[method].settings)
+        assert pair_config(checkpoint_dir, method=method, scale=3.0).guidance() == guidance_of(request)
+    assert pair_config(checkpoint_dir, method="apg", scale=1.0).guidance().mode == "none"
+    with pytest.raises(ValueError, match="method must be one of"):
+        pair_config(checkpoint_dir, method="autoguidance")
+    plain = load_pairs_after(pair_config(checkpoint_dir, count=4), tmp_path / "cfg")
+    apg = load_pairs_after(pair_config(checkpoint_dir, count=4, method="apg"), tmp_path / "apg")
+    assert "method" not in plain.settings and apg.settings["method"] == "apg"  # plain CFG shards read as before
+    assert torch.equal(apg.noise, plain.noise) and not torch.allclose(apg.images, plain.images)
+    with pytest.raises(DataError, match="other settings"):  # one folder, one method
+        generate_pairs(pair_config(checkpoint_dir, count=4, method="apg"), tmp_path / "cfg", log=lambda _: None)
+
+
 def load_pairs_after(config, folder):
     generate_pairs(config, folder, log=lambda _: None)
     return load_pairs(folder)

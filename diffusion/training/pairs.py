@@ -12,6 +12,7 @@ sharded over torchrun writes the same bytes as one process (at the same thread c
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -24,12 +25,15 @@ from safetensors.torch import save_file
 from ..checkpoint import atomic_write, load_checkpoint
 from ..data import DataError
 from ..denoiser import Denoiser, Guidance
+from ..guidance import GUIDANCE_METHODS
 from ..distributed import map_sharded, on_main, process_group
 from ..sampling import ODE_SOLVERS, draw_noise, image_generators, sample_ode
 from ..schedules import time_grid
 
 PAIRS_FORMAT = "diffusion-playground/reflow-pairs-1"
 SHARD_PATTERN = re.compile(r"pairs-(\d{5})\.safetensors")
+# The classifier-free methods (each a modified CFG); autoguidance and classifier guidance need a second network
+PAIR_METHODS = tuple(name for name, method in GUIDANCE_METHODS.items() if method.settings["guidance"] == "cfg")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class PairConfig:
     solver: str = "dpm++2m"
     steps: int = 20
     scale: float = 2.0  # classifier-free guidance of the teacher (1: the conditional model alone)
+    method: str = "cfg"  # how it guides: a classifier-free method of guidance.GUIDANCE_METHODS (at `scale`)
     self_condition: bool = True
     seed: int = 1  # not the evaluation's seed 0: the student is scored on noise it was not trained on
     batch_size: int = 100
@@ -52,10 +57,24 @@ class PairConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.scale <= 20:
             raise ValueError(f"scale must be in [0, 20], got {self.scale}")
+        if self.method not in PAIR_METHODS:
+            raise ValueError(f"method must be one of {', '.join(PAIR_METHODS)}, got {self.method!r}")
+
+    def guidance(self) -> Guidance:
+        """The teacher's guidance: the method's settings at this scale (none at scale 1)."""
+        if self.scale == 1:
+            return Guidance()
+        settings = GUIDANCE_METHODS[self.method].settings
+        low, high = settings.get("interval_low", -math.inf), settings.get("interval_high", math.inf)
+        return Guidance("cfg", self.scale, rescale=settings.get("rescale", 0.0), interval=(low, high),
+                        apg_eta=settings.get("apg_eta", 1.0), apg_norm=settings.get("apg_norm", 0.0),
+                        apg_momentum=settings.get("apg_momentum", 0.0), threshold=settings.get("threshold", 0.0))
 
     def settings(self, teacher_sha256: str) -> dict:
         """What makes two shards interchangeable: everything but count and batch size (which change nothing)."""
         kept = {k: v for k, v in asdict(self).items() if k not in ("count", "batch_size", "teacher")}
+        if self.method == "cfg":  # shards made before there were methods hold plain CFG and name none
+            del kept["method"]
         return kept | {"teacher_sha256": teacher_sha256, "teacher_name": Path(self.teacher).stem}
 
 
@@ -155,9 +174,8 @@ def make_shard(teacher, config: PairConfig, first: int, count: int, device) -> t
         n = min(config.batch_size, first + count - start)
         z = draw_noise(image_generators(config.seed, n, start), shape)
         y = torch.arange(start, start + n) % classes if classes else None
-        guidance = Guidance("cfg", config.scale) if config.scale != 1 else Guidance()
         denoise = Denoiser(network, schedule, teacher.parameterization, labels=None if y is None else y.to(device),
-                           guidance=guidance, self_condition=config.self_condition and teacher.self_condition)
+                           guidance=config.guidance(), self_condition=config.self_condition and teacher.self_condition)
         with torch.inference_mode():
             x = sample_ode(denoise, z.to(device), time_grid(schedule, config.steps), schedule=schedule,
                            solver=config.solver)
