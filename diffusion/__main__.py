@@ -100,6 +100,17 @@ DENOISER_SAMPLE_DEFAULTS = {"sampler": "ddim", "solver": "heun", "steps": 50, "e
                             "guidance": "cfg", "scale": 3.0, "self_condition": False}
 
 
+def command_large_teacher(args):
+    from .training.large_teacher import LargeTeacherConfig, run_large_teacher
+
+    root = args.out or (str(quick_output_dir("large-teacher")) if args.quick else LargeTeacherConfig.run_root)
+    config = LargeTeacherConfig(teacher_minutes=args.teacher_minutes, student_minutes=args.student_minutes,
+                                pairs=args.pairs, run_root=root, out_dir=f"{root}/export", quick=args.quick)
+    files = run_large_teacher(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    for role, path in files.items():
+        print(f"{role}: {path}")
+
+
 def command_sample(args):
     """One grid: `--class N` for `--count` images of one class (in requests of `--batch-size`), `--class all` for one
     row of `--columns` images per class, or `--settings-from FILE.png` for the exact request a PNG of this project
@@ -396,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "without torchrun; under torchrun the ranks share the shards by themselves)")
     pairs.add_argument("--quick", action="store_true", help="40 pairs in 2 shards with 3 steps (CI)")
     pairs.set_defaults(handler=command_pairs)
+
+    large = commands.add_parser("large-teacher", help="issue 31 on a GPU: train fashion-flow-large, make guided reflow "
+                                "pairs from it and reflow fashion-reflow-large; exports both",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    large.add_argument("--teacher-minutes", type=float, default=6.0)
+    large.add_argument("--student-minutes", type=float, default=1.5)
+    large.add_argument("--pairs", type=positive_int, default=50_000)
+    large.add_argument("--out", default=None, help="folder of the runs, the pairs and (under export/) the exported "
+                       "files (default runs/large-teacher; with --quick a temporary folder)")
+    large.add_argument("--quick", action="store_true", help="the same steps at a tiny size, in seconds on a CPU (CI)")
+    large.set_defaults(handler=command_large_teacher)
 
     export = commands.add_parser("export", help="write a run's EMA weights as a checkpoint")
     export.add_argument("run", help="run folder (holds config.json and state.safetensors)")
