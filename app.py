@@ -28,7 +28,7 @@ from diffusion.app.edit import build_edit_tab, send_to_edit
 from diffusion.app.controls import GUIDANCE_LABELS, class_and_guidance, scale_for_guidance
 from diffusion.app.families import build_families_tab
 from diffusion.app.examples import example_files, open_example, open_png, opening_outputs
-from diffusion.app.generate import APP_SAMPLING, build_generate_tab, send_to
+from diffusion.app.generate import APP_GUIDANCE, APP_SAMPLING, build_generate_tab, send_to
 from diffusion.app.guard import RequestGuard
 from diffusion.app.lab2d import build_lab2d_tab
 from diffusion.app.lens import build_lens_tab
@@ -192,8 +192,8 @@ def warm_up(cache: ModelCache) -> None:
     the first user's request will have (the compile takes about a minute on 2 CPU cores, seconds from inductor's
     cache after a restart)."""
     if DEFAULT_CHECKPOINT in cache.names("denoiser"):
-        run_request(cache, SampleRequest(checkpoint=DEFAULT_CHECKPOINT, **APP_SAMPLING | {"steps": 2},
-                                         guidance="cfg", scale=3.0, self_condition=None))
+        run_request(cache, SampleRequest(checkpoint=DEFAULT_CHECKPOINT, **APP_SAMPLING | {"steps": 2}, **APP_GUIDANCE,
+                                         self_condition=None))
 
 
 def parse_args(argv=None):

@@ -69,3 +69,19 @@ def test_the_other_endpoints_with_every_argument_left_out(tiny):
     for endpoint in ("/same_noise", "/latent_walk"):
         outputs = client.predict(api_name=endpoint)
         assert all(output is not None for output in outputs), endpoint
+
+
+def test_generate_starts_at_cfg_rescale_and_drops_it_where_guidance_is_off(shipped):
+    """Issue 31: Generate's default guidance is the guided-realism evaluation's choice (CFG 3, rescale 0.7); rescale
+    changes classifier-free guidance only, so a run without guidance leaves it out instead of refusing the request."""
+    from diffusion.app.generate import APP_GUIDANCE
+    from diffusion.settings import request_from_png
+
+    cache, client = shipped
+    assert APP_GUIDANCE == {"guidance": "cfg", "scale": 3.0, "rescale": 0.7}
+    *_, png = client.predict(checkpoint="fashion-diffusion", batch_size=2, api_name="/generate")
+    request, _ = request_from_png(png)
+    assert (request.guidance, request.scale, request.rescale) == ("cfg", 3.0, 0.7)
+    *_, png = client.predict(checkpoint="fashion-diffusion", guidance="none", batch_size=2, api_name="/generate")
+    request, _ = request_from_png(png)
+    assert (request.guidance, request.rescale) == ("none", 0.0)

@@ -245,11 +245,10 @@ def test_the_outsider_parts_judge_references_and_settings_by_both_evaluators(set
 
 
 def test_the_outsider_settings_are_generates_default_and_a_students_own():
-    from diffusion.app.controls import DEFAULT_SCALES
-    from diffusion.app.generate import APP_SAMPLING
+    from diffusion.app.generate import APP_GUIDANCE, APP_SAMPLING
     from diffusion.evaluation.outsider import APP_DEFAULT
 
-    assert APP_DEFAULT == APP_SAMPLING | {"guidance": "cfg", "scale": DEFAULT_SCALES["cfg"]}
+    assert APP_DEFAULT == APP_SAMPLING | APP_GUIDANCE
 
 
 def test_the_model_card_quotes_each_parts_recorded_summary_from_any_subfolder(tmp_path):

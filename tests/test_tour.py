@@ -67,7 +67,7 @@ def test_a_newcomers_tour(server):
         assert page.locator(".range-notice").count() == 0
 
         # A failure stays: the sentence in the status (outputs cleared), the red message until closed.
-        page.get_by_text("Guidance methods (each is plain CFG").click()
+        page.get_by_text("Guidance methods (starting at CFG rescale").click()
         set_number(page, "Interval: from log-SNR", 3)
         set_number(page, "to log-SNR", -3)
         run(page, "Generate")

@@ -17,8 +17,9 @@ from ..sampling import ODE_SOLVERS
 from ..settings import request_from_png
 from .card import model_summary
 from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
-from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE, SPACING_LABELS, RequestTarget,
-                       class_and_guidance, guidance_method_controls, make_request, method_settings,
+from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE,
+                       SPACING_LABELS, RequestTarget, class_and_guidance, guidance_method_controls, make_request,
+                       method_fields, method_settings,
                        self_condition_control, sent_values, settle_run, stochastic_sampler_controls,
                        stochastic_settings, stochastic_visibility)
 
@@ -37,6 +38,8 @@ def generate_request_fields(checkpoint, sampler, solver, steps, eta, spacing, gu
                             predictor="ddpm", correctors=1, snr=0.16, langevin_steps=5, step_size=1.0) -> SampleRequest:
     """generate_request's conversion, raising RequestError (for the estimate line, which shows it in place)."""
     methods = method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold)
+    if str(guidance) not in PAIRED_GUIDANCE:  # rescale and APG modify CFG and autoguidance only
+        methods |= CFG_MODIFIERS_OFF
     methods |= stochastic_settings(stochasticity, predictor, correctors, snr, langevin_steps, step_size)
     return make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
                         self_condition, seed, batch_size, methods)
@@ -145,6 +148,8 @@ def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed,
 # default a newcomer sees returns in about 2 s on 2 CPU cores). The classic DDIM-50 is one click away (the sampler
 # radio, and the examples).
 APP_SAMPLING = {"sampler": "ode", "solver": "dpm++2m", "steps": 10}
+APP_GUIDANCE = {"guidance": "cfg", "scale": DEFAULT_SCALES["cfg"]} | method_fields(DEFAULT_METHOD)
+PAIRED_GUIDANCE = ("cfg", "autoguidance")  # the modes that combine two predictions (guidance.Guidance.pairs_predictions)
 
 
 
@@ -403,7 +408,8 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
         with gr.Column(scale=1, min_width=320):
             class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
             guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
-            scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w", interactive=guidance_default != "none")
+            scale = gr.Slider(0, 15, value=APP_GUIDANCE["scale"], step=0.25, label="Guidance scale w",
+                              interactive=guidance_default != "none")
             temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
                                     label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
             with gr.Row(equal_height=True):
@@ -421,7 +427,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
                             visible=APP_SAMPLING["sampler"] == "ddim")
             stochastic = stochastic_sampler_controls(APP_SAMPLING["sampler"])
             spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
-            methods_box, methods = guidance_method_controls()
+            methods_box, methods = guidance_method_controls(DEFAULT_METHOD)
             self_condition = self_condition_control(default_model)
             with gr.Accordion("Load settings from a PNG made here", open=False):
                 settings_png = gr.File(label="Drop a grid or an image this app saved", file_types=[".png"],

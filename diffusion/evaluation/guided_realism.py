@@ -29,7 +29,7 @@ def rows(evaluator, self_conditioning) -> list[dict]:
         return []
     quick = evaluator.config.quick
     methods, scales = (QUICK["methods"], QUICK["scales"]) if quick else (METHODS, SCALES)
-    plain = {k: v for k, v in APP_DEFAULT.items() if k not in ("guidance", "scale")}
+    plain = {k: v for k, v in APP_DEFAULT.items() if k in ("sampler", "solver", "steps")}
     plain |= dict(self_condition=evaluator.model.self_condition, steps=QUICK["steps"] if quick else plain["steps"])
     unguided = [dict(measure="guided-realism", method="none", **plain, guidance="none", scale=1.0)]
     return unguided + [dict(measure="guided-realism", method=name, **plain, **GUIDANCE_METHODS[name].settings,

@@ -17,9 +17,9 @@ from ..data import to_model_range
 from ..engine import RequestError
 from ..metrics import box_blur, evaluator_outputs
 
-# Generate's default sampling (diffusion/app/generate.py APP_SAMPLING with controls.DEFAULT_SCALES["cfg"]; a test
-# holds the two equal): what a user sees first.
-APP_DEFAULT = dict(sampler="ode", solver="dpm++2m", steps=10, guidance="cfg", scale=3.0)
+# Generate's default sampling (diffusion/app/generate.py APP_SAMPLING | APP_GUIDANCE; a test holds the two equal):
+# what a user sees first.
+APP_DEFAULT = dict(sampler="ode", solver="dpm++2m", steps=10, guidance="cfg", scale=3.0, rescale=0.7)
 NOISE_SIGMA = 0.05  # the noisy reference: real + N(0, 0.05^2) per pixel (in [-1, 1] units), as in issue 31
 REFERENCES = ("real", "noisy", "blurred")
 
@@ -35,11 +35,11 @@ def judged_settings(evaluator) -> list[dict]:
     if model.sampling_defaults:
         default = dict(model.sampling_defaults) | dict(scale=1.0) | own
         return [default, default | dict(steps=1)]
-    plain = {k: v for k, v in APP_DEFAULT.items() if k not in ("guidance", "scale")} | own
+    plain = {k: v for k, v in APP_DEFAULT.items() if k in ("sampler", "solver", "steps")} | own
     plain["steps"] = 2 if quick else plain["steps"]
     settings = [plain | dict(guidance="none", scale=1.0)]
     if model.config.get("null_class") is not None:
-        settings.append(plain | dict(guidance=APP_DEFAULT["guidance"], scale=APP_DEFAULT["scale"]))
+        settings.append(plain | {k: v for k, v in APP_DEFAULT.items() if k not in plain})
     return settings
 
 
@@ -133,4 +133,6 @@ def setting_words(row: dict) -> str:
     solver = {"dpm++2m": "DPM-Solver++(2M)", "euler": "Euler", "heun": "Heun"}.get(row.get("solver"), row.get("solver"))
     sampler = solver if row["sampler"] == "ode" else row["sampler"].upper()
     guidance = "no guidance" if row["guidance"] == "none" else f"{row['guidance'].upper()} {row['scale']:g}"
+    if row.get("rescale"):
+        guidance += f", rescale {row['rescale']:g}"
     return f"{sampler}-{row['steps']}, {guidance}"
