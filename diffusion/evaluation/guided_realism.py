@@ -52,6 +52,11 @@ def measure(evaluator, row: dict) -> dict | None:
             "two_sample_accuracy": statistics.fmean(judges), "two_sample_judges": judges}
 
 
+def judges_standard_error(judges: list[float]) -> float:
+    """The standard error of the judges' mean: their sample standard deviation / sqrt(count)."""
+    return statistics.stdev(judges) / len(judges) ** 0.5 if len(judges) > 1 else 0.0
+
+
 def method_words(row: dict) -> str:
     if row["method"] == "none":
         return "no guidance"
@@ -78,13 +83,13 @@ def table(results: dict) -> list[str]:
                  f"{results['config']['seed']}-{results['config']['seed'] + judges - 1}) with their spread. "
                  f"In bold: the lowest two-sample accuracy at accuracy >= {ACCURACY_FLOOR} by both evaluators.", "",
              "| guidance | NFE | " + " | ".join(f"{name}: accuracy" for name in evaluators)
-             + " | two-sample accuracy (mean of judges) | judges' min - max |",
-             "|---|---|" + "---|" * len(evaluators) + "---|---|"]
+             + " | two-sample accuracy (mean of judges) | ± (standard error) | judges' min - max |",
+             "|---|---|" + "---|" * len(evaluators) + "---|---|---|"]
     for r in sorted(rows, key=lambda r: r["two_sample_accuracy"]):
         mean = f"{r['two_sample_accuracy']:.3f}"
         lines.append(f"| {method_words(r)} | {r.get('nfe', '-')} | "
                      + " | ".join(f"{r['by_evaluator'][name]:.3f}" for name in evaluators)
-                     + f" | {f'**{mean}**' if r is best else mean} | "
+                     + f" | {f'**{mean}**' if r is best else mean} | {judges_standard_error(r['two_sample_judges']):.3f} | "
                      f"{min(r['two_sample_judges']):.3f} - {max(r['two_sample_judges']):.3f} |")
     return lines
 
@@ -96,16 +101,17 @@ def plot(results: dict, out_dir, plt):
         return
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((r["scale"], min(r["by_evaluator"].values()), r["two_sample_accuracy"])
-                        for r in rows if r["method"] == method)
+        points = sorted((r["scale"], min(r["by_evaluator"].values()), r["two_sample_accuracy"],
+                         judges_standard_error(r["two_sample_judges"])) for r in rows if r["method"] == method)
         label = "no guidance" if method == "none" else GUIDANCE_METHODS[method].label
-        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=label)
-        for scale, accuracy, two_sample in points:
+        ax.errorbar([p[1] for p in points], [p[2] for p in points], yerr=[p[3] for p in points], marker="o",
+                    capsize=2, label=label)
+        for scale, accuracy, two_sample, _ in points:
             if method != "none":
                 ax.annotate(f"{scale:g}", (accuracy, two_sample), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axvline(ACCURACY_FLOOR, color="0.5", linestyle="--", label=f"accuracy {ACCURACY_FLOOR}")
     ax.set(xlabel="class accuracy (the lower of the two evaluators)",
-           ylabel="two-sample accuracy (0.5 = real)", title=f"{results['checkpoint']}: realism against accuracy "
+           ylabel="two-sample accuracy, judges' mean ± its standard error", title=f"{results['checkpoint']}: realism against accuracy "
            "(lower right is better; numbers are scales)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
