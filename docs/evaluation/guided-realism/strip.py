@@ -1,0 +1,32 @@
+"""The picture in README.md: the same noise at Generate's sampler without guidance, with plain CFG 3 (the old default)
+and with CFG 3 rescaled by phi 0.7 (the new one); one column per class, two images each.
+
+    python docs/evaluation/guided-realism/strip.py docs/evaluation/guided-realism/fashion-diffusion-strip.png
+"""
+
+import sys
+
+import torch
+
+from diffusion.app.generate import APP_SAMPLING
+from diffusion.engine import ModelCache, SampleRequest, run_request
+from diffusion.images import display_scale, image_grid, labelled_rows, to_pil
+
+SETTINGS = [("no guidance", dict(guidance="none", scale=1.0)), ("CFG 3", dict(guidance="cfg", scale=3.0)),
+            ("CFG 3, rescale 0.7", dict(guidance="cfg", scale=3.0, rescale=0.7))]
+
+
+def strip(cache: ModelCache, checkpoint: str = "fashion-diffusion", per_class: int = 2):
+    rows = []
+    classes = len(cache.get(checkpoint).class_names)
+    for _, guidance in SETTINGS:
+        images = [run_request(cache, SampleRequest(checkpoint=checkpoint, **APP_SAMPLING, **guidance, class_index=k,
+                                                   seed=0, first_index=k * per_class, batch_size=per_class)).images
+                  for k in range(classes)]
+        column_major = torch.stack(images, dim=1).flatten(0, 1)  # row i: image i of every class
+        rows.append(to_pil(image_grid(column_major, classes), display_scale(28, 56)))
+    return labelled_rows(rows, [label for label, _ in SETTINGS])
+
+
+if __name__ == "__main__":
+    strip(ModelCache("checkpoints")).save(sys.argv[1])
