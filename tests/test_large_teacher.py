@@ -44,3 +44,9 @@ def test_the_large_teacher_command_trains_pairs_and_reflows_at_a_tiny_size(tmp_p
 def test_the_large_teacher_command_refuses_unknown_presets():
     with pytest.raises(ValueError, match="teacher must be a preset"):
         replace(LargeTeacherConfig(), teacher="no-such-preset")
+
+
+def test_students_learn_from_the_teacher_guided_as_generate_starts():
+    from diffusion.app.controls import DEFAULT_METHOD, DEFAULT_SCALES
+
+    assert STUDENT_GUIDANCE == {"method": DEFAULT_METHOD, "scale": DEFAULT_SCALES["cfg"]}
