@@ -110,3 +110,22 @@ def test_the_app_compiles_unless_told_not_to():
     import app
 
     assert not app.parse_args([]).no_compile and app.parse_args(["--no-compile"]).no_compile
+
+
+def test_the_compilers_thread_runs_jobs_in_order_and_ends_when_the_queue_is_empty():
+    """A live thread that has run tensor work keeps an OpenMP team, which slowed the serving thread's forwards by a
+    fifth on 2 cores: the compiler's thread must not outlive its queue."""
+    compiler = BackgroundCompiler()
+    order, release = [], threading.Event()
+    first = compiler.submit(lambda: (release.wait(5), order.append(1)))
+    second = compiler.submit(lambda: order.append(2))
+    failing = compiler.submit(lambda: 1 / 0)
+    worker = compiler._worker  # one thread for the queued jobs
+    assert worker.is_alive() and worker.name == "compile"
+    release.set()
+    compiler.idle()
+    assert order == [1, 2] and first.done() and second.done()
+    with pytest.raises(ZeroDivisionError):  # a job's failure is its caller's to read; the queue goes on
+        failing.result()
+    assert not worker.is_alive() and compiler._worker is None
+    assert compiler.submit(lambda: "again").result(timeout=5) == "again"  # a later job gets a new thread
