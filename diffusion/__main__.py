@@ -105,7 +105,8 @@ def command_large_teacher(args):
 
     root = args.out or (str(quick_output_dir("large-teacher")) if args.quick else LargeTeacherConfig.run_root)
     config = LargeTeacherConfig(teacher_minutes=args.teacher_minutes, student_minutes=args.student_minutes,
-                                pairs=args.pairs, run_root=root, out_dir=f"{root}/export", quick=args.quick)
+                                pairs=args.pairs, run_root=root, out_dir=f"{root}/export", data_dir=args.data_dir,
+                                quick=args.quick)
     files = run_large_teacher(config, log=lambda line: print(line, file=sys.stderr, flush=True))
     for role, path in files.items():
         print(f"{role}: {path}")
@@ -416,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     large.add_argument("--pairs", type=positive_int, default=50_000)
     large.add_argument("--out", default=None, help="folder of the runs, the pairs and (under export/) the exported "
                        "files (default runs/large-teacher; with --quick a temporary folder)")
+    large.add_argument("--data-dir", default="", help="the Fashion-MNIST folder, if not Debian's /usr/share/datasets one")
     large.add_argument("--quick", action="store_true", help="the same steps at a tiny size, in seconds on a CPU (CI)")
     large.set_defaults(handler=command_large_teacher)
 

@@ -38,6 +38,7 @@ class LargeTeacherConfig:
     pair_batch: int = 1000
     out_dir: str = "runs/large-teacher/export"
     run_root: str = "runs/large-teacher"
+    data_dir: str = ""  # the Fashion-MNIST folder, if not Debian's (e.g. a copy carried to a GPU machine)
     quick: bool = False
 
     def __post_init__(self):
@@ -52,7 +53,7 @@ class LargeTeacherConfig:
 
 def teacher_config(c: LargeTeacherConfig) -> TrainConfig:
     config = replace(PRESETS[c.teacher], run_dir=f"{c.run_root}/{c.teacher}", max_minutes=c.teacher_minutes,
-                     export_to=f"{c.out_dir}/{c.teacher}.safetensors")
+                     export_to=f"{c.out_dir}/{c.teacher}.safetensors", **({"data_dir": c.data_dir} if c.data_dir else {}))
     return shrunk(config) if c.quick else config
 
 
