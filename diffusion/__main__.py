@@ -372,6 +372,7 @@ def command_manifest(args):
 
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation import PARTS, parts_help
+    from .training.large_teacher import LargeTeacherConfig
     from .training.pairs import PAIR_METHODS
     from .guidance import GUIDANCE_MODES
     from .sampling import SAMPLERS
@@ -412,9 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     large = commands.add_parser("large-teacher", help="issue 31 on a GPU: train fashion-flow-large, make guided reflow "
                                 "pairs from it and reflow fashion-reflow-large; exports both",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    large.add_argument("--teacher-minutes", type=float, default=6.0)
-    large.add_argument("--student-minutes", type=float, default=1.5)
-    large.add_argument("--pairs", type=positive_int, default=50_000)
+    large.add_argument("--teacher-minutes", type=float, default=LargeTeacherConfig.teacher_minutes)
+    large.add_argument("--student-minutes", type=float, default=LargeTeacherConfig.student_minutes)
+    large.add_argument("--pairs", type=positive_int, default=LargeTeacherConfig.pairs)
     large.add_argument("--out", default=None, help="folder of the runs, the pairs and (under export/) the exported "
                        "files (default runs/large-teacher; with --quick a temporary folder)")
     large.add_argument("--data-dir", default="", help="the Fashion-MNIST folder, if not Debian's /usr/share/datasets one")
