@@ -50,3 +50,14 @@ def test_students_learn_from_the_teacher_guided_as_generate_starts():
     from diffusion.app.controls import DEFAULT_METHOD, DEFAULT_SCALES
 
     assert STUDENT_GUIDANCE == {"method": DEFAULT_METHOD, "scale": DEFAULT_SCALES["cfg"]}
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+def test_the_command_line_runs_quick_into_its_out_folder(tmp_path, capsys):
+    from diffusion.__main__ import main
+
+    main(["large-teacher", "--quick", "--out", str(tmp_path / "run")])
+    printed = capsys.readouterr().out
+    for role, name in (("teacher", "fashion-flow-large"), ("student", "fashion-reflow-large")):
+        path = tmp_path / "run" / "export" / f"{name}.safetensors"
+        assert path.exists() and f"{role}: {path}" in printed
