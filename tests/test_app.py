@@ -289,10 +289,11 @@ def test_sweep_and_trajectory(client):
 
 def test_guidance_methods_through_generate_and_the_sweep(client):
     plain = ("tiny", "ddim", "heun", 4, 0.0, "uniform", "cfg", 1, 4.0, False, 2, 4)
-    neutral = client.predict(*plain, 0.0, None, None, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
-    reference = client.predict(*plain, api_name="/generate")  # the 12 arguments of before still work
+    reference = client.predict(*plain, 0.0, None, None, 1.0, 0.0, 0.0, 0.0, api_name="/generate")  # plain CFG
+    default = client.predict(*plain, api_name="/generate")  # the 12 arguments of before: Generate's rescale 0.7
     pixels = lambda out: [Image.open(g["image"]).tobytes() for g in out[0]]
-    assert pixels(neutral) == pixels(reference)
+    rescaled = client.predict(*plain, 0.7, None, None, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
+    assert pixels(default) == pixels(rescaled)
     for methods in [(0.7, None, None, 1.0, 0.0, 0.0, 0.0), (0.0, -2.0, 2.0, 1.0, 0.0, 0.0, 0.0),
                     (0.0, None, None, 0.0, 3.0, -0.5, 0.0), (0.0, None, None, 1.0, 0.0, 0.0, 0.95)]:
         assert pixels(client.predict(*plain, *methods, api_name="/generate")) != pixels(reference), methods
