@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 GUIDANCE_MODES = ("none", "cfg", "classifier", "autoguidance")
+PAIRED_MODES = ("cfg", "autoguidance")  # the modes that combine two predictions, which rescale and APG modify
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Guidance:
     @property
     def pairs_predictions(self) -> bool:
         """Whether the method combines two predictions (conditional and unconditional or weak)."""
-        return self.mode in ("cfg", "autoguidance")
+        return self.mode in PAIRED_MODES
 
     @property
     def uses_apg(self) -> bool:

@@ -15,6 +15,7 @@ from ..engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelC
                       SampleRequest, check_request, expected_nfe, request_work, run_request)
 from ..sampling import ODE_SOLVERS
 from ..settings import request_from_png
+from ..guidance import PAIRED_MODES
 from .card import model_summary
 from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
 from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE,
@@ -38,7 +39,7 @@ def generate_request_fields(checkpoint, sampler, solver, steps, eta, spacing, gu
                             predictor="ddpm", correctors=1, snr=0.16, langevin_steps=5, step_size=1.0) -> SampleRequest:
     """generate_request's conversion, raising RequestError (for the estimate line, which shows it in place)."""
     methods = method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold)
-    if str(guidance) not in PAIRED_GUIDANCE:  # rescale and APG modify CFG and autoguidance only
+    if str(guidance) not in PAIRED_MODES:  # rescale and APG modify CFG and autoguidance only
         methods |= CFG_MODIFIERS_OFF
     methods |= stochastic_settings(stochasticity, predictor, correctors, snr, langevin_steps, step_size)
     return make_request(checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
@@ -149,7 +150,6 @@ def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed,
 # radio, and the examples).
 APP_SAMPLING = {"sampler": "ode", "solver": "dpm++2m", "steps": 10}
 APP_GUIDANCE = {"guidance": "cfg", "scale": DEFAULT_SCALES["cfg"]} | method_fields(DEFAULT_METHOD)
-PAIRED_GUIDANCE = ("cfg", "autoguidance")  # the modes that combine two predictions (guidance.Guidance.pairs_predictions)
 
 
 

@@ -12,7 +12,6 @@ sharded over torchrun writes the same bytes as one process (at the same thread c
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from safetensors.torch import save_file
 from ..checkpoint import atomic_write, load_checkpoint
 from ..data import DataError
 from ..denoiser import Denoiser, Guidance
+from ..engine import SampleRequest, guidance_of
 from ..guidance import GUIDANCE_METHODS
 from ..distributed import map_sharded, on_main, process_group
 from ..sampling import ODE_SOLVERS, draw_noise, image_generators, sample_ode
@@ -61,14 +61,11 @@ class PairConfig:
             raise ValueError(f"method must be one of {', '.join(PAIR_METHODS)}, got {self.method!r}")
 
     def guidance(self) -> Guidance:
-        """The teacher's guidance: the method's settings at this scale (none at scale 1)."""
+        """The teacher's guidance: the method's settings at this scale (none at scale 1), as a request has them."""
         if self.scale == 1:
             return Guidance()
-        settings = GUIDANCE_METHODS[self.method].settings
-        low, high = settings.get("interval_low", -math.inf), settings.get("interval_high", math.inf)
-        return Guidance("cfg", self.scale, rescale=settings.get("rescale", 0.0), interval=(low, high),
-                        apg_eta=settings.get("apg_eta", 1.0), apg_norm=settings.get("apg_norm", 0.0),
-                        apg_momentum=settings.get("apg_momentum", 0.0), threshold=settings.get("threshold", 0.0))
+        return guidance_of(SampleRequest(checkpoint=self.teacher, scale=self.scale,
+                                         **GUIDANCE_METHODS[self.method].settings))
 
     def settings(self, teacher_sha256: str) -> dict:
         """What makes two shards interchangeable: everything but count and batch size (which change nothing)."""
