@@ -9,7 +9,7 @@ field). A checkpoint change decides which controls apply and their defaults in o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import gradio as gr
@@ -30,8 +30,12 @@ DEFAULT_SCALES = {"none": 1.0, "cfg": 3.0, "classifier": 8.0, "autoguidance": 3.
 # method and scale in docs/evaluation/guided-realism, the lowest two-sample accuracy (0.63, plain CFG 3: 0.70) at class
 # accuracy >= 0.97 by both evaluators (0.997 / 0.999).
 DEFAULT_METHOD = "cfg-rescale"
+# The guidance-method fields, in the order of guidance_method_controls, at their neutral values (SampleRequest's
+# defaults: plain guidance)
+METHOD_FIELDS = ("rescale", "interval_low", "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold")
+NEUTRAL_METHODS = {name: {f.name: f.default for f in fields(SampleRequest)}[name] for name in METHOD_FIELDS}
 # What the methods change about CFG and autoguidance alone; with other guidance (or none) they are off
-CFG_MODIFIERS_OFF = {"rescale": 0.0, "apg_eta": 1.0, "apg_norm": 0.0, "apg_momentum": 0.0}
+CFG_MODIFIERS_OFF = {k: NEUTRAL_METHODS[k] for k in ("rescale", "apg_eta", "apg_norm", "apg_momentum")}
 GUIDANCE_LABELS = [("none (the model as it is)", "none"), ("classifier-free", "cfg"), ("classifier", "classifier"),
                    ("autoguidance (by the -weak model)", "autoguidance")]
 SPACING_LABELS = [("uniform in t", "uniform"), ("uniform in log-SNR", "log-snr"),
@@ -107,7 +111,7 @@ def method_fields(method: str) -> dict:
 def guidance_method_controls(method: str = "cfg"):
     """(the accordion, its settings): the guidance methods' settings (guidance.py), starting at `method`'s (each other
     setting at its neutral value; "cfg": plain guidance)."""
-    start = {**CFG_MODIFIERS_OFF, "interval_low": None, "interval_high": None, "threshold": 0.0} | method_fields(method)
+    start = NEUTRAL_METHODS | method_fields(method)
     title = ("plain CFG at these defaults" if method == "cfg" else
              f"starting at {GUIDANCE_METHODS[method].label}: more real images than plain CFG at the same accuracy")
     with gr.Accordion(f"Guidance methods ({title})", open=False) as accordion:

@@ -18,8 +18,8 @@ from ..settings import request_from_png
 from ..guidance import PAIRED_MODES
 from .card import model_summary
 from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
-from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, SAMPLER_LABELS, SELF_CONDITION_CHOICE,
-                       SPACING_LABELS, RequestTarget, class_and_guidance, guidance_method_controls, make_request,
+from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, METHOD_FIELDS, SAMPLER_LABELS,
+                       SELF_CONDITION_CHOICE, SPACING_LABELS, RequestTarget, class_and_guidance, guidance_method_controls, make_request,
                        method_fields, method_settings,
                        self_condition_control, sent_values, settle_run, stochastic_sampler_controls,
                        stochastic_settings, stochastic_visibility)
@@ -274,7 +274,6 @@ def sampler_controls(cache: ModelCache, sampler, name):
     return (gr.Dropdown(visible=shown == "ode"), gr.Slider(visible=shown == "ddim"), *stochastic_visibility(shown))
 
 
-METHOD_FIELDS = ("rescale", "interval_low", "interval_high", "apg_eta", "apg_norm", "apg_momentum", "threshold")
 STOCHASTIC_FIELDS = ("stochasticity", "predictor", "correctors", "snr", "langevin_steps", "step_size")
 
 
