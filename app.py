@@ -4,7 +4,7 @@
                   [--no-compile]
 
 Layout and wiring only: each tab is a module of diffusion/app/ (generate, compare, sweep, xy, trajectory, edit, lab2d,
-families, lens, card) whose handlers turn widget values into requests for the backend (diffusion.engine / diffusion.studies),
+families, lens, card) whose handlers turn widget values into requests for the backend (diffusion.serving.engine / diffusion.serving.studies),
 passed in as the model cache. Sampling runs in a worker thread so a handler can stream previews and progress.
 """
 
@@ -35,9 +35,9 @@ from diffusion.app.lens import build_lens_tab
 from diffusion.app.sweep import build_sweep_tab
 from diffusion.app.xy import build_xy_tab
 from diffusion.app.trajectory import build_trajectory_tab
-from diffusion.budget import DEFAULT_REQUEST_SECONDS, WorkBudget
-from diffusion.compiled import BackgroundCompiler
-from diffusion.engine import GENERATIVE_KINDS, ModelCache, SampleRequest, run_request
+from diffusion.serving.budget import DEFAULT_REQUEST_SECONDS, WorkBudget
+from diffusion.serving.compiled import BackgroundCompiler
+from diffusion.serving.engine import GENERATIVE_KINDS, ModelCache, SampleRequest, run_request
 
 CHECKPOINT_DIR = Path(os.environ.get("PLAYGROUND_CHECKPOINTS", Path(__file__).parent / "checkpoints"))
 EVALUATION_DIR = Path(__file__).parent / "docs" / "evaluation"  # `evaluate` results, shown on a file's card

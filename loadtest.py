@@ -127,7 +127,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from diffusion.engine import ModelCache
+    from diffusion.serving.engine import ModelCache
 
     cache = ModelCache(args.checkpoints, device="cpu")
     names = cache.names("denoiser")

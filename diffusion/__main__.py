@@ -9,7 +9,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .outputs import OutputExists, quick_output_dir, refuse_to_replace
+from .formats.outputs import OutputExists, quick_output_dir, refuse_to_replace
 
 
 def _dataclass_options(parser: argparse.ArgumentParser, cls, prefix: str = ""):
@@ -78,7 +78,7 @@ def command_export(args):
 
 
 def command_pairs(args):
-    from .distributed import default_device, is_main
+    from .serving.distributed import default_device, is_main
     from .training.pairs import PairConfig, generate_pairs
 
     output_in_existing_folder(args.out)  # the shard folder may be new; its parent must exist
@@ -121,10 +121,10 @@ def command_sample(args):
     an error, never ignored. A grid of one request carries it in its PNG (settings.png_info)."""
     import torch
 
-    from .distributed import map_sharded
-    from .engine import ModelCache, RequestError, run_request
-    from .images import display_scale, image_grid, to_pil
-    from .settings import request_from_png, result_png_info
+    from .serving.distributed import map_sharded
+    from .serving.engine import ModelCache, RequestError, run_request
+    from .formats.images import display_scale, image_grid, to_pil
+    from .serving.settings import request_from_png, result_png_info
 
     refuse_to_replace(output_in_existing_folder(args.out), args.overwrite)
     if args.settings_from:
@@ -157,8 +157,8 @@ def _sample_requests(args):
     `--batch-size`, request k starting at image index k * batch size)."""
     import dataclasses as dc
 
-    from .distributed import default_device
-    from .engine import FlowRequest, ModelCache, RequestError, SampleRequest
+    from .serving.distributed import default_device
+    from .serving.engine import FlowRequest, ModelCache, RequestError, SampleRequest
 
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
@@ -189,8 +189,8 @@ def _sample_requests(args):
 
 def command_import_diffusers(args):
     """A diffusers pipeline folder (UNet2DModel + DDPM-style scheduler) as one of our checkpoint files."""
-    from .checkpoint import load_checkpoint
-    from .diffusers_folder import convert_folder
+    from .formats.checkpoint import load_checkpoint
+    from .formats.diffusers_folder import convert_folder
 
     names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else None
     refuse_to_replace(output_in_existing_folder(args.out), args.overwrite)
@@ -202,7 +202,7 @@ def command_import_diffusers(args):
 
 
 def command_evaluate(args):
-    from .distributed import is_main, on_main
+    from .serving.distributed import is_main, on_main
     from .evaluation import EvalConfig, Evaluator, markdown_tables
 
     out_dir = args.out_dir or (on_main(lambda: quick_output_dir("evaluate")) if args.quick else DEFAULT_EVALUATION_DIR)
@@ -222,7 +222,7 @@ def command_evaluate(args):
 
 
 def command_benchmark(args):
-    from .benchmark import BenchConfig, report, run_benchmark, write_report
+    from .evaluation.benchmark import BenchConfig, report, run_benchmark, write_report
 
     if args.race:
         return command_race(args)
@@ -248,8 +248,8 @@ def _report_path(given: str | None, default: str, name: str, args) -> Path | Non
 
 
 def command_race(args):
-    from .engine import ModelCache
-    from .race import run_race, race_report
+    from .serving.engine import ModelCache
+    from .evaluation.race import run_race, race_report
 
     out = _report_path(args.race_out, "docs/benchmarks-race.md", "benchmarks-race.md", args)
     try:
@@ -268,7 +268,7 @@ def command_race(args):
 
 def command_cards(args):
     """A Markdown table of the checkpoints in a folder, from their metadata (checkpoints/README.md)."""
-    from .checkpoint import load_checkpoint
+    from .formats.checkpoint import load_checkpoint
     from .evaluation import likelihood_summary, recorded_likelihood
 
     rows = ["| file | kind | model | parameters | training | likelihood (bits/dim) | card |",
@@ -354,7 +354,7 @@ def _overwrite_option(parser: argparse.ArgumentParser, what: str):
 
 def command_manifest(args):
     """Check the shipped checkpoints against checkpoints/MANIFEST.json, or (--update) rewrite some rows on purpose."""
-    from .manifest import MANIFEST_NAME, manifest_problems, read_manifest, update_manifest
+    from .formats.manifest import MANIFEST_NAME, manifest_problems, read_manifest, update_manifest
 
     folder = Path(args.checkpoint_dir)
     if args.update:
@@ -374,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation import PARTS, parts_help
     from .training.large_teacher import LargeTeacherConfig
     from .training.pairs import PAIR_METHODS
-    from .guidance import GUIDANCE_MODES
-    from .sampling import SAMPLERS
-    from .schedules import SPACINGS
+    from .core.guidance import GUIDANCE_MODES
+    from .core.sampling import SAMPLERS
+    from .core.schedules import SPACINGS
     from .training import PRESETS, TrainConfig
 
     parser = OneLineParser(prog="python -m diffusion", description=__doc__)
@@ -535,9 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .engine import RequestError, SamplingError
+    from .formats.checkpoint import CheckpointError
+    from .formats.data import DataError
+    from .serving.engine import RequestError, SamplingError
 
     args = build_parser().parse_args(argv)
     try:

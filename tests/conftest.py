@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from diffusion.checkpoint import model_config, save_checkpoint
+from diffusion.formats.checkpoint import model_config, save_checkpoint
 from diffusion.models import ClassifierConfig, NICEConfig, UNetConfig, build_network
 
 # Under pytest-xdist the two workers share the 2 cores: one thread each (oversubscribed threads spin and slow both).
@@ -132,8 +132,8 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture(scope="module")
 def app_cache(tmp_path_factory):
     """The model cache the test server runs on (the app's whole backend)."""
-    from diffusion.budget import WorkBudget
-    from diffusion.engine import ModelCache
+    from diffusion.serving.budget import WorkBudget
+    from diffusion.serving.engine import ModelCache
 
     folder = write_tiny_checkpoints(tmp_path_factory.mktemp("app") / "checkpoints")
     (folder / "corrupt.safetensors").write_bytes(b"\x00" * 50)  # listed as unavailable, app still starts

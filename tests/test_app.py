@@ -53,8 +53,8 @@ def test_a_response_serves_its_pngs_where_they_were_written_and_carries_no_previ
     import httpx
 
     from diffusion.app.common import OUTPUT_DIR
-    from diffusion.app_client import QueueClient
-    from diffusion.settings import request_from_png
+    from diffusion.serving.app_client import QueueClient
+    from diffusion.serving.settings import request_from_png
 
     with QueueClient(server, "generate") as stream:
         gallery, preview, status, grid = stream.predict("tiny", "ode", "euler", 1, 0.0, "uniform", "none", 0, 1.0,
@@ -186,7 +186,7 @@ def test_likelihood_uploads_real_pictures_odd_modes_and_refuses_bombs_and_non_im
 def test_every_study_png_carries_what_regenerates_it(client):
     """Issue 27: the sweep grid, the X/Y picture and each compare column carry their request and their tab's own
     settings; run again from what the PNG says, the tab makes the same pixels."""
-    from diffusion.settings import request_from_png, study_from_png
+    from diffusion.serving.settings import request_from_png, study_from_png
 
     def again(path, endpoint, arguments):
         request, _ = request_from_png(path)
@@ -219,7 +219,7 @@ def test_every_study_png_carries_what_regenerates_it(client):
                     reason="needs Debian's dataset-fashion-mnist (CI installs it)")
 def test_encode_handler_on_a_test_image(tmp_path):
     from diffusion.app.families import run_encode
-    from diffusion.engine import ModelCache
+    from diffusion.serving.engine import ModelCache
 
     folder = write_tiny_checkpoints(tmp_path / "ckpt28", image_size=28, class_names=tuple(f"c{i}" for i in range(10)))
     cache = ModelCache(folder, device="cpu")
@@ -378,7 +378,7 @@ def test_autoguidance_through_the_api(app_cache, client):
 
 def test_autoguidance_is_offered_where_a_weak_sibling_exists(tmp_path):
     from diffusion.app.controls import class_and_guidance
-    from diffusion.engine import ModelCache
+    from diffusion.serving.engine import ModelCache
 
     folder = write_tiny_checkpoints(tmp_path / "checkpoints")
     cache = ModelCache(folder, device="cpu")
@@ -648,7 +648,7 @@ def test_a_full_queue_says_try_again(tmp_path):
     from gradio_client import Client
     from gradio_client.utils import QueueError
 
-    from diffusion.engine import ModelCache
+    from diffusion.serving.engine import ModelCache
 
     demo = app.build_demo(ModelCache(write_tiny_checkpoints(tmp_path / "ckpt")), queue_size=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
@@ -792,7 +792,7 @@ def test_one_session_cannot_fill_the_queue_and_uploads_are_bounded_in_rate_and_t
 
     import app
     from diffusion.app.guard import RequestGuard
-    from diffusion.engine import ModelCache
+    from diffusion.serving.engine import ModelCache
 
     demo = app.build_demo(ModelCache(write_tiny_checkpoints(tmp_path / "ckpt")))
     guard = Middleware(RequestGuard, blocks=demo, max_pending=2, uploads_per_minute=4, max_upload_bytes=50_000,
@@ -835,8 +835,8 @@ def test_downloaded_pngs_carry_their_request_and_regenerate_the_same_pixels(clie
     import numpy as np
 
     from diffusion.app.common import grid_pil, pil_images
-    from diffusion.engine import run_request
-    from diffusion.settings import request_from_png
+    from diffusion.serving.engine import run_request
+    from diffusion.serving.settings import request_from_png
 
     gallery, _, status, grid = client.predict("tiny", "ode", "heun", 4, 0.0, "uniform", "cfg", 2, 2.5, "own", 9, 6,
                                               api_name="/generate")
@@ -949,7 +949,7 @@ def test_browser_switching_kinds_hides_what_does_not_apply_and_clears_results(se
 
 def test_the_xy_grid_speaks_in_labels_and_class_names(client):
     """Issue 27's internal names: 'class = cross', not 'class_index = 2'; fields by their labels."""
-    from diffusion.xy import AXIS_FIELDS, AXIS_LABELS
+    from diffusion.serving.xy import AXIS_FIELDS, AXIS_LABELS
 
     assert set(AXIS_LABELS) == set(AXIS_FIELDS)
     picture, table, png, manifest = client.predict("tiny", "ddim", "heun", 2, "uniform", "cfg", 0, 2.0, 1, 1,

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import write_tiny_checkpoints
 from test_app import CHROMIUM
 
-from diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from diffusion.formats.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 FEW_STEP_DEFAULTS = {"sampler": "ode", "solver": "euler", "steps": 2, "guidance": "none"}
 
@@ -28,7 +28,7 @@ def write_tiny_student(folder: Path, defaults=FEW_STEP_DEFAULTS, name="tiny-refl
 
 @pytest.fixture(scope="module")
 def few_step_cache(tmp_path_factory):
-    from diffusion.engine import ModelCache
+    from diffusion.serving.engine import ModelCache
 
     folder = write_tiny_checkpoints(tmp_path_factory.mktemp("few-step") / "checkpoints")
     write_tiny_student(folder)

@@ -5,8 +5,8 @@ import math
 import torch
 
 from conftest import write_tiny_checkpoints
-from diffusion.benchmark import ChannelsLastCall, matmul_flops_per_second, share_of_peak
-from diffusion.engine import ModelCache
+from diffusion.evaluation.benchmark import ChannelsLastCall, matmul_flops_per_second, share_of_peak
+from diffusion.serving.engine import ModelCache
 
 
 def test_channels_last_gives_the_eager_networks_outputs(tmp_path):

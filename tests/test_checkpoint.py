@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import TINY_CLASSES, tiny_unet
-from diffusion.checkpoint import FORMAT, CheckpointError, load_checkpoint, model_config, read_metadata, save_checkpoint
+from diffusion.formats.checkpoint import FORMAT, CheckpointError, load_checkpoint, model_config, read_metadata, save_checkpoint
 
 
 def write_tiny(path, **config_changes):

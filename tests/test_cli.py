@@ -298,7 +298,7 @@ def test_a_sampled_png_carries_its_settings_and_regenerates_the_same_pixels(tmp_
     """Issue 27's settings in the PNG, from the command line: `sample --settings-from` gives the same file's pixels."""
     import numpy as np
 
-    from diffusion.settings import request_from_png
+    from diffusion.serving.settings import request_from_png
 
     write_tiny_checkpoints(tmp_path / "ckpt")
     first, again = tmp_path / "first.png", tmp_path / "again.png"

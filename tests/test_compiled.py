@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import tiny_unet
-from diffusion.compiled import BackgroundCompiler, CompiledNetwork, signature
-from diffusion.engine import ModelCache, SampleRequest, run_request
+from diffusion.serving.compiled import BackgroundCompiler, CompiledNetwork, signature
+from diffusion.serving.engine import ModelCache, SampleRequest, run_request
 
 
 class CountingCalls(torch.nn.Module):

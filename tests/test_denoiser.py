@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from conftest import tiny_classifier, tiny_unet
-from diffusion.denoiser import CLASSIFIER_GUIDANCE_MIN_LOG_SNR, Denoiser, Guidance, classifier_log_prob_gradient
-from diffusion.objective import ObjectiveConfig, diffusion_loss
-from diffusion.sampling import draw_noise, image_generators, sample_ddim
-from diffusion.schedules import Schedule, time_grid
+from diffusion.core.denoiser import CLASSIFIER_GUIDANCE_MIN_LOG_SNR, Denoiser, Guidance, classifier_log_prob_gradient
+from diffusion.core.objective import ObjectiveConfig, diffusion_loss
+from diffusion.core.sampling import draw_noise, image_generators, sample_ddim
+from diffusion.core.schedules import Schedule, time_grid
 
 SCHEDULE = Schedule("vp-cosine")
 LABELS = torch.tensor([0, 1, 2, 1])

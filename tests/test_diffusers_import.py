@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import write_diffusers_folder
 
-from diffusion.checkpoint import CheckpointError, load_checkpoint
-from diffusion.diffusers_folder import check_folder, convert_folder, load_folder, read_folder
-from diffusion.engine import ModelCache, RequestError, SampleRequest, run_request
-from diffusion.sampling import image_generators
-from diffusion.schedules import DiscreteBetas, Schedule, time_grid
+from diffusion.formats.checkpoint import CheckpointError, load_checkpoint
+from diffusion.formats.diffusers_folder import check_folder, convert_folder, load_folder, read_folder
+from diffusion.serving.engine import ModelCache, RequestError, SampleRequest, run_request
+from diffusion.core.sampling import image_generators
+from diffusion.core.schedules import DiscreteBetas, Schedule, time_grid
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is a test dependency: pip install -e '.[test]'")
 
@@ -248,7 +248,7 @@ def test_hostile_config_values_give_a_checkpoint_error_and_nothing_else(tmp_path
 
 
 def test_grids_keep_colour_and_scale_with_the_image_size():
-    from diffusion.images import display_scale, image_grid, to_pil
+    from diffusion.formats.images import display_scale, image_grid, to_pil
 
     assert [display_scale(side) for side in (8, 28, 32, 64, 128, 256)] == [12, 3, 3, 2, 1, 1]
     images = torch.zeros(3, 3, 32, 32)

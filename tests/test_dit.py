@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from diffusion.checkpoint import load_checkpoint, model_config, save_checkpoint
-from diffusion.denoiser import Denoiser
-from diffusion.guidance import Guidance
+from diffusion.formats.checkpoint import load_checkpoint, model_config, save_checkpoint
+from diffusion.core.denoiser import Denoiser
+from diffusion.core.guidance import Guidance
 from diffusion.models import DiTConfig, build_network
 from diffusion.models.dit import DiTBlock, SelfAttention, patchify, sincos_position_embedding_2d, unpatchify
-from diffusion.sampling import SAMPLERS, draw_noise, image_generators
-from diffusion.schedules import Schedule, time_grid
+from diffusion.core.sampling import SAMPLERS, draw_noise, image_generators
+from diffusion.core.schedules import Schedule, time_grid
 
 TINY = DiTConfig(image_size=8, patch_size=2, width=32, depth=2, heads=2, num_classes=3, self_condition=True,
                  embedding_dim=16)

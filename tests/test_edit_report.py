@@ -1,4 +1,4 @@
-"""python -m diffusion.edit_report: its measures on closed forms, and its --quick run on tiny 28 px models."""
+"""python -m diffusion.evaluation.edit_report: its measures on closed forms, and its --quick run on tiny 28 px models."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from conftest import write_tiny_checkpoints
 
-from diffusion.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
-from diffusion.edit_report import bend, mask_of, main, rms, stroke_masks
+from diffusion.formats.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
+from diffusion.evaluation.edit_report import bend, mask_of, main, rms, stroke_masks
 
 
 def test_rms_over_a_region_is_the_closed_form():

@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import write_diffusers_folder, write_tiny_checkpoints
 
-from diffusion.editing import repaint_nfe, repaint_positions
-from diffusion.edits import EditRequest, run_edit, strength_log_snr
-from diffusion.engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
-from diffusion.sampling import image_generators
-from diffusion.schedules import Schedule, time_grid
-from diffusion.studies import encode_image
+from diffusion.core.editing import repaint_nfe, repaint_positions
+from diffusion.serving.edits import EditRequest, run_edit, strength_log_snr
+from diffusion.serving.engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
+from diffusion.core.sampling import image_generators
+from diffusion.core.schedules import Schedule, time_grid
+from diffusion.serving.studies import encode_image
 
 SIZE = 8
 
@@ -208,7 +208,7 @@ def test_bad_requests_get_one_sentence(cache, request_, image, message):
 def more_families(tmp_path_factory):
     from test_dit import tiny_dit
 
-    from diffusion.checkpoint import model_config, save_checkpoint
+    from diffusion.formats.checkpoint import model_config, save_checkpoint
 
     folder = tmp_path_factory.mktemp("families")
     dit = tiny_dit()

@@ -25,14 +25,14 @@ def serving(cache):
 @pytest.fixture(scope="module")
 def shipped():
     """The app on the shipped checkpoints (read only: nothing here writes into checkpoints/)."""
-    from diffusion.engine import ModelCache
+    from diffusion.serving.engine import ModelCache
 
     yield from serving(ModelCache(ROOT / "checkpoints"))
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from diffusion.engine import ModelCache
+    from diffusion.serving.engine import ModelCache
 
     yield from serving(ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("defaults") / "checkpoints")))
 
@@ -75,7 +75,7 @@ def test_generate_starts_at_cfg_rescale_and_drops_it_where_guidance_is_off(shipp
     """Issue 31: Generate's default guidance is the guided-realism evaluation's choice (CFG 3, rescale 0.7); rescale
     changes classifier-free guidance only, so a run without guidance leaves it out instead of refusing the request."""
     from diffusion.app.generate import APP_GUIDANCE
-    from diffusion.settings import request_from_png
+    from diffusion.serving.settings import request_from_png
 
     cache, client = shipped
     assert APP_GUIDANCE == {"guidance": "cfg", "scale": 3.0, "rescale": 0.7}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import write_tiny_checkpoints
-from diffusion.engine import (ModelCache, RequestError, SampleRequest, SamplingError, expected_nfe, run_request)
-from diffusion.sampling import draw_noise, image_generators
+from diffusion.serving.engine import (ModelCache, RequestError, SampleRequest, SamplingError, expected_nfe, run_request)
+from diffusion.core.sampling import draw_noise, image_generators
 
 BASE = SampleRequest(checkpoint="tiny", sampler="ddim", steps=4, guidance="cfg", class_index=1, scale=2.0,
                      seed=3, batch_size=4)
@@ -156,7 +156,7 @@ def test_a_failure_stays_with_its_request(cache):
 # --- guidance methods through the engine ---------------------------------------------------------------------
 def write_weak(checkpoint_dir, name="tiny-weak", schedule="vp-cosine"):
     from conftest import TINY_CLASSES, tiny_unet
-    from diffusion.checkpoint import model_config, save_checkpoint
+    from diffusion.formats.checkpoint import model_config, save_checkpoint
 
     weak = tiny_unet(seed=11)
     save_checkpoint(checkpoint_dir / f"{name}.safetensors", "denoiser", weak,

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_tiny_checkpoints
 from diffusion.evaluation import EvalConfig, Evaluator, row_key
-from diffusion.outputs import OutputExists
+from diffusion.formats.outputs import OutputExists
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
@@ -164,7 +164,7 @@ def test_guidance_methods_part_scores_every_method_the_checkpoint_allows_and_plo
 
 
 def test_few_step_and_straightness_parts_of_a_teacher_and_its_student(setup):
-    from diffusion.checkpoint import load_checkpoint, save_checkpoint
+    from diffusion.formats.checkpoint import load_checkpoint, save_checkpoint
 
     folder, config = setup
     teacher = load_checkpoint(folder / "tiny-flow.safetensors")
@@ -206,7 +206,7 @@ def tiny_second_evaluator(folder):
     """A randomly initialised ConvNet evaluator of 28 px images and 10 classes, as the outsider parts' second judge."""
     import torch
 
-    from diffusion.checkpoint import model_config, save_checkpoint
+    from diffusion.formats.checkpoint import model_config, save_checkpoint
     from diffusion.models import ConvNetConfig, build_network
 
     torch.manual_seed(3)
@@ -278,7 +278,7 @@ def test_the_model_card_quotes_each_parts_recorded_summary_from_any_subfolder(tm
 def test_a_few_step_student_is_judged_at_its_own_setting_and_at_one_step(setup):
     from dataclasses import replace
 
-    from diffusion.checkpoint import load_checkpoint, save_checkpoint
+    from diffusion.formats.checkpoint import load_checkpoint, save_checkpoint
     from diffusion.evaluation.outsider import judged_settings
 
     folder, config = setup

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from diffusion.app.examples import EXAMPLES, EXAMPLES_DIR, example_files, make_example, write_examples
-from diffusion.engine import ModelCache
-from diffusion.outputs import OutputExists
-from diffusion.settings import request_from_png, study_from_png
+from diffusion.serving.engine import ModelCache
+from diffusion.formats.outputs import OutputExists
+from diffusion.serving.settings import request_from_png, study_from_png
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 

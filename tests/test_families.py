@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from diffusion.engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
-from diffusion.sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
-from diffusion.schedules import Schedule, time_grid
-from diffusion.studies import encode_image, family_requests, same_noise, walk_noise
+from diffusion.serving.engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
+from diffusion.core.sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
+from diffusion.core.schedules import Schedule, time_grid
+from diffusion.serving.studies import encode_image, family_requests, same_noise, walk_noise
 from test_samplers import MU, S, gaussian_oracle
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import write_tiny_checkpoints
-from diffusion.engine import ModelCache, SampleRequest, SamplingError, run_request
-from diffusion.guidance import GUIDANCE_METHODS
-from diffusion.sampling import SAMPLERS
+from diffusion.serving.engine import ModelCache, SampleRequest, SamplingError, run_request
+from diffusion.core.guidance import GUIDANCE_METHODS
+from diffusion.core.sampling import SAMPLERS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -81,7 +81,7 @@ def test_out_of_memory_is_a_sentence_and_the_backend_keeps_serving(folder):
 
 def test_the_app_backend_on_cuda(gpu):
     import app
-    from diffusion.app_client import QueueClient
+    from diffusion.serving.app_client import QueueClient
 
     with app.serve(gpu) as url, QueueClient(url, "generate") as client:
         gallery, _, status, grid = client.predict("tiny", "ode", "dpm++2m", 4, 0.0, "uniform", "cfg", 1, 2.0, "own",
@@ -90,7 +90,7 @@ def test_the_app_backend_on_cuda(gpu):
 
 
 def test_the_app_path_compiles_on_cuda_under_autocast(folder):
-    from diffusion.compiled import BackgroundCompiler, CompiledNetwork
+    from diffusion.serving.compiled import BackgroundCompiler, CompiledNetwork
 
     cache = ModelCache(folder, device="cuda", compiler=BackgroundCompiler())
     eager = run_request(cache, BASE).images  # eager; asks for the compile of its autocast signature
@@ -119,7 +119,7 @@ def test_training_on_cuda_without_host_syncs_reports_steps_per_second(tmp_path):
 
 
 def test_the_gpu_benchmark_rows(folder, tmp_path):
-    from diffusion.gpu_benchmark import gpu_report, gpu_rows
+    from diffusion.evaluation.gpu_benchmark import gpu_report, gpu_rows
 
     shutil.copy(folder / "tiny.safetensors", tmp_path / "fashion-diffusion.safetensors")
     results = gpu_rows(tmp_path, batches=(1, 16), repeats=1)

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from conftest import tiny_unet
-from diffusion.denoiser import Denoiser
-from diffusion.guidance import (AdaptiveProjectedGuidance, Guidance, cfg_combine, dynamic_threshold, project_onto,
+from diffusion.core.denoiser import Denoiser
+from diffusion.core.guidance import (AdaptiveProjectedGuidance, Guidance, cfg_combine, dynamic_threshold, project_onto,
                                 rescale_to_conditional)
-from diffusion.sampling import draw_noise, image_generators, sample_ddim, sample_ddpm, sample_ode
-from diffusion.schedules import Schedule, time_grid
+from diffusion.core.sampling import draw_noise, image_generators, sample_ddim, sample_ddpm, sample_ode
+from diffusion.core.schedules import Schedule, time_grid
 
 SCHEDULE = Schedule("vp-cosine")
 LABELS = torch.tensor([0, 1, 2, 1])

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import write_tiny_checkpoints
-from diffusion.engine import ModelCache, RequestError, SampleRequest, run_request
+from diffusion.serving.engine import ModelCache, RequestError, SampleRequest, run_request
 from diffusion.training import STATE_FILE, Trainer, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_fuzzed_requests_either_sample_or_raise_request_error(cache, checkpoint,
 @settings(max_examples=40, deadline=None)
 @given(data=st.binary(max_size=600), header=st.integers(0, 2**64 - 1))
 def test_fuzzed_checkpoint_files_are_refused_cleanly(tmp_path_factory, data, header):
-    from diffusion.checkpoint import CheckpointError, load_checkpoint
+    from diffusion.formats.checkpoint import CheckpointError, load_checkpoint
 
     path = tmp_path_factory.mktemp("bad") / "x.safetensors"
     path.write_bytes(header.to_bytes(8, "little") + data)
@@ -121,7 +121,7 @@ def test_truncated_files_are_listed_as_unavailable(tmp_path, cut):
 def test_a_config_that_does_not_match_the_tensors_is_listed_as_unavailable(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from diffusion.checkpoint import read_metadata
+    from diffusion.formats.checkpoint import read_metadata
 
     folder = write_tiny_checkpoints(tmp_path / "ckpt")
     meta = read_metadata(folder / "tiny.safetensors")
@@ -176,7 +176,7 @@ def test_a_file_replaced_with_the_same_size_and_mtime_is_reloaded(tmp_path):
 
 
 def test_a_model_that_outputs_nan_is_reported_not_shown_as_black(tmp_path):
-    from diffusion.engine import FlowRequest, SamplingError
+    from diffusion.serving.engine import FlowRequest, SamplingError
 
     folder = write_tiny_checkpoints(tmp_path / "ckpt")
     cache = ModelCache(folder, device="cpu")
@@ -219,7 +219,7 @@ def test_training_killed_between_saves_resumes_with_nothing_lost(tmp_path):
     assert 6 <= saved < 400 and saved % 3 == 0  # a complete state file from a save, never a partial one
     assert not list(run_dir.glob("*.tmp"))
 
-    from diffusion.data import load_image_folder
+    from diffusion.formats.data import load_image_folder
 
     data = load_image_folder(folder, 8)
     target = saved + 2
@@ -243,8 +243,8 @@ def test_a_study_samples_one_model_even_if_the_file_is_replaced_mid_run(tmp_path
     from dataclasses import replace as change
 
     from conftest import tiny_unet
-    from diffusion.checkpoint import model_config, save_checkpoint
-    from diffusion.studies import compare_samplers
+    from diffusion.formats.checkpoint import model_config, save_checkpoint
+    from diffusion.serving.studies import compare_samplers
 
     folder = write_tiny_checkpoints(tmp_path / "ckpt")
     path = folder / "tiny.safetensors"
@@ -267,7 +267,7 @@ def test_a_study_samples_one_model_even_if_the_file_is_replaced_mid_run(tmp_path
 
 
 def test_a_sweep_with_a_bad_last_scale_fails_before_any_sampling(tmp_path):
-    from diffusion.studies import guidance_sweep
+    from diffusion.serving.studies import guidance_sweep
 
     cache = ModelCache(write_tiny_checkpoints(tmp_path / "ckpt"), device="cpu")
     calls = []

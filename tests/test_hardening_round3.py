@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_nice, write_diffusers_folder, write_tiny_checkpoints
-from diffusion.checkpoint import CheckpointError, check_file, load_checkpoint, model_config, save_checkpoint
-from diffusion.engine import MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest
-from diffusion.jsonsafe import json_depth
-from diffusion.studies import parse_scales
-from diffusion.xy import MAX_AXIS_TEXT, parse_axis, plan_grid
+from diffusion.formats.checkpoint import CheckpointError, check_file, load_checkpoint, model_config, save_checkpoint
+from diffusion.serving.engine import MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest
+from diffusion.formats.jsonsafe import json_depth
+from diffusion.serving.studies import parse_scales
+from diffusion.serving.xy import MAX_AXIS_TEXT, parse_axis, plan_grid
 
 
 # --- 1. the X/Y parser is linear and bounded --------------------------------------------------------------------
@@ -196,8 +196,8 @@ def test_fuzzed_headers_are_refused_cleanly(tmp_path, depth, offsets, shape, dty
 # --- 4. one work budget for every endpoint -------------------------------------------------------------------------
 def test_the_work_budget_counts_flops_rows_and_models(checkpoint_dir):
     """One unit for every endpoint: images x network evaluations x the FLOPs of what each step runs."""
-    from diffusion.budget import Work, WorkBudget
-    from diffusion.engine import request_work
+    from diffusion.serving.budget import Work, WorkBudget
+    from diffusion.serving.engine import request_work
 
     cache = ModelCache(checkpoint_dir, budget=WorkBudget(seconds=10, flops_per_second=1e9))
     unet = cache.flops_per_image(cache.get("tiny"))
@@ -213,9 +213,9 @@ def test_the_work_budget_counts_flops_rows_and_models(checkpoint_dir):
 
 
 def test_every_endpoint_refuses_work_over_the_budget_before_starting(checkpoint_dir):
-    from diffusion.budget import WorkBudget
-    from diffusion.engine import run_request
-    from diffusion.studies import family_requests, guidance_sweep
+    from diffusion.serving.budget import WorkBudget
+    from diffusion.serving.engine import run_request
+    from diffusion.serving.studies import family_requests, guidance_sweep
 
     cache = ModelCache(checkpoint_dir, budget=WorkBudget(seconds=1, flops_per_second=1e9))  # ~330 tiny evaluations
     unet = cache.flops_per_image(cache.get("tiny"))
@@ -236,7 +236,7 @@ def test_every_endpoint_refuses_work_over_the_budget_before_starting(checkpoint_
 
 
 def test_a_measured_budget_estimates_the_default_generate_at_seconds_not_minutes(checkpoint_dir):
-    from diffusion.budget import WorkBudget, measured_flops_per_second
+    from diffusion.serving.budget import WorkBudget, measured_flops_per_second
 
     assert measured_flops_per_second("cpu") > 1e9  # any machine that runs this does a GFLOP/s
     assert WorkBudget().rate == pytest.approx(0.6 * measured_flops_per_second("cpu"))
@@ -256,7 +256,7 @@ def test_the_command_line_answers_a_deeply_nested_file_in_one_line(tmp_path):
 
 def test_the_library_and_command_line_are_not_bounded_by_the_apps_budget(checkpoint_dir):
     """An evaluation's DDPM-1000 rows run for minutes on purpose: only the app's cache carries a bound."""
-    from diffusion.engine import check_work
+    from diffusion.serving.engine import check_work
 
     cache = ModelCache(checkpoint_dir)
     huge = SampleRequest(checkpoint="tiny", sampler="ddpm", steps=1000, batch_size=64)

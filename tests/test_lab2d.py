@@ -14,7 +14,7 @@ from diffusion.lab2d.metrics import exact_samples, outside_support, sliced_wasse
 from diffusion.lab2d.mixture import DISTRIBUTIONS, balanced_labels, sample_mixture, widened
 from diffusion.lab2d.report import SOLVERS, convergence_study
 from diffusion.lab2d.run import LabModel, sample_points
-from diffusion.schedules import SCHEDULES, Schedule
+from diffusion.core.schedules import SCHEDULES, Schedule
 
 
 def exact_model(name: str) -> LabModel:

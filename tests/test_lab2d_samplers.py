@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.guidance import Guidance
+from diffusion.core.guidance import Guidance
 from diffusion.lab2d.exact import ExactNetwork, log_density
 from diffusion.lab2d.metrics import exact_reference, exact_samples, support_thresholds
 from diffusion.lab2d.mixture import DISTRIBUTIONS, balanced_labels, widened
 from diffusion.lab2d.report import guidance_support
 from diffusion.lab2d.run import LabModel, sample_points
 from diffusion.lab2d.train import train_mlp, train_student
-from diffusion.likelihood import ODELikelihoodConfig, ode_log_likelihood
-from diffusion.schedules import Schedule, time_grid
-from diffusion.straightness import measure_straightness
+from diffusion.core.likelihood import ODELikelihoodConfig, ode_log_likelihood
+from diffusion.core.schedules import Schedule, time_grid
+from diffusion.core.straightness import measure_straightness
 
 
 def exact_model(name: str) -> LabModel:

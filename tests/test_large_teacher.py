@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion.checkpoint import load_checkpoint
+from diffusion.formats.checkpoint import load_checkpoint
 from diffusion.models import build_network
 from diffusion.training import PRESETS
 from diffusion.training.large_teacher import LargeTeacherConfig, run_large_teacher

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from diffusion.checkpoint import load_checkpoint
-from diffusion.likelihood import (BIN_WIDTH, ODELikelihoodConfig, bits_per_dim, dequantize_each, divergence,
+from diffusion.formats.checkpoint import load_checkpoint
+from diffusion.core.likelihood import (BIN_WIDTH, ODELikelihoodConfig, bits_per_dim, dequantize_each, divergence,
                                   gaussian_log_density, model_log_likelihood, ode_log_likelihood, probability_flow_drift,
                                   rademacher_probes)
-from diffusion.sampling import image_generators
-from diffusion.schedules import SCHEDULES, Schedule
+from diffusion.core.sampling import image_generators
+from diffusion.core.schedules import SCHEDULES, Schedule
 
 from conftest import tiny_nice
 
@@ -189,7 +189,7 @@ def test_checkpoint_likelihood_for_every_generative_kind(checkpoint_dir):
 
 
 def test_probe_images():
-    from diffusion.lens import PROBES, probe_images
+    from diffusion.serving.lens import PROBES, probe_images
 
     image = torch.arange(16, dtype=torch.uint8).view(1, 4, 4) * 10
     probes = probe_images(image, seed=3)
@@ -202,8 +202,8 @@ def test_probe_images():
 
 
 def test_lens_scores_every_probe_as_the_library_does(checkpoint_dir):
-    from diffusion.engine import ModelCache, RequestError
-    from diffusion.lens import LENS_ODE, PATH_POINTS, likelihood_lens, probe_images
+    from diffusion.serving.engine import ModelCache, RequestError
+    from diffusion.serving.lens import LENS_ODE, PATH_POINTS, likelihood_lens, probe_images
 
     cache = ModelCache(checkpoint_dir, device="cpu")
     image = torch.randint(0, 256, (1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import run_cli
 
-from diffusion.checkpoint import read_metadata
-from diffusion.manifest import MANIFEST_NAME, describe, manifest_problems, read_manifest, update_manifest
+from diffusion.formats.checkpoint import read_metadata
+from diffusion.formats.manifest import MANIFEST_NAME, describe, manifest_problems, read_manifest, update_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints"

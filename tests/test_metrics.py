@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion.metrics import class_accuracy, frechet_distance, mean_pairwise_distance
+from diffusion.core.metrics import class_accuracy, frechet_distance, mean_pairwise_distance
 
 
 def test_frechet_distance_matches_the_closed_form_for_gaussians():
@@ -38,7 +38,7 @@ def test_diversity_and_accuracy():
 
 
 def test_forward_flops_counts_a_convolution_exactly():
-    from diffusion.benchmark import forward_flops
+    from diffusion.evaluation.benchmark import forward_flops
 
     class Conv(torch.nn.Module):
         def __init__(self):
@@ -53,7 +53,7 @@ def test_forward_flops_counts_a_convolution_exactly():
 
 
 def test_box_blur_and_texture_position_closed_forms():
-    from diffusion.metrics import box_blur, texture_position
+    from diffusion.core.metrics import box_blur, texture_position
 
     constant = torch.full((2, 1, 6, 6), 0.3)
     torch.testing.assert_close(box_blur(constant), constant)
@@ -69,9 +69,9 @@ def test_texture_distance_ranks_real_noisy_and_blurred_images():
     """With the shipped evaluator: other real images are closest to the test set, then lightly noised, then more
     noised ones, and 3x3-blurred ones are far; the penultimate-feature FID reacts to blur much less (the reason
     for the texture distance)."""
-    from diffusion.checkpoint import load_checkpoint
-    from diffusion.data import load_fashion_mnist, to_model_range
-    from diffusion.metrics import box_blur, evaluator_outputs, frechet_distance, texture_statistics
+    from diffusion.formats.checkpoint import load_checkpoint
+    from diffusion.formats.data import load_fashion_mnist, to_model_range
+    from diffusion.core.metrics import box_blur, evaluator_outputs, frechet_distance, texture_statistics
 
     evaluator = load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints/fashion-evaluator.safetensors").network
     reference = to_model_range(load_fashion_mnist("test").images[:1000])

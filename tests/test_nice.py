@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from diffusion.checkpoint import CheckpointError, load_checkpoint, model_config, save_checkpoint
-from diffusion.likelihood import BIN_WIDTH, bits_per_dim, uniform_dequantize
+from diffusion.formats.checkpoint import CheckpointError, load_checkpoint, model_config, save_checkpoint
+from diffusion.core.likelihood import BIN_WIDTH, bits_per_dim, uniform_dequantize
 from diffusion.models import NICEConfig, build_network
 from diffusion.models.nice import standard_normal_log_prob
 

@@ -4,9 +4,9 @@ two-sample test at its two ends, and the second evaluator's per-image shifts."""
 import pytest
 import torch
 
-from diffusion.metrics import knn_radii, manifold_coverage, precision_recall
+from diffusion.core.metrics import knn_radii, manifold_coverage, precision_recall
 from diffusion.training.tasks import random_shifts
-from diffusion.two_sample import TwoSampleConfig, two_sample_accuracy
+from diffusion.evaluation.judge import TwoSampleConfig, two_sample_accuracy
 
 
 def points(*values):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from diffusion.objective import q_sample
-from diffusion.parameterization import PARAMETERIZATIONS, to_x0_eps, training_target
-from diffusion.schedules import Schedule
+from diffusion.core.objective import q_sample
+from diffusion.core.parameterization import PARAMETERIZATIONS, to_x0_eps, training_target
+from diffusion.core.schedules import Schedule
 
 
 @pytest.mark.parametrize("name", PARAMETERIZATIONS)

@@ -3,8 +3,8 @@
 import json
 from conftest import write_tiny_checkpoints
 
-from diffusion.engine import ModelCache
-from diffusion.race import cheapest_passing, race_report, row_cost, run_race
+from diffusion.serving.engine import ModelCache
+from diffusion.evaluation.race import cheapest_passing, race_report, row_cost, run_race
 
 
 def row(sampler, steps, accuracy, fid=1.0, guidance="none", nfe=None, **extra):

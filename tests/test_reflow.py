@@ -8,13 +8,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from diffusion.checkpoint import load_checkpoint, save_checkpoint
-from diffusion.data import DataError
-from diffusion.denoiser import Denoiser
-from diffusion.objective import ObjectiveConfig, diffusion_loss
-from diffusion.sampling import draw_noise, image_generators
-from diffusion.schedules import Schedule, time_grid
-from diffusion.straightness import measure_straightness, straightness, velocity_deviation
+from diffusion.formats.checkpoint import load_checkpoint, save_checkpoint
+from diffusion.formats.data import DataError
+from diffusion.core.denoiser import Denoiser
+from diffusion.core.objective import ObjectiveConfig, diffusion_loss
+from diffusion.core.sampling import draw_noise, image_generators
+from diffusion.core.schedules import Schedule, time_grid
+from diffusion.core.straightness import measure_straightness, straightness, velocity_deviation
 from diffusion.training import PRESETS, Trainer
 from diffusion.training.pairs import PairConfig, generate_pairs, load_pairs, shard_path
 from diffusion.training import pairs as pairs_module
@@ -42,8 +42,8 @@ def test_pairs_are_the_teachers_ode_solutions_with_their_metadata(checkpoint_dir
 
 
 def test_pairs_can_be_guided_by_any_classifier_free_method(checkpoint_dir, tmp_path):
-    from diffusion.engine import SampleRequest, guidance_of
-    from diffusion.guidance import GUIDANCE_METHODS
+    from diffusion.serving.engine import SampleRequest, guidance_of
+    from diffusion.core.guidance import GUIDANCE_METHODS
 
     for method in ("cfg-rescale", "interval", "apg"):  # the same Guidance the app and the evaluation build
         request = SampleRequest(checkpoint="tiny-flow", scale=3.0, **GUIDANCE_METHODS[method].settings)

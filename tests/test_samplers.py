@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from diffusion.sampling import (ddim_noise_scale, ddim_step, draw_noise, image_generators, ode_nfe, posterior_mean_std,
+from diffusion.core.sampling import (ddim_noise_scale, ddim_step, draw_noise, image_generators, ode_nfe, posterior_mean_std,
                                 sample_ddim, sample_ddpm, sample_ode)
-from diffusion.schedules import SCHEDULES, Schedule, time_grid
+from diffusion.core.schedules import SCHEDULES, Schedule, time_grid
 
 MU, S = 0.5, 0.5  # data distribution N(MU, S^2) per pixel: its denoiser is known in closed form
 
@@ -181,7 +181,7 @@ def test_ddim_loop_matches_diffusers_ddim_scheduler(eta):
     class Replay:  # feeds the same noise tensors the peer used, through the generator interface
         noises = iter(torch.randn(50, 3, 1, 4, 4, generator=torch.Generator().manual_seed(1)))
 
-    import diffusion.sampling as sampling
+    import diffusion.core.sampling as sampling
 
     original = sampling.draw_noise
     sampling.draw_noise = lambda generators, shape, device="cpu", dtype=torch.float32: next(Replay.noises)
@@ -193,7 +193,7 @@ def test_ddim_loop_matches_diffusers_ddim_scheduler(eta):
 
 
 # --- stochastic samplers (issue 17) ------------------------------------------------------------------------------
-from diffusion.sampling import SAMPLERS, sample_langevin, sample_pc, sample_sde  # noqa: E402
+from diffusion.core.sampling import SAMPLERS, sample_langevin, sample_pc, sample_sde  # noqa: E402
 
 
 @pytest.mark.parametrize("name", SCHEDULES)

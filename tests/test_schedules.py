@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from diffusion.schedules import SCHEDULES, Schedule, time_grid
+from diffusion.core.schedules import SCHEDULES, Schedule, time_grid
 
 T = torch.linspace(0, 1, 101, dtype=torch.float64)
 

@@ -1,4 +1,4 @@
-"""A request inside a PNG and back (diffusion.settings): exact round trips, readable text, hostile chunks refused."""
+"""A request inside a PNG and back (diffusion.serving.settings): exact round trips, readable text, hostile chunks refused."""
 
 import json
 from dataclasses import replace
@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 from PIL import Image, PngImagePlugin
 
-from diffusion.engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
-from diffusion.settings import CHUNK, FORMAT, png_info, readable_parameters, request_from_png, result_png_info
+from diffusion.serving.engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
+from diffusion.serving.settings import CHUNK, FORMAT, png_info, readable_parameters, request_from_png, result_png_info
 
 CLASSES = ("circle", "square", "cross")
 

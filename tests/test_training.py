@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY_CLASSIFIER, TINY_UNET
-from diffusion.checkpoint import load_checkpoint
-from diffusion.data import DataError, ImageDataset, load_fashion_mnist, load_image_folder, read_idx
-from diffusion.objective import ObjectiveConfig
+from diffusion.formats.checkpoint import load_checkpoint
+from diffusion.formats.data import DataError, ImageDataset, load_fashion_mnist, load_image_folder, read_idx
+from diffusion.core.objective import ObjectiveConfig
 from diffusion.training import TrainConfig, Trainer, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]

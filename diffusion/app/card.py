@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..engine import ModelCache, RequestError
+from ..serving.engine import ModelCache, RequestError
 from ..evaluation import recorded_summaries
 from .common import markdown_text, user_error
 

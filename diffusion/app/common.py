@@ -16,9 +16,9 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from ..engine import RequestError, SamplingError
-from ..images import display_scale, image_grid, to_pil
-from ..settings import result_png_info
+from ..serving.engine import RequestError, SamplingError
+from ..formats.images import display_scale, image_grid, to_pil
+from ..serving.settings import result_png_info
 
 # On-screen sizes in px that images are enlarged towards (nearest-neighbour, whole factors: 28 px -> x4, 3, 2;
 # 256 px images are shown as they are).

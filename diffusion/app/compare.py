@@ -10,11 +10,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..engine import MAX_STEPS, ModelCache, RequestError
-from ..sampling import ODE_SOLVERS
-from ..settings import png_info
-from ..studies import compare_samplers, difference_map
-from ..xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, run_grid
+from ..serving.engine import MAX_STEPS, ModelCache, RequestError
+from ..core.sampling import ODE_SOLVERS
+from ..serving.settings import png_info
+from ..serving.studies import compare_samplers, difference_map
+from ..serving.xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, run_grid
 from .common import GRID_PX, grid_pil, markdown_text, output_path, save_png, stream_result, user_error, widget_number
 from .controls import (SPACING_LABELS, RequestTarget, make_request, on_compare_checkpoint_change, run_and_stop,
                        settle_run)

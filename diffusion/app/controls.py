@@ -2,7 +2,7 @@
 SampleRequest, what a checkpoint allows (its classes, its guidance modes), and how a request's settings reach a tab.
 
 The request is the unit of the app. Generate turns its controls into one SampleRequest; its PNGs carry it
-(diffusion.settings); its "Send to" buttons hand its fields to any tab that is a RequestTarget (its controls by request
+(diffusion.serving.settings); its "Send to" buttons hand its fields to any tab that is a RequestTarget (its controls by request
 field). A checkpoint change decides which controls apply and their defaults in one place per kind of tab
 (few_step_setting); settings just sent or loaded win over those defaults.
 """
@@ -14,10 +14,10 @@ from functools import partial
 
 import gradio as gr
 
-from ..engine import ModelCache, RequestError, SampleRequest, image_shape
-from ..guidance import GUIDANCE_METHODS
-from ..sampling import SAMPLERS
-from ..schedules import SPACINGS
+from ..serving.engine import ModelCache, RequestError, SampleRequest, image_shape
+from ..core.guidance import GUIDANCE_METHODS
+from ..core.sampling import SAMPLERS
+from ..core.schedules import SPACINGS
 from .common import last_error, markdown_text, user_error, widget_class, widget_number, widget_self_condition
 
 SAMPLER_LABELS = [(spec.label, name) for name, spec in SAMPLERS.items()]

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import FASHION_MNIST_CLASSES, to_uint8
-from ..edits import EDIT_METHODS, EditRequest, run_edit, strength_log_snr
-from ..engine import GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, image_shape
-from ..images import captioned_row, display_scale, to_pil
-from ..sampling import ODE_SOLVERS
+from ..formats.data import FASHION_MNIST_CLASSES, to_uint8
+from ..serving.edits import EDIT_METHODS, EditRequest, run_edit, strength_log_snr
+from ..serving.engine import GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, image_shape
+from ..formats.images import captioned_row, display_scale, to_pil
+from ..core.sampling import ODE_SOLVERS
 from .common import grid_pil, save_png, stream_result, user_error, widget_class, widget_number
 from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, UNCONDITIONAL, allowed_guidance, checkpoint_choices,
                        make_request, run_and_stop, settle_run)

@@ -1,7 +1,7 @@
 """Examples that show at once, and opening any PNG made here in the tab that made it.
 
 An example is a PNG in docs/examples/ made by the tab's own handler: its pixels are the result, its settings chunk
-(diffusion.settings) the request and the tab's own settings. A click shows the picture at once and puts the settings
+(diffusion.serving.settings) the request and the tab's own settings. A click shows the picture at once and puts the settings
 in their tab, as dropping any PNG made here does; pressing the tab's button makes the same pixels.
 
     python -m diffusion.app.examples [--out docs/examples] [--only NAME ...] [--overwrite]
@@ -18,10 +18,10 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, PngImagePlugin
 
-from ..engine import ModelCache, RequestError, SampleRequest, run_request
-from ..images import labelled_rows
-from ..outputs import OutputExists, refuse_to_replace
-from ..settings import CHUNK, png_info, request_from_png, study_from_png
+from ..serving.engine import ModelCache, RequestError, SampleRequest, run_request
+from ..formats.images import labelled_rows
+from ..formats.outputs import OutputExists, refuse_to_replace
+from ..serving.settings import CHUNK, png_info, request_from_png, study_from_png
 from .common import markdown_text, save_png, user_error
 from .compare import compare
 from .controls import RequestTarget, sent_values

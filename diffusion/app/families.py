@@ -11,10 +11,10 @@ from functools import lru_cache, partial
 import gradio as gr
 import torch
 
-from ..data import DataError, FASHION_MNIST_DIR, load_fashion_mnist, to_model_range
-from ..engine import GENERATIVE_KINDS, ModelCache, RequestError, check_seed, image_shape
-from ..sampling import ODE_SOLVERS
-from ..studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
+from ..formats.data import DataError, FASHION_MNIST_DIR, load_fashion_mnist, to_model_range
+from ..serving.engine import GENERATIVE_KINDS, ModelCache, RequestError, check_seed, image_shape
+from ..core.sampling import ODE_SOLVERS
+from ..serving.studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
                        same_noise, walk_noise)
 from .common import SINGLE_PX, grid_pil, pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_names, widget_number
 from .controls import run_and_stop, settle_run

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError,
+from ..serving.engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError,
                       SampleRequest, check_request, expected_nfe, request_work, run_request)
-from ..sampling import ODE_SOLVERS
-from ..settings import request_from_png
-from ..guidance import PAIRED_MODES
+from ..core.sampling import ODE_SOLVERS
+from ..serving.settings import request_from_png
+from ..core.guidance import PAIRED_MODES
 from .card import model_summary
 from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
 from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, METHOD_FIELDS, SAMPLER_LABELS,

@@ -7,13 +7,13 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from ..engine import RequestError
+from ..serving.engine import RequestError
 from ..lab2d.figures import comparisons, samples_and_field
 from ..lab2d.metrics import SUPPORT_QUANTILE
 from ..lab2d.mixture import DISTRIBUTIONS
 from ..lab2d.view import GUIDANCE, LIKELIHOOD_POINTS, MODELS, RANGES, LabRequest, LabView, lab_view
-from ..sampling import ODE_SOLVERS, SAMPLERS
-from ..schedules import SCHEDULES
+from ..core.sampling import ODE_SOLVERS, SAMPLERS
+from ..core.schedules import SCHEDULES
 from .common import user_error, widget_number
 from .controls import settle_run
 

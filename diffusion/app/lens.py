@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_uint8
-from ..engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest, image_shape, run_request
-from ..lens import PROBES, likelihood_lens, probe_images
-from ..studies import MAX_FAMILY_COLUMNS
+from ..formats.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_uint8
+from ..serving.engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest, image_shape, run_request
+from ..serving.lens import PROBES, likelihood_lens, probe_images
+from ..serving.studies import MAX_FAMILY_COLUMNS
 from .common import output_path, pil_images, stream_result, user_error, widget_class, widget_names, widget_number
 from .controls import on_class_checkpoint_change, run_and_stop, settle_run
 from .families import test_image

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..engine import MAX_STEPS, ModelCache, RequestError
-from ..sampling import ODE_SOLVERS
-from ..settings import png_info
-from ..xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, axis_value, grid_manifest,
+from ..serving.engine import MAX_STEPS, ModelCache, RequestError
+from ..core.sampling import ODE_SOLVERS
+from ..serving.settings import png_info
+from ..serving.xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, axis_value, grid_manifest,
                   grid_picture, plan_grid, run_grid)
 from .common import markdown_text, output_path, save_picture, stream_result, user_error
 from .controls import (SAMPLER_LABELS, SPACING_LABELS, RequestTarget, follow_study_checkpoint, make_request,

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write
-from ..data import load_fashion_mnist, to_model_range
-from ..distributed import default_device, from_main, is_main, map_sharded, on_main
-from ..engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
-from ..metrics import (box_blur, class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance,
+from ..formats.checkpoint import atomic_write
+from ..formats.data import load_fashion_mnist, to_model_range
+from ..serving.distributed import default_device, from_main, is_main, map_sharded, on_main
+from ..serving.engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request
+from ..core.metrics import (box_blur, class_accuracy, evaluator_outputs, frechet_distance, mean_pairwise_distance,
                        texture_statistics)
-from ..outputs import OutputExists
+from ..formats.outputs import OutputExists
 from .config import NOISE_INDEXING, EvalConfig, earlier_run, reusable_rows, row_key
 from .outsider import RealSplit
 from .parts import PARTS, parts_of_kind

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..guidance import GUIDANCE_METHODS
+from ..core.guidance import GUIDANCE_METHODS
 from .part import Part
 from .scale_table import scale_table
 

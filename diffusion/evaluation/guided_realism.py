@@ -3,7 +3,7 @@ lowest classifier two-sample accuracy.
 
 Every classifier-free method of guidance.GUIDANCE_METHODS on a scale grid, at Generate's sampler (DPM-Solver++(2M)
 with its steps), beside the unguided row. A row's images are judged by both evaluators' class accuracy and by JUDGES
-two-sample judges (diffusion.two_sample with seeds seed, seed + 1, ...): one judge's own randomness moves its
+two-sample judges (diffusion.evaluation.judge with seeds seed, seed + 1, ...): one judge's own randomness moves its
 accuracy by about +-0.03-0.06, more than the differences between neighbouring settings, so the rows are ranked by the
 judges' mean."""
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import statistics
 
-from ..guidance import GUIDANCE_METHODS
-from ..metrics import evaluator_outputs
-from ..two_sample import TwoSampleConfig, two_sample_accuracy
+from ..core.guidance import GUIDANCE_METHODS
+from ..core.metrics import evaluator_outputs
+from .judge import TwoSampleConfig, two_sample_accuracy
 from .outsider import APP_DEFAULT, judged_images
 from .part import Part
 

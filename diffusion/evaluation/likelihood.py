@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write
-from ..distributed import is_main, map_sharded, on_main, process_group
-from ..likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
-from ..sampling import image_generators
+from ..formats.checkpoint import atomic_write
+from ..serving.distributed import is_main, map_sharded, on_main, process_group
+from ..core.likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
+from ..core.sampling import image_generators
 from .config import row_key
 from .part import Part
 

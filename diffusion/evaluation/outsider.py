@@ -13,9 +13,9 @@ from functools import cached_property
 
 import torch
 
-from ..data import to_model_range
-from ..engine import RequestError
-from ..metrics import box_blur, evaluator_outputs
+from ..formats.data import to_model_range
+from ..serving.engine import RequestError
+from ..core.metrics import box_blur, evaluator_outputs
 
 # Generate's default sampling (diffusion/app/generate.py APP_SAMPLING | APP_GUIDANCE; a test holds the two equal):
 # what a user sees first.

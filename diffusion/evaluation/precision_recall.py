@@ -3,7 +3,7 @@ classifier's feature space, against real test images: fidelity and diversity rep
 
 from __future__ import annotations
 
-from ..metrics import precision_recall
+from ..core.metrics import precision_recall
 from .outsider import judged_row, outsider_rows, setting_words
 from .part import Part
 

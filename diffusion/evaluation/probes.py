@@ -1,12 +1,12 @@
-"""The probes part: bits/dim of out-of-distribution probes of test images (diffusion.lens), unconditional."""
+"""The probes part: bits/dim of out-of-distribution probes of test images (diffusion.serving.lens), unconditional."""
 
 from __future__ import annotations
 
 import torch
 
-from ..lens import LENS_ODE, PROBES, probe_images
-from ..likelihood import ODELikelihoodConfig, dequantize_each, rademacher_probes
-from ..sampling import image_generators
+from ..serving.lens import LENS_ODE, PROBES, probe_images
+from ..core.likelihood import ODELikelihoodConfig, dequantize_each, rademacher_probes
+from ..core.sampling import image_generators
 from .likelihood import resumable_bits
 from .part import Part
 

@@ -3,7 +3,7 @@ and config.second_evaluator, another architecture and recipe), against the same 
 
 from __future__ import annotations
 
-from ..metrics import class_accuracy, frechet_distance
+from ..core.metrics import class_accuracy, frechet_distance
 from .outsider import judged_row, outsider_rows, setting_words
 from .part import Part
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import map_sharded
-from ..engine import SampleRequest, run_request
-from ..sampling import draw_noise, image_generators
-from ..schedules import time_grid
-from ..straightness import readout_from_trajectory
+from ..serving.distributed import map_sharded
+from ..serving.engine import SampleRequest, run_request
+from ..core.sampling import draw_noise, image_generators
+from ..core.schedules import time_grid
+from ..core.straightness import readout_from_trajectory
 from .few_step import few_step_setting, guidance_words
 from .part import Part
 
@@ -58,7 +58,7 @@ def table(results: dict) -> list[str]:
     if not results.get("straightness"):
         return []
     lines = ["", "Straightness S (Liu et al. 2022, per pixel, 0 = straight paths; read along DDIM paths in "
-                 "flow-equivalent coordinates, diffusion.straightness):", "",
+                 "flow-equivalent coordinates, diffusion.core.straightness):", "",
              "| guidance | steps | paths | S (mean) | S (std over paths) |", "|---|---|---|---|---|"]
     return lines + [f"| {guidance_words(r)} | {r['steps']} | {r['samples']} | {r['straightness']:.4f} | "
                     f"{r['straightness_std']:.4f} |" for r in results["straightness"]]

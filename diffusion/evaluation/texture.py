@@ -3,7 +3,7 @@ settings issue 12 judges it at."""
 
 from __future__ import annotations
 
-from ..metrics import texture_position
+from ..core.metrics import texture_position
 from .part import Part
 
 NOISY_REFERENCE_SIGMA = 0.1  # the noisy reference: real images plus N(0, 0.1^2) per pixel (in [-1, 1] units)
@@ -34,7 +34,7 @@ def references(results: dict) -> list[str]:
         return []
     b, n = r["blurred"], r["noisy"]
     return ["", f"References for texture (texture FID: Frechet distance of per-image texture statistics, "
-                f"diffusion.metrics; texture position: 0 = real, 1 = blurred, on a log scale): real images "
+                f"diffusion.core.metrics; texture position: 0 = real, 1 = blurred, on a log scale): real images "
                 f"{r['texture_fid']:.4f} ± {r['texture_fid_std']:.4f}; the same images blurred by a 3x3 box: "
                 f"texture FID {b['texture_fid']:.4f} (feature FID {b['fid']:.2f}, accuracy {b['accuracy']:.3f}); "
                 f"with Gaussian noise of sigma {NOISY_REFERENCE_SIGMA:g}: texture FID {n['texture_fid']:.4f}, "

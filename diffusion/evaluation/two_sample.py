@@ -1,9 +1,9 @@
-"""The two-sample part: the classifier two-sample test (diffusion.two_sample) of each judged setting and reference
+"""The two-sample part: the classifier two-sample test (diffusion.evaluation.judge) of each judged setting and reference
 against real test images: 0.5 = indistinguishable from real."""
 
 from __future__ import annotations
 
-from ..two_sample import TwoSampleConfig, two_sample_accuracy
+from .judge import TwoSampleConfig, two_sample_accuracy
 from .outsider import judged_images, outsider_rows, setting_words
 from .part import Part
 

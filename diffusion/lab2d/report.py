@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..guidance import Guidance
-from ..schedules import Schedule
+from ..core.guidance import Guidance
+from ..core.schedules import Schedule
 from .exact import ExactNetwork
 from .metrics import SampleQuality, exact_reference
 from .mixture import DISTRIBUTIONS, Mixture, balanced_labels, widened

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..denoiser import Denoiser
-from ..guidance import Guidance
-from ..sampling import SAMPLERS, draw_noise, image_generators
-from ..schedules import Schedule, time_grid
+from ..core.denoiser import Denoiser
+from ..core.guidance import Guidance
+from ..core.sampling import SAMPLERS, draw_noise, image_generators
+from ..core.schedules import Schedule, time_grid
 
 
 @dataclass(frozen=True)

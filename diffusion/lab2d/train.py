@@ -11,8 +11,8 @@ from typing import Callable
 
 import torch
 
-from ..objective import ObjectiveConfig, diffusion_loss
-from ..schedules import Schedule
+from ..core.objective import ObjectiveConfig, diffusion_loss
+from ..core.schedules import Schedule
 from .mixture import Mixture, sample_mixture
 from .mlp import MLPConfig, MLPDenoiser
 from .run import LabModel, sample_points

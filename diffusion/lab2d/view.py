@@ -11,11 +11,11 @@ from functools import lru_cache
 
 import torch
 
-from ..guidance import Guidance
-from ..likelihood import ODELikelihoodConfig, ode_log_likelihood
-from ..sampling import ODE_SOLVERS, SAMPLERS
-from ..schedules import SCHEDULES, Schedule, time_grid
-from ..straightness import measure_straightness
+from ..core.guidance import Guidance
+from ..core.likelihood import ODELikelihoodConfig, ode_log_likelihood
+from ..core.sampling import ODE_SOLVERS, SAMPLERS
+from ..core.schedules import SCHEDULES, Schedule, time_grid
+from ..core.straightness import measure_straightness
 from .exact import ExactNetwork, log_density
 from .metrics import ExactReference, SampleQuality, exact_reference, exact_samples, support_thresholds
 from .mixture import DISTRIBUTIONS, Mixture, balanced_labels, widened

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..schedules import DiscreteBetas, Schedule
+from ..core.schedules import DiscreteBetas, Schedule
 
 IMAGE_CHANNELS = (1, 3)
 IMAGE_SIZES = (8, 256)  # smallest and largest side served

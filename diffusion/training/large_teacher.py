@@ -93,7 +93,7 @@ def trained(config: TrainConfig, log) -> Path:
 
 def run_large_teacher(c: LargeTeacherConfig, device=None, log=print) -> dict[str, Path]:
     """The teacher, its pairs and its student: {"teacher": file, "student": file}."""
-    from ..distributed import default_device
+    from ..serving.distributed import default_device
 
     Path(c.out_dir).mkdir(parents=True, exist_ok=True)
     teacher = trained(teacher_config(c), log)

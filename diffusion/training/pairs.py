@@ -21,14 +21,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..checkpoint import atomic_write, load_checkpoint
-from ..data import DataError
-from ..denoiser import Denoiser, Guidance
-from ..engine import SampleRequest, guidance_of
-from ..guidance import GUIDANCE_METHODS
-from ..distributed import map_sharded, on_main, process_group
-from ..sampling import ODE_SOLVERS, draw_noise, image_generators, sample_ode
-from ..schedules import time_grid
+from ..formats.checkpoint import atomic_write, load_checkpoint
+from ..formats.data import DataError
+from ..core.denoiser import Denoiser, Guidance
+from ..serving.engine import SampleRequest, guidance_of
+from ..core.guidance import GUIDANCE_METHODS
+from ..serving.distributed import map_sharded, on_main, process_group
+from ..core.sampling import ODE_SOLVERS, draw_noise, image_generators, sample_ode
+from ..core.schedules import time_grid
 
 PAIRS_FORMAT = "diffusion-playground/reflow-pairs-1"
 SHARD_PATTERN = re.compile(r"pairs-(\d{5})\.safetensors")

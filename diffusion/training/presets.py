@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..models import ClassifierConfig, ConvNetConfig, DiTConfig, NICEConfig, UNetConfig
-from ..objective import ObjectiveConfig
+from ..core.objective import ObjectiveConfig
 from .config import TrainConfig
 
 # How the teacher is guided when it makes a student's reflow pairs (pairs --method/--scale): the guided setting that

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, model_config
-from ..data import DataError, ImageDataset, load_fashion_mnist, load_image_folder, to_model_range, to_uint8
-from ..denoiser import Denoiser, Guidance
-from ..likelihood import bits_per_dim, uniform_dequantize
+from ..formats.checkpoint import load_checkpoint, model_config
+from ..formats.data import DataError, ImageDataset, load_fashion_mnist, load_image_folder, to_model_range, to_uint8
+from ..core.denoiser import Denoiser, Guidance
+from ..core.likelihood import bits_per_dim, uniform_dequantize
 from ..models import build_network
-from ..objective import diffusion_loss
-from ..sampling import draw_noise, image_generators, sample_ddim
-from ..schedules import Schedule, time_grid
+from ..core.objective import diffusion_loss
+from ..core.sampling import draw_noise, image_generators, sample_ddim
+from ..core.schedules import Schedule, time_grid
 from .pairs import PairSet, load_pairs
 
 if TYPE_CHECKING:
@@ -276,3 +276,10 @@ def random_shifts(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
 
 TASKS = {"denoiser": DenoiserTask, "reflow": ReflowTask, "normalizing-flow": NormalizingFlowTask,
          "noisy-classifier": NoisyClassifierTask, "evaluator": ClassifierTask, "evaluator-convnet": ConvNetEvaluatorTask}
+
+
+def make_task(config: TrainConfig):
+    """The task object for config.task, or a ValueError naming the known tasks."""
+    if config.task not in TASKS:
+        raise ValueError(f"task must be one of {tuple(TASKS)}, got {config.task!r}")
+    return TASKS[config.task](config)

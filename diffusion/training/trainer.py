@@ -24,13 +24,13 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from ..checkpoint import atomic_write, save_checkpoint
-from ..data import ImageDataset
-from ..distributed import default_device, process_group
-from ..images import image_grid, to_pil
-from ..outputs import refuse_to_replace
+from ..formats.checkpoint import atomic_write, save_checkpoint
+from ..formats.data import ImageDataset
+from ..serving.distributed import default_device, process_group
+from ..formats.images import image_grid, to_pil
+from ..formats.outputs import refuse_to_replace
 from .config import TrainConfig
-from .tasks import PREVIEW_COLUMNS, TASKS
+from .tasks import PREVIEW_COLUMNS, make_task
 
 STATE_FILE = "state.safetensors"
 
@@ -103,7 +103,7 @@ class Trainer:
         self.rank, self.world = process_group()
         self.device = torch.device(device) if device else default_device(self.rank)
         torch.manual_seed(c.seed)
-        self.task = TASKS[c.task](c)
+        self.task = make_task(c)
         self.dataset = on_device(dataset or self.task.load_data(), self.device)
         self.network = self.task.build_network(self.dataset.class_names).to(self.device)
         self.model = (DistributedDataParallel(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion.data import load_fashion_mnist, to_model_range
-from diffusion.engine import ModelCache, SampleRequest, run_request
-from diffusion.images import image_grid, to_pil
-from diffusion.metrics import box_blur
+from diffusion.formats.data import load_fashion_mnist, to_model_range
+from diffusion.serving.engine import ModelCache, SampleRequest, run_request
+from diffusion.formats.images import image_grid, to_pil
+from diffusion.core.metrics import box_blur
 
 
 def main(out: str, checkpoints: list[str]):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion.benchmark import forward_flops
-from diffusion.engine import ModelCache, SampleRequest, run_request
-from diffusion.images import image_grid, to_pil
-from diffusion.sampling import draw_noise, image_generators
+from diffusion.evaluation.benchmark import forward_flops
+from diffusion.serving.engine import ModelCache, SampleRequest, run_request
+from diffusion.formats.images import image_grid, to_pil
+from diffusion.core.sampling import draw_noise, image_generators
 
 COLUMNS = 6
 

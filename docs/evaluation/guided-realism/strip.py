@@ -9,8 +9,8 @@ import sys
 import torch
 
 from diffusion.app.generate import APP_SAMPLING
-from diffusion.engine import ModelCache, SampleRequest, run_request
-from diffusion.images import display_scale, image_grid, labelled_rows, to_pil
+from diffusion.serving.engine import ModelCache, SampleRequest, run_request
+from diffusion.formats.images import display_scale, image_grid, labelled_rows, to_pil
 
 SETTINGS = [("no guidance", dict(guidance="none", scale=1.0)), ("CFG 3", dict(guidance="cfg", scale=3.0)),
             ("CFG 3, rescale 0.7", dict(guidance="cfg", scale=3.0, rescale=0.7))]

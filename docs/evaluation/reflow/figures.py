@@ -18,8 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffusion.engine import ModelCache, SampleRequest  # noqa: E402
-from diffusion.xy import few_step_plan, grid_picture, run_grid  # noqa: E402
+from diffusion.serving.engine import ModelCache, SampleRequest  # noqa: E402
+from diffusion.serving.xy import few_step_plan, grid_picture, run_grid  # noqa: E402
 
 MODELS = {"fashion-flow": "teacher (fashion-flow)", "fashion-reflow": "student (fashion-reflow)",
           "fashion-diffusion": "fashion-diffusion"}

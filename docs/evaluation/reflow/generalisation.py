@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion.checkpoint import load_checkpoint
-from diffusion.denoiser import network_prediction
+from diffusion.formats.checkpoint import load_checkpoint
+from diffusion.core.denoiser import network_prediction
 from diffusion.training.pairs import load_pairs
 
 T_VALUES = [0.05 + 0.1 * k for k in range(10)]

@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from .engine import FlowRequest, RequestError, SampleRequest
-from .jsonsafe import load_json
+from ..formats.jsonsafe import load_json
 
 CHUNK = "diffusion-playground"
 FORMAT = "diffusion-playground/request-1"

@@ -13,18 +13,18 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from .data import to_uint8
-from .denoiser import Denoiser
-from .checkpoint import LoadedModel
+from ..formats.data import to_uint8
+from ..core.denoiser import Denoiser
+from ..formats.checkpoint import LoadedModel
 from .budget import Work
 from .engine import (GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request,
                      check_work, image_shape, run_request)
-from .guidance import GUIDANCE_METHODS
-from .likelihood import model_log_likelihood, uniform_dequantize
-from .metrics import evaluator_outputs, mean_pairwise_distance
-from .sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
-from .schedules import time_grid
-from .straightness import readout_from_trajectory
+from ..core.guidance import GUIDANCE_METHODS
+from ..core.likelihood import model_log_likelihood, uniform_dequantize
+from ..core.metrics import evaluator_outputs, mean_pairwise_distance
+from ..core.sampling import draw_noise, image_generators, invert_ddim, sample_ddim, slerp
+from ..core.schedules import time_grid
+from ..core.straightness import readout_from_trajectory
 
 MAX_SWEEP_SCALES = 8
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .app_client import QueueClient
-from .engine import ModelCache, SampleRequest, run_request
+from ..serving.app_client import QueueClient
+from ..serving.engine import ModelCache, SampleRequest, run_request
 
 ACCURACY_BAR = 0.95
 GRID = 16

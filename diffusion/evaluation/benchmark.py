@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .compiled import BackgroundCompiler, CompiledNetwork
-from .denoiser import Denoiser
-from .engine import ModelCache, SampleRequest, run_request
+from ..serving.compiled import BackgroundCompiler, CompiledNetwork
+from ..core.denoiser import Denoiser
+from ..serving.engine import ModelCache, SampleRequest, run_request
 from .gpu_benchmark import GPU_BATCHES, gpu_report, gpu_rows
-from .sampling import draw_noise, image_generators, sample_ddim
-from .schedules import time_grid
+from ..core.sampling import draw_noise, image_generators, sample_ddim
+from ..core.schedules import time_grid
 
 
 @dataclass(frozen=True)

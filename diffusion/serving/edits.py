@@ -19,14 +19,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from .budget import Work
-from .denoiser import Denoiser
-from .editing import mix_latent, repaint, repaint_nfe, sdedit_start, swap_class
+from ..core.denoiser import Denoiser
+from ..core.editing import mix_latent, repaint, repaint_nfe, sdedit_start, swap_class
 from .engine import (FlowRequest, ModelCache, Preview, Progress, RequestError, SampleRequest, _autocast, _check_number,
                      _finite, _labels, _sampling_failures, _starting_noise, check_work, clip_x0,
                      expected_nfe, guidance_of, image_shape, load_for, prepare, request_work, self_conditioning,
                      validate_flow_request)
-from .sampling import SAMPLERS, image_generators
-from .schedules import Schedule, time_grid
+from ..core.sampling import SAMPLERS, image_generators
+from ..core.schedules import Schedule, time_grid
 
 EDIT_METHODS = {
     "sdedit": "image-to-image (SDEdit)",

@@ -23,10 +23,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from .jsonsafe import load_json
-from .models import NETWORKS, build_network, network_name
-from .parameterization import check_parameterization
-from .schedules import Schedule
-from .sampling import ODE_SOLVERS
+from ..models import NETWORKS, build_network, network_name
+from ..core.parameterization import check_parameterization
+from ..core.schedules import Schedule
+from ..core.sampling import ODE_SOLVERS
 
 FORMAT = "diffusion-playground/1"
 # What a checkpoint can do: a denoiser goes through the samplers, a normalizing flow decodes noise exactly,

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .engine import ModelCache, RequestError, SampleRequest, SampleResult, check_request, check_work, run_request
-from .images import display_scale, image_grid, to_pil
+from ..formats.images import display_scale, image_grid, to_pil
 from .studies import class_confidence_and_diversity
 
 MAX_AXIS_VALUES = 8

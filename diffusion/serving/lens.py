@@ -17,8 +17,8 @@ import torch
 
 from .budget import Work
 from .engine import ModelCache, RequestError, check_work
-from .likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
-from .sampling import image_generators
+from ..core.likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
+from ..core.sampling import image_generators
 from .studies import generative_models
 
 PROBES = ("original", "flipped left-right", "inverted (255 - k)", "constant grey (128)", "uniform noise")

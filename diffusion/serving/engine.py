@@ -23,13 +23,13 @@ from typing import Callable
 import torch
 
 from .budget import Work, WorkBudget
-from .checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
+from ..formats.checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
 from .compiled import BackgroundCompiler, CompiledNetwork
-from .denoiser import Denoiser
-from .guidance import GUIDANCE_MODES, Guidance
-from .diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
-from .sampling import MAX_SDE_LOG_SNR_STEP, ODE_SOLVERS, SAMPLERS, draw_noise, image_generators, log_snr_step
-from .schedules import SPACINGS, time_grid
+from ..core.denoiser import Denoiser
+from ..core.guidance import GUIDANCE_MODES, Guidance
+from ..formats.diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
+from ..core.sampling import MAX_SDE_LOG_SNR_STEP, ODE_SOLVERS, SAMPLERS, draw_noise, image_generators, log_snr_step
+from ..core.schedules import SPACINGS, time_grid
 
 MAX_LOG_SNR = 30.0  # guidance intervals are given in log-SNR; every schedule here spans less than [-30, 30]
 MAX_STEPS = 1000

@@ -1,4 +1,4 @@
-"""Image editing measured, for docs/evaluation/editing (python -m diffusion.edit_report [--quick] [--out FOLDER]):
+"""Image editing measured, for docs/evaluation/editing (python -m diffusion.evaluation.edit_report [--quick] [--out FOLDER]):
 
     SDEdit's trade     for strengths 0.1 ... 1.0, the evaluator's probability of the target class of an edit of a
                        test image of another class, against its RMS distance to the input (Meng et al. 2022 plot
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .data import load_fashion_mnist, to_model_range
-from .edits import EditRequest, run_edit
-from .engine import ModelCache, SampleRequest
-from .images import image_grid, labelled_rows, to_pil
-from .metrics import evaluator_outputs
+from ..formats.data import load_fashion_mnist, to_model_range
+from ..serving.edits import EditRequest, run_edit
+from ..serving.engine import ModelCache, SampleRequest
+from ..formats.images import image_grid, labelled_rows, to_pil
+from ..core.metrics import evaluator_outputs
 
 STRENGTHS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 MASKS = ("centre square", "left half", "random strokes")
@@ -197,7 +197,7 @@ def bend(rows: list[dict]) -> dict:
 def write_readme(out: Path, config: ReportConfig, trade: list[dict], inpainting: list[dict], swaps: list[str],
                  quick: bool) -> None:
     lines = ["# Image editing, measured", "",
-             f"Written by `python -m diffusion.edit_report{' --quick' if quick else ''}`. "
+             f"Written by `python -m diffusion.evaluation.edit_report{' --quick' if quick else ''}`. "
              f"CFG {config.scale:g}; seed {config.seed}.", "",
              "## Image-to-image (SDEdit): realism against faithfulness", "",
              f"{config.sdedit_per_class} test image(s) per class, each edited towards every class other than its own "
@@ -232,7 +232,7 @@ def write_readme(out: Path, config: ReportConfig, trade: list[dict], inpainting:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m diffusion.edit_report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m diffusion.evaluation.edit_report", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few images and steps (a test of the command)")
     parser.add_argument("--out", default=None, help="output folder (default: docs/evaluation/editing; --quick: a "
                                                     "new temporary folder)")

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .engine import ModelCache, SampleRequest, request_work, run_request
+from ..serving.engine import ModelCache, SampleRequest, request_work, run_request
 
 GPU_BATCHES = (1, 16, 256)
 # (checkpoint, setting); None: the checkpoint's own few-step defaults

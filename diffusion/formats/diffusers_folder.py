@@ -28,8 +28,8 @@ from .checkpoint import (CheckpointError, LoadedModel, _read_header, check_tenso
                          save_checkpoint)
 from .checkpoint import build_from_config
 from .jsonsafe import load_json
-from .models.diffusers_unet import DiffusersUNetConfig
-from .schedules import DiscreteBetas, Schedule
+from ..models.diffusers_unet import DiffusersUNetConfig
+from ..core.schedules import DiscreteBetas, Schedule
 
 MODEL_INDEX, UNET_CONFIG, SCHEDULER_CONFIG = "model_index.json", "unet/config.json", "scheduler/scheduler_config.json"
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
