@@ -12,6 +12,16 @@ from pathlib import Path
 from .formats.outputs import OutputExists, quick_output_dir, refuse_to_replace
 
 
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    """One `python -m diffusion NAME`: its parser's arguments (help, description, formatter), the function that
+    declares its options beside its handler, and the handler."""
+    name: str
+    parser_arguments: dict
+    add_options: typing.Callable[[argparse.ArgumentParser], None]
+    run: typing.Callable[[argparse.Namespace], None]
+
+
 def _dataclass_options(parser: argparse.ArgumentParser, cls, prefix: str = ""):
     """One --option per field of a (nested) config dataclass; its help shows the preset-free default."""
     hints = typing.get_type_hints(cls)
@@ -45,6 +55,16 @@ def _apply_overrides(config, args: argparse.Namespace, prefix: str = ""):
     return dataclasses.replace(config, **changes)
 
 
+def train_options(parser: argparse.ArgumentParser):
+    from .training import PRESETS, TrainConfig
+
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a shipped checkpoint's recipe")
+    parser.add_argument("--config", help="JSON file with TrainConfig fields")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state.safetensors")
+    _dataclass_options(parser, TrainConfig)
+    _overwrite_option(parser, "the checkpoint at --export-to")
+
+
 def command_train(args):
     from .training import PRESETS, TrainConfig, Trainer
 
@@ -62,6 +82,12 @@ def command_train(args):
     trainer.train()
 
 
+def export_options(parser: argparse.ArgumentParser):
+    parser.add_argument("run", help="run folder (holds config.json and state.safetensors)")
+    parser.add_argument("--out", required=True, help="output .safetensors path")
+    _overwrite_option(parser, "--out")
+
+
 def command_export(args):
     from .training import TrainConfig, Trainer
 
@@ -75,6 +101,26 @@ def command_export(args):
     trainer = Trainer(dataclasses.replace(config, run_dir=str(run), export_to=""))
     trainer.load_state()
     print(trainer.export(out, overwrite=args.overwrite))
+
+
+def pairs_options(parser: argparse.ArgumentParser):
+    from .training.pairs import PAIR_METHODS
+
+    parser.add_argument("--teacher", default="checkpoints/fashion-flow.safetensors", help="a flow checkpoint file")
+    parser.add_argument("--out", default="runs/reflow-pairs", help="folder of pairs-NNNNN.safetensors shards")
+    parser.add_argument("--count", type=positive_int, default=20_000)
+    parser.add_argument("--shard-size", type=positive_int, default=1000)
+    parser.add_argument("--solver", default="dpm++2m", help="euler, heun or dpm++2m")
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--scale", type=float, default=2.0, help="the teacher's classifier-free guidance")
+    parser.add_argument("--method", default="cfg", choices=PAIR_METHODS,
+                        help="how the teacher is guided at --scale (guidance.GUIDANCE_METHODS)")
+    parser.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--seed", type=non_negative_int, default=1)
+    parser.add_argument("--batch-size", type=positive_int, default=100)
+    parser.add_argument("--part", default="0/1", help="i/n: make only shards k with k mod n = i (n runs sharing one folder "
+                        "without torchrun; under torchrun the ranks share the shards by themselves)")
+    parser.add_argument("--quick", action="store_true", help="40 pairs in 2 shards with 3 steps (CI)")
 
 
 def command_pairs(args):
@@ -100,6 +146,18 @@ DENOISER_SAMPLE_DEFAULTS = {"sampler": "ddim", "solver": "heun", "steps": 50, "e
                             "guidance": "cfg", "scale": 3.0, "self_condition": False}
 
 
+def large_teacher_options(parser: argparse.ArgumentParser):
+    from .training.large_teacher import LargeTeacherConfig
+
+    parser.add_argument("--teacher-minutes", type=float, default=LargeTeacherConfig.teacher_minutes)
+    parser.add_argument("--student-minutes", type=float, default=LargeTeacherConfig.student_minutes)
+    parser.add_argument("--pairs", type=positive_int, default=LargeTeacherConfig.pairs)
+    parser.add_argument("--out", default=None, help="folder of the runs, the pairs and (under export/) the exported "
+                        "files (default runs/large-teacher; with --quick a temporary folder)")
+    parser.add_argument("--data-dir", default="", help="the Fashion-MNIST folder, if not Debian's /usr/share/datasets one")
+    parser.add_argument("--quick", action="store_true", help="the same steps at a tiny size, in seconds on a CPU (CI)")
+
+
 def command_large_teacher(args):
     from .training.large_teacher import LargeTeacherConfig, run_large_teacher
 
@@ -110,6 +168,36 @@ def command_large_teacher(args):
     files = run_large_teacher(config, log=lambda line: print(line, file=sys.stderr, flush=True))
     for role, path in files.items():
         print(f"{role}: {path}")
+
+
+def sample_options(parser: argparse.ArgumentParser):
+    from .core.guidance import GUIDANCE_MODES
+    from .core.sampling import SAMPLERS
+    from .core.schedules import SPACINGS
+
+    parser.add_argument("--checkpoint", help="checkpoint file or name in --checkpoint-dir")
+    parser.add_argument("--settings-from", metavar="FILE.png", help="sample the exact request a PNG made by this "
+                        "project carries (the app's downloads, an earlier `sample`): the same pixels again")
+    parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument("--sampler", choices=list(SAMPLERS), help="denoisers (default ddim)")
+    parser.add_argument("--solver", help="ODE solver: euler, heun, dpm++2m (default heun)")
+    parser.add_argument("--steps", type=positive_int, help="denoisers (default 50)")
+    parser.add_argument("--eta", type=float, help="DDIM eta (default 0)")
+    parser.add_argument("--spacing", choices=list(SPACINGS), help="time spacing (default uniform; leading: diffusers' default)")
+    parser.add_argument("--guidance", choices=list(GUIDANCE_MODES), help="denoisers (default cfg; autoguidance guides "
+                        "with CHECKPOINT-weak)")
+    parser.add_argument("--class", dest="class_index", default="0", help="class index, or 'all' for one row per class")
+    parser.add_argument("--scale", type=float, help="guidance scale (default 3)")
+    parser.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=None,
+                        help="denoisers trained with it (default off)")
+    parser.add_argument("--temperature", type=float, help="normalizing flows: z ~ N(0, T^2 I) (default 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--count", type=positive_int, help="images of one class (default: --batch-size); image i "
+                        "has the noise of (seed, i), however the requests are split")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--columns", type=positive_int, default=8)
+    parser.add_argument("--out", default="samples.png")
+    _overwrite_option(parser, "--out")
 
 
 def command_sample(args):
@@ -187,6 +275,15 @@ def _sample_requests(args):
                    for first in range(0, count, args.batch_size)]
 
 
+def import_diffusers_options(parser: argparse.ArgumentParser):
+    parser.add_argument("folder", help="folder with model_index.json, unet/ and scheduler/ (safetensors weights)")
+    parser.add_argument("--out", required=True, help="output .safetensors path, e.g. checkpoints/NAME.safetensors")
+    parser.add_argument("--class-names", help="comma-separated names of a class-conditional UNet's classes")
+    parser.add_argument("--null-class", type=non_negative_int, help="the class embedding trained as 'no class' (must be the "
+                        "last one): enables classifier-free guidance")
+    _overwrite_option(parser, "--out")
+
+
 def command_import_diffusers(args):
     """A diffusers pipeline folder (UNet2DModel + DDPM-style scheduler) as one of our checkpoint files."""
     from .formats.checkpoint import load_checkpoint
@@ -199,6 +296,35 @@ def command_import_diffusers(args):
     parameters = sum(p.numel() for p in model.network.parameters())
     print(f"{out}: {parameters / 1e6:.2f} M parameters, {model.config['image_channels']} x {model.config['image_size']}"
           f"^2 px, {len(model.class_names) or 'no'} classes, predicts {model.parameterization}\n{model.card}")
+
+
+def evaluate_options(parser: argparse.ArgumentParser):
+    from .evaluation import PARTS, parts_help
+    from .core.sampling import SAMPLERS
+
+    parser.add_argument("--checkpoint", default="fashion-diffusion")
+    parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument("--samples", type=positive_int, default=1000, help="samples per configuration (class-balanced)")
+    parser.add_argument("--reference", type=positive_int, default=10_000, help="test images for the reference statistics")
+    parser.add_argument("--batch-size", type=positive_int, default=50)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--out-dir", default=None, help=f"(default {DEFAULT_EVALUATION_DIR}; with --quick a new "
+                        "temporary folder) where NAME.json, NAME.md and plots go; a run with the same checkpoint and "
+                        "settings continues the file there")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
+    parser.add_argument("--parts", nargs="+", default=None, choices=[part.cli_name for part in PARTS.values()],
+                        help=parts_help())
+    parser.add_argument("--likelihood-images", type=positive_int, default=1000, help="test images for the likelihood part")
+    parser.add_argument("--likelihood-tolerance", type=float, default=1e-4,
+                        help="the probability-flow ODE solver's rtol = atol (dopri5)")
+    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="the samplers part: only these "
+                        "samplers' rows (default: every sampler)")
+    parser.add_argument("--second-evaluator", default="fashion-second-evaluator",
+                        help="the other evaluator checkpoint of the second-evaluator and precision-recall parts")
+    parser.add_argument("--probe-images", type=positive_int, default=100, help="test images for the probes part")
+    parser.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
+                        help="self-conditioning settings for the sampler table")
+    _overwrite_option(parser, "an evaluation of another file or other settings in --out-dir")
 
 
 def command_evaluate(args):
@@ -219,6 +345,26 @@ def command_evaluate(args):
     if is_main():
         print(markdown_tables(results))
         print(f"written to {out_dir}", file=sys.stderr)
+
+
+def benchmark_options(parser: argparse.ArgumentParser):
+    parser.add_argument("--checkpoint", default="fashion-diffusion")
+    parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--steps", type=positive_int, default=50)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--out", default=None, help="Markdown report (default docs/benchmarks.md, with --quick a "
+                        "temporary folder; '' to skip)")
+    parser.add_argument("--quick", action="store_true", help="batch 4, 5 steps, one repeat (CI)")
+    parser.add_argument("--race", action="store_true", help="instead: time to a 16-image grid at >= 95 %% evaluator "
+                        "accuracy for each model at its cheapest evaluated setting, and through the app")
+    parser.add_argument("--race-repeats", type=positive_int, default=5)
+    parser.add_argument("--race-out", default=None, help="Markdown report of --race (default docs/benchmarks-race.md, "
+                        "with --quick a temporary folder; '' to skip)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(network) (takes minutes)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s for this dtype, for the fraction-of-peak row")
+    _overwrite_option(parser, "the report")
 
 
 def command_benchmark(args):
@@ -264,6 +410,11 @@ def command_race(args):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("# Few-step race\n\nWritten by `python -m diffusion benchmark --race`.\n\n" + text)
         print(f"written to {out}", file=sys.stderr)
+
+
+def cards_options(parser: argparse.ArgumentParser):
+    parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument("--evaluation-dir", default="docs/evaluation", help="where `evaluate` wrote its JSON")
 
 
 def command_cards(args):
@@ -334,6 +485,12 @@ def output_in_existing_folder(path) -> Path:
     return path
 
 
+def lab2d_report_options(parser: argparse.ArgumentParser):
+    parser.add_argument("--out", default=None, help=f"folder (default {LAB2D_DIR}; with --quick a new temporary folder)")
+    parser.add_argument("--quick", action="store_true", help="3 step counts, 32 points, one distribution (CI, seconds)")
+    _overwrite_option(parser, "the report in --out")
+
+
 def command_lab2d_report(args):
     """The 2-D lab's convergence-order plot and guidance-support table, with their reading (README.md)."""
     from .lab2d.report import QUICK, REPORT_FILES, ReportSettings, write_report
@@ -350,6 +507,12 @@ LAB2D_DIR = "docs/evaluation/lab2d"
 
 def _overwrite_option(parser: argparse.ArgumentParser, what: str):
     parser.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists (default: refuse)")
+
+
+def manifest_options(parser: argparse.ArgumentParser):
+    parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument("--update", nargs="+", metavar="FILE", help="rewrite these files' rows from the files as "
+                        "they are now (a row of a removed file is dropped): changing a shipped model on purpose")
 
 
 def command_manifest(args):
@@ -370,167 +533,46 @@ def command_manifest(args):
     print(f"all {len(read_manifest(folder))} files in {folder} match {MANIFEST_NAME}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .evaluation import PARTS, parts_help
-    from .training.large_teacher import LargeTeacherConfig
-    from .training.pairs import PAIR_METHODS
-    from .core.guidance import GUIDANCE_MODES
-    from .core.sampling import SAMPLERS
-    from .core.schedules import SPACINGS
-    from .training import PRESETS, TrainConfig
+DEFAULTS_SHOWN = argparse.ArgumentDefaultsHelpFormatter
 
+# The subcommands in `--help` order: name, add_parser's arguments, the function declaring its options, its handler.
+SUBCOMMANDS = (
+    Subcommand("train", dict(help="train a denoiser or classifier (torchrun for several processes)",
+                             formatter_class=DEFAULTS_SHOWN), train_options, command_train),
+    Subcommand("pairs", dict(help="reflow's training pairs: noise and the teacher's ODE solution from it, as "
+                             "resumable safetensors shards", formatter_class=DEFAULTS_SHOWN),
+               pairs_options, command_pairs),
+    Subcommand("large-teacher", dict(help="issue 31 on a GPU: train fashion-flow-large, make guided reflow pairs "
+                                     "from it and reflow fashion-reflow-large; exports both",
+                                     formatter_class=DEFAULTS_SHOWN), large_teacher_options, command_large_teacher),
+    Subcommand("export", dict(help="write a run's EMA weights as a checkpoint"), export_options, command_export),
+    Subcommand("sample", dict(help="sample a PNG grid from a checkpoint", formatter_class=DEFAULTS_SHOWN),
+               sample_options, command_sample),
+    Subcommand("import-diffusers", dict(help="convert a diffusers UNet2DModel pipeline folder into one checkpoint "
+                                        "file (needs the diffusers extra)", description=command_import_diffusers.__doc__),
+               import_diffusers_options, command_import_diffusers),
+    Subcommand("evaluate", dict(help="feature FID, class accuracy and diversity per sampler and guidance",
+                                formatter_class=DEFAULTS_SHOWN), evaluate_options, command_evaluate),
+    Subcommand("benchmark", dict(help="sampling speed ratios on this device", formatter_class=DEFAULTS_SHOWN),
+               benchmark_options, command_benchmark),
+    Subcommand("lab2d-report", dict(help="the 2-D lab's exact readings: solver convergence orders (plot) and CFG "
+                                    "against autoguidance on the class support (table)",
+                                    description=command_lab2d_report.__doc__), lab2d_report_options, command_lab2d_report),
+    Subcommand("cards", dict(help="print a Markdown table of the checkpoints in a folder"), cards_options, command_cards),
+    Subcommand("manifest", dict(help="check the checkpoint folder against its MANIFEST.json (SHA-256, size, kind, "
+                                "shape, classes, steps per file)", description=command_manifest.__doc__),
+               manifest_options, command_manifest),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: each subcommand of SUBCOMMANDS adds its own options."""
     parser = OneLineParser(prog="python -m diffusion", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a denoiser or classifier (torchrun for several processes)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--preset", choices=sorted(PRESETS), help="start from a shipped checkpoint's recipe")
-    train.add_argument("--config", help="JSON file with TrainConfig fields")
-    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state.safetensors")
-    _dataclass_options(train, TrainConfig)
-    _overwrite_option(train, "the checkpoint at --export-to")
-    train.set_defaults(handler=command_train)
-
-    pairs = commands.add_parser("pairs", help="reflow's training pairs: noise and the teacher's ODE solution from it, as "
-                                "resumable safetensors shards", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    pairs.add_argument("--teacher", default="checkpoints/fashion-flow.safetensors", help="a flow checkpoint file")
-    pairs.add_argument("--out", default="runs/reflow-pairs", help="folder of pairs-NNNNN.safetensors shards")
-    pairs.add_argument("--count", type=positive_int, default=20_000)
-    pairs.add_argument("--shard-size", type=positive_int, default=1000)
-    pairs.add_argument("--solver", default="dpm++2m", help="euler, heun or dpm++2m")
-    pairs.add_argument("--steps", type=positive_int, default=20)
-    pairs.add_argument("--scale", type=float, default=2.0, help="the teacher's classifier-free guidance")
-    pairs.add_argument("--method", default="cfg", choices=PAIR_METHODS,
-                       help="how the teacher is guided at --scale (guidance.GUIDANCE_METHODS)")
-    pairs.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=True)
-    pairs.add_argument("--seed", type=non_negative_int, default=1)
-    pairs.add_argument("--batch-size", type=positive_int, default=100)
-    pairs.add_argument("--part", default="0/1", help="i/n: make only shards k with k mod n = i (n runs sharing one folder "
-                       "without torchrun; under torchrun the ranks share the shards by themselves)")
-    pairs.add_argument("--quick", action="store_true", help="40 pairs in 2 shards with 3 steps (CI)")
-    pairs.set_defaults(handler=command_pairs)
-
-    large = commands.add_parser("large-teacher", help="issue 31 on a GPU: train fashion-flow-large, make guided reflow "
-                                "pairs from it and reflow fashion-reflow-large; exports both",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    large.add_argument("--teacher-minutes", type=float, default=LargeTeacherConfig.teacher_minutes)
-    large.add_argument("--student-minutes", type=float, default=LargeTeacherConfig.student_minutes)
-    large.add_argument("--pairs", type=positive_int, default=LargeTeacherConfig.pairs)
-    large.add_argument("--out", default=None, help="folder of the runs, the pairs and (under export/) the exported "
-                       "files (default runs/large-teacher; with --quick a temporary folder)")
-    large.add_argument("--data-dir", default="", help="the Fashion-MNIST folder, if not Debian's /usr/share/datasets one")
-    large.add_argument("--quick", action="store_true", help="the same steps at a tiny size, in seconds on a CPU (CI)")
-    large.set_defaults(handler=command_large_teacher)
-
-    export = commands.add_parser("export", help="write a run's EMA weights as a checkpoint")
-    export.add_argument("run", help="run folder (holds config.json and state.safetensors)")
-    export.add_argument("--out", required=True, help="output .safetensors path")
-    _overwrite_option(export, "--out")
-    export.set_defaults(handler=command_export)
-
-    sample = commands.add_parser("sample", help="sample a PNG grid from a checkpoint",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sample.add_argument("--checkpoint", help="checkpoint file or name in --checkpoint-dir")
-    sample.add_argument("--settings-from", metavar="FILE.png", help="sample the exact request a PNG made by this "
-                        "project carries (the app's downloads, an earlier `sample`): the same pixels again")
-    sample.add_argument("--checkpoint-dir", default="checkpoints")
-    sample.add_argument("--sampler", choices=list(SAMPLERS), help="denoisers (default ddim)")
-    sample.add_argument("--solver", help="ODE solver: euler, heun, dpm++2m (default heun)")
-    sample.add_argument("--steps", type=positive_int, help="denoisers (default 50)")
-    sample.add_argument("--eta", type=float, help="DDIM eta (default 0)")
-    sample.add_argument("--spacing", choices=list(SPACINGS), help="time spacing (default uniform; leading: diffusers' default)")
-    sample.add_argument("--guidance", choices=list(GUIDANCE_MODES), help="denoisers (default cfg; autoguidance guides "
-                        "with CHECKPOINT-weak)")
-    sample.add_argument("--class", dest="class_index", default="0", help="class index, or 'all' for one row per class")
-    sample.add_argument("--scale", type=float, help="guidance scale (default 3)")
-    sample.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=None,
-                        help="denoisers trained with it (default off)")
-    sample.add_argument("--temperature", type=float, help="normalizing flows: z ~ N(0, T^2 I) (default 1)")
-    sample.add_argument("--seed", type=non_negative_int, default=0)
-    sample.add_argument("--count", type=positive_int, help="images of one class (default: --batch-size); image i "
-                        "has the noise of (seed, i), however the requests are split")
-    sample.add_argument("--batch-size", type=positive_int, default=16)
-    sample.add_argument("--columns", type=positive_int, default=8)
-    sample.add_argument("--out", default="samples.png")
-    _overwrite_option(sample, "--out")
-    sample.set_defaults(handler=command_sample)
-
-    importer = commands.add_parser("import-diffusers", help="convert a diffusers UNet2DModel pipeline folder into one "
-                                   "checkpoint file (needs the diffusers extra)", description=command_import_diffusers.__doc__)
-    importer.add_argument("folder", help="folder with model_index.json, unet/ and scheduler/ (safetensors weights)")
-    importer.add_argument("--out", required=True, help="output .safetensors path, e.g. checkpoints/NAME.safetensors")
-    importer.add_argument("--class-names", help="comma-separated names of a class-conditional UNet's classes")
-    importer.add_argument("--null-class", type=non_negative_int, help="the class embedding trained as 'no class' (must be the "
-                          "last one): enables classifier-free guidance")
-    _overwrite_option(importer, "--out")
-    importer.set_defaults(handler=command_import_diffusers)
-
-    evaluate = commands.add_parser("evaluate", help="feature FID, class accuracy and diversity per sampler and guidance",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    evaluate.add_argument("--checkpoint", default="fashion-diffusion")
-    evaluate.add_argument("--checkpoint-dir", default="checkpoints")
-    evaluate.add_argument("--samples", type=positive_int, default=1000, help="samples per configuration (class-balanced)")
-    evaluate.add_argument("--reference", type=positive_int, default=10_000, help="test images for the reference statistics")
-    evaluate.add_argument("--batch-size", type=positive_int, default=50)
-    evaluate.add_argument("--seed", type=non_negative_int, default=0)
-    evaluate.add_argument("--out-dir", default=None, help=f"(default {DEFAULT_EVALUATION_DIR}; with --quick a new "
-                          "temporary folder) where NAME.json, NAME.md and plots go; a run with the same checkpoint and "
-                          "settings continues the file there")
-    evaluate.add_argument("--quick", action="store_true", help="a tiny run (CI): 20 samples, 3 samplers, 2 scales")
-    evaluate.add_argument("--parts", nargs="+", default=None, choices=[part.cli_name for part in PARTS.values()],
-                          help=parts_help())
-    evaluate.add_argument("--likelihood-images", type=positive_int, default=1000, help="test images for the likelihood part")
-    evaluate.add_argument("--likelihood-tolerance", type=float, default=1e-4,
-                          help="the probability-flow ODE solver's rtol = atol (dopri5)")
-    evaluate.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="the samplers part: only these "
-                          "samplers' rows (default: every sampler)")
-    evaluate.add_argument("--second-evaluator", default="fashion-second-evaluator",
-                          help="the other evaluator checkpoint of the second-evaluator and precision-recall parts")
-    evaluate.add_argument("--probe-images", type=positive_int, default=100, help="test images for the probes part")
-    evaluate.add_argument("--self-cond", default="both", choices=["both", "on", "off"],
-                          help="self-conditioning settings for the sampler table")
-    _overwrite_option(evaluate, "an evaluation of another file or other settings in --out-dir")
-    evaluate.set_defaults(handler=command_evaluate)
-
-    bench = commands.add_parser("benchmark", help="sampling speed ratios on this device",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    bench.add_argument("--checkpoint", default="fashion-diffusion")
-    bench.add_argument("--checkpoint-dir", default="checkpoints")
-    bench.add_argument("--batch", type=positive_int, default=64)
-    bench.add_argument("--steps", type=positive_int, default=50)
-    bench.add_argument("--repeats", type=positive_int, default=3)
-    bench.add_argument("--out", default=None, help="Markdown report (default docs/benchmarks.md, with --quick a "
-                       "temporary folder; '' to skip)")
-    bench.add_argument("--quick", action="store_true", help="batch 4, 5 steps, one repeat (CI)")
-    bench.add_argument("--race", action="store_true", help="instead: time to a 16-image grid at >= 95 %% evaluator "
-                       "accuracy for each model at its cheapest evaluated setting, and through the app")
-    bench.add_argument("--race-repeats", type=positive_int, default=5)
-    bench.add_argument("--race-out", default=None, help="Markdown report of --race (default docs/benchmarks-race.md, "
-                       "with --quick a temporary folder; '' to skip)")
-    bench.add_argument("--compile", action="store_true", help="also time torch.compile(network) (takes minutes)")
-    bench.add_argument("--peak-tflops", type=float, default=None,
-                       help="the device's peak TFLOP/s for this dtype, for the fraction-of-peak row")
-    _overwrite_option(bench, "the report")
-    bench.set_defaults(handler=command_benchmark)
-
-    lab2d = commands.add_parser("lab2d-report", help="the 2-D lab's exact readings: solver convergence orders (plot) "
-                                "and CFG against autoguidance on the class support (table)", description=command_lab2d_report.__doc__)
-    lab2d.add_argument("--out", default=None, help=f"folder (default {LAB2D_DIR}; with --quick a new temporary folder)")
-    lab2d.add_argument("--quick", action="store_true", help="3 step counts, 32 points, one distribution (CI, seconds)")
-    _overwrite_option(lab2d, "the report in --out")
-    lab2d.set_defaults(handler=command_lab2d_report)
-
-    cards = commands.add_parser("cards", help="print a Markdown table of the checkpoints in a folder")
-    cards.add_argument("--checkpoint-dir", default="checkpoints")
-    cards.add_argument("--evaluation-dir", default="docs/evaluation", help="where `evaluate` wrote its JSON")
-    cards.set_defaults(handler=command_cards)
-
-    manifest = commands.add_parser("manifest", help="check the checkpoint folder against its MANIFEST.json (SHA-256, "
-                                   "size, kind, shape, classes, steps per file)", description=command_manifest.__doc__)
-    manifest.add_argument("--checkpoint-dir", default="checkpoints")
-    manifest.add_argument("--update", nargs="+", metavar="FILE", help="rewrite these files' rows from the files as "
-                          "they are now (a row of a removed file is dropped): changing a shipped model on purpose")
-    manifest.set_defaults(handler=command_manifest)
+    for subcommand in SUBCOMMANDS:
+        options = commands.add_parser(subcommand.name, **subcommand.parser_arguments)
+        subcommand.add_options(options)
+        options.set_defaults(handler=subcommand.run)
     return parser
 
 
