@@ -287,7 +287,7 @@ def import_diffusers_options(parser: argparse.ArgumentParser):
 def command_import_diffusers(args):
     """A diffusers pipeline folder (UNet2DModel + DDPM-style scheduler) as one of our checkpoint files."""
     from .formats.checkpoint import load_checkpoint
-    from .formats.diffusers_folder import convert_folder
+    from .formats.conversion import convert_folder
 
     names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else None
     refuse_to_replace(output_in_existing_folder(args.out), args.overwrite)

@@ -14,7 +14,8 @@ import torch
 from conftest import write_diffusers_folder
 
 from diffusion.formats.checkpoint import CheckpointError, load_checkpoint
-from diffusion.formats.diffusers_folder import check_folder, convert_folder, load_folder, read_folder
+from diffusion.formats.conversion import convert_folder
+from diffusion.formats.diffusers_folder import check_folder, load_folder, read_folder
 from diffusion.serving.engine import ModelCache, RequestError, SampleRequest, run_request
 from diffusion.core.sampling import image_generators
 from diffusion.core.schedules import DiscreteBetas, Schedule, time_grid

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..formats.checkpoint import atomic_write
+from ..formats.outputs import atomic_write
 from ..formats.data import load_fashion_mnist, to_model_range
 from ..serving.distributed import default_device, from_main, is_main, map_sharded, on_main
 from ..serving.engine import FlowRequest, ModelCache, RequestError, SampleRequest, run_request

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..formats.checkpoint import atomic_write
+from ..formats.outputs import atomic_write
 from ..serving.distributed import is_main, map_sharded, on_main, process_group
 from ..core.likelihood import ODELikelihoodConfig, dequantize_each, model_log_likelihood, rademacher_probes
 from ..core.sampling import image_generators

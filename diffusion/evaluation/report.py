@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..formats.checkpoint import atomic_write
+from ..formats.outputs import atomic_write
 from .parts import PARTS
 from .texture import references
 

@@ -13,23 +13,17 @@ CheckpointError naming the file and what is wrong. diffusers itself is needed on
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-
-from .checkpoint import (CheckpointError, LoadedModel, _read_header, check_tensor_table, config_metadata,
-                         save_checkpoint)
-from .checkpoint import build_from_config
-from .jsonsafe import load_json
-from ..models.diffusers_unet import DiffusersUNetConfig
 from ..core.schedules import DiscreteBetas, Schedule
+from ..models.diffusers_unet import DiffusersUNetConfig
+from .jsonsafe import load_json
+from .model_build import LoadedModel, ModelSource, build_loaded_model, check_fits, config_metadata
+from .safetensors_container import CheckpointError, read_header
 
 MODEL_INDEX, UNET_CONFIG, SCHEDULER_CONFIG = "model_index.json", "unet/config.json", "scheduler/scheduler_config.json"
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -134,8 +128,8 @@ def check_folder(path) -> dict:
     network built on the meta device; no tensor data is read."""
     folder = read_folder(path)
     with _named(folder.path):
-        header, data_size, _ = _read_header(_weights_path(folder.path))
-        check_tensor_table(Path(WEIGHTS), header, data_size, _build(folder, "meta").unet)
+        header, data_size, _ = read_header(_weights_path(folder.path))
+        check_fits(_source(folder, header, data_size))
     return {"kind": "denoiser", "card": folder.card, "config": folder.config}
 
 
@@ -143,27 +137,15 @@ def load_folder(path, device="cpu") -> LoadedModel:
     """The folder as a LoadedModel: the weights file is read once (tensors and SHA-256 from the same bytes)."""
     folder = read_folder(path)
     with _named(folder.path):
-        header, data_size, data = _read_header(_weights_path(folder.path), whole=True)
-        check_tensor_table(Path(WEIGHTS), header, data_size, _build(folder, "meta").unet)
-        try:
-            tensors = load_safetensors(data)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(f"{Path(WEIGHTS).name}: corrupt tensor data ({error})") from error
-    network = _build(folder)
-    network.unet.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
-    network.to(device).eval().requires_grad_(False)
+        header, data_size, data = read_header(_weights_path(folder.path), whole=True)
+        return build_loaded_model(_source(folder, header, data_size, data), device)
+
+
+def _source(folder: DiffusersFolder, header: dict, data_size: int, data: bytes = b"") -> ModelSource:
+    """The folder for model_build: its weights are those of the adapter's `unet` submodule."""
     training = {"source": str(folder.path.name), "pipeline": folder.pipeline, "scheduler": folder.scheduler}
-    return LoadedModel("denoiser", network, folder.config, training, folder.card, folder.path,
-                       hashlib.sha256(data).hexdigest())
-
-
-def convert_folder(path, out, class_names: tuple[str, ...] | None = None, null_class: int | None = None) -> Path:
-    """Write the folder as one of our .safetensors checkpoints (network recorded as DiffusersUNet2D)."""
-    folder = read_folder(path, class_names, null_class)
-    model = load_folder(path)
-    training = model.training | {"command": f"python -m diffusion import-diffusers {folder.path.name}",
-                                 "weights_sha256": model.sha256}
-    return save_checkpoint(out, "denoiser", model.network, folder.config, training, folder.card)
+    return ModelSource("denoiser", folder.config, training, folder.card, folder.path, Path(WEIGHTS), header,
+                       data_size, data, weights_of="unet")
 
 
 # --- private ------------------------------------------------------------------------------------
@@ -233,12 +215,6 @@ def _weights_path(folder: Path) -> Path:
     if pickled:
         raise CheckpointError(f"{folder.name}: {CONVERT_HINT.format(found=', '.join(pickled))}")
     raise CheckpointError(f"{folder.name}: missing {WEIGHTS}")
-
-
-def _build(folder: DiffusersFolder, device=None) -> torch.nn.Module:
-    """The adapter network, built as checkpoint files build theirs (the same errors, named by the folder)."""
-    return build_from_config(folder.path, {"network": "DiffusersUNet2D", "network_config": folder.network_config},
-                             None if device is None else torch.device(device))
 
 
 @contextmanager

@@ -13,7 +13,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .checkpoint import CheckpointError, atomic_write, read_metadata
+from .checkpoint import CheckpointError, read_metadata
+from .outputs import atomic_write
 
 MANIFEST_NAME = "MANIFEST.json"
 

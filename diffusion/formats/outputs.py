@@ -6,6 +6,7 @@ a refused command has cost nothing.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -25,3 +26,21 @@ def refuse_to_replace(path, overwrite: bool) -> Path:
 def quick_output_dir(command: str) -> Path:
     """A fresh temporary folder for a --quick run given no explicit output place."""
     return Path(tempfile.mkdtemp(prefix=f"diffusion-{command}-quick-"))
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call write(temporary path) for a file in path's folder, then rename it over path: a reader sees the old file
+    or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -15,7 +15,7 @@ import torch
 
 from ..formats.data import to_uint8
 from ..core.denoiser import Denoiser
-from ..formats.checkpoint import LoadedModel
+from ..formats.model_build import LoadedModel
 from .budget import Work
 from .engine import (GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, SampleRequest, SampleResult, check_request,
                      check_work, image_shape, run_request)

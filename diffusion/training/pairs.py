@@ -21,7 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..formats.checkpoint import atomic_write, load_checkpoint
+from ..formats.checkpoint import load_checkpoint
+from ..formats.outputs import atomic_write
 from ..formats.data import DataError
 from ..core.denoiser import Denoiser, Guidance
 from ..serving.engine import SampleRequest, guidance_of

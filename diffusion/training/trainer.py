@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from ..formats.checkpoint import atomic_write, save_checkpoint
+from ..formats.checkpoint import save_checkpoint
+from ..formats.outputs import atomic_write
 from ..formats.data import ImageDataset
 from ..serving.distributed import default_device, process_group
 from ..formats.images import image_grid, to_pil
