@@ -1,2 +1,2 @@
-"""The Gradio layer (the only part of the library that imports gradio): shared helpers and one module per
-tab as tabs move out of app.py. Handlers get the backend (a ModelCache) passed in, never a module global."""
+"""The Gradio layer, the top of the library: the only part that imports gradio, and nothing in the library imports
+it. Shared helpers and one module per tab. Handlers get the backend (a ModelCache) passed in, never a module global."""
