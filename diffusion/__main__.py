@@ -359,6 +359,10 @@ def benchmark_options(parser: argparse.ArgumentParser):
     parser.add_argument("--race", action="store_true", help="instead: time to a 16-image grid at >= 95 %% evaluator "
                         "accuracy for each model at its cheapest evaluated setting, and through the app")
     parser.add_argument("--race-repeats", type=positive_int, default=5)
+    parser.add_argument("--budget", action="store_true", help="instead: the work budget's estimate beside the measured "
+                        "time of 17 requests (batch 1-64, NFE 1-4000, every guidance and sampler kind, edits, studies)")
+    parser.add_argument("--budget-out", default=None, help="Markdown report of --budget (default "
+                        "docs/benchmarks-budget.md, with --quick a temporary folder; '' to skip)")
     parser.add_argument("--race-out", default=None, help="Markdown report of --race (default docs/benchmarks-race.md, "
                         "with --quick a temporary folder; '' to skip)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(network) (takes minutes)")
@@ -372,6 +376,8 @@ def command_benchmark(args):
 
     if args.race:
         return command_race(args)
+    if args.budget:
+        return command_budget_table(args)
 
     out = _report_path(args.out, "docs/benchmarks.md", "benchmarks.md", args)
     config = BenchConfig(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir, batch=args.batch,
@@ -391,6 +397,21 @@ def _report_path(given: str | None, default: str, name: str, args) -> Path | Non
         return None
     path = Path(given) if given else quick_output_dir("benchmark") / name if args.quick else Path(default)
     return refuse_to_replace(output_in_existing_folder(path), args.overwrite)
+
+
+def command_budget_table(args):
+    from .evaluation.budget_table import run_budget_table
+
+    out = _report_path(args.budget_out, "docs/benchmarks-budget.md", "benchmarks-budget.md", args)
+    rows, text = run_budget_table(args.checkpoint_dir, quick=args.quick,
+                                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(text)
+    if out:
+        out.write_text("# The work budget against the clock\n\nWritten by `python -m diffusion benchmark --budget`: "
+                       "each request estimated as its endpoint checks it (network calls x each network's measured "
+                       "per-call overhead + FLOPs, at the rate probed then), then run, one after another in one "
+                       "process.\n\n" + text + "\n")
+        print(f"written to {out}", file=sys.stderr)
 
 
 def command_race(args):

@@ -203,11 +203,15 @@ def test_the_work_budget_counts_flops_rows_and_models(checkpoint_dir):
     unet = cache.flops_per_image(cache.get("tiny"))
     classifier = cache.flops_per_image(cache.get("tiny-noisy-classifier"))
     assert 1e6 < unet < 1e8 and 0 < classifier < unet
+    overhead = cache.overhead_per_call(cache.get("tiny"))  # FLOP-equivalents of one call's fixed cost
     plain = SampleRequest(checkpoint="tiny", steps=10, batch_size=4, guidance="none", scale=1.0)
-    assert request_work(cache, plain) == Work(40, 40 * unet)
-    assert request_work(cache, SampleRequest(checkpoint="tiny", steps=10, batch_size=4)) == Work(80, 80 * unet)  # CFG
+    assert request_work(cache, plain) == Work(40, 40 * unet, 10 * overhead)  # 10 calls of 4 images
+    cfg = SampleRequest(checkpoint="tiny", steps=10, batch_size=4)  # both rows in one call: 10 calls of 8 rows
+    assert request_work(cache, cfg) == Work(80, 80 * unet, 10 * overhead)
     guided = request_work(cache, SampleRequest(checkpoint="tiny", steps=10, batch_size=4, guidance="classifier"))
     assert guided.flops == pytest.approx(40 * (unet + 3 * classifier))
+    classifier_overhead = cache.overhead_per_call(cache.get("tiny-noisy-classifier"))
+    assert guided.overhead_flops == pytest.approx(10 * (overhead + 3 * classifier_overhead))
     flow = FlowRequest(checkpoint="tiny-nice", batch_size=16)
     assert request_work(cache, flow).evaluations == 16
 
@@ -236,10 +240,11 @@ def test_every_endpoint_refuses_work_over_the_budget_before_starting(checkpoint_
 
 
 def test_a_measured_budget_estimates_the_default_generate_at_seconds_not_minutes(checkpoint_dir):
-    from diffusion.serving.budget import WorkBudget, measured_flops_per_second
+    from diffusion.serving.budget import MODEL_EFFICIENCY, WorkBudget, matmul_flops_per_second
 
-    assert measured_flops_per_second("cpu") > 1e9  # any machine that runs this does a GFLOP/s
-    assert WorkBudget().rate == pytest.approx(0.6 * measured_flops_per_second("cpu"))
+    assert matmul_flops_per_second("cpu") > 1e9  # any machine that runs this does a GFLOP/s
+    budget = WorkBudget()
+    assert budget.rate == pytest.approx(MODEL_EFFICIENCY * budget.machine_rate.probes[0])
 
 
 def test_the_command_line_answers_a_deeply_nested_file_in_one_line(tmp_path):

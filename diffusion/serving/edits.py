@@ -145,7 +145,7 @@ def edit_work(cache: ModelCache, request: EditRequest, model) -> Work:
     base = request.base
     per_evaluation = request_work(cache, replace(base, steps=1, sampler="ddim") if isinstance(base, SampleRequest)
                                   else base, model)
-    return Work(per_evaluation.evaluations * edit_nfe(request), per_evaluation.flops * edit_nfe(request))
+    return per_evaluation * edit_nfe(request)
 
 
 # --- running --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ seed means the same images on every device.
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import time
 from collections import OrderedDict
@@ -25,7 +26,7 @@ import torch
 from .budget import Work, WorkBudget
 from ..formats.checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
 from .compiled import BackgroundCompiler, CompiledNetwork
-from ..core.denoiser import Denoiser
+from ..core.denoiser import Denoiser, classifier_log_prob_gradient
 from ..core.guidance import GUIDANCE_MODES, Guidance
 from ..formats.diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
 from ..core.sampling import MAX_SDE_LOG_SNR_STEP, ODE_SOLVERS, SAMPLERS, draw_noise, image_generators, log_snr_step
@@ -38,7 +39,6 @@ MAX_BATCH = 64
 MAX_SCALE = 100.0
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 2.0
-MIN_TIMED_SECONDS = 0.3  # runs shorter than this are too short to estimate the machine's speed from
 GENERATIVE_KINDS = ("denoiser", "normalizing-flow")  # checkpoint kinds that make images
 
 
@@ -308,9 +308,10 @@ class ModelCache:
         # What one request may cost. None: unbounded, for the command line and evaluations, whose long jobs are the
         # point; the app passes its bounded budget (app.py --max-request-seconds).
         budget = budget or WorkBudget(seconds=math.inf)
-        self.budget = budget if budget.device_type else replace(budget, device_type=self.device.type)
+        self.budget = budget if budget.device_type else replace(budget, device_type=self.device.type,
+                                                                 machine_rate=None)
         self._flops: dict[str, float] = {}  # FLOPs of one image through a model, by the file's SHA-256
-        self.observed_rate: float | None = None  # FLOP/s of the last sampling run long enough to time (estimates)
+        self._overheads: dict[str, float] = {}  # a call's fixed cost in FLOP-equivalents, by the file's SHA-256
         self._models: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
         self._entries: dict[Path, tuple[tuple, CheckpointEntry]] = {}
         self._lock = threading.Lock()
@@ -362,14 +363,31 @@ class ModelCache:
             self._flops[key] = _count_flops(model, self.device)
         return self._flops[key]
 
-    def estimate_seconds(self, work: Work) -> float:
-        """How long `work` should take here: at the rate the last timed run reached, else the budget's rate."""
-        return work.flops / self.observed_rate if self.observed_rate else self.budget.estimate_seconds(work)
+    def overhead_per_call(self, model: LoadedModel) -> float:
+        """A network call's fixed cost in FLOP-equivalents: seconds of a batch-1 call x the rate now - its FLOPs
+        (measured once per file, as it loads)."""
+        key = model.sha256 or str(id(model))
+        if key not in self._overheads:
+            # A noisy classifier's call is a gradient, about 3 forwards (network_work's passes): per forward here.
+            # The seconds and the rate they are turned into FLOPs with come from the same moment (a probe on each
+            # side of the timing), so a load that slows both cancels out of the overhead.
+            passes = 3 if model.kind == "noisy-classifier" else 1
+            before = self.budget.probe_rate()
+            seconds = _seconds_per_call(model, self.device)
+            rate = (before + self.budget.probe_rate()) / 2
+            self._overheads[key] = max(0.0, seconds * rate - passes * self.flops_per_image(model)) / passes
+        return self._overheads[key]
 
-    def observe(self, work: Work, seconds: float) -> None:
-        """A finished run's speed, for the next estimate (runs under MIN_TIMED_SECONDS are too short to time)."""
-        if seconds >= MIN_TIMED_SECONDS and work.flops > 0:
-            self.observed_rate = work.flops / seconds
+    def network_work(self, model: LoadedModel, calls: int, images_per_call: int, passes: float = 1.0) -> Work:
+        """`calls` calls of the model's network on `images_per_call` images each; `passes`: forward-equivalents
+        per call (3 for a forward and a backward pass)."""
+        evaluations = int(calls) * int(images_per_call)
+        return Work(evaluations, evaluations * passes * self.flops_per_image(model),
+                    int(calls) * passes * self.overhead_per_call(model))
+
+    def estimate_seconds(self, work: Work) -> float:
+        """How long `work` should take here now (the budget's rate, re-measured while the server lives)."""
+        return self.budget.estimate_seconds(work)
 
     def names(self, *kinds: str) -> list[str]:
         """Available checkpoints of the given kinds, in listing order (files, then folders)."""
@@ -416,7 +434,7 @@ class ModelCache:
             self.loads += 1
             if signature_of(path) != signature:  # replaced while we read it: do not serve a mix
                 raise RequestError(f"checkpoint {name!r:.60} changed while loading; try again")
-            self.flops_per_image(model)  # counted once, as it loads: the work budget never runs a model later
+            self.overhead_per_call(model)  # measured once, as it loads: the work budget never runs a model later
             # Convolution weights in channels_last (NHWC), oneDNN's fast layout on a CPU (issue 30): fashion-diffusion's
             # forward 10 % faster at batch 16 and 8 % at 32, measured here, outputs within 2e-6 of NCHW. Inputs need
             # no change: a convolution with channels_last weights computes in that layout. After the FLOP count,
@@ -467,21 +485,47 @@ def _count_flops(model: LoadedModel, device) -> float:
     return float(max(counter.get_total_flops(), 1))
 
 
+def _seconds_per_call(model: LoadedModel, device, repeats: int = 3) -> float:
+    """Wall seconds of one call on a batch of one (the median of `repeats`, after a warm-up call)."""
+    x = torch.zeros(1, *image_shape(model), device=device)
+    labels = torch.zeros(1, dtype=torch.long, device=device) if model.class_names else None
+    if model.kind == "normalizing-flow":
+        call = lambda: model.network.decode(x, labels)  # noqa: E731
+    elif model.kind == "denoiser":
+        denoise = Denoiser(model.network, model.schedule, model.parameterization, labels=labels)
+        call = lambda: denoise(x, 0.5)  # noqa: E731
+    elif model.kind == "noisy-classifier":  # it serves as guidance: a forward and a backward pass, timed whole
+        call = lambda: classifier_log_prob_gradient(model.network, x, 1.0, 1.0, 0.0, labels)  # noqa: E731
+    else:
+        call = lambda: model.network(x, torch.zeros(1, device=device))  # noqa: E731
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            call()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
 def request_work(cache: ModelCache, request: SampleRequest | FlowRequest, model: LoadedModel | None = None) -> Work:
-    """What a valid request will cost (check_request it first): images x network evaluations, and the FLOPs of
-    every network a step runs: both rows of classifier-free guidance, autoguidance's weaker model, and the noisy
-    classifier's forward and backward pass (about 3 forwards)."""
-    per_image = cache.flops_per_image(model or cache.get(request.checkpoint))
+    """What a valid request will cost (check_request it first): per network evaluation one call of every network a
+    step runs, on the request's images: the model (both rows of classifier-free guidance in one call), autoguidance's
+    weaker model, and the noisy classifier's forward and backward pass (about 3 forwards)."""
+    model = model or cache.get(request.checkpoint)
+    images = int(request.batch_size)
     if isinstance(request, FlowRequest):
-        return Work(int(request.batch_size), int(request.batch_size) * per_image)
-    if request.guidance == "cfg":
-        per_image *= 2
-    elif request.guidance == "autoguidance":
-        per_image += cache.flops_per_image(cache.get(guide_name(request)))
+        return cache.network_work(model, 1, images)
+    calls = expected_nfe(request)
+    work = cache.network_work(model, calls, images * (2 if request.guidance == "cfg" else 1))
+    if request.guidance == "autoguidance":
+        work += cache.network_work(cache.get(guide_name(request)), calls, images)
     elif request.guidance == "classifier":
-        per_image += 3 * cache.flops_per_image(cache.first_of_kind("noisy-classifier"))
-    evaluations = int(request.batch_size) * expected_nfe(request)
-    return Work(evaluations * (2 if request.guidance == "cfg" else 1), evaluations * per_image)
+        work += cache.network_work(cache.first_of_kind("noisy-classifier"), calls, images, passes=3)
+    return work
 
 
 def check_work(cache: ModelCache, requests, what: str = "this request", extra: Work = Work(),
@@ -606,7 +650,6 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
         return run_flow_request(cache, request, x_T, model)
     model, classifier, guide = prepare(cache, request, model)
     check_work(cache, [request], model=model)
-    work = request_work(cache, request, model)
     device = cache.device
     schedule = model.schedule
     trajectory, total = [], expected_nfe(request)
@@ -633,8 +676,6 @@ def run_request(cache: ModelCache, request: SampleRequest | FlowRequest, progres
                                                       callback=callback, **sampler_options(request))
             images = _finite(images.float(), request).clamp(-1, 1).cpu()
     seconds = time.perf_counter() - started
-    if not (record_trajectory or trace_guidance):  # their per-step copies and syncs are not the network's speed
-        cache.observe(work, seconds)
     return SampleResult(images, denoise.nfe, seconds, denoise.trace, request, trajectory, model.sha256,
                         model.class_names)
 

@@ -56,10 +56,11 @@ def likelihood_lens(cache: ModelCache, checkpoints: list[str], pixels: torch.Ten
     gets its Hutchinson probe, from generator (seed, i). progress(column, fraction) while an ODE is solved."""
     names = list(dict.fromkeys(checkpoints or []))
     models = generative_models(cache, names, tuple(pixels.shape))
-    ode_evaluations = [0 if model.kind == "normalizing-flow" else LENS_TYPICAL_NFE * len(PROBES) for model in models]
+    # A flow: one exact pass of the probes; a denoiser: an ODE solve of them together, each call a forward and a
+    # vector-Jacobian product (about 3 forwards).
     check_work(cache, [], "this likelihood lens", extra=sum(
-        (Work(n or len(PROBES), (3 * n or len(PROBES)) * cache.flops_per_image(model))
-         for n, model in zip(ode_evaluations, models)), Work()))
+        (cache.network_work(model, 1, len(PROBES)) if model.kind == "normalizing-flow"
+         else cache.network_work(model, LENS_TYPICAL_NFE, len(PROBES), passes=3) for model in models), Work()))
     images = probe_images(pixels, seed)
     generators = image_generators(seed, len(images))
     x = dequantize_each(images, generators).to(cache.device)

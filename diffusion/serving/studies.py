@@ -277,7 +277,7 @@ def encode_image(cache: ModelCache, checkpoints: list[str], image: torch.Tensor,
         if label is not None and not 0 <= label < len(model.class_names):
             raise RequestError(f"checkpoint {name!r:.60} has no class {label}")
     evaluations = [1 if model.kind == "normalizing-flow" else 2 * sum(int(s) for s in step_counts) for model in models]
-    check_work(cache, [], "this encoding", extra=sum((Work(n, n * cache.flops_per_image(model))
+    check_work(cache, [], "this encoding", extra=sum((cache.network_work(model, n, 1)
                                                        for n, model in zip(evaluations, models)), Work()))
     device = cache.device
     x = image.to(device)
