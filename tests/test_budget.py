@@ -94,3 +94,42 @@ def test_the_budget_table_runs_every_kind_of_request_quickly(tmp_path):
                  "X/Y"):
         assert kind in labels
     assert all(float(line.split("|")[3]) > 0 and float(line.split("|")[4]) > 0 for line in table)
+
+
+def test_a_run_past_twice_its_limit_is_stopped_with_a_sentence():
+    import time as clock
+
+    import gradio as gr
+
+    from diffusion.app.common import run_in_worker
+
+    evaluations = []
+
+    def work(emit):
+        for step in range(10_000):  # one emit per network evaluation, as the samplers' progress does
+            clock.sleep(0.01)
+            evaluations.append(step)
+            emit(("progress", step))
+
+    with pytest.raises(gr.Error, match=r"passed twice the 0 s limit per request"):
+        for _ in run_in_worker(work, lambda event: None, limit_seconds=0.1):
+            pass
+    assert 10 < len(evaluations) < 10_000  # it ran past 0.2 s and then stopped
+
+
+def test_generate_stops_a_run_whose_estimate_was_wrong(checkpoint_dir):
+    """The estimate says the run fits (a budget whose estimates are all 0 s), the clock says otherwise: the
+    Generate handler stops it at twice its limit instead of running on."""
+    import gradio as gr
+
+    from diffusion.app.generate import generate
+
+    class WrongBudget(WorkBudget):
+        def estimate_seconds(self, work):
+            return 0.0
+
+    cache = ModelCache(checkpoint_dir, budget=WrongBudget(seconds=0.05))
+    handler = generate(cache, "tiny", "ddim", "heun", 1000, 0.0, "uniform", "none", 0, 1.0, False, 0, 64)
+    with pytest.raises(gr.Error, match="passed twice the 0 s limit"):
+        for _ in handler:
+            pass

@@ -237,20 +237,27 @@ TICK = object()  # run_in_worker's "nothing to show": a point where Gradio may c
 TICK_SECONDS = 0.05  # at most this long between such points (plus one network evaluation)
 
 
-def run_in_worker(work, on_event):
+def run_in_worker(work, on_event, limit_seconds: float = math.inf):
     """Run `work(emit)` in a thread; yield what on_event makes of each emitted event (TICK for nothing),
     then ("result", value).
 
     Cancelling works through the generator: Gradio closes it at a yield, and then the next `emit` (the work
     emits after every network evaluation) raises Cancelled in the worker, so sampling stops within one
-    evaluation and this generator returns only once the worker has stopped, freeing the queue's slot."""
+    evaluation and this generator returns only once the worker has stopped, freeing the queue's slot.
+    The same point enforces the work budget: a run past twice `limit_seconds` (the budget it was estimated
+    under) is stopped with a sentence, so a wrong estimate costs at most 2x the limit."""
     events: queue.Queue = queue.Queue()
     outcome = {}
     cancelled = threading.Event()
+    started = time.monotonic()
 
     def emit(event):
         if cancelled.is_set():
             raise Cancelled()
+        if time.monotonic() - started > 2 * limit_seconds:
+            raise SamplingError(f"stopped after {time.monotonic() - started:,.0f} s: this run passed twice the "
+                                f"{limit_seconds:,.0f} s limit per request it was estimated under; run fewer images, "
+                                f"steps or cells")
         events.put(event)
 
     def target():
@@ -289,10 +296,11 @@ def run_in_worker(work, on_event):
         worker.join()
 
 
-def stream_result(work, on_event, outputs: int):
+def stream_result(work, on_event, outputs: int, limit_seconds: float = math.inf):
     """For generator handlers: yield no-op updates of `outputs` components while `work` runs (each one a point
-    where the handler can be cancelled), pass on on_event's own updates, and return the work's result."""
-    for update in run_in_worker(work, on_event):
+    where the handler can be cancelled), pass on on_event's own updates, and return the work's result; a run past
+    twice `limit_seconds` is stopped (run_in_worker)."""
+    for update in run_in_worker(work, on_event, limit_seconds):
         if update is TICK:
             yield tuple(gr.skip() for _ in range(outputs))
         elif update[0] == "result":

@@ -45,7 +45,7 @@ def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, b
         i, done, total = event
         progress((i * 1000 + done * 1000 // total, 3000), desc=f"{requests[i].sampler.upper()}: {done}/{total}")
 
-    results, manifest = yield from stream_result(work, on_event, outputs=10)
+    results, manifest = yield from stream_result(work, on_event, outputs=10, limit_seconds=cache.budget.seconds)
     columns = min(4, results[0].request.batch_size)
     study = {"tab": "compare", "ddpm_steps": requests[0].steps, "ddim_steps": requests[1].steps,
              "ode_steps": requests[2].steps}
@@ -77,7 +77,7 @@ def compare_few_steps(cache: ModelCache, student, steps_text, class_index, seed,
         progress((cell * total + done, cells * total), desc=f"cell {cell + 1}/{cells}")
 
     cells = yield from stream_result(lambda emit: run_grid(cache, plan, progress=lambda *event: emit(event)),
-                                     on_event, outputs=2)
+                                     on_event, outputs=2, limit_seconds=cache.budget.seconds)
     picture = grid_picture(plan, cells, columns=min(4, base.batch_size))
     table = "| | " + " | ".join(f"{n} steps" for n in plan.x_values) + " |\n|---|" + "---|" * len(plan.x_values) + "\n"
     for label, row in zip(plan.y_values, cells):

@@ -157,7 +157,7 @@ def perform_edit(cache: ModelCache, image, mask, request: EditRequest, model, no
             return None
         return gr.skip(), grid_pil(event[1], columns), gr.skip()
 
-    result = yield from stream_result(work, on_event, outputs=3)
+    result = yield from stream_result(work, on_event, outputs=3, limit_seconds=cache.budget.seconds)
     grid = save_png(result.images, columns, f"edit-{request.method}")
     yield side_by_side(image, mask, result), grid, caption(request, model, result, note)
 

@@ -62,7 +62,7 @@ def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size
     except RequestError as error:
         raise user_error(error) from None
     columns = yield from _run(lambda emit: same_noise(cache, requests, progress=lambda i, d, t: emit((i, d, t))),
-                              progress, len(requests), outputs=3)
+                              progress, len(requests), outputs=3, limit_seconds=cache.budget.seconds)
     per_row = requests[0].batch_size  # one row per model: each column is one noise through every model
     everything = torch.cat([c.result.images for c in columns])
     yield (grid_pil(everything, per_row), _table(columns),
@@ -83,7 +83,7 @@ def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b,
     except RequestError as error:
         raise user_error(error) from None
     columns = yield from _run(lambda emit: same_noise(cache, requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
-                              progress, len(requests), outputs=3)
+                              progress, len(requests), outputs=3, limit_seconds=cache.budget.seconds)
     strip = torch.cat([c.result.images for c in columns])  # one row per model
     gif_frames = [grid_pil(torch.stack([c.result.images[k] for c in columns]), len(columns), SINGLE_PX)
                   for k in range(frames)]
@@ -103,7 +103,8 @@ def run_encode(cache: ModelCache, checkpoints, index, progress=gr.Progress()):
         raise user_error(error) from None
     inversions = yield from _run(lambda emit: encode_image(cache, names, image, label,
                                                            progress=lambda i, d, t: emit((i, d, t))),
-                                 progress, max(len(names), 1), outputs=2)
+                                 progress, max(len(names), 1), outputs=2,
+                                 limit_seconds=cache.budget.seconds)
     model = cache.get(inversions[0].checkpoint)
     class_name = model.class_names[label] if label < len(model.class_names) else str(label)
     gallery = [(pil_images(image)[0], f"test image {index}: {class_name}")]
@@ -123,14 +124,14 @@ def run_encode(cache: ModelCache, checkpoints, index, progress=gr.Progress()):
     yield gallery, text
 
 
-def _run(work, progress, columns: int, outputs: int):
+def _run(work, progress, columns: int, outputs: int, limit_seconds: float):
     """Generator: the study's result, with no-op updates while it runs (points where it can be cancelled)."""
     def on_event(event):
         i, done, total = event
         if progress is not None:
             progress((i * 1000 + done * 1000 // max(total, 1), columns * 1000), desc=f"model {i + 1}/{columns}")
 
-    return (yield from stream_result(work, on_event, outputs))
+    return (yield from stream_result(work, on_event, outputs, limit_seconds=limit_seconds))
 
 
 # --- layout -----------------------------------------------------------------------------------

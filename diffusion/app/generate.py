@@ -71,7 +71,7 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
             return None, preview, f"step {event[1] + 1}/{request.steps}: x0 estimate", None
         return None
 
-    result = yield from stream_result(work, on_event, outputs=4)
+    result = yield from stream_result(work, on_event, outputs=4, limit_seconds=cache.budget.seconds)
     yield finished(cache, result, columns)
 
 

@@ -154,7 +154,7 @@ def run_lens(cache: ModelCache, checkpoints, source, index, upload, sample_check
 
     columns = yield from stream_result(
         lambda emit: likelihood_lens(cache, names, image, seed, progress=lambda column, fraction: emit((column, fraction))),
-        on_event, outputs=4)
+        on_event, outputs=4, limit_seconds=cache.budget.seconds)
     probes = likelihood_probes_gallery(image, seed, columns)
     yield probes, lens_table(columns) + "\n\n" + verdict(columns), plot_paths(columns), caption
 

@@ -48,7 +48,7 @@ def sweep(cache: ModelCache, checkpoint, class_index, scales_text, methods, seed
         row, rows, done, total = event
         progress((row * total + done, rows * total), desc=f"row {row + 1}/{rows}")
 
-    rows = yield from stream_result(work, on_event, outputs=5)
+    rows = yield from stream_result(work, on_event, outputs=5, limit_seconds=cache.budget.seconds)
     labels = [row_label(r) for r in rows]
     study = {"tab": "sweep", "scales": str(scales_text), "methods": methods}
     grid = save_picture(labelled_rows([grid_pil(r.result.images, columns=base.batch_size, target_px=EXPORT_PX)

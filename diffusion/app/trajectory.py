@@ -31,7 +31,7 @@ def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guida
     def on_event(event):
         progress(event, desc="sampling")
 
-    result, picked, readout = yield from stream_result(work, on_event, outputs=4)
+    result, picked, readout = yield from stream_result(work, on_event, outputs=4, limit_seconds=cache.budget.seconds)
     strip = grid_pil(torch.stack([p[3] for p in picked] + [p[4] for p in picked]), columns=len(picked))
     axis = " | ".join(f"t={t:.2f}, λ={lam:+.1f}" if lam != float("inf") else "t=0 (data)" for _, t, lam, _, _ in picked)
     frames_pil = [grid_pil(torch.stack([p[3], p[4]]), columns=2, target_px=SINGLE_PX) for p in picked]

@@ -43,7 +43,7 @@ def xy_grid(cache: ModelCache, checkpoint, sampler, solver, steps, spacing, guid
         cell, cells, done, total = event
         progress((cell * total + done, cells * total), desc=f"cell {cell + 1}/{cells}: {done}/{total}")
 
-    cells = yield from stream_result(work, on_event, outputs=4)
+    cells = yield from stream_result(work, on_event, outputs=4, limit_seconds=cache.budget.seconds)
     picture = grid_picture(plan, cells, columns=min(4, base.batch_size))
     first = cells[0][0].result
     study = {"tab": "xy", "x_field": str(x_field), "x_values": str(x_values), "y_field": str(y_field or ""),
