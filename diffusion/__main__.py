@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import typing
 from pathlib import Path
@@ -39,7 +40,8 @@ def _dataclass_options(parser: argparse.ArgumentParser, cls, prefix: str = ""):
         elif typing.get_origin(kind) is tuple:
             parser.add_argument(option, dest=name, type=int, nargs="+", default=None, help=f"(default {default})")
         else:
-            parser.add_argument(option, dest=name, type=kind, default=None, help=f"(default {default!r})")
+            parser.add_argument(option, dest=name, type=finite_float if kind is float else kind, default=None,
+                                help=f"(default {default!r})")
 
 
 def _apply_overrides(config, args: argparse.Namespace, prefix: str = ""):
@@ -112,7 +114,7 @@ def pairs_options(parser: argparse.ArgumentParser):
     parser.add_argument("--shard-size", type=positive_int, default=1000)
     parser.add_argument("--solver", default="dpm++2m", help="euler, heun or dpm++2m")
     parser.add_argument("--steps", type=positive_int, default=20)
-    parser.add_argument("--scale", type=float, default=2.0, help="the teacher's classifier-free guidance")
+    parser.add_argument("--scale", type=finite_float, default=2.0, help="the teacher's classifier-free guidance")
     parser.add_argument("--method", default="cfg", choices=PAIR_METHODS,
                         help="how the teacher is guided at --scale (guidance.GUIDANCE_METHODS)")
     parser.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=True)
@@ -127,7 +129,7 @@ def command_pairs(args):
     from .serving.distributed import default_device, is_main
     from .training.pairs import PairConfig, generate_pairs
 
-    output_in_existing_folder(args.out)  # the shard folder may be new; its parent must exist
+    output_folder(args.out)  # the shard folder may be new; its parent must exist
     count, shard = (40, 20) if args.quick else (args.count, args.shard_size)
     config = PairConfig(teacher=args.teacher, count=count, shard_size=shard, solver=args.solver,
                         steps=3 if args.quick else args.steps, scale=args.scale, method=args.method, seed=args.seed,
@@ -149,8 +151,8 @@ DENOISER_SAMPLE_DEFAULTS = {"sampler": "ddim", "solver": "heun", "steps": 50, "e
 def large_teacher_options(parser: argparse.ArgumentParser):
     from .training.large_teacher import LargeTeacherConfig
 
-    parser.add_argument("--teacher-minutes", type=float, default=LargeTeacherConfig.teacher_minutes)
-    parser.add_argument("--student-minutes", type=float, default=LargeTeacherConfig.student_minutes)
+    parser.add_argument("--teacher-minutes", type=finite_float, default=LargeTeacherConfig.teacher_minutes)
+    parser.add_argument("--student-minutes", type=finite_float, default=LargeTeacherConfig.student_minutes)
     parser.add_argument("--pairs", type=positive_int, default=LargeTeacherConfig.pairs)
     parser.add_argument("--out", default=None, help="folder of the runs, the pairs and (under export/) the exported "
                         "files (default runs/large-teacher; with --quick a temporary folder)")
@@ -182,15 +184,15 @@ def sample_options(parser: argparse.ArgumentParser):
     parser.add_argument("--sampler", choices=list(SAMPLERS), help="denoisers (default ddim)")
     parser.add_argument("--solver", help="ODE solver: euler, heun, dpm++2m (default heun)")
     parser.add_argument("--steps", type=positive_int, help="denoisers (default 50)")
-    parser.add_argument("--eta", type=float, help="DDIM eta (default 0)")
+    parser.add_argument("--eta", type=finite_float, help="DDIM eta (default 0)")
     parser.add_argument("--spacing", choices=list(SPACINGS), help="time spacing (default uniform; leading: diffusers' default)")
     parser.add_argument("--guidance", choices=list(GUIDANCE_MODES), help="denoisers (default cfg; autoguidance guides "
                         "with CHECKPOINT-weak)")
-    parser.add_argument("--class", dest="class_index", default="0", help="class index, or 'all' for one row per class")
-    parser.add_argument("--scale", type=float, help="guidance scale (default 3)")
+    parser.add_argument("--class", dest="class_index", default="0", help="class, by index or name (any case), or 'all' for one row per class")
+    parser.add_argument("--scale", type=finite_float, help="guidance scale (default 3)")
     parser.add_argument("--self-condition", action=argparse.BooleanOptionalAction, default=None,
                         help="denoisers trained with it (default off)")
-    parser.add_argument("--temperature", type=float, help="normalizing flows: z ~ N(0, T^2 I) (default 1)")
+    parser.add_argument("--temperature", type=finite_float, help="normalizing flows: z ~ N(0, T^2 I) (default 1)")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--count", type=positive_int, help="images of one class (default: --batch-size); image i "
                         "has the noise of (seed, i), however the requests are split")
@@ -246,7 +248,7 @@ def _sample_requests(args):
     import dataclasses as dc
 
     from .serving.distributed import default_device
-    from .serving.engine import FlowRequest, ModelCache, RequestError, SampleRequest
+    from .serving.engine import FlowRequest, ModelCache, RequestError, SampleRequest, class_index_of
 
     given = Path(args.checkpoint)
     is_path = given.suffix == ".safetensors" or len(given.parts) > 1
@@ -257,7 +259,8 @@ def _sample_requests(args):
     if every_class and args.count is not None:
         raise RequestError("--count applies to one class; --class all makes --columns images per class")
     count = args.batch_size if args.count is None else args.count
-    common = dict(checkpoint=name, class_index=0 if every_class else int(args.class_index), seed=args.seed,
+    class_index = 0 if every_class else class_index_of(args.class_index, cache.get(name).class_names)
+    common = dict(checkpoint=name, class_index=class_index, seed=args.seed,
                   batch_size=args.columns if every_class else min(args.batch_size, count))
     sampler_options = {key: getattr(args, key) for key in DENOISER_SAMPLE_DEFAULTS if getattr(args, key) is not None}
     if kind == "normalizing-flow":
@@ -315,7 +318,7 @@ def evaluate_options(parser: argparse.ArgumentParser):
     parser.add_argument("--parts", nargs="+", default=None, choices=[part.cli_name for part in PARTS.values()],
                         help=parts_help())
     parser.add_argument("--likelihood-images", type=positive_int, default=1000, help="test images for the likelihood part")
-    parser.add_argument("--likelihood-tolerance", type=float, default=1e-4,
+    parser.add_argument("--likelihood-tolerance", type=finite_float, default=1e-4,
                         help="the probability-flow ODE solver's rtol = atol (dopri5)")
     parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="the samplers part: only these "
                         "samplers' rows (default: every sampler)")
@@ -366,7 +369,7 @@ def benchmark_options(parser: argparse.ArgumentParser):
     parser.add_argument("--race-out", default=None, help="Markdown report of --race (default docs/benchmarks-race.md, "
                         "with --quick a temporary folder; '' to skip)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(network) (takes minutes)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
+    parser.add_argument("--peak-tflops", type=finite_float, default=None,
                         help="the device's peak TFLOP/s for this dtype, for the fraction-of-peak row")
     _overwrite_option(parser, "the report")
 
@@ -490,11 +493,30 @@ def whole_number_at_least(minimum: int):
 positive_int, non_negative_int = whole_number_at_least(1), whole_number_at_least(0)
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (NaN and infinity are refused wherever a number is read)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text[:40]!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text[:40]!r}")
+    return value
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A wrong argument is answered with one line (argparse prints the whole usage block first)."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def output_folder(path) -> Path:
+    """A folder a command writes several files into: new or an existing folder, never an existing file."""
+    path = output_in_existing_folder(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExists(f"cannot write into {path}: it is a file, and --out names a folder")
+    return path
 
 
 def output_in_existing_folder(path) -> Path:
@@ -516,7 +538,7 @@ def command_lab2d_report(args):
     """The 2-D lab's convergence-order plot and guidance-support table, with their reading (README.md)."""
     from .lab2d.report import QUICK, REPORT_FILES, ReportSettings, write_report
 
-    out = Path(args.out) if args.out else quick_output_dir("lab2d-report") if args.quick else Path(LAB2D_DIR)
+    out = output_folder(args.out) if args.out else quick_output_dir("lab2d-report") if args.quick else Path(LAB2D_DIR)
     for name in REPORT_FILES:
         refuse_to_replace(out / name, args.overwrite)
     for path in write_report(out, QUICK if args.quick else ReportSettings()):

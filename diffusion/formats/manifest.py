@@ -97,6 +97,10 @@ def update_manifest(folder: Path, names) -> dict[str, ManifestRow]:
         if (folder / MANIFEST_NAME).exists():
             raise
         rows = {}
+    unknown = [name for name in names if not (folder / name).exists() and name not in rows]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: neither a file in {folder} nor a row of its {MANIFEST_NAME} "
+                         f"(rows: {', '.join(sorted(rows)) or 'none'})")
     for name in names:
         path = folder / name
         if path.exists():

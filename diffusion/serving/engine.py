@@ -599,6 +599,23 @@ def check_request(cache: ModelCache, request: SampleRequest | FlowRequest, model
     return prepare(cache, request, model)[0]
 
 
+def class_index_of(value, class_names) -> int:
+    """A class typed by index ("7", 7) or by name, in any case ("sneaker"), as an index of `class_names`; a
+    RequestError listing the classes otherwise."""
+    names = list(class_names)
+    text = str(value).strip()
+    if isinstance(value, int) and not isinstance(value, bool) or text.lstrip("-").isdigit():
+        index = int(text)
+        if 0 <= index < len(names):
+            return index
+        raise RequestError(f"class {index} is out of range: this checkpoint has classes 0-{len(names) - 1}")
+    by_name = {name.casefold(): i for i, name in enumerate(names)}
+    if text.casefold() in by_name:
+        return by_name[text.casefold()]
+    listed = ", ".join(f"{i} {name}" for i, name in enumerate(names)) or "none"
+    raise RequestError(f"class {text[:40]!r} is neither an index nor a class name of this checkpoint ({listed})")
+
+
 def image_shape(model: LoadedModel) -> tuple[int, int, int]:
     return model.config["image_channels"], model.config["image_size"], model.config["image_size"]
 
