@@ -4,6 +4,8 @@
                         exact denoiser, against steps; the fitted log-log slope is minus the solver's order
     guidance support    share of samples outside their class's support and distance to the class-conditional
                         distribution, for classifier-free guidance and autoguidance (Karras et al. 2024) at equal w
+    one-step students   the same two numbers for a learned MLP teacher, its reflow student and the student after
+                        adversarial distillation (adversarial.py), at one and two steps, beside the exact model
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import torch
 
 from ..core.guidance import Guidance
 from ..core.schedules import Schedule
+from .adversarial import AdversarialConfig, train_adversarial_student
 from .exact import ExactNetwork
 from .metrics import SampleQuality, exact_reference
 from .mixture import DISTRIBUTIONS, Mixture, balanced_labels, widened
-from .run import LabModel, sample_points
+from .run import LabModel, sample_points, starting_noise
+from .train import train_mlp, train_student
 
 # label -> (sampler, options, theoretical order). DDIM (eta 0) is ODE-Euler in data-prediction variables.
 SOLVERS = {
@@ -92,6 +96,40 @@ def guidance_support(mix: Mixture, *, scales=(1.0, 2.0, 3.0, 5.0, 8.0), count: i
     return rows
 
 
+@dataclass(frozen=True)
+class StudentRow:
+    model: str
+    steps: int
+    solver: str
+    quality: SampleQuality
+
+
+def one_step_students(mix: Mixture, *, count: int = 2000, train_steps: int = 1500,
+                      adversarial: AdversarialConfig = AdversarialConfig()) -> list[StudentRow]:
+    """The exact model, a learned MLP teacher, its reflow student and that student after adversarial distillation,
+    sampled from the same noise (flow schedule, classes balanced, no guidance)."""
+    teacher = train_mlp(mix, steps=train_steps)
+    student = train_student(teacher, mix.num_classes, steps=train_steps)
+    distilled = train_adversarial_student(teacher, student, mix, adversarial)
+    labels = balanced_labels(mix, count)
+    reference, x_T = exact_reference(mix, labels), starting_noise(0, count)
+    runs = [("exact model", LabModel(ExactNetwork(mix), "x0"), 30, "heun"), ("MLP teacher", teacher, 30, "heun"),
+            ("MLP teacher", teacher, 1, "euler"), ("reflow student", student, 1, "euler"),
+            ("reflow student", student, 2, "euler"), ("adversarially distilled student", distilled, 1, "euler"),
+            ("adversarially distilled student", distilled, 2, "euler")]
+    return [StudentRow(label, steps, solver, reference.quality(
+        sample_points(model, Schedule("flow"), labels, sampler="ode", steps=steps, options={"solver": solver},
+                      x_T=x_T).samples)) for label, model, steps, solver in runs]
+
+
+def students_markdown(name: str, rows: list[StudentRow]) -> str:
+    lines = [f"**{name}** (noise floor of the distance: {rows[0].quality.noise_floor:.3f})", "",
+             "| model | steps (ODE solver) | outside support | distance |", "|---|---|---|---|"]
+    lines += [f"| {r.model} | {r.steps} ({r.solver}) | {r.quality.outside_share:.1%} | {r.quality.distance:.3f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def plot_convergence(rows: list[ConvergenceRow], path: Path, title: str):
     import matplotlib
 
@@ -143,10 +181,14 @@ class ReportSettings:
     guidance_distributions: tuple[str, ...] = ("rings", "spirals", "tree")
     scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 8.0)
     guidance_count: int = 2000
+    student_distributions: tuple[str, ...] = ("rings", "spirals")
+    student_train_steps: int = 1500
+    adversarial: AdversarialConfig = AdversarialConfig()
 
 
 QUICK = ReportSettings(steps=(8, 16, 32), count=32, reference_steps=128, guidance_distributions=("rings",),
-                       scales=(1.0, 8.0), guidance_count=300)
+                       scales=(1.0, 8.0), guidance_count=300, student_distributions=("rings",), student_train_steps=40,
+                       adversarial=AdversarialConfig(steps=20, pairs=256))
 
 
 def write_report(out: Path, settings: ReportSettings = ReportSettings()) -> list[Path]:
@@ -166,13 +208,33 @@ def write_report(out: Path, settings: ReportSettings = ReportSettings()) -> list
                        f"{last.cfg.distance:.3f} ({last.cfg.distance / last.cfg.noise_floor:.1f}x the floor); "
                        f"autoguidance {last.autoguidance.outside_share:.1%} outside, distance "
                        f"{last.autoguidance.distance:.3f} ({last.autoguidance.distance / last.cfg.noise_floor:.1f}x)")
+    students = {name: one_step_students(DISTRIBUTIONS[name](), count=settings.guidance_count,
+                                        train_steps=settings.student_train_steps, adversarial=settings.adversarial)
+                for name in settings.student_distributions}
     readme = out / REPORT_FILES[1]
-    readme.write_text(README.format(distribution=settings.convergence_distribution, count=settings.count,
+    readme.write_text(README.format(students="\n\n".join(students_markdown(n, r) for n, r in students.items()),
+                                    student_summary=_student_summary(students), train_steps=settings.student_train_steps,
+                                    adversarial_steps=settings.adversarial.steps,
+                                    adversarial_weight=settings.adversarial.adversarial_weight,
+                                    distribution=settings.convergence_distribution, count=settings.count,
                                     reference=settings.reference_steps, convergence=convergence_markdown(rows),
                                     guidance="\n\n".join(tables), summary="\n".join(summary),
                                     samples=settings.guidance_count,
                                     factor=WEAK_FACTOR, slopes=", ".join(f"{r.solver} {r.slope:.2f}" for r in rows)))
     return [plot, readme]
+
+
+def _student_summary(students: dict[str, list[StudentRow]]) -> str:
+    lines = []
+    for name, rows in students.items():
+        by = {(r.model, r.steps): r.quality for r in rows}
+        teacher, reflow = by[("MLP teacher", 30)], by[("reflow student", 1)]
+        distilled = by[("adversarially distilled student", 1)]
+        lines.append(f"- {name}: one step of the distilled student {distilled.outside_share:.1%} outside, distance "
+                     f"{distilled.distance:.3f}; the reflow student's one step {reflow.outside_share:.1%}, "
+                     f"{reflow.distance:.3f}; the teacher's 30 Heun steps (59 evaluations) {teacher.outside_share:.1%}, "
+                     f"{teacher.distance:.3f}")
+    return "\n".join(lines)
 
 
 README = """# The 2-D lab's exact readings
@@ -219,4 +281,26 @@ samples leave their class's support; where they part (the tree's outer branches)
 crowd at the tips, so the share outside stays small while the distance grows. Autoguidance at the same w sharpens
 each class towards the cores of its own components: no sample leaves the support and the distance grows far
 less: Karras et al. 2024's claim, on their kind of example. `tests/test_lab2d_samplers.py` checks it on the rings.
+
+## One step as real as thirty: adversarial distillation
+
+Issue 41 asks for an instant model rewarded for looking real, tried first where the answer is exact. An MLP
+teacher is learned from exact samples ({train_steps} Adam steps, flow objective); its reflow student copies the
+teacher's ODE endpoints ({train_steps} steps); the adversarially distilled student starts from the reflow student
+and trains {adversarial_steps} more steps on the same distillation target plus a discriminator that sees exact
+samples of each class (`diffusion/lab2d/adversarial.py`: ADD, Sauer et al. 2023, non-saturating loss with an R1
+penalty, adversarial weight {adversarial_weight:g}). Every row starts from the same noise, classes balanced, no
+guidance; support and distance are measured as above.
+
+{students}
+
+Read:
+
+{student_summary}
+
+One step of the reflow student lands between the classes' arms where it cannot copy its teacher (the average of
+the endpoints it was shown); the discriminator punishes exactly those points, so the distilled student's single
+step is about as far from the exact distribution as its teacher's thirty Heun steps. It is trained for one step:
+at two steps it is worse than at one (its velocity is no longer a flow's), so it is an instant model, not a faster
+sampler of the same ODE. `tests/test_lab2d_adversarial.py` checks the ordering on the rings at a small size.
 """
