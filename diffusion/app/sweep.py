@@ -23,7 +23,9 @@ from .controls import (SAMPLER_LABELS, RequestTarget, make_request, method_choic
 
 SWEEP_TEXT = """**Guidance in one paragraph.** A class-conditional model predicts the noise twice per step: with the class
 (`eps_c`) and without it (`eps_u`). Classifier-free guidance uses `eps_u + w (eps_c - eps_u)`: `w = 0` ignores the class,
-`w = 1` is the plain conditional model, `w > 1` exaggerates what makes the image *this* class. Classifier guidance instead
+`w = 1` is the plain conditional model, `w > 1` exaggerates what makes the image *this* class. (That reading of `w = 0`
+holds for plain CFG. APG changes the update it scales: it keeps the conditional prediction and removes at most a
+bounded, orthogonal part of the class's pull, so its `w = 0` row still shows the class.) Classifier guidance instead
 pushes the unconditional model along the gradient of a noisy classifier's `log p(class | x_t)`. Watch the rows: as `w`
 grows, the garments become more typical (confidence rises) and more alike (diversity falls). Tick several **methods** to
 see how the fixes for CFG's side effects (rescale, interval, APG, thresholding, autoguidance) trade confidence against

@@ -49,6 +49,16 @@ def box_blur(images: torch.Tensor, size: int = 3) -> torch.Tensor:
     return F.avg_pool2d(F.pad(images, (pad, pad, pad, pad), mode="replicate"), size, stride=1)
 
 
+def sharpness(images: torch.Tensor) -> float:
+    """Mean absolute 3x3 Laplacian, (4 x - the four neighbours), over every pixel of images in [-1, 1] (edges
+    replicated): how much fine detail there is. A blur lowers it; noise raises it; compare it with real images'."""
+    kernel = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]], dtype=images.dtype)
+    channels = images.shape[1]
+    kernel = kernel.to(images.device).expand(channels, 1, 3, 3)
+    laplacian = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
+    return float(laplacian.abs().mean())
+
+
 def texture_position(distance: float, real: float, blurred: float) -> float:
     """Where a distance sits between the real-data floor (0) and blurred real images (1), in log distance:
     (log d - log d_real) / (log d_blurred - log d_real). Above 1 is blurrier (or noisier) than the blurred images."""

@@ -7,6 +7,7 @@ evaluations) is bounded so that a grid stays interactive on a CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import re
@@ -17,6 +18,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .engine import ModelCache, RequestError, SampleRequest, SampleResult, check_request, check_work, run_request
+from ..core.metrics import sharpness
+from ..formats.data import DataError, load_fashion_mnist, to_model_range
 from ..formats.images import display_scale, image_grid, to_pil
 from .studies import class_confidence_and_diversity
 
@@ -154,6 +157,8 @@ class XYCell:
     result: SampleResult
     confidence: float | None  # evaluator's mean probability of the requested class
     diversity: float  # mean pairwise evaluator-feature distance over the cell's images
+    accuracy: float | None = None  # share of the cell's images the evaluator assigns to the requested class
+    sharpness: float = 0.0  # core.metrics.sharpness of the cell's images (a blur lowers it)
 
 
 @dataclass
@@ -189,6 +194,19 @@ def plan_grid(cache: ModelCache, base: SampleRequest, x_field: str, x_text: str,
                 raise RequestError(f"cell {where}: {error}") from None
     check_work(cache, [r for row in requests for r in row], "this grid")  # the one budget every endpoint has
     return plan
+
+
+@functools.lru_cache(maxsize=4)
+def real_sharpness(image_shape: tuple[int, int, int], images: int = 1000) -> float | None:
+    """core.metrics.sharpness of the first `images` Fashion-MNIST test images, the reference beside a cell's; None
+    when those images are not what the cells show (another shape) or the data set is not installed."""
+    if tuple(image_shape) != (1, 28, 28):
+        return None
+    try:
+        test = load_fashion_mnist("test")
+    except (DataError, OSError):
+        return None
+    return sharpness(to_model_range(test.images[:images]))
 
 
 def few_step_plan(cache: ModelCache, student: str, steps_text: str, base: SampleRequest) -> XYPlan:
@@ -228,8 +246,9 @@ def run_grid(cache: ModelCache, plan: XYPlan, progress=None) -> list[list[XYCell
             index = j * len(plan.x_values) + i
             step_progress = (lambda done, total, k=index: progress(k, count, done, total)) if progress else None
             result = run_request(cache, request, progress=step_progress)
-            confidence, _, diversity = class_confidence_and_diversity(evaluator, result.images, request.class_index)
-            cells.append(XYCell(x, y, result, confidence, diversity))
+            confidence, accuracy, diversity = class_confidence_and_diversity(evaluator, result.images,
+                                                                             request.class_index)
+            cells.append(XYCell(x, y, result, confidence, diversity, accuracy, sharpness(result.images)))
         rows.append(cells)
     return rows
 
@@ -286,6 +305,7 @@ def grid_manifest(cache: ModelCache, plan: XYPlan, cells: list[list[XYCell]]) ->
         "checkpoints": {name: cache.get(name).sha256 for name in names},
         "cells": [{"x": c.x, "y": c.y, "request": asdict(c.result.request), "nfe": c.result.nfe,
                    "seconds": round(c.result.seconds, 3), "class_confidence": c.confidence,
+                   "class_accuracy": c.accuracy, "sharpness": round(c.sharpness, 4),
                    "diversity": round(c.diversity, 4)} for row in cells for c in row],
         "noise": "image i uses a CPU torch.Generator seeded from sha256(f'{seed}:{i}') in every cell",
         "device": str(cache.device), "torch": torch.__version__, "python": platform.python_version(),
