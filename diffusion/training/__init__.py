@@ -3,7 +3,8 @@
 
 from .config import TrainConfig
 from .presets import PRESETS
-from .tasks import TASKS, load_dataset
+from .registry import TASKS
+from .tasks import load_dataset
 from .trainer import STATE_FILE, Trainer, default_device, weights_digest
 
 __all__ = ["PRESETS", "STATE_FILE", "TASKS", "TrainConfig", "Trainer", "default_device", "load_dataset",

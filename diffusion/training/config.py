@@ -11,7 +11,7 @@ from ..core.objective import ObjectiveConfig
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = "denoiser"  # a name in training.tasks.TASKS (checked by tasks.make_task)
+    task: str = "denoiser"  # a name in training.registry.TASKS (checked by registry.make_task)
     run_dir: str = "runs/fashion-diffusion"
     data: str = "fashion-mnist"  # "fashion-mnist" or a folder with one subfolder of images per class
     data_dir: str = str(FASHION_MNIST_DIR)
@@ -40,6 +40,9 @@ class TrainConfig:
     teacher: str = ""  # reflow: the flow checkpoint whose weights start the run and whose pairs it learns
     pairs: str = ""  # reflow: the folder of pair shards (`python -m diffusion pairs`)
     default_steps: int = 0  # reflow: the few-step count the app starts the checkpoint at
+    start_from: str = ""  # adversarial: the reflow student whose one step is fine-tuned (its teacher is `teacher`)
+    adversarial_weight: float = 0.05  # adversarial: the generator's adversarial loss beside the distillation MSE
+    r1_gamma: float = 0.1  # adversarial: the discriminator's R1 penalty on real images
     sample_every: int = 1000  # write a grid of EMA samples every N steps (0: never)
     save_every: int = 250
     log_every: int = 50

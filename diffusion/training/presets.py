@@ -82,6 +82,20 @@ PRESETS = {
              "(noise, image) pairs (DPM-Solver++(2M), 12 steps, classifier-free guidance 2 baked in), so its paths are "
              "nearly straight and one to four Euler steps make an image. Sample it without guidance (the pairs carry "
              "the teacher's); 10% label dropout was kept, so CFG still works on top."),
+    "fashion-instant": TrainConfig(
+        task="adversarial", run_dir="runs/fashion-instant", export_to="checkpoints/fashion-instant.safetensors",
+        name="fashion-instant", teacher="checkpoints/fashion-flow.safetensors", pairs="runs/reflow-pairs",
+        start_from="checkpoints/fashion-reflow.safetensors",
+        # Sized for about 2 hours on 2 CPU cores (the reflow step's 1.6 steps/s at batch 64, about 1.5x the work per
+        # step with the discriminator); not yet run (issue 41): resumable with --resume, --max-minutes to stop early.
+        default_steps=1, hflip=False, steps=6000, batch_size=64, lr=5e-5, warmup_steps=100, ema_decay=0.999,
+        sample_every=500, save_every=250, adversarial_weight=0.05, r1_gamma=0.1,
+        objective=ObjectiveConfig(schedule="flow", parameterization="flow", self_condition=True, label_dropout=0.0,
+                                  time_sampling="uniform"),
+        card="An instant (one-step) Fashion-MNIST model: fashion-reflow's one Euler step fine-tuned by adversarial "
+             "distillation (Sauer et al. 2023): towards fashion-flow's image from the same noise, plus a class-"
+             "conditional projection discriminator on real training images (R1 penalty). Sample it with one Euler "
+             "step, without guidance."),
     "fashion-nice": TrainConfig(
         task="normalizing-flow", run_dir="runs/fashion-nice", export_to="checkpoints/fashion-nice.safetensors",
         name="fashion-nice", steps=24_000, batch_size=128, lr=1e-3, lr_drop_at=18_000, sample_every=4000,

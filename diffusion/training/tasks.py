@@ -47,6 +47,10 @@ class Task:
     def parameter_groups(self, network) -> list[dict]:
         return [{"params": list(network.parameters())}]
 
+    def exported(self, network):
+        """The part of the trained network that becomes the checkpoint (all of it, but for adversarial runs)."""
+        return network
+
 
 class DenoiserTask(Task):
     kind = "denoiser"
@@ -272,14 +276,3 @@ def random_shifts(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
     rows = (dy + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
     cols = (dx + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
     return padded[torch.arange(b, device=images.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-
-
-TASKS = {"denoiser": DenoiserTask, "reflow": ReflowTask, "normalizing-flow": NormalizingFlowTask,
-         "noisy-classifier": NoisyClassifierTask, "evaluator": ClassifierTask, "evaluator-convnet": ConvNetEvaluatorTask}
-
-
-def make_task(config: TrainConfig):
-    """The task object for config.task, or a ValueError naming the known tasks."""
-    if config.task not in TASKS:
-        raise ValueError(f"task must be one of {tuple(TASKS)}, got {config.task!r}")
-    return TASKS[config.task](config)

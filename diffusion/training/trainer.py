@@ -31,7 +31,8 @@ from ..serving.distributed import default_device, process_group
 from ..formats.images import image_grid, to_pil
 from ..formats.outputs import refuse_to_replace
 from .config import TrainConfig
-from .tasks import PREVIEW_COLUMNS, make_task
+from .registry import make_task
+from .tasks import PREVIEW_COLUMNS
 
 STATE_FILE = "state.safetensors"
 
@@ -285,5 +286,5 @@ class Trainer:
         card = (c.card + f" Trained by this project: {self.step} steps at batch {c.batch_size * self.world} in "
                 f"{self.wall_seconds / 60:.0f} min on {self.device} (torch {torch.__version__}).")
         config = self.task.export_config(network, self.dataset.class_names)
-        return save_checkpoint(out, self.task.kind, network, config, training, card.strip())
+        return save_checkpoint(out, self.task.kind, self.task.exported(network), config, training, card.strip())
 
