@@ -1,0 +1,146 @@
+"""Hardening, round 4 (issue 39): one door for work, bodies the guard cannot parse, fair shares per address,
+X-Forwarded-For trusted only from named proxies, and settings from PNGs checked like requests."""
+
+import io
+import time
+from collections import deque
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import write_tiny_checkpoints
+
+LONG = {"checkpoint": "tiny", "sampler": "ddpm", "steps": 1000, "batch_size": 16}  # seconds of work on the tiny UNet
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The app over the tiny checkpoints with small guard limits; connections from 127.0.0.6 are a trusted proxy."""
+    import app
+    from diffusion.serving.engine import ModelCache
+
+    cache = ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("round4") / "ckpt"))
+    with app.serve(cache, trusted_proxies=("127.0.0.6",), max_pending=2, max_pending_per_address=3,
+                   uploads_per_minute=20, max_upload_bytes=200_000, upload_bytes_per_minute=20_000,
+                   upload_grace_seconds=600) as url:
+        yield url.rstrip("/")
+
+
+def from_address(address: str) -> httpx.Client:
+    """An HTTP client whose connections come from `address` (any 127.x.y.z reaches a server on 127.0.0.1)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=60)
+
+
+# --- 1. one door for work -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("route", ["run", "api"])
+def test_the_direct_routes_do_not_run_handlers_outside_the_queue(served, route):
+    with from_address("127.0.0.1") as http:
+        answer = http.post(f"{served}/gradio_api/{route}/model_card", json={"data": ["tiny"]})
+        assert answer.status_code == 404 and "only through its queue" in answer.json()["detail"]
+        answer = http.post(f"{served}/gradio_api/{route}/lab2d/", json={"data": []})
+        assert answer.status_code == 404
+
+
+def test_the_queue_is_closed_to_direct_calls_even_behind_another_middleware(tmp_path):
+    import app
+    from diffusion.serving.engine import ModelCache
+
+    assert app.build_demo(ModelCache(write_tiny_checkpoints(tmp_path / "ckpt"))).api_open is False
+
+
+@pytest.mark.parametrize("route", ["call/model_card", "call/v2/model_card", "queue/join"])
+def test_a_twenty_megabyte_argument_is_refused_unread(served, route):
+    """Item 2: /call was outside the guard; 17 such calls kept 435 MB."""
+    body = b'{"data": ["' + b"x" * 20_000_000 + b'"]}'
+    with from_address("127.0.0.1") as http:
+        answer = http.post(f"{served}/gradio_api/{route}", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and "larger than 1 MB" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("route", ["queue/join", "call/model_card", "call/v2/model_card"])
+@pytest.mark.parametrize("body, message", [
+    (b"[" * 500_000, "nested 500,000 levels deep"),
+    (b'{"data": ' + b"[" * 100 + b"]" * 100 + b"}", "nested 101 levels deep"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (b'{"data": [1', "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+])
+def test_a_body_the_guard_cannot_parse_gets_400_with_a_sentence(served, route, body, message):
+    """Item 11: `[` x 500,000 was a RecursionError and HTTP 500."""
+    with from_address("127.0.0.1") as http:
+        answer = http.post(f"{served}/gradio_api/{route}", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and message in answer.json()["detail"]
+
+
+# --- 5. fair shares: jobs per address ---------------------------------------------------------------------------------
+def generate_data(http, url, **changes) -> list:
+    parameters = http.get(f"{url}/gradio_api/info").json()["named_endpoints"]["/generate"]["parameters"]
+    return [changes.get(p["parameter_name"], p["parameter_default"]) for p in parameters]
+
+
+def test_one_address_cannot_fill_the_queue_with_fresh_sessions(served):
+    """Item 5: 28 joins with fresh session hashes filled all 32 slots; now at most 3 (this server's N) per address."""
+    with from_address("127.0.0.2") as http, from_address("127.0.0.3") as other:
+        data = generate_data(http, served, **LONG)
+        events = []
+        try:
+            for k in range(3):  # no session hash: each is a session of its own
+                answer = http.post(f"{served}/gradio_api/call/generate", json={"data": data})
+                assert answer.status_code == 200, answer.text
+                events.append(answer.json()["event_id"])
+            for body in ({"data": data}, {"data": data, "session_hash": "fresh"}):
+                refused = http.post(f"{served}/gradio_api/call/generate", json=body)
+                assert refused.status_code == 429 and "at most 3 per address" in refused.json()["detail"]
+            answer = other.post(f"{served}/gradio_api/call/generate", json={"data": data})  # another address is not held
+            assert answer.status_code == 200
+            events.append(answer.json()["event_id"])
+        finally:
+            for event in events:
+                http.post(f"{served}/gradio_api/cancel", json={"session_hash": event, "fn_index": 0, "event_id": event})
+
+
+# --- 6, 7. uploads: a budget per address, X-Forwarded-For only from a named proxy --------------------------------------
+def picture(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((100, 100), 40 + seed).save(out, "PNG")
+    return out.getvalue()
+
+
+def upload(http, url, seed: int, **headers):
+    return http.post(f"{url}/gradio_api/upload", files={"files": (f"p{seed}.png", picture(seed), "image/png")},
+                     headers=headers)
+
+
+def test_one_address_cannot_lock_the_others_out_of_uploads(served):
+    """Item 6: one address's 43 uploads in 1.1 s filled the 200 MB total and every other address got 429."""
+    assert 8_000 < len(picture(0)) < 12_000
+    with from_address("127.0.0.4") as greedy, from_address("127.0.0.5") as other:
+        answers = [upload(greedy, served, k) for k in range(20)]  # 200 kB within its rate: all the server keeps
+        refused = [a for a in answers if a.status_code == 429]
+        assert refused and "MB of uploads a minute from one address" in refused[0].json()["detail"]
+        assert upload(other, served, 99).status_code == 200
+
+
+def test_forwarded_for_counts_only_from_a_trusted_proxy(served):
+    """Item 7: uvicorn trusted X-Forwarded-For from 127.0.0.1, so 300 spoofed addresses dodged the rate limit."""
+    with from_address("127.0.0.7") as client:  # not a proxy: its header is ignored
+        answers = [upload(client, served, k, **{"X-Forwarded-For": f"10.0.0.{k}"}) for k in range(4)]
+        assert answers[-1].status_code == 429  # 20 kB a minute from 127.0.0.7, whatever it claims
+    with from_address("127.0.0.6") as proxy:  # the trusted proxy: each forwarded client has its own budget
+        answers = [upload(proxy, served, k, **{"X-Forwarded-For": f"10.0.1.{k}"}) for k in range(4)]
+        assert [a.status_code for a in answers] == [200] * 4
+
+
+class _Blocks:
+    upload_file_set: set = set()
+
+
+def test_the_per_address_table_forgets_quiet_addresses_and_stays_bounded():
+    from diffusion.app.guard import RequestGuard
+
+    guard = RequestGuard(None, _Blocks(), max_addresses=100)
+    guard.uploads["old"] = deque([(time.monotonic() - 120, 1)])  # quiet for two minutes
+    for k in range(1000):
+        assert guard._upload_refusal(f"10.1.{k // 256}.{k % 256}", 10) == ""
+    assert len(guard.uploads) <= 100 and "old" not in guard.uploads and "10.1.3.231" in guard.uploads
