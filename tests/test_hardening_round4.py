@@ -2,6 +2,7 @@
 X-Forwarded-For trusted only from named proxies, and settings from PNGs checked like requests."""
 
 import io
+import json
 import time
 from collections import deque
 
@@ -144,3 +145,100 @@ def test_the_per_address_table_forgets_quiet_addresses_and_stays_bounded():
     for k in range(1000):
         assert guard._upload_refusal(f"10.1.{k // 256}.{k % 256}", 10) == ""
     assert len(guard.uploads) <= 100 and "old" not in guard.uploads and "10.1.3.231" in guard.uploads
+
+
+# --- 9, 10. settings from PNGs are checked like requests, before any control is set ---------------------------------
+def settings_png(path, request: dict, kind: str = "sample", study: dict | None = None) -> str:
+    import json
+
+    from PIL import PngImagePlugin
+
+    from diffusion.serving.settings import CHUNK, FORMAT
+
+    info = PngImagePlugin.PngInfo()
+    data = {"format": FORMAT, "kind": kind, "request": {"checkpoint": "tiny", "batch_size": 1} | ({"steps": 2} if kind == "sample" else {}) | request,
+            "checkpoint_sha256": ""}
+    if study is not None:
+        data["study"] = study
+    info.add_text(CHUNK, json.dumps(data))
+    Image.new("L", (8, 8)).save(path, pnginfo=info)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def settings_client(tmp_path_factory):
+    """The app with its default guard (uploads at their usual rate), through gradio_client."""
+    from gradio_client import Client
+
+    import app
+    from diffusion.serving.engine import ModelCache
+
+    cache = ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("settings") / "ckpt"))
+    with app.serve(cache) as url:
+        yield Client(url, verbose=False)
+
+
+@pytest.mark.parametrize("request_, kind, message", [
+    ({"steps": -5}, "sample", "steps must be between 1 and"),
+    ({"steps": 10**9}, "sample", "steps must be between 1 and"),
+    ({"steps": "10"}, "sample", "steps must be a whole number, got '10'"),
+    ({"steps": [1]}, "sample", "steps must be a whole number"),
+    ({"steps": float("nan")}, "sample", "steps must be finite"),
+    ({"class_index": "abc"}, "sample", "class"),
+    ({"class_index": 99}, "sample", "class"),
+    ({"sampler": "bogus"}, "sample", "unknown sampler 'bogus'"),
+    ({"batch_size": 10**9}, "sample", "batch"),
+    ({"seed": 10**30}, "sample", "seed must be a whole number from 0 to 2^63 - 1, got a 31-digit number"),
+    ({"seed": 2**63}, "sample", "seed must be a whole number from 0 to 2^63 - 1"),
+    ({"first_index": 10**30}, "sample", "first image index must be between 0 and"),
+    ({"checkpoint": "tiny"}, "flow", "is a denoiser"),
+    ({"checkpoint": "tiny-evaluator"}, "sample", "tiny-evaluator"),
+])
+def test_bad_settings_in_a_png_are_refused_with_a_sentence(settings_client, tmp_path, request_, kind, message):
+    """Item 10: each of these said "Settings loaded ... Press Generate for the same pixels" and set the control."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = settings_png(tmp_path / "bad.png", request_, kind)
+    with pytest.raises(AppError, match="this PNG's settings cannot be used here") as refused:
+        settings_client.predict(handle_file(path), api_name="/load_settings")
+    assert message in str(refused.value) and "Traceback" not in str(refused.value)
+
+
+def test_every_bad_field_gets_its_own_sentence(settings_client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = settings_png(tmp_path / "bad.png", {"steps": -5, "sampler": "bogus", "seed": 10**30, "eta": float("inf")})
+    with pytest.raises(AppError) as refused:
+        settings_client.predict(handle_file(path), api_name="/load_settings")
+    for sentence in ("steps must be", "unknown sampler 'bogus'", "seed must be", "eta must be finite"):
+        assert sentence in str(refused.value)
+
+
+def test_a_trajectory_png_with_a_text_seed_is_a_sentence(settings_client, tmp_path):
+    """Item 10: raised a TypeError ("The upstream Gradio app has raised an exception")."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = settings_png(tmp_path / "trajectory.png", {"seed": "x"}, study={"tab": "trajectory", "frames": 3})
+    with pytest.raises(AppError, match="seed must be a whole number, got 'x'"):
+        settings_client.predict(handle_file(path), api_name="/load_settings")
+    good = settings_png(tmp_path / "good.png", {"seed": 7}, study={"tab": "trajectory", "frames": 3})
+    values = settings_client.predict(handle_file(good), api_name="/load_settings")
+    assert any(isinstance(v, str) and "Opened in **Trajectory**" in v for v in values)
+
+
+def test_a_png_with_a_huge_seed_does_not_break_the_sessions_other_job(settings_client, tmp_path):
+    """Item 9: orjson failed on 10^30 while sending, the stream closed, and the session's other job lost its result."""
+    from gradio_client import handle_file
+
+    path = settings_png(tmp_path / "huge.png", {"seed": 10**30})
+    other = settings_client.submit("tiny", api_name="/model_card")
+    loading = settings_client.submit(handle_file(path), api_name="/load_settings")
+    with pytest.raises(Exception, match="seed must be a whole number"):
+        loading.result(timeout=60)
+    assert '"kind": "denoiser"' in json.dumps(other.result(timeout=60)[1])
+    study = settings_png(tmp_path / "study.png", {"seed": 1}, study={"tab": "xy", "x_values": 10**30})
+    with pytest.raises(Exception, match="is not a short plain value"):
+        settings_client.predict(handle_file(study), api_name="/load_settings")
