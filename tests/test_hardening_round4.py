@@ -242,3 +242,42 @@ def test_a_png_with_a_huge_seed_does_not_break_the_sessions_other_job(settings_c
     study = settings_png(tmp_path / "study.png", {"seed": 1}, study={"tab": "xy", "x_values": 10**30})
     with pytest.raises(Exception, match="is not a short plain value"):
         settings_client.predict(handle_file(study), api_name="/load_settings")
+
+
+# --- also seen: upload formats, output folders ----------------------------------------------------------------------
+@pytest.mark.parametrize("kind, accepted", [("PNG", True), ("JPEG", True), ("WEBP", True), ("GIF", True),
+                                            ("BMP", False), ("TIFF", False), ("PPM", False), ("EPS", False)])
+def test_uploads_decode_only_png_jpeg_webp_and_gif(tmp_path, kind, accepted):
+    from diffusion.app.lens import uploaded_picture
+    from diffusion.serving.engine import RequestError
+
+    path = tmp_path / "upload.bin"  # the name says nothing: PIL reads the header
+    if kind == "EPS":
+        path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    else:
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(path, kind)
+    if accepted:
+        assert uploaded_picture({"path": str(path)}).size == (8, 8)
+    else:
+        with pytest.raises(RequestError, match="send a PNG, JPEG, WebP or GIF file"):
+            uploaded_picture({"path": str(path)})
+
+
+def test_each_process_has_its_own_output_folder_removed_at_exit(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from diffusion.app.common import MAX_OUTPUT_FILES
+
+    script = ("from diffusion.app.common import OUTPUT_DIR, output_path; output_path('x', '.png'); "
+              "print(OUTPUT_DIR, flush=True)")
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    folders = [Path(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                                   check=True, timeout=120).stdout.strip()) for _ in range(2)]
+    assert folders[0] != folders[1] and all(f.parent == Path(tempfile.gettempdir()) for f in folders)
+    assert not any(f.exists() for f in folders)  # removed at exit
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"{MAX_OUTPUT_FILES:,} newest" in readme

@@ -60,6 +60,9 @@ def picked_image(cache: ModelCache, source, index, upload, sample_checkpoint, sa
 
 
 MAX_UPLOAD_PIXELS = 4096 * 4096  # a small PNG can claim a huge canvas: refuse before decoding it
+# The only decoders an upload reaches: PIL would otherwise try each of its ~40 (EPS goes to Ghostscript where it is
+# installed; TIFF, PSD, ... are large attack surfaces for pictures nobody needs here).
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
 
 def uploaded_picture(upload) -> Image.Image:
@@ -67,9 +70,9 @@ def uploaded_picture(upload) -> Image.Image:
     path = upload.get("path") if isinstance(upload, dict) else None
     if not isinstance(path, str):
         raise RequestError("the upload must be an image file")
-    unreadable = RequestError("the upload is not an image this app can read (PNG, JPEG, ...)")
+    unreadable = RequestError("the upload is not an image this app can read: send a PNG, JPEG, WebP or GIF file")
     try:
-        picture = Image.open(path)  # reads the header only
+        picture = Image.open(path, formats=UPLOAD_FORMATS)  # reads the header only
     except (OSError, ValueError, Image.DecompressionBombError):
         raise unreadable from None
     if picture.width * picture.height > MAX_UPLOAD_PIXELS:  # outside the try: this sentence must reach the user

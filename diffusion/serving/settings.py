@@ -164,7 +164,7 @@ def study_from_png(path) -> dict | None:
 def _settings_text(path) -> str:
     """The JSON chunk of a PNG this app wrote, read without decoding its pixels; RequestError otherwise."""
     try:
-        with Image.open(Path(path)) as picture:
+        with Image.open(Path(path), formats=("PNG", "JPEG", "WEBP", "GIF")) as picture:  # no other decoder
             kind = picture.format
             text = picture.info.get(CHUNK) if kind == "PNG" else None  # chunks before the pixels: none decoded
     except (OSError, ValueError, Image.DecompressionBombError):
