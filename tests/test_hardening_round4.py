@@ -281,3 +281,64 @@ def test_each_process_has_its_own_output_folder_removed_at_exit(tmp_path):
     assert not any(f.exists() for f in folders)  # removed at exit
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"{MAX_OUTPUT_FILES:,} newest" in readme
+
+
+# --- also seen: no process-wide compile stance left on ---------------------------------------------------------------
+class _Scaled(__import__("torch").nn.Module):
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, log_snr, labels=None, x0_previous=None):
+        return self.conv(x) * log_snr.view(-1, 1, 1, 1)
+
+
+def test_two_sampling_threads_leave_the_compiled_path_serving():
+    """Two compiled calls overlapping (A starts, B starts, A ends, B ends) left dynamo's process-wide stance at
+    "fail_on_recompile", and every later compile failed ("Detected recompile"): the server ran eager for good."""
+    import threading
+
+    import torch
+
+    from diffusion.serving.compiled import BackgroundCompiler, CompiledNetwork, signature
+
+    compiler = BackgroundCompiler()
+    network = CompiledNetwork(_Scaled().eval(), compiler)
+    network.compiled = torch.compile(network.eager, backend="eager", dynamic=False)  # dynamo without inductor: fast
+    with torch.inference_mode():
+        first = (torch.randn(2, 1, 4, 4), torch.ones(2))
+        network.compile_for(*first).result()
+        assert signature(*first, None, None) in network.ready
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    served = []
+
+    def sampling_a():
+        with torch.inference_mode(), compiler.serving() as free:
+            served.append(free)
+            network.compiled(*first)
+            a_in.set()
+            b_in.wait()
+        a_out.set()
+
+    def sampling_b():
+        a_in.wait()
+        with torch.inference_mode(), compiler.serving() as free:
+            served.append(free)
+            network.compiled(*first)
+            b_in.set()
+            a_out.wait()
+
+    threads = [threading.Thread(target=sampling_a), threading.Thread(target=sampling_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert served == [True, True]
+    with torch.inference_mode():
+        second = (torch.randn(3, 1, 4, 4), torch.ones(3))  # a new signature: a recompile of the same forward
+        network.compile_for(*second).result()
+        assert network.failures == {} and signature(*second, None, None) in network.ready
+        assert torch.allclose(network(*second), network.eager(*second))
