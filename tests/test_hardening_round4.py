@@ -342,3 +342,65 @@ def test_two_sampling_threads_leave_the_compiled_path_serving():
         network.compile_for(*second).result()
         assert network.failures == {} and signature(*second, None, None) in network.ready
         assert torch.allclose(network(*second), network.eager(*second))
+
+
+# --- 8. cancel stops the 2-D lab; its first-use training runs once ----------------------------------------------------
+def lab_threads() -> list[str]:
+    """Threads now running the lab's code (sampling or training)."""
+    import sys
+    import threading
+
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    running = []
+    for ident, frame in sys._current_frames().items():
+        while frame is not None:
+            if "/diffusion/lab2d/" in frame.f_code.co_filename:
+                running.append(names.get(ident, str(ident)))
+                break
+            frame = frame.f_back
+    return running
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_cancel_stops_the_lab_and_its_first_use_training(settings_client, monkeypatch):
+    """Item 8: after job.cancel() the lab's sampling and training ran on for ~100 s beside the next job."""
+    from diffusion.lab2d import view
+    from diffusion.lab2d.view import is_ready
+
+    monkeypatch.setattr(view, "_MODELS", {})  # a first use, whatever this process trained before
+
+    job = settings_client.submit("spirals", "mlp", "langevin", "heun", 200, "flow", "autoguidance", 3.0, 0.0, 1.0, 0,
+                                 0.5, "x0", 2000, api_name="/lab2d")
+    wait_for(lambda: lab_threads(), 120, "the lab never started")
+    job.cancel()
+    wait_for(lambda: not lab_threads(), 10, "the lab's work ran on after its job was cancelled")
+    assert not is_ready("spirals", "reflow")  # stopped in its first-use training, which the next user redoes
+
+
+def test_three_first_users_train_a_lab_model_once(monkeypatch):
+    import threading
+
+    from diffusion.lab2d import view
+
+    trained = []
+    build = view.build_lab_model
+
+    def counted(mix, kind):
+        trained.append(kind)
+        return build(mix, kind)
+
+    monkeypatch.setattr(view, "build_lab_model", counted)
+    monkeypatch.setattr(view, "_MODELS", {})  # a first use, whatever this process trained before
+    models = []
+    users = [threading.Thread(target=lambda: models.append(view.lab_model("blobs", "weak-mlp"))) for _ in range(3)]
+    for user in users:
+        user.start()
+    for user in users:
+        user.join(timeout=300)
+    assert trained == ["weak-mlp"] and len(models) == 3 and models[0] is models[1] is models[2]
