@@ -66,6 +66,7 @@ def test_a_twenty_megabyte_argument_is_refused_unread(served, route):
     (b"\xff\xfe\x00garbage", "not valid JSON"),
     (b'{"data": [1', "not valid JSON"),
     (b"[1, 2]", "must be a JSON object"),
+    (b'{"data": [' + b"1" * 5000 + b"]}", "holds a number of more than 4,300 digits"),
 ])
 def test_a_body_the_guard_cannot_parse_gets_400_with_a_sentence(served, route, body, message):
     """Item 11: `[` x 500,000 was a RecursionError and HTTP 500."""
@@ -404,3 +405,11 @@ def test_three_first_users_train_a_lab_model_once(monkeypatch):
     for user in users:
         user.join(timeout=300)
     assert trained == ["weak-mlp"] and len(models) == 3 and models[0] is models[1] is models[2]
+
+
+def test_the_labs_seed_range_is_written_in_whole_numbers():
+    from diffusion.app.lab2d import lab_number
+    from diffusion.serving.engine import RequestError
+
+    with pytest.raises(RequestError, match=r"seed must be a whole number in \[0, 2147483647\], got 'x'"):
+        lab_number("x", "seed")

@@ -30,7 +30,8 @@ def lab_number(value, name: str):
         return widget_number(value, name, int if whole else float)
     except RequestError:
         kind = "a whole number" if whole else "a number"
-        raise RequestError(f"{name.replace('_', ' ')} must be {kind} in [{low:g}, {high:g}], "
+        bounds = f"[{low}, {high}]" if whole else f"[{low:g}, {high:g}]"  # never 2.14748e+09 for a seed
+        raise RequestError(f"{name.replace('_', ' ')} must be {kind} in {bounds}, "
                            f"got {str(value)[:40]!r}") from None
 
 
