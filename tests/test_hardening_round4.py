@@ -413,3 +413,13 @@ def test_the_labs_seed_range_is_written_in_whole_numbers():
 
     with pytest.raises(RequestError, match=r"seed must be a whole number in \[0, 2147483647\], got 'x'"):
         lab_number("x", "seed")
+
+
+def test_trusted_proxies_are_addresses_or_networks(capsys):
+    import app
+
+    assert app.parse_args([]).trusted_proxy == []
+    assert app.parse_args(["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1"]).trusted_proxy == ["10.0.0.0/8", "::1"]
+    with pytest.raises(SystemExit):
+        app.parse_args(["--trusted-proxy", "my-proxy"])
+    assert "--trusted-proxy my-proxy: not an IP address or network" in capsys.readouterr().err
