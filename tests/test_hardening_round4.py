@@ -423,3 +423,22 @@ def test_trusted_proxies_are_addresses_or_networks(capsys):
     with pytest.raises(SystemExit):
         app.parse_args(["--trusted-proxy", "my-proxy"])
     assert "--trusted-proxy my-proxy: not an IP address or network" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunk", ["ztxt", "itxt"])
+def test_a_text_chunk_bomb_gets_its_own_sentence(tmp_path, chunk):
+    from PIL import PngImagePlugin
+
+    from diffusion.app.lens import uploaded_picture
+    from diffusion.serving.engine import RequestError
+    from diffusion.serving.settings import request_from_png
+
+    info = PngImagePlugin.PngInfo()
+    bomb = "a" * (2 * 1024**2)  # 2 MB that zlib packs into a few kB
+    info.add_itxt("notes", bomb, zip=True) if chunk == "itxt" else info.add_text("notes", bomb, zip=True)
+    path = tmp_path / "bomb.png"
+    Image.new("L", (8, 8)).save(path, pnginfo=info)
+    assert path.stat().st_size < 10_000
+    for read in (lambda: uploaded_picture({"path": str(path)}), lambda: request_from_png(path)):
+        with pytest.raises(RequestError, match="compressed text chunks expand to more than 1 MB"):
+            read()

@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from .engine import MAX_SEED, FlowRequest, RequestError, SampleRequest, check_request
+from ..formats.images import open_picture
 from ..formats.jsonsafe import load_json
 
 CHUNK = "diffusion-playground"
@@ -164,10 +165,12 @@ def study_from_png(path) -> dict | None:
 def _settings_text(path) -> str:
     """The JSON chunk of a PNG this app wrote, read without decoding its pixels; RequestError otherwise."""
     try:
-        with Image.open(Path(path), formats=("PNG", "JPEG", "WEBP", "GIF")) as picture:  # no other decoder
+        with open_picture(Path(path)) as picture:  # PNG, JPEG, WebP and GIF decoders only
             kind = picture.format
             text = picture.info.get(CHUNK) if kind == "PNG" else None  # chunks before the pixels: none decoded
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except ValueError as error:  # not one of those, or a text-chunk bomb: a sentence each
+        raise RequestError(str(error)) from None
+    except OSError:
         raise RequestError("the file is not an image this app can read") from None
     if kind != "PNG":
         raise RequestError("settings travel in PNG files made by this app; this file is not a PNG")
