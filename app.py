@@ -1,7 +1,7 @@
 """diffusion-playground: sample, compare and teach diffusion and flow models in the browser.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share] [--checkpoints checkpoints] [--add-model FOLDER ...]
-                  [--no-compile]
+                  [--no-compile] [--trusted-proxy ADDRESS ...]
 
 Layout and wiring only: each tab is a module of diffusion/app/ (generate, compare, sweep, xy, trajectory, edit, lab2d,
 families, lens, card) whose handlers turn widget values into requests for the backend (diffusion.serving.engine / diffusion.serving.studies),
@@ -11,6 +11,7 @@ passed in as the model cache. Sampling runs in a worker thread so a handler can 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 import threading
@@ -61,10 +62,11 @@ PAGE_CSS = (".prose th, .prose td { word-break: normal; overflow-wrap: normal; h
             "#history button.thumbnail-item { width: 110px; height: 110px; }")
 
 
-def launch_options(demo: gr.Blocks) -> dict:
-    """demo.launch's options: the upload bound, the request guard (per-session queue cap, upload budget) and the
-    page's own script."""
-    return {"max_file_size": MAX_UPLOAD_FILE, "app_kwargs": {"middleware": [Middleware(RequestGuard, blocks=demo)]},
+def launch_options(demo: gr.Blocks, **guard_options) -> dict:
+    """demo.launch's options: the upload bound, the request guard (one door for work, per-session and per-address
+    queue caps, body limits, upload budget) and the page's own script."""
+    guard = Middleware(RequestGuard, blocks=demo, **guard_options)
+    return {"max_file_size": MAX_UPLOAD_FILE, "app_kwargs": {"middleware": [guard]},
             "head": f"<script>{PAGE_SCRIPT.read_text()}</script>", "css": PAGE_CSS}
 
 
@@ -166,21 +168,42 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 # .input: the user's choice only; settings loaded or sent set guidance and scale together.
                 target.controls["guidance"].input(scale_for_guidance, target.controls["guidance"],
                                                   target.controls["scale"], api_name=False)
-    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    # api_open=False: Gradio's direct routes (/gradio_api/run/<name>, /gradio_api/api/<name>) refuse queued events, so
+    # every handler runs in the queue (its one worker, its size limit); the guard closes those routes too.
+    demo.queue(default_concurrency_limit=1, max_size=queue_size, api_open=False)
     return demo
 
 
 @contextmanager
-def serve(cache: ModelCache, host: str = "127.0.0.1", port: int | None = None):
+def trusting(proxies=()):
+    """While a server starts: uvicorn takes a client's address from X-Forwarded-For only when the connection comes from
+    one of `proxies` (by default from none; uvicorn's own default trusts 127.0.0.1, so that anyone on this machine
+    could pick an address per request and dodge the per-address limits). uvicorn reads FORWARDED_ALLOW_IPS when the
+    server is created, inside demo.launch; the previous value is restored afterwards."""
+    before = os.environ.get("FORWARDED_ALLOW_IPS")
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(proxies)  # "" matches no address
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FORWARDED_ALLOW_IPS", None)
+        else:
+            os.environ["FORWARDED_ALLOW_IPS"] = before
+
+
+@contextmanager
+def serve(cache: ModelCache, host: str = "127.0.0.1", port: int | None = None, trusted_proxies=(), **guard_options):
     """The app over `cache` on a local port (a free one unless given), without blocking; yields its URL. The tests,
-    `benchmark --race` and anything else that needs a live server start it here."""
+    `benchmark --race` and anything else that needs a live server start it here. guard_options change the request
+    guard's limits (diffusion.app.guard.RequestGuard's arguments)."""
     if port is None:
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
     demo = build_demo(cache)
-    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                            **launch_options(demo))
+    with trusting(trusted_proxies):
+        _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                                **launch_options(demo, **guard_options))
     try:
         yield url
     finally:
@@ -212,7 +235,16 @@ def parse_args(argv=None):
     parser.add_argument("--no-compile", action="store_true",
                         help="run every network eager (by default denoisers are compiled with torch.compile in a "
                              "background thread, a call's shapes at a time, and run eager until then)")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                        help="a reverse proxy's address (or network, e.g. 10.0.0.0/8) whose X-Forwarded-For header "
+                             "names the client; repeatable. Without it the header is ignored and the connection's "
+                             "address counts (the per-address limits cannot be dodged by writing the header)")
     args = parser.parse_args(argv)
+    for proxy in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            parser.error(f"--trusted-proxy {proxy[:200]}: not an IP address or network")
     for folder in args.add_model:  # a typo would otherwise serve nothing, silently
         if not Path(folder).is_dir():
             parser.error(f"--add-model {folder[:200]}: not a folder")
@@ -231,4 +263,5 @@ if __name__ == "__main__":
     if cache.compiler is not None:
         threading.Thread(target=warm_up, args=(cache,), daemon=True, name="warm-up").start()
     demo = build_demo(cache)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(demo))
+    with trusting(args.trusted_proxy):
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(demo))

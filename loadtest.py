@@ -66,7 +66,10 @@ def run_load(url: str, checkpoints: list[str], clients: int, per_client: int, st
     lock = threading.Lock()
 
     def user(index):
-        client = Client(url, verbose=False)
+        # Each simulated user is a client address of its own, as students' browsers are: named in X-Forwarded-For,
+        # which the app trusts from 127.0.0.1 only when started with --trusted-proxy 127.0.0.1 (start_app does);
+        # without it all 16 would be one address, and its cap of 8 waiting jobs would refuse the rest.
+        client = Client(url, verbose=False, headers={"X-Forwarded-For": f"10.0.{index // 256}.{index % 256}"})
         for k, args in enumerate(plans[index]):
             started = time.perf_counter()
             try:
@@ -99,7 +102,8 @@ def run_load(url: str, checkpoints: list[str], clients: int, per_client: int, st
 
 def start_app(checkpoints: Path, port: int) -> subprocess.Popen:
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--checkpoints", str(checkpoints)],
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--checkpoints", str(checkpoints),
+                                "--trusted-proxy", "127.0.0.1"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
     while time.time() < deadline:

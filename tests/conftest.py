@@ -147,7 +147,9 @@ def app_cache(tmp_path_factory):
 def server(app_cache):
     import app
 
-    with app.serve(app_cache) as url:
+    # 127.0.0.1 as a trusted proxy: loadtest.run_load's sixteen users are sixteen addresses in X-Forwarded-For (the
+    # guard allows 8 waiting jobs per address)
+    with app.serve(app_cache, trusted_proxies=("127.0.0.1",)) as url:
         yield url
 
 

@@ -796,7 +796,7 @@ def test_one_session_cannot_fill_the_queue_and_uploads_are_bounded_in_rate_and_t
 
     demo = app.build_demo(ModelCache(write_tiny_checkpoints(tmp_path / "ckpt")))
     guard = Middleware(RequestGuard, blocks=demo, max_pending=2, uploads_per_minute=4, max_upload_bytes=50_000,
-                       upload_grace_seconds=0)
+                       upload_grace_seconds=0, upload_bytes_per_minute=10**9)  # the total, not one address's share
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             max_file_size=app.MAX_UPLOAD_FILE, app_kwargs={"middleware": [guard]})
     try:

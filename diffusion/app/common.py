@@ -3,9 +3,11 @@ that streams a backend call's progress events to a Gradio generator handler."""
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -23,8 +25,20 @@ from ..serving.settings import result_png_info
 # On-screen sizes in px that images are enlarged towards (nearest-neighbour, whole factors: 28 px -> x4, 3, 2;
 # 256 px images are shown as they are).
 SINGLE_PX, GRID_PX, EXPORT_PX = 112, 84, 56
-OUTPUT_DIR = Path(tempfile.gettempdir()) / "diffusion-playground"
 MAX_OUTPUT_FILES = 1000  # PNGs, GIFs and manifests the app keeps for download (about 50 runs); older are deleted
+
+
+def _own_output_folder() -> Path:
+    """A folder of this process's own under the system temp folder, removed when the process exits: a shared fixed
+    folder let one server serve another's files, and each pruned the others'. (A forked child, which inherits the
+    name, leaves it to its parent.)"""
+    folder = Path(tempfile.mkdtemp(prefix="diffusion-playground-"))
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    return folder
+
+
+OUTPUT_DIR = _own_output_folder()
 # zlib level 1: sixteen 112 px grey samples encode in half the time of PIL's default level 6; the files are 12 % larger.
 PNG_COMPRESS_LEVEL = 1
 

@@ -21,7 +21,7 @@ from PIL import Image, PngImagePlugin
 from ..serving.engine import ModelCache, RequestError, SampleRequest, run_request
 from ..formats.images import labelled_rows
 from ..formats.outputs import OutputExists, refuse_to_replace
-from ..serving.settings import CHUNK, png_info, request_from_png, study_from_png
+from ..serving.settings import CHUNK, png_info, request_from_png, settings_problems, study_from_png
 from .common import markdown_text, save_png, user_error
 from .compare import compare
 from .controls import RequestTarget, sent_values
@@ -135,12 +135,8 @@ def open_png(cache: ModelCache, generate: GenerateTab, studies: list[RequestTarg
     """A PNG made here, opened in the tab that made it: Generate's controls (as Load settings fills them), or a study
     tab's controls and its own settings (the sweep's scales, the grid's axes), then the tab selected. Outputs:
     load_settings' outputs, each study's (sent, *controls, note), live mode, the tabs."""
-    *generate_values, status, loaded = load_settings(cache, path)  # checks the file and its checkpoint
-    request, _ = request_from_png(path)
-    try:
-        study = study_from_png(path) or {"tab": "generate"}
-    except RequestError as error:
-        raise user_error(error) from None
+    request, study = checked_settings(cache, path)  # before any control is set
+    *generate_values, status, loaded = load_settings(cache, path)
     skip = lambda count: [gr.skip()] * count  # noqa: E731
     target = next((t for t in studies if t.tab == study["tab"]), None)
     if target is None:  # Generate
@@ -160,6 +156,24 @@ def open_png(cache: ModelCache, generate: GenerateTab, studies: list[RequestTarg
         else:
             study_values += skip(2 + len(other.controls))
     return (*skip(len(generate_values)), status, gr.skip(), *study_values, gr.skip(), gr.Tabs(selected=target.tab))
+
+
+def checked_settings(cache: ModelCache, file) -> tuple:
+    """A PNG's request and study settings, checked as any request is (settings_problems): a refusal lists one sentence
+    per bad field, and nothing reaches a control (a seed of 10^30 once broke the session's stream while being sent)."""
+    path = file.get("path") if isinstance(file, dict) else file
+    try:
+        if not isinstance(path, str):
+            raise RequestError("drop a PNG that this app (or `python -m diffusion sample`) saved")
+        request, _ = request_from_png(path)
+        problems = settings_problems(cache, request)
+        study = study_from_png(path) or {"tab": "generate"}
+    except RequestError as error:
+        raise user_error(error) from None
+    if problems:
+        raise user_error("this PNG's settings cannot be used here: " + " ".join(
+            p if p.endswith(".") else p + "." for p in problems))
+    return request, study
 
 
 def open_example(cache: ModelCache, generate: GenerateTab, studies: list[RequestTarget], path: str) -> tuple:

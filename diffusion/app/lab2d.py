@@ -11,10 +11,11 @@ from ..serving.engine import RequestError
 from ..lab2d.figures import comparisons, samples_and_field
 from ..lab2d.metrics import SUPPORT_QUANTILE
 from ..lab2d.mixture import DISTRIBUTIONS
+from ..lab2d.run import stoppable
 from ..lab2d.view import GUIDANCE, LIKELIHOOD_POINTS, MODELS, RANGES, LabRequest, LabView, lab_view
 from ..core.sampling import ODE_SOLVERS, SAMPLERS
 from ..core.schedules import SCHEDULES
-from .common import user_error, widget_number
+from .common import TICK, stream_result, user_error, widget_number
 from .controls import settle_run
 
 GUIDANCE_LABELS = [("none (the conditional model)", "none"), ("classifier-free (CFG)", "cfg"),
@@ -29,7 +30,8 @@ def lab_number(value, name: str):
         return widget_number(value, name, int if whole else float)
     except RequestError:
         kind = "a whole number" if whole else "a number"
-        raise RequestError(f"{name.replace('_', ' ')} must be {kind} in [{low:g}, {high:g}], "
+        bounds = f"[{low}, {high}]" if whole else f"[{low:g}, {high:g}]"  # never 2.14748e+09 for a seed
+        raise RequestError(f"{name.replace('_', ' ')} must be {kind} in {bounds}, "
                            f"got {str(value)[:40]!r}") from None
 
 
@@ -85,13 +87,24 @@ def caption(view: LabView) -> str:
 
 def show_lab2d(distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale, apg_eta, seed,
                noise_level, arrows, points):
+    """A generator handler: the lab's work runs in a worker thread whose every network evaluation and training step
+    is a stop point (lab2d.run.stoppable), so Stop or a closed tab ends it, first-use training included, instead of
+    leaving it to run on beside the next job."""
     try:
         request = lab_request(distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale,
                               apg_eta, seed, noise_level, arrows, points)
-        view = lab_view(request)
     except ValueError as error:  # RequestError too: a sentence naming the field
         raise user_error(error) from None
-    return samples_and_field(view), comparisons(view), numbers_table(view), caption(view)
+
+    def work(emit):
+        with stoppable(lambda: emit(TICK)):  # emit raises Cancelled once the handler is closed
+            try:
+                return lab_view(request)
+            except ValueError as error:
+                raise RequestError(str(error)) from None
+
+    view = yield from stream_result(work, lambda event: None, 4)
+    yield samples_and_field(view), comparisons(view), numbers_table(view), caption(view)
 
 
 def build_lab2d_tab(sampling: dict):

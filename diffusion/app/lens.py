@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..formats.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_uint8
+from ..formats.images import FORMATS_SENTENCE, open_picture
 from ..serving.engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest, image_shape, run_request
 from ..serving.lens import PROBES, likelihood_lens, probe_images
 from ..serving.studies import MAX_FAMILY_COLUMNS
@@ -67,11 +68,11 @@ def uploaded_picture(upload) -> Image.Image:
     path = upload.get("path") if isinstance(upload, dict) else None
     if not isinstance(path, str):
         raise RequestError("the upload must be an image file")
-    unreadable = RequestError("the upload is not an image this app can read (PNG, JPEG, ...)")
+    unreadable = RequestError(f"the upload is not an image this app can read: {FORMATS_SENTENCE}")
     try:
-        picture = Image.open(path)  # reads the header only
-    except (OSError, ValueError, Image.DecompressionBombError):
-        raise unreadable from None
+        picture = open_picture(path)  # reads the header only, with the four decoders
+    except ValueError as error:
+        raise RequestError(str(error).replace("the file", "the upload")) from None
     if picture.width * picture.height > MAX_UPLOAD_PIXELS:  # outside the try: this sentence must reach the user
         raise RequestError(f"the uploaded image is {picture.width}x{picture.height} = {picture.width * picture.height:,} "
                            f"pixels; at most {MAX_UPLOAD_PIXELS:,} are accepted")

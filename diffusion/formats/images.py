@@ -63,3 +63,25 @@ def captioned_row(pictures: list[Image.Image], captions: list[str], padding: int
         picture.paste(part.convert("RGB"), (left + (cell - part.width) // 2, padding))
         draw.text((left + (cell - 6 * len(caption)) // 2, height + padding + 2), caption, fill="black", font=font)
     return picture
+
+
+# --- reading pictures we did not write ----------------------------------------------------------------------------
+# The only decoders a received picture reaches: PIL would otherwise try each of its ~40 (EPS goes to Ghostscript where
+# it is installed; TIFF, PSD, ... are large attack surfaces for pictures nobody needs here).
+PICTURE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+FORMATS_SENTENCE = "send a PNG, JPEG, WebP or GIF file"
+
+
+def open_picture(path) -> Image.Image:
+    """PIL's header read of a received file, with PICTURE_FORMATS' decoders only; ValueError with a sentence for a
+    file that is none of them, unreadable, or whose compressed text chunks would expand past PIL's 1 MB bound (a
+    text-chunk bomb: its own sentence, not "not an image")."""
+    try:
+        return Image.open(path, formats=PICTURE_FORMATS)
+    except ValueError as error:
+        if "MAX_TEXT_CHUNK" in str(error) or "text chunks" in str(error):
+            raise ValueError("the PNG's compressed text chunks expand to more than 1 MB (a decompression bomb); save "
+                             "the picture again without them") from None
+        raise ValueError(f"the file is not an image this app can read: {FORMATS_SENTENCE}") from None
+    except (OSError, Image.DecompressionBombError):
+        raise ValueError(f"the file is not an image this app can read: {FORMATS_SENTENCE}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 
@@ -31,3 +32,5 @@ def load_json(text: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH):
         return json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{what}: not valid JSON ({getattr(error, 'msg', None) or type(error).__name__})") from None
+    except ValueError:  # int(): a number longer than Python converts (its message advises a Python setting)
+        raise ValueError(f"{what}: holds a number of more than {sys.get_int_max_str_digits():,} digits") from None

@@ -3,6 +3,8 @@ paths of a few points for plots."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +16,42 @@ from ..core.sampling import SAMPLERS, draw_noise, image_generators
 from ..core.schedules import Schedule, time_grid
 
 
+_STOP: ContextVar = ContextVar("lab2d_stop", default=None)  # this thread's stop check, set by `stoppable`
+
+
+@contextmanager
+def stoppable(check):
+    """Within: every network evaluation and training step of the lab (in this thread) calls check(), which stops the
+    work by raising (the app's Stop, a closed tab). Passed this way rather than as an argument because the lab's
+    cached functions (lru_cache) must not take it into their keys."""
+    token = _STOP.set(check)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def stop_point() -> None:
+    """Where the lab's work may be stopped: raises whatever the current check raises."""
+    check = _STOP.get()
+    if check is not None:
+        check()
+
+
+class _Stopping:
+    """A network whose every call is a stop point; anything else is the network's."""
+
+    def __init__(self, network: nn.Module):
+        self.network = network
+
+    def __call__(self, *args, **kwargs):
+        stop_point()
+        return self.network(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["network"], name)
+
+
 @dataclass(frozen=True)
 class LabModel:
     """A denoiser network (forward(x, log_snr, labels, x0_previous)) and the target it predicts."""
@@ -23,8 +61,8 @@ class LabModel:
 
     def denoiser(self, schedule: Schedule, labels=None, guidance: Guidance = Guidance(),
                  guide: "LabModel | None" = None) -> Denoiser:
-        return Denoiser(self.network, schedule, self.parameterization, labels=labels, guidance=guidance,
-                        guide=(guide.network, guide.parameterization) if guide is not None else None)
+        return Denoiser(_Stopping(self.network), schedule, self.parameterization, labels=labels, guidance=guidance,
+                        guide=(_Stopping(guide.network), guide.parameterization) if guide is not None else None)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from ..core.objective import ObjectiveConfig, diffusion_loss
 from ..core.schedules import Schedule
 from .mixture import Mixture, sample_mixture
 from .mlp import MLPConfig, MLPDenoiser
-from .run import LabModel, sample_points
+from .run import LabModel, sample_points, stop_point
 
 OBJECTIVE = ObjectiveConfig(schedule="flow", parameterization="flow", self_condition=False, label_dropout=0.2)
 STUDENT_OBJECTIVE = ObjectiveConfig(schedule="flow", parameterization="flow", self_condition=False, label_dropout=0.0)
@@ -33,6 +33,7 @@ def fit(network: torch.nn.Module, batches: Callable[[torch.Generator], tuple], o
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for _ in range(steps):
+            stop_point()  # the app's Stop ends a first-use training too
             x0, labels, noise = batches(generator)
             loss = diffusion_loss(network, x0, labels, objective, noise=noise)
             optimizer.zero_grad(set_to_none=True)

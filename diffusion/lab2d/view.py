@@ -5,6 +5,7 @@ cached per distribution in memory (a learned model is trained at its first use, 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -98,14 +99,22 @@ def lab_reference(name: str, points: int) -> ExactReference:
 
 
 _MODELS: dict[tuple[str, str], LabModel] = {}  # (distribution, kind) -> model, built or trained at first use
+_BUILDING: dict[tuple[str, str], threading.Lock] = {}  # one lock per model: three first users train it once
+_BUILDING_LOCK = threading.Lock()
 
 
 def lab_model(name: str, kind: str) -> LabModel:
     """exact, weak-exact (components WEAK_FACTOR wider), mlp (trained at first use, ~3 s), weak-mlp (smaller and
-    trained less: autoguidance's guide for the MLP), reflow (one reflow of the exact model, ~3 s)."""
-    if (name, kind) not in _MODELS:
-        _MODELS[name, kind] = build_lab_model(lab_mixture(name), kind)
-    return _MODELS[name, kind]
+    trained less: autoguidance's guide for the MLP), reflow (one reflow of the exact model, ~3 s). Users asking for a
+    model being trained wait for it; if its training is stopped, the next one trains it."""
+    key = (name, kind)
+    if key not in _MODELS:
+        with _BUILDING_LOCK:
+            lock = _BUILDING.setdefault(key, threading.Lock())
+        with lock:
+            if key not in _MODELS:
+                _MODELS[key] = build_lab_model(lab_mixture(name), kind)
+    return _MODELS[key]
 
 
 def is_ready(name: str, kind: str) -> bool:

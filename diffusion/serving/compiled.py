@@ -5,7 +5,10 @@ signature (shapes, dtypes, device, autocast, which optional inputs are given) th
 compiled and checked against the eager network; every other call runs the eager network and, under inference mode,
 asks the background compiler for that signature, so the calls after it run compiled. A request never waits for
 inductor: while a compile runs, requests run eager; a compiled call runs under dynamo's "fail_on_recompile" stance,
-so one that would compile raises instead, and runs eager. Calls with autograd on (training, gradients through the
+so one that would compile raises instead, and runs eager. The stance is one global of the process, so it is counted
+process-wide (_RULE): switched on when the first compiled call of any thread starts, back to "default" when the last
+one ends, and compiles (of every compiler) run only while it is off. (A `with set_stance(...)` per call restored
+whatever the thread saw on entry: two overlapping calls left "fail_on_recompile" on, and every later compile failed.) Calls with autograd on (training, gradients through the
 network) always run eager. A signature whose compile or check fails stays eager, its reason kept in `failures`; so
 does every call where torch.compile is unavailable.
 
@@ -31,6 +34,19 @@ TOLERANCE = {None: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 MAX_SIGNATURES = 4  # compiled shapes per network (each one costs a compile and memory); others run eager
 
 
+class _ProcessRule:
+    """The compiled calls in flight and the compiles running, counted for every compiler of the process together, under
+    one lock: dynamo's stance is process-wide."""
+
+    def __init__(self):
+        self.condition = threading.Condition()
+        self.compiling = 0
+        self.serving = 0
+
+
+_RULE = _ProcessRule()
+
+
 class BackgroundCompiler:
     """The thread that compiles, and the rule that keeps compiling out of requests: compiled code runs only while
     no compile is running (a request that finds one running goes eager rather than wait), and a compile starts only
@@ -42,9 +58,7 @@ class BackgroundCompiler:
     """
 
     def __init__(self):
-        self._state = threading.Condition()
-        self._compiling = False
-        self._serving = 0  # compiled calls in flight
+        self._state = _RULE.condition  # one lock with the process-wide counts
         self._queue: deque[tuple[Future, object]] = deque()
         self._worker: threading.Thread | None = None
 
@@ -64,8 +78,8 @@ class BackgroundCompiler:
                     self._worker = None
                     return
                 future, job = self._queue.popleft()
-                self._state.wait_for(lambda: self._serving == 0)
-                self._compiling = True
+                self._state.wait_for(lambda: _RULE.serving == 0)  # the stance is "default" from here on
+                _RULE.compiling += 1
             try:
                 if future.set_running_or_notify_cancel():
                     try:
@@ -74,24 +88,27 @@ class BackgroundCompiler:
                         future.set_exception(error)
             finally:
                 with self._state:
-                    self._compiling = False
+                    _RULE.compiling -= 1
+                    self._state.notify_all()
 
     @contextmanager
     def serving(self):
-        """True while compiled code may run (and no compile starts), False if a compile is running now."""
+        """True while compiled code may run (and no compile starts), False if a compile is running now. The first
+        compiled call in flight switches dynamo to "fail_on_recompile", the last one switches it back."""
         with self._state:
-            free = not self._compiling
-            self._serving += free
-        try:
+            free = _RULE.compiling == 0
             if free:
-                with torch.compiler.set_stance("fail_on_recompile"):
-                    yield True
-            else:
-                yield False
+                if _RULE.serving == 0:
+                    torch.compiler.set_stance("fail_on_recompile")  # called, not entered: set now, kept until reset
+                _RULE.serving += 1
+        try:
+            yield free
         finally:
             if free:
                 with self._state:
-                    self._serving -= 1
+                    _RULE.serving -= 1
+                    if _RULE.serving == 0:
+                        torch.compiler.set_stance("default")
                     self._state.notify_all()
 
     def idle(self) -> None:

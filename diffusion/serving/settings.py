@@ -8,8 +8,8 @@ Two text chunks, as AUTOMATIC1111 and the tools that read its files expect, plus
                            "request": {every SampleRequest / FlowRequest field}, "checkpoint_sha256": "..."}
 
 Reading uses only the JSON chunk (the readable one is for people): its fields are checked against the request
-type, unknown ones refused, and the text is bounded before it is parsed. The engine validates the values as it
-validates any request.
+type, unknown ones refused, and the text is bounded before it is parsed. `settings_problems` checks the values with the
+engine's own checks (check_request), one sentence per bad field, before the app puts any of them into a control.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from .engine import FlowRequest, RequestError, SampleRequest
+from .engine import MAX_SEED, FlowRequest, RequestError, SampleRequest, check_request
+from ..formats.images import open_picture
 from ..formats.jsonsafe import load_json
 
 CHUNK = "diffusion-playground"
@@ -78,9 +79,67 @@ def checked_study(study) -> dict:
     for key, value in study.items():
         items = value if isinstance(value, list) else [value]
         if not isinstance(key, str) or len(items) > 16 or not all(isinstance(v, plain) for v in items) \
-                or any(isinstance(v, str) and len(v) > 1000 for v in items):
+                or any(isinstance(v, str) and len(v) > 1000 for v in items) \
+                or any(isinstance(v, int) and not -MAX_SEED <= v <= MAX_SEED for v in items):  # JSON's 64-bit ints
             raise RequestError(f"the study setting {str(key)[:30]!r} is not a short plain value")
     return study
+
+
+def settings_problems(cache, request: SampleRequest | FlowRequest) -> list[str]:
+    """What is wrong with a request read from a PNG, one sentence per bad field, found by the checks every request
+    passes (engine.check_request): a field is blamed when putting back its default changes the refusal. Empty: the
+    request would run here. Every whole number is also bounded to JSON's 64 bits, so no value can break the stream
+    that carries it to the page."""
+    problems, kind = [], type(request)
+    defaults = {f.name: f.default for f in fields(kind)}
+    for _ in range(len(defaults)):
+        try:
+            check_request(cache, request)
+            break
+        except RequestError as error:
+            sentence = str(error)
+        except (TypeError, ValueError, ArithmeticError) as error:  # a value of a type no check expected
+            sentence = f"the settings hold a value this app cannot use ({type(error).__name__})"
+        if "checkpoint" in sentence and not problems and _checkpoint_refused(cache, request):
+            return [sentence]  # no model to check the rest against
+        blamed = None
+        for name, default in defaults.items():
+            if name == "checkpoint" or getattr(request, name) == default:
+                continue
+            trial = replace(request, **{name: default})
+            try:
+                check_request(cache, trial)
+            except RequestError as other:
+                if str(other) == sentence:
+                    continue
+            except (TypeError, ValueError, ArithmeticError):
+                continue
+            blamed = name
+            break
+        if blamed is None:
+            if not problems:
+                problems.append(sentence)
+            break
+        problems.append(sentence if blamed in sentence else f"{blamed}: {sentence}")
+        request = replace(request, **{blamed: defaults[blamed]})
+    for name, value in asdict(request).items():  # fields no check reads (first_index): JSON's 64 bits at least
+        if isinstance(value, int) and not isinstance(value, bool) and not -MAX_SEED <= value <= MAX_SEED:
+            problems.append(f"{name} must be a whole number of at most 2^63 - 1, got a {len(str(abs(value)))}-digit number")
+    return problems
+
+
+def _checkpoint_refused(cache, request) -> bool:
+    """Whether the request's checkpoint itself is what the cache refuses (missing, unavailable, another kind)."""
+    try:
+        cache.get(request.checkpoint)
+    except RequestError:
+        return True
+    neutral = type(request)(checkpoint=request.checkpoint)
+    try:
+        check_request(cache, neutral)
+    except RequestError as error:
+        return "checkpoint" in str(error) and "class" not in str(error)
+    return False
 
 
 def result_png_info(result, index: int | None = None) -> PngImagePlugin.PngInfo:
@@ -106,10 +165,12 @@ def study_from_png(path) -> dict | None:
 def _settings_text(path) -> str:
     """The JSON chunk of a PNG this app wrote, read without decoding its pixels; RequestError otherwise."""
     try:
-        with Image.open(Path(path)) as picture:
+        with open_picture(Path(path)) as picture:  # PNG, JPEG, WebP and GIF decoders only
             kind = picture.format
             text = picture.info.get(CHUNK) if kind == "PNG" else None  # chunks before the pixels: none decoded
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except ValueError as error:  # not one of those, or a text-chunk bomb: a sentence each
+        raise RequestError(str(error)) from None
+    except OSError:
         raise RequestError("the file is not an image this app can read") from None
     if kind != "PNG":
         raise RequestError("settings travel in PNG files made by this app; this file is not a PNG")
