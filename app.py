@@ -128,7 +128,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 edit = build_edit_tab(cache, sampling)
 
             with gr.Tab("2-D lab", id="lab2d"):
-                build_lab2d_tab(sampling)
+                build_lab2d_tab(sampling, limit_seconds=cache.budget.seconds)
 
             with gr.Tab("Families", id="families"):
                 family_pickers = build_families_tab(cache, classes, sampling)

@@ -133,3 +133,15 @@ def test_generate_stops_a_run_whose_estimate_was_wrong(checkpoint_dir):
     with pytest.raises(gr.Error, match="passed twice the 0 s limit"):
         for _ in handler:
             pass
+
+
+def test_the_2d_lab_is_stopped_past_twice_the_limit_too():
+    import gradio as gr
+
+    from diffusion.app.lab2d import show_lab2d
+
+    handler = show_lab2d("rings", "exact", "ode", "heun", 50, "flow", "cfg", 3.0, 0.0, 1.0, 0, 0.5, "x0", 2000,
+                         limit_seconds=0.001)
+    with pytest.raises(gr.Error, match="passed twice the 0 s limit per request"):
+        for _ in handler:
+            pass

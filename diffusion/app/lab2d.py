@@ -4,6 +4,9 @@ pictures); this module turns widget values into a LabRequest and the view into o
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import gradio as gr
 import pandas as pd
 
@@ -86,7 +89,7 @@ def caption(view: LabView) -> str:
 
 
 def show_lab2d(distribution, model, sampler, solver, steps, schedule, guidance, scale, rescale, apg_eta, seed,
-               noise_level, arrows, points):
+               noise_level, arrows, points, limit_seconds: float = math.inf):
     """A generator handler: the lab's work runs in a worker thread whose every network evaluation and training step
     is a stop point (lab2d.run.stoppable), so Stop or a closed tab ends it, first-use training included, instead of
     leaving it to run on beside the next job."""
@@ -103,13 +106,14 @@ def show_lab2d(distribution, model, sampler, solver, steps, schedule, guidance, 
             except ValueError as error:
                 raise RequestError(str(error)) from None
 
-    view = yield from stream_result(work, lambda event: None, 4)
+    view = yield from stream_result(work, lambda event: None, 4, limit_seconds=limit_seconds)
     yield samples_and_field(view), comparisons(view), numbers_table(view), caption(view)
 
 
-def build_lab2d_tab(sampling: dict):
+def build_lab2d_tab(sampling: dict, limit_seconds: float = math.inf):
     """The tab's widgets and events; call inside `with gr.Tab("2-D lab", id="lab2d")`. Every change redraws (well
-    under a second); a learned model is trained at its first use for a distribution, in a few seconds."""
+    under a second); a learned model is trained at its first use for a distribution, in a few seconds. A run past
+    twice `limit_seconds` (the app's per-request budget) is stopped, first-use training included."""
     gr.Markdown("Distributions in two dimensions whose denoiser and density are known exactly: watch a sampler, "
                 "guidance or reflow act, with exact numbers beside the pictures. The first run for a distribution "
                 "trains its small learned models (a few seconds); later changes reuse them.")
@@ -142,6 +146,6 @@ def build_lab2d_tab(sampling: dict):
     sliders = [steps, scale, rescale, apg_eta, noise_level, points]
     triggers = [run.click, seed.submit] + [c.change for c in controls if c not in sliders and c is not seed] \
         + [s.release for s in sliders]
-    drawing = gr.on(triggers, show_lab2d, controls, [picture, compared, numbers, note], api_name="lab2d",
+    drawing = gr.on(triggers, partial(show_lab2d, limit_seconds=limit_seconds), controls, [picture, compared, numbers, note], api_name="lab2d",
                     show_progress="minimal", **sampling)
     settle_run(drawing, [picture, compared, numbers, note], note)  # a refused setting: its sentence, no stale plots
