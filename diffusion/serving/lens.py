@@ -26,9 +26,10 @@ PATH_POINTS = 25  # times (geometric in t) at which the ODE's path integral is r
 # Looser than the evaluation's 1e-4 for an interactive answer: on test image 0 it moved bits/dim by < 0.01.
 LENS_ODE = ODELikelihoodConfig(rtol=1e-3, atol=1e-3)
 # The work budget's estimate of one probability-flow likelihood at LENS_ODE: dopri5 is adaptive, so this is a typical
-# count (the evaluation's 1e-4 took 156-205 on the shipped models), and each evaluation is a forward pass plus the
-# vector-Jacobian product of Hutchinson's divergence, about 3 forwards.
-LENS_TYPICAL_NFE = 200
+# count (the lens's own tolerance took 104 calls on a grey image and 140 on a test image with fashion-diffusion; the
+# evaluation's tighter 1e-4 took 156-205), and each call is a forward pass plus the vector-Jacobian product of
+# Hutchinson's divergence, about 3 forwards.
+LENS_TYPICAL_NFE = 150
 
 
 @dataclass
