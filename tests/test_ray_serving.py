@@ -173,3 +173,29 @@ def _killing_run(remote):
             os.kill(pid, signal.SIGKILL)
 
     remote.run_request(LONG, progress=progress)
+
+
+def test_the_page_through_ray_gives_the_pixels_and_settings_of_the_page_alone(remote, local, folder):
+    """/generate on a front whose work runs on the replicas: the same gallery pixels and PNG settings as on a front
+    that samples itself; the sampling concurrency is the replica count."""
+    import app
+    from gradio_client import Client
+    from PIL import Image
+
+    from diffusion.serving.backend import backend_for, use_backend
+
+    front = ModelCache(folder, capacity=4, budget=WorkBudget(seconds=180, flops_per_second=1.5e9))
+    use_backend(front, remote)
+    assert backend_for(front).workers == 2
+    arguments = ("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, True, 7, 8)
+    outputs = []
+    before = sum(v["evaluations"] for v in remote.states().values())
+    for cache in (front, local.cache):
+        with app.serve(cache) as url:
+            gallery, _, status, download = Client(url, verbose=False).predict(*arguments, api_name="/generate")
+        outputs.append(([Image.open(g["image"]).tobytes() for g in gallery], Image.open(download).info,
+                        Image.open(download).tobytes(), status))
+    (pixels, info, grid, status), (pixels_alone, info_alone, grid_alone, _) = outputs
+    assert len(pixels) == 8 and pixels == pixels_alone and grid == grid_alone
+    assert info["parameters"] == info_alone["parameters"] and "NFE 5" in status
+    assert sum(v["evaluations"] for v in remote.states().values()) >= before + 5  # the replicas sampled it
