@@ -77,8 +77,8 @@ def test_merge_key_only_where_bytes_stay_identical():
     assert merge_key(BASE) == merge_key(replace(BASE, class_index=2, seed=9, first_index=4, batch_size=20))
     assert merge_key(BASE) != merge_key(replace(BASE, steps=5))
     assert merge_key(BASE) != merge_key(replace(BASE, guidance="none", class_index=None))
+    assert merge_key(replace(BASE, rescale=0.7)) == merge_key(replace(BASE, rescale=0.7, seed=1)) != merge_key(BASE)
     for unmergeable in (replace(BASE, guidance="classifier"), replace(BASE, guidance="autoguidance"),
-                        replace(BASE, rescale=0.5), replace(BASE, threshold=0.9), replace(BASE, apg_momentum=0.5),
                         FlowRequest(checkpoint="tiny-nice"), replace(BASE, batch_size=7),
                         replace(BASE, guidance="none", class_index=None, batch_size=15)):
         assert merge_key(unmergeable) is None
@@ -93,6 +93,15 @@ def test_merged_batch_is_byte_identical_to_each_request_alone(cache, sampler, on
     merged = run_merged(cache, requests)
     for request, result in zip(requests, merged):
         assert result.request == request and len(result.images) == request.batch_size
+        assert sha(result.images) == sha(run_request(cache, request).images)
+
+
+@pytest.mark.parametrize("modifiers", [{"rescale": 0.7}, {"apg_eta": 0.0, "apg_norm": 2.0, "apg_momentum": -0.5},
+                                       {"threshold": 0.9}], ids=["rescale", "apg", "threshold"])
+def test_cfg_modifiers_are_per_image_so_they_merge_identically(cache, one_thread, modifiers):
+    requests = [replace(BASE, sampler="ode", solver="dpm++2m", seed=seed, batch_size=size, **modifiers)
+                for seed, size in ((1, 8), (2, 16), (3, 9))]
+    for request, result in zip(requests, run_merged(cache, requests)):
         assert sha(result.images) == sha(run_request(cache, request).images)
 
 

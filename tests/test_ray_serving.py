@@ -199,3 +199,14 @@ def test_the_page_through_ray_gives_the_pixels_and_settings_of_the_page_alone(re
     assert len(pixels) == 8 and pixels == pixels_alone and grid == grid_alone
     assert info["parameters"] == info_alone["parameters"] and "NFE 5" in status
     assert sum(v["evaluations"] for v in remote.states().values()) >= before + 5  # the replicas sampled it
+
+
+def test_the_application_builder_for_serve_run_and_kuberay(folder):
+    from ray.serve import Application
+
+    from diffusion.serving import ray_serve
+
+    app = ray_serve.build({"checkpoint_dir": str(folder), "replicas": "3", "batching": "false"})
+    assert isinstance(app, Application)
+    with pytest.raises(KeyError):
+        ray_serve.build({})

@@ -28,16 +28,13 @@ MERGEABLE_GUIDANCE = ("none", "cfg")  # per-row arithmetic only; classifier and 
 # differ even between two runs alone. So a request whose network calls have fewer rows than this runs alone, and
 # replicas run one thread each.
 MIN_MERGE_ROWS = 16
-NEUTRAL = {"rescale": 0.0, "apg_eta": 1.0, "apg_norm": 0.0, "apg_momentum": 0.0, "threshold": 0.0}  # whole-batch-free
 
 
 def merge_key(request) -> tuple | None:
     """The settings a request shares with those it may merge with, or None where merging is not byte-identical (a
-    flow, classifier guidance or autoguidance, a guidance modifier off its neutral setting, or under MIN_MERGE_ROWS rows a
-    network call)."""
+    flow, classifier guidance or autoguidance, or under MIN_MERGE_ROWS rows a network call). CFG's modifiers (rescale,
+    APG, dynamic thresholding) are per-image statistics (guidance.py), so they merge: measured bit-identical."""
     if type(request) is not SampleRequest or request.guidance not in MERGEABLE_GUIDANCE:
-        return None
-    if any(getattr(request, name) != value for name, value in NEUTRAL.items()):
         return None
     if not isinstance(request.batch_size, int) or request.batch_size * (2 if request.guidance == "cfg" else 1) < MIN_MERGE_ROWS:
         return None

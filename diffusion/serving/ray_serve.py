@@ -355,6 +355,19 @@ def sampler_app(config: SamplerConfig, replicas: int = 1, min_replicas: int | No
     return Sampler.options(**options).bind(config)
 
 
+def build(args: dict):
+    """Serve's application builder, for `serve run diffusion.serving.ray_serve:build checkpoint_dir=...` and a
+    RayService's import_path (docs/serving.md): checkpoint_dir, max_request_seconds (180), replicas (1), batching
+    (true), compile (false), gpus_per_replica (0)."""
+    def flag(name, default):
+        return str(args.get(name, default)).lower() in ("1", "true", "yes")
+
+    config = SamplerConfig(str(args["checkpoint_dir"]), max_request_seconds=float(args.get("max_request_seconds", 180)),
+                           batching=flag("batching", True), compile=flag("compile", False),
+                           device="cuda" if float(args.get("gpus_per_replica", 0)) > 0 else None)
+    return sampler_app(config, int(args.get("replicas", 1)), gpus_per_replica=float(args.get("gpus_per_replica", 0)))
+
+
 def start(config: SamplerConfig, address: str = "local", replicas: int = 1, temp_dir: str | None = None,
           num_cpus: int | None = None, front: ModelCache | None = None, **app_options) -> RayBackend:
     """Join Ray at `address` ("local": start one on this machine) and run the Sampler deployment; its backend.
@@ -365,6 +378,11 @@ def start(config: SamplerConfig, address: str = "local", replicas: int = 1, temp
     else:
         init["address"] = address
     ray.init(**init)
+    if address != "local":  # a cluster that already runs the application (a RayService): join it, don't redeploy
+        try:
+            return RayBackend(serve.get_app_handle(APP_NAME), app_options.get("max_replicas") or replicas, front)
+        except Exception:  # noqa: BLE001 - not deployed there yet: deploy it below
+            pass
     serve.start(proxy_location="Disabled")
     handle = serve.run(sampler_app(config, replicas, **app_options), name=APP_NAME, route_prefix=None)
     return RayBackend(handle, app_options.get("max_replicas") or replicas, front)
