@@ -244,7 +244,7 @@ if __name__ == "__main__":
 
         try:
             use_backend(cache, start_ray_backend(cache, args.ray, args.replicas, batching=not args.no_batching,
-                                                 compile=not args.no_compile, max_replicas=args.max_replicas,
+                                                 compile=False, max_replicas=args.max_replicas,  # docs/serving.md
                                                  min_replicas=args.replicas if args.max_replicas else None))
         except RayUnavailable as error:
             raise SystemExit(f"error: {error}") from None
