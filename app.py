@@ -36,6 +36,7 @@ from diffusion.app.lens import build_lens_tab
 from diffusion.app.sweep import build_sweep_tab
 from diffusion.app.xy import build_xy_tab
 from diffusion.app.trajectory import build_trajectory_tab
+from diffusion.serving.backend import backend_for, use_backend
 from diffusion.serving.budget import DEFAULT_REQUEST_SECONDS, WorkBudget
 from diffusion.serving.compiled import BackgroundCompiler
 from diffusion.serving.engine import GENERATIVE_KINDS, ModelCache, SampleRequest, run_request
@@ -89,7 +90,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     # One sampling job at a time per device. preprocess=False: the handlers get the raw values and check them
     # themselves (diffusion.app.common.widget_number, the engine), so every wrong input, through the browser or
     # the API, gets one sentence naming its field instead of a component's anonymous bounds error.
-    sampling = {"concurrency_limit": 1, "concurrency_id": "sampling", "preprocess": False}
+    sampling = {"concurrency_limit": backend_for(cache).workers, "concurrency_id": "sampling", "preprocess": False}
     serve_outputs_directly()  # the PNGs a run returns go out as written, not copied into Gradio's cache
 
     with gr.Blocks(title="diffusion-playground", fill_width=True, delete_cache=DELETE_CACHE) as demo:
@@ -239,12 +240,22 @@ def parse_args(argv=None):
                         help="a reverse proxy's address (or network, e.g. 10.0.0.0/8) whose X-Forwarded-For header "
                              "names the client; repeatable. Without it the header is ignored and the connection's "
                              "address counts (the per-address limits cannot be dodged by writing the header)")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="sample on Ray Serve replicas (pip install -e \".[serve]\"; docs/serving.md): 'local' "
+                             "starts Ray on this machine, an address (HOST:6379, ray://HOST:10001) joins a cluster")
+    parser.add_argument("--replicas", type=int, default=1, help="with --ray: Sampler replicas (one per GPU or core)")
+    parser.add_argument("--max-replicas", type=int, default=None,
+                        help="with --ray: autoscale between --replicas and this many replicas")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="with --ray: never merge users' requests into one network batch")
     args = parser.parse_args(argv)
     for proxy in args.trusted_proxy:
         try:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             parser.error(f"--trusted-proxy {proxy[:200]}: not an IP address or network")
+    if not 1 <= args.replicas <= 64 or (args.max_replicas is not None and not args.replicas <= args.max_replicas <= 64):
+        parser.error("--replicas must be 1 to 64, and --max-replicas at least --replicas")
     for folder in args.add_model:  # a typo would otherwise serve nothing, silently
         if not Path(folder).is_dir():
             parser.error(f"--add-model {folder[:200]}: not a folder")
@@ -259,7 +270,16 @@ if __name__ == "__main__":
     args = parse_args()
     cache = ModelCache(args.checkpoints or CHECKPOINT_DIR, capacity=4, extra_folders=args.add_model,
                        budget=WorkBudget(seconds=args.max_request_seconds),
-                       compiler=None if args.no_compile else BackgroundCompiler())
+                       compiler=None if args.no_compile or args.ray else BackgroundCompiler())
+    if args.ray:  # the front keeps the cache for metadata and the budget; replicas sample
+        from diffusion.serving.ray_start import RayUnavailable, start_ray_backend
+
+        try:
+            use_backend(cache, start_ray_backend(cache, args.ray, args.replicas, batching=not args.no_batching,
+                                                 compile=False, max_replicas=args.max_replicas,  # docs/serving.md
+                                                 min_replicas=args.replicas if args.max_replicas else None))
+        except RayUnavailable as error:
+            raise SystemExit(f"error: {error}") from None
     if cache.compiler is not None:
         threading.Thread(target=warm_up, args=(cache,), daemon=True, name="warm-up").start()
     demo = build_demo(cache)

@@ -2,6 +2,7 @@
 request run alone.
 
     python loadtest.py [--clients 16] [--requests 4] [--checkpoints checkpoints] [--out docs/loadtest.md]
+    python loadtest.py --classroom 30 [--rows abc] [--out docs/serving.md]     (issue 40: the classroom)
 
 Starts `python app.py` on a free local port, runs `clients` threads that each send `requests` mixed requests
 (checkpoints, samplers, guidance modes, self-conditioning, seeds), then replays every request alone and
@@ -100,12 +101,12 @@ def run_load(url: str, checkpoints: list[str], clients: int, per_client: int, st
             "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else float("nan")}
 
 
-def start_app(checkpoints: Path, port: int) -> subprocess.Popen:
+def start_app(checkpoints: Path, port: int, extra=(), wait_s: float = 180) -> subprocess.Popen:
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--checkpoints", str(checkpoints),
-                                "--trusted-proxy", "127.0.0.1"],
+                                "--trusted-proxy", "127.0.0.1", *extra],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
+    deadline = time.time() + wait_s
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -115,7 +116,143 @@ def start_app(checkpoints: Path, port: int) -> subprocess.Popen:
                 raise RuntimeError("the app exited:\n" + process.stdout.read()) from None
             time.sleep(0.5)
     process.kill()
-    raise RuntimeError("the app did not start within 180 s")
+    raise RuntimeError(f"the app did not start within {wait_s:.0f} s")
+
+
+# --- the classroom (issue 40) ---------------------------------------------------------------------------------------
+# Rows of one run on one machine: the same students against (a) today's single process, (b) Ray with 2 replicas of one
+# thread each, (c) (b) with batching across users.
+CLASSROOM_ROWS = {"a": ("(a) one process (python app.py)", ()),
+                  "b": ("(b) Ray, 2 replicas x 1 thread", ("--ray", "local", "--replicas", "2", "--no-batching")),
+                  "c": ("(c) (b) with batching", ("--ray", "local", "--replicas", "2"))}
+FIRST_PRESS_WINDOW_S = 5.0  # every student presses the default Generate within the same 5 s
+
+
+def default_generate(seed: int | None = None, checkpoint: str = "fashion-diffusion", **changes) -> tuple:
+    """/generate's first 12 arguments as the page starts (the rest keep the page's defaults: CFG rescale 0.7)."""
+    values = {"checkpoint": checkpoint, "sampler": "ode", "solver": "dpm++2m", "steps": 10, "eta": 0.0,
+              "spacing": "uniform", "guidance": "cfg", "class_index": 0, "scale": 3.0, "self_condition": "own",
+              "seed": 0 if seed is None else seed, "batch_size": 16} | changes
+    return tuple(values.values())
+
+
+def classroom_plan(students: int, seed: int = 0) -> list[list[tuple]]:
+    """Per student: (start offset s, endpoint, arguments) for the default Generate pressed within the first 5 s, then
+    three varied actions: another seed, the reflow student's live mode (4 images, its few-step settings), and a
+    4-image X/Y cell."""
+    rng = random.Random(seed)
+    plan = []
+    for _ in range(students):
+        other = rng.randrange(10_000)
+        plan.append([
+            (rng.uniform(0, FIRST_PRESS_WINDOW_S), "/generate", default_generate()),
+            (0.0, "/generate", default_generate(other)),
+            (0.0, "/generate", default_generate(rng.randrange(10_000), "fashion-reflow", sampler="ode", solver="euler",
+                                                steps=2, scale=1.0, guidance="none", class_index=rng.randrange(10),
+                                                batch_size=4)),
+            (0.0, "/xy_grid", ("fashion-diffusion", "ode", "dpm++2m", 10, "uniform", "cfg", rng.randrange(10), 3.0,
+                               rng.randrange(10_000), 4, "seed", str(rng.randrange(10_000)), "", "")),
+        ])
+    return plan
+
+
+def _pictures(endpoint: str, outputs) -> list[bytes]:
+    if endpoint == "/generate":
+        return image_bytes(outputs[0])
+    return [Image.open(outputs[0]).tobytes()]  # the X/Y grid's picture
+
+
+def run_classroom(url: str, plan: list[list[tuple]]) -> dict:
+    """Every student in a thread; per action its latency and pictures; then each distinct request once alone."""
+    from gradio_client import Client
+
+    records, errors, lock = [], [], threading.Lock()
+    started = time.perf_counter()
+
+    def student(index):
+        client = Client(url, verbose=False)
+        for k, (offset, endpoint, args) in enumerate(plan[index]):
+            delay = started + offset - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            began = time.perf_counter()
+            try:
+                pictures = _pictures(endpoint, client.predict(*args, api_name=endpoint))
+            except Exception as error:  # every failure is counted
+                with lock:
+                    errors.append(f"student {index} action {k}: {error!r}"[:300])
+                continue
+            with lock:
+                records.append((k, endpoint, args, time.perf_counter() - began, pictures))
+
+    threads = [threading.Thread(target=student, args=(i,)) for i in range(len(plan))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    alone, reference = Client(url, verbose=False), {}
+    differ = 0
+    for _, endpoint, args, _, pictures in records:
+        key = (endpoint, args)
+        if key not in reference:
+            reference[key] = _pictures(endpoint, alone.predict(*args, api_name=endpoint))
+        differ += reference[key] != pictures
+    return {"records": records, "errors": errors, "differ": differ, "wall_s": wall}
+
+
+def classroom_summary(label: str, stats: dict) -> str:
+    """One Markdown table row: p50 / p95 / max latency of the first press and of the small (4-image) actions,
+    throughput, errors, byte differences."""
+    def quantiles(values):
+        values = sorted(values)
+        if not values:
+            return "-"
+        return (f"{statistics.median(values):.1f} / {values[min(len(values) - 1, int(0.95 * len(values)))]:.1f} / "
+                f"{values[-1]:.1f}")
+
+    records = stats["records"]
+    first = [r[3] for r in records if r[0] == 0]
+    small = [r[3] for r in records if r[0] >= 2]
+    return (f"| {label} | {quantiles(first)} | {quantiles(small)} | {len(records) / stats['wall_s']:.2f} | "
+            f"{len(stats['errors'])} | {stats['differ']} |")
+
+
+CLASSROOM_HEADER = ("| row | default Generate p50 / p95 / max (s) | 4-image actions p50 / p95 / max (s) | actions/s | "
+                    "errors | byte differences |\n|---|---|---|---|---|---|")
+
+
+def classroom(students: int, rows: str, checkpoints: Path, out: str = "") -> int:
+    """Run the classroom against each row's server in turn and print the table (and append it to `out`)."""
+    import signal
+
+    lines, failed = [CLASSROOM_HEADER], False
+    plan = classroom_plan(students)
+    for row in rows:
+        label, extra = CLASSROOM_ROWS[row]
+        port = free_port()
+        process = start_app(checkpoints, port, extra, wait_s=600)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            from gradio_client import Client
+
+            Client(url, verbose=False).predict(*default_generate(), api_name="/generate")  # models loaded, warm
+            stats = run_classroom(url, plan)
+        finally:
+            process.send_signal(signal.SIGINT)  # app.py exits through atexit, which shuts its local Ray down
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        lines.append(classroom_summary(label, stats))
+        failed |= bool(stats["errors"] or stats["differ"])
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(f"\n{students} students on {os.cpu_count()} cores:\n{table}")
+    if out:
+        with open(out, "a") as f:
+            f.write(f"\n{time.strftime('%Y-%m-%d')}, {students} students, {os.cpu_count()} cores:\n\n{table}\n")
+    return 1 if failed else 0
 
 
 def main(argv=None):
@@ -128,7 +265,15 @@ def main(argv=None):
     parser.add_argument("--max-growth-mib", type=float, default=200.0,
                         help="fail when the server's RSS grows more than this during the run (the second checkpoint "
                              "and the noisy classifier load during it: ~5 MiB of weights, plus allocator caches)")
+    parser.add_argument("--classroom", type=int, default=0, metavar="STUDENTS",
+                        help="the classroom of issue 40 instead: STUDENTS press Generate within 5 s, then 3 more actions")
+    parser.add_argument("--rows", default="abc", help="with --classroom: which servers (a one process, b Ray, c Ray "
+                        "with batching)")
     args = parser.parse_args(argv)
+    if args.classroom:
+        if not set(args.rows) <= set(CLASSROOM_ROWS) or not 1 <= args.classroom <= 200:
+            parser.error("--classroom takes 1-200 students and --rows letters from 'abc'")
+        return classroom(args.classroom, args.rows, Path(args.checkpoints), args.out)
 
     sys.path.insert(0, str(ROOT))
     from diffusion.serving.engine import ModelCache

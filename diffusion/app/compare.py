@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..serving.backend import backend_for
 from ..serving.engine import MAX_STEPS, ModelCache, RequestError
 from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import png_info
@@ -39,7 +40,7 @@ def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, b
         raise user_error(error) from None
 
     def work(emit):
-        return compare_samplers(cache, requests, progress=lambda i, done, total: emit((i, done, total)))
+        return backend_for(cache).compare_samplers(requests, progress=lambda i, done, total: emit((i, done, total)))
 
     def on_event(event):
         i, done, total = event
@@ -76,7 +77,7 @@ def compare_few_steps(cache: ModelCache, student, steps_text, class_index, seed,
         cell, cells, done, total = event
         progress((cell * total + done, cells * total), desc=f"cell {cell + 1}/{cells}")
 
-    cells = yield from stream_result(lambda emit: run_grid(cache, plan, progress=lambda *event: emit(event)),
+    cells = yield from stream_result(lambda emit: backend_for(cache).run_grid(plan, progress=lambda *event: emit(event)),
                                      on_event, outputs=2, limit_seconds=cache.budget.seconds)
     picture = grid_picture(plan, cells, columns=min(4, base.batch_size))
     yield picture, few_step_table(plan, cells)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ..formats.data import FASHION_MNIST_CLASSES, to_uint8
+from ..serving.backend import backend_for
 from ..serving.edits import EDIT_METHODS, EditRequest, run_edit, strength_log_snr
 from ..serving.engine import GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, image_shape
 from ..formats.images import captioned_row, display_scale, to_pil
@@ -148,7 +149,7 @@ def perform_edit(cache: ModelCache, image, mask, request: EditRequest, model, no
     columns = min(8, int(request.base.batch_size))
 
     def work(emit):
-        return run_edit(cache, request, image, mask, progress=lambda done, total: emit(("progress", done, total)),
+        return backend_for(cache).run_edit(request, image, mask, progress=lambda done, total: emit(("progress", done, total)),
                         preview=lambda step, t, x_t, x0: emit(("preview", x0.float().cpu())) if previews.due() else None)
 
     def on_event(event):

@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, PngImagePlugin
 
+from ..serving.backend import backend_for
 from ..serving.engine import ModelCache, RequestError, SampleRequest, run_request
 from ..formats.images import labelled_rows
 from ..formats.outputs import OutputExists, refuse_to_replace
@@ -87,7 +88,7 @@ def make_example(cache: ModelCache, example: Example) -> tuple[Image.Image, PngI
     request = SampleRequest(checkpoint=checkpoint, sampler=sampler, solver=solver, steps=steps, eta=eta,
                             spacing=spacing, guidance=guidance, class_index=class_index, scale=scale,
                             self_condition=self_condition, seed=seed, batch_size=batch_size)
-    result = run_request(cache, request)
+    result = backend_for(cache).run_request(request)
     path = save_png(result.images, 8, "example", png_info(request, result.class_names, result.checkpoint_sha256,
                                                           int(result.images.shape[-1]),
                                                           {"tab": "generate", "live": example.live}))

@@ -12,6 +12,7 @@ import gradio as gr
 import torch
 
 from ..formats.data import DataError, FASHION_MNIST_DIR, load_fashion_mnist, to_model_range
+from ..serving.backend import backend_for
 from ..serving.engine import GENERATIVE_KINDS, ModelCache, RequestError, check_seed, image_shape
 from ..core.sampling import ODE_SOLVERS
 from ..serving.studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
@@ -61,7 +62,7 @@ def run_same_noise(cache: ModelCache, checkpoints, class_index, seed, batch_size
                                    temperature=widget_number(temperature, "temperature"))
     except RequestError as error:
         raise user_error(error) from None
-    columns = yield from _run(lambda emit: same_noise(cache, requests, progress=lambda i, d, t: emit((i, d, t))),
+    columns = yield from _run(lambda emit: backend_for(cache).same_noise(requests, progress=lambda i, d, t: emit((i, d, t))),
                               progress, len(requests), outputs=3, limit_seconds=cache.budget.seconds)
     per_row = requests[0].batch_size  # one row per model: each column is one noise through every model
     everything = torch.cat([c.result.images for c in columns])
@@ -82,7 +83,7 @@ def run_latent_walk(cache: ModelCache, checkpoints, class_index, seed_a, seed_b,
                          check_seed(widget_number(seed_b, "seed B", int), "seed B"), frames)
     except RequestError as error:
         raise user_error(error) from None
-    columns = yield from _run(lambda emit: same_noise(cache, requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
+    columns = yield from _run(lambda emit: backend_for(cache).same_noise(requests, x_T=x_T, progress=lambda i, d, t: emit((i, d, t))),
                               progress, len(requests), outputs=3, limit_seconds=cache.budget.seconds)
     strip = torch.cat([c.result.images for c in columns])  # one row per model
     gif_frames = [grid_pil(torch.stack([c.result.images[k] for c in columns]), len(columns), SINGLE_PX)
@@ -101,7 +102,7 @@ def run_encode(cache: ModelCache, checkpoints, index, progress=gr.Progress()):
         names = widget_names(checkpoints, "checkpoints")
     except RequestError as error:
         raise user_error(error) from None
-    inversions = yield from _run(lambda emit: encode_image(cache, names, image, label,
+    inversions = yield from _run(lambda emit: backend_for(cache).encode_image(names, image, label,
                                                            progress=lambda i, d, t: emit((i, d, t))),
                                  progress, max(len(names), 1), outputs=2,
                                  limit_seconds=cache.budget.seconds)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..serving.backend import backend_for
 from ..serving.engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError,
                       SampleRequest, check_request, expected_nfe, request_work, run_request)
 from ..core.sampling import ODE_SOLVERS
@@ -58,7 +59,7 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
     columns = min(8, request.batch_size)
 
     def work(emit):
-        return run_request(cache, request, progress=lambda done, total: emit(("progress", done, total)),
+        return backend_for(cache).run_request(request, progress=lambda done, total: emit(("progress", done, total)),
                            preview=lambda step, t, x_t, x0: emit(("preview", step, x0.float().cpu()))
                            if previews.due() else None)
 
@@ -122,7 +123,7 @@ def generate_live(cache: ModelCache, live, *values):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     request = generate_request(*values)
     try:
-        result = run_request(cache, request)
+        result = backend_for(cache).run_request(request)
     except (RequestError, SamplingError) as error:
         raise user_error(error) from None
     return finished(cache, result, min(8, request.batch_size), note=" (live)")
@@ -134,7 +135,7 @@ def generate_flow(cache: ModelCache, checkpoint, class_index, temperature, seed,
         request = FlowRequest(checkpoint=str(checkpoint), temperature=widget_number(temperature, "temperature"),
                               class_index=widget_class(class_index), seed=widget_number(seed, "seed", int),
                               batch_size=widget_number(batch_size, "batch size", int))
-        result = run_request(cache, request)
+        result = backend_for(cache).run_request(request)
     except (RequestError, SamplingError) as error:
         raise user_error(error) from None
     columns = min(8, request.batch_size)

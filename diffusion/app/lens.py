@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..formats.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_uint8
 from ..formats.images import FORMATS_SENTENCE, open_picture
+from ..serving.backend import backend_for
 from ..serving.engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest, image_shape, run_request
 from ..serving.lens import PROBES, likelihood_lens, probe_images
 from ..serving.studies import MAX_FAMILY_COLUMNS
@@ -51,7 +52,7 @@ def picked_image(cache: ModelCache, source, index, upload, sample_checkpoint, sa
         guided = model.config.get("null_class") is not None and common["class_index"] is not None
         request = (FlowRequest(**common) if model.kind == "normalizing-flow" else
                    SampleRequest(**common, guidance="cfg" if guided else "none"))
-        result = run_request(cache, request, model=model)
+        result = backend_for(cache).run_request(request, model=model)
         if tuple(result.images.shape[1:]) != shape:
             raise RequestError(f"checkpoint {sample_checkpoint!r} makes {tuple(result.images.shape[1:])} images, "
                                f"the models to score take {shape}")
@@ -154,7 +155,7 @@ def run_lens(cache: ModelCache, checkpoints, source, index, upload, sample_check
         progress((column + fraction, len(names)), desc=f"model {column + 1}/{len(names)}: solving the ODE")
 
     columns = yield from stream_result(
-        lambda emit: likelihood_lens(cache, names, image, seed, progress=lambda column, fraction: emit((column, fraction))),
+        lambda emit: backend_for(cache).likelihood_lens(names, image, seed, progress=lambda column, fraction: emit((column, fraction))),
         on_event, outputs=4, limit_seconds=cache.budget.seconds)
     probes = likelihood_probes_gallery(image, seed, columns)
     yield probes, lens_table(columns) + "\n\n" + verdict(columns), plot_paths(columns), caption

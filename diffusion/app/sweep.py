@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from ..serving.backend import backend_for
 from ..serving.engine import ModelCache, RequestError
 from ..core.guidance import GUIDANCE_METHODS
 from ..core.sampling import ODE_SOLVERS
@@ -43,7 +44,7 @@ def sweep(cache: ModelCache, checkpoint, class_index, scales_text, methods, seed
         raise user_error(error) from None
 
     def work(emit):
-        return guidance_sweep(cache, base, scales, methods,
+        return backend_for(cache).guidance_sweep(base, scales, methods,
                               progress=lambda row, rows, done, total: emit((row, rows, done, total)))
 
     def on_event(event):

@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 import torch
 
+from ..serving.backend import backend_for
 from ..serving.engine import ModelCache, RequestError
 from ..core.sampling import ODE_SOLVERS
 from ..serving.studies import trajectory
@@ -26,7 +27,7 @@ def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guida
         raise user_error(error) from None
 
     def work(emit):
-        return trajectory(cache, request, frames, progress=lambda done, total: emit((done, total)))
+        return backend_for(cache).trajectory(request, frames, progress=lambda done, total: emit((done, total)))
 
     def on_event(event):
         progress(event, desc="sampling")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..serving.backend import backend_for
 from ..serving.engine import MAX_STEPS, ModelCache, RequestError
 from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import png_info
@@ -37,7 +38,7 @@ def xy_grid(cache: ModelCache, checkpoint, sampler, solver, steps, spacing, guid
         raise user_error(error) from None
 
     def work(emit):
-        return run_grid(cache, plan, progress=lambda cell, cells, done, total: emit((cell, cells, done, total)))
+        return backend_for(cache).run_grid(plan, progress=lambda cell, cells, done, total: emit((cell, cells, done, total)))
 
     def on_event(event):
         cell, cells, done, total = event
