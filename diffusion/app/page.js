@@ -23,6 +23,7 @@
     const high = max === null || max === "" ? Infinity : Number(max);
     if (Number.isNaN(value) || (value >= low && value <= high)) {
       block.querySelector(":scope > .range-notice")?.remove();
+      if (!document.querySelector(".range-notice")) document.querySelectorAll(".run-blocked").forEach((b) => b.remove());
       return;
     }
     const label = (block.querySelector("label span, [data-testid='block-info']")?.textContent || "This value").trim();
@@ -33,6 +34,33 @@
   };
   document.addEventListener("input", checkRange, true);
   document.addEventListener("change", checkRange, true);
+
+  //    While such a sentence shows in the tab, its run buttons do not run (issue 37: steps 0 said "cannot run as
+  //    set", then the slider's clamp ran 1 step). The click is stopped before Gradio sees it and a sentence under
+  //    the button says why; it goes when the values are back in range.
+  const visibleNotices = () => [...document.querySelectorAll(".range-notice")]
+    .filter((notice) => notice.offsetParent !== null && notice.textContent);
+  document.addEventListener("click", (event) => {
+    const button = event.target instanceof Element ? event.target.closest("button.primary") : null;
+    if (!button) return;
+    const row = button.closest(".row, .form, .block") || button.parentElement;
+    let blocked = row.parentElement.querySelector(":scope > .run-blocked");
+    const notices = visibleNotices();
+    if (!notices.length) {
+      blocked?.remove();
+      return;
+    }
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    if (!blocked) {
+      blocked = document.createElement("div");
+      blocked.className = "run-blocked";
+      blocked.setAttribute("role", "alert");
+      blocked.style.cssText = "color: var(--error-text-color, #b91c1c); font-weight: 600; margin: 4px 0;";
+      row.after(blocked);
+    }
+    blocked.textContent = `Not run: ${notices[0].textContent.split(";")[0]}. Fix the value marked in red, then run.`;
+  }, true);
 
   // 2. Ctrl+Enter (Cmd+Enter on a Mac) runs the visible tab: its first enabled primary button.
   document.addEventListener("keydown", (event) => {
