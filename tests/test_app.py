@@ -341,12 +341,22 @@ def test_xy_grid_through_the_api(client):
     ("steps", "1000, 1000, 1000, 1000, 1000, 1000", "seed", "1-6", "this grid needs 144,000 image-evaluations, about "
      "285 s of work on this machine; the limit is 180 s per request"),
     ("class_index", "0, 7", "", "", "cell class_index=7: class must be between 0 and 2"),
+    ("class_index", "circle, Sneaker", "", "", "class 'Sneaker' is neither a class of this checkpoint \\(circle, "
+     "square, cross\\) nor an index 0-2"),
     ("nonsense", "1", "", "", "cannot go on an axis"),
 ])
 def test_xy_grid_refuses_bad_axes_before_any_work(client, x_field, x_values, y_field, y_values, message):
     with pytest.raises(Exception, match=message):
         client.predict("tiny", "ddim", "heun", 3, "uniform", "cfg", 1, 2.0, 5, 2, x_field, x_values, y_field, y_values,
                        api_name="/xy_grid")
+
+
+def test_the_xy_grid_takes_class_names_in_any_case(client):
+    """Issue 37, item 5: 'class_index: 'Sneaker' is neither a number nor a range' on a Fashion-MNIST model."""
+    _, table, _, manifest_path = client.predict("tiny", "ddim", "heun", 2, "uniform", "cfg", 1, 2.0, 5, 1,
+                                                "class_index", "Cross, square, 0", "", "", api_name="/xy_grid")
+    assert [c["x"] for c in json.loads(Path(manifest_path).read_text())["cells"]] == [2, 1, 0]
+    assert "| cross |" in table and "| square |" in table and "| circle |" in table
 
 
 def test_stochastic_samplers_through_generate_and_the_xy_grid(client):
@@ -521,6 +531,14 @@ def test_browser_xy_grid_and_a_guidance_method(server, tmp_path):
         page.get_by_role("button", name="Generate", exact=True).click()
         page.wait_for_selector("text=images/s", timeout=60_000)
         page.get_by_role("tab", name="X/Y grid").click()
+        # Issue 37, item 5: the classes are listed, and a field chosen for Y brings values of its own kind.
+        expect(page.locator("#xy-classes")).to_contain_text("0 circle, 1 square, 2 cross", timeout=30_000)
+        page.get_by_label("Y: field").click()
+        page.get_by_role("option", name="class", exact=True).click()
+        expect(page.get_by_label("Y: values")).to_have_value("circle, square, cross", timeout=30_000)
+        page.get_by_label("Y: field").click()
+        page.get_by_role("option", name="sampler", exact=True).click()
+        expect(page.get_by_label("Y: values")).to_have_value("ddim, ode", timeout=30_000)
         page.get_by_label("X: values").fill("1, 3")
         page.get_by_role("button", name="Make grid").click()
         page.wait_for_selector("text=class confidence", timeout=60_000)
