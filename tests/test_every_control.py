@@ -279,3 +279,45 @@ def test_an_empty_number_box_says_it_is_empty():
         generate_request_fields("tiny", "ode", "dpm++2m", 10, 0.0, "uniform", "cfg", 0, 3.0, "own", None, 4)
     with pytest.raises(RequestError, match="steps must be a number; the box is empty"):
         generate_request_fields("tiny", "ode", "dpm++2m", " ", 0.0, "uniform", "cfg", 0, 3.0, "own", 0, 4)
+
+
+def test_restoring_a_run_from_the_history_queues_one_event_in_chromium(live):
+    """Issue 37, item 6: a click on a history entry queued 7 events (the click and the restored controls' change
+    events), so 2 of 9 clicks hit the cap of 4 per session. Now only the click goes to the queue: the estimate line
+    and the sampler's own settings answer outside it, and live mode follows the user's changes, not restores."""
+    from playwright.sync_api import sync_playwright
+
+    url, demo = live
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
+            page.page.goto(url)
+            page.page.wait_for_selector("text=Next run", timeout=120_000)
+            page.settle()
+            generate = page.page.locator("button.primary:visible", has_text="Generate").first
+            generate.click()
+            page.page.wait_for_selector("text=(seed 0)", timeout=120_000)
+            page.settle()
+            page.page.get_by_label("DDIM", exact=True).check()
+            page.page.get_by_label("none (the model as it is)").check()
+            page.settle()
+            for label, value in (("number input for Steps", "3"), ("number input for Images", "4"), ("Seed", "5")):
+                box = page.page.locator(f"input[aria-label='{label}']:visible").first
+                box.fill(value)
+                box.press("Enter")
+                page.settle()
+            generate.click()
+            page.page.wait_for_selector("text=(seed 5)", timeout=120_000)
+            history = page.page.locator("#history button.thumbnail-item")
+            history.nth(1).wait_for(timeout=60_000)
+            page.settle()
+            page.sent.clear()
+            history.nth(1).click()  # the first run: ODE, 10 steps, CFG, 16 images, seed 0
+            page.page.wait_for_selector("text=Restored from the history", timeout=60_000)
+            page.settle()
+            assert len(page.sent) == 1, [payload["fn_index"] for payload in page.sent]
+            page.page.wait_for_function("() => document.body.innerText.includes('Next run: NFE 10') && "
+                                        "document.body.innerText.includes('for 16 images')", timeout=60_000)
+        finally:
+            browser.close()

@@ -456,7 +456,7 @@ def wire_runs(cache: ModelCache, sampling: dict, w: dict, inputs: list) -> tuple
     generating = w["run"].click(partial(generate, cache), inputs, shown, api_name="generate", show_progress="minimal",
                                 show_progress_on=[w["status"]], **sampling)
     settle_run(generating, shown, w["status"], w["stop"])
-    w["dice"].click(random_seed, None, w["seed"], api_name=False)
+    rolled = w["dice"].click(random_seed, None, w["seed"], api_name=False, queue=False)
     w["gallery"].select(picked_image, None, w["picked"], api_name=False)
     picked_index = gr.State(0)
     w["gallery"].select(on_gallery_select, None, picked_index, api_name=False)
@@ -469,9 +469,11 @@ def wire_runs(cache: ModelCache, sampling: dict, w: dict, inputs: list) -> tuple
                                    [w["flow_checkpoint"], w["class_index"], w["temperature"], w["seed"],
                                     w["batch_size"]], shown, api_name="generate_flow", **sampling)
     settle_run(decoding, shown, w["status"])
-    for trigger in (w["live"], w["class_index"], w["scale"], w["seed"]):
-        regenerating = trigger.change(partial(generate_live, cache), [w["live"], *inputs], shown, api_name=False,
-                                      trigger_mode="always_last", show_progress="hidden", **sampling)
+    # Live mode follows the user's changes (.input) and the dice, not the values a restore or a checkpoint sets:
+    # a history click used to queue a skipped live event per restored control (issue 37, item 6).
+    for trigger in (w["live"].input, w["class_index"].input, w["scale"].input, w["seed"].input, rolled.then):
+        regenerating = trigger(partial(generate_live, cache), [w["live"], *inputs], shown, api_name=False,
+                               trigger_mode="always_last", show_progress="hidden", **sampling)
         settle_run(regenerating, shown, w["status"])
     return generating, decoding, picked_index
 
@@ -480,8 +482,10 @@ def wire_follow_ups(cache: ModelCache, evaluation_dir: Path, default, w: dict, i
     """What follows the controls: the sampler's own settings, a checkpoint's kind and defaults, the estimate line,
     and the history (a finished run joins it; a click restores it). Returns the `loaded` state."""
     generating, decoding, picked_index = runs
+    # Outside the queue (queue=False): the sampler's own settings and the estimate line are instant and run no model,
+    # so a restore (which changes many controls at once) queues only its click, not one event per control.
     w["sampler"].change(partial(sampler_controls, cache), [w["sampler"], w["checkpoint"]],
-                        [w["solver"], w["eta"], *w["stochastic"]], api_name=False)
+                        [w["solver"], w["eta"], *w["stochastic"]], api_name=False, queue=False)
     few_step = gr.State(w["default_few_step"])
     loaded = gr.State(None)  # a PNG's request fields until the checkpoint change they cause has restored them
     w["checkpoint"].change(
@@ -494,14 +498,14 @@ def wire_follow_ups(cache: ModelCache, evaluation_dir: Path, default, w: dict, i
     for control in (*(w[k] for k in ("checkpoint", "sampler", "solver", "steps", "guidance", "batch_size")),
                     *w["methods"], *w["stochastic"]):
         control.change(partial(estimate, cache), inputs, w["next_run"], api_name=False, show_progress="hidden",
-                       trigger_mode="always_last", preprocess=False)  # raw values: its own sentence, no toast
+                       trigger_mode="always_last", preprocess=False, queue=False)  # raw values: its own sentence
     history = gr.State([])
     for run_event in (generating, decoding):
         run_event.success(add_to_history, [history, w["download"], w["gallery"]], [history, w["history_gallery"]],
                           api_name=False, show_progress="hidden")
         run_event.success(lambda: 0, None, picked_index, api_name=False, show_progress="hidden")  # a new run's first
     generating.success(partial(estimate, cache), inputs, w["next_run"], api_name=False, show_progress="hidden",
-                       preprocess=False)
+                       preprocess=False, queue=False)
 
     def on_history_select(history, event: gr.SelectData):  # a plain function: Gradio passes SelectData by annotation
         return restore_run(cache, history, event)
