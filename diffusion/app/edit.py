@@ -27,7 +27,7 @@ from .families import test_image
 from .generate import PreviewClock
 from .lens import uploaded_picture
 
-EDITOR_SCALE = 10  # a 28 px image is painted on at 280 px
+EDITOR_SCALE = 10  # a 28 px image is shown at 280 px in the input box
 METHOD_LABELS = [(label, name) for name, label in EDIT_METHODS.items()]
 INTRO = """**Edit an image with a model.** *Image-to-image* (SDEdit, Meng et al. 2022) noises the input to a level t0
 and lets the model denoise it: the strength decides how much of the input survives. *Inpainting* (RePaint, Lugmayr
@@ -39,7 +39,7 @@ NO_FLOW_INPAINTING = ("A normalizing flow has no inpainting: its latent mixes ev
                       "be held fixed. Image-to-image mixes its exact latent with noise; class swap is exact.")
 
 
-# --- the input: an editor value or an uploaded file -> tensors of the model's shape ------------------
+# --- the input: the input box's picture and the mask canvas, or the API's files -> the model's tensors ---
 def editor_picture(picture: Image.Image, shape) -> tuple[torch.Tensor, str]:
     """A picture as the model's (1, C, H, W) in [-1, 1] (box-resized where its size differs), and a note."""
     channels, height, width = shape
@@ -199,7 +199,7 @@ def edit_from_tab(cache: ModelCache, source, mask_data, checkpoint, method, stre
 def edit_from_files(cache: ModelCache, method: str, upload, mask_upload, checkpoint, strength, jump_length,
                     resamplings, eta, source_class, class_index, guidance, scale, sampler, solver, steps, seed,
                     batch_size, progress=gr.Progress()):
-    """The API's form: an image file (and a mask file for inpainting) instead of the editor."""
+    """The API's form: an image file (and a mask file for inpainting) instead of the tab's input box and canvas."""
     try:
         request, model = edit_request(cache, checkpoint, method, strength, jump_length, resamplings, eta,
                                       source_class, class_index, guidance, scale, sampler, solver, steps, seed,
@@ -223,7 +223,7 @@ def _checked(steps):
 
 
 def load_test_image(cache: ModelCache, index, checkpoint):
-    """Test image `index` into the editor; for a Fashion-MNIST model its class as the swap's source class and as the
+    """Test image `index` into the input box; for a Fashion-MNIST model its class as the swap's source class and as the
     target (change the target to swap)."""
     try:
         image, label = test_image(index)
@@ -237,7 +237,7 @@ def load_test_image(cache: ModelCache, index, checkpoint):
 
 
 def image_from_generate(cache: ModelCache, gallery, index, checkpoint, class_index, guidance, scale, seed):
-    """Generate's clicked image (the first if none was clicked) into the editor, with its checkpoint, class (the
+    """Generate's clicked image (the first if none was clicked) into the input box, with its checkpoint, class (the
     target and the swap's source), guidance and seed; the Edit tab selected."""
     items = gallery if isinstance(gallery, list) else []
     if not items:
