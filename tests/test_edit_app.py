@@ -203,9 +203,11 @@ def test_send_to_edit_takes_the_clicked_image_and_stop_clears_the_run(server):
         wait_for_status(page, "last run loaded")
         assert "Image 3 of Generate" in status_text(page)
         page.locator("#edit-input img").first.wait_for(timeout=30_000)
-        page.locator("input[aria-label='number input for Steps']:visible").last.fill("1000")  # long enough to stop
-        page.locator("input[aria-label='number input for Images']:visible").last.fill("16")
-        page.keyboard.press("Tab")
+        # Long enough to stop: the most the tab takes (200 steps from pure noise, 16 images; 1000 steps is now refused
+        # with a sentence, where the slider used to clamp it to 200 silently).
+        for label, value in (("Steps", "200"), ("Images", "16"), ("Strength (t0: 0 keeps the image, 1 is new)", "1")):
+            page.locator(f"input[aria-label='number input for {label}']:visible").last.fill(value)
+            page.keyboard.press("Tab")
         press_edit(page)
         page.locator("#edit-grid img").first.wait_for(timeout=60_000)  # an x0 preview: the run samples
         page.locator("button.stop:visible", has_text="Stop").last.click()
