@@ -321,3 +321,28 @@ def test_restoring_a_run_from_the_history_queues_one_event_in_chromium(live):
                                         "document.body.innerText.includes('for 16 images')", timeout=60_000)
         finally:
             browser.close()
+
+
+def test_switching_to_a_model_with_the_same_classes_keeps_the_class_in_chromium(live):
+    """Issue 37, item 9: fashion-dit -> fashion-flow put Class back to T-shirt/top; here tiny-flow -> tiny (both
+    circle, square, cross) keeps "cross"."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, demo = live
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
+            page.page.goto(url)
+            page.page.wait_for_selector("text=Next run", timeout=120_000)
+            page.settle()
+            page.page.get_by_label("Class", exact=True).first.click()
+            page.page.get_by_role("option", name="cross", exact=True).click()
+            page.settle()
+            page.page.get_by_label("Checkpoint").first.click()
+            page.page.get_by_role("option", name="tiny", exact=True).click()
+            page.page.wait_for_selector("text=Now tiny:", timeout=60_000)
+            page.settle()
+            expect(page.page.get_by_label("Class", exact=True).first).to_have_value("cross")
+        finally:
+            browser.close()

@@ -153,15 +153,17 @@ APP_GUIDANCE = {"guidance": "cfg", "scale": DEFAULT_SCALES["cfg"]} | method_fiel
 
 
 
-def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler, few_step_before, loaded=None):
+def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler, few_step_before, loaded=None,
+                         chosen_class=None):
     """Class names, the controls that apply to the checkpoint's kind, and its card.
 
     A denoiser shows the sampler, steps, guidance and self-conditioning; a normalizing flow shows a temperature
     instead, and its own Generate button (API /generate_flow). A few-step model (one whose file names its sampling
     defaults, e.g. a reflow student) sets the sampler, steps and guidance to them and offers live mode; leaving one
     puts the tab's own defaults back. Settings just loaded from a PNG for this checkpoint (`loaded`, a request's
-    fields) are restored instead of any defaults. The last outputs are whether a few-step model is now selected, the
-    normalizing flow /generate_flow samples (kept when a denoiser is chosen), and `loaded` cleared."""
+    fields) are restored instead of any defaults. The chosen class (`chosen_class`) stays where the new checkpoint
+    has it. The last outputs are whether a few-step model is now selected, the normalizing flow /generate_flow samples
+    (kept when a denoiser is chosen), and `loaded` cleared."""
     try:
         model = cache.get(name)
     except RequestError as error:
@@ -179,7 +181,7 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
     setting = defaults if few_step else APP_SAMPLING if few_step_before else {}  # {}: keep the user's choices
     if setting:
         setting = setting | {"scale": DEFAULT_SCALES.get(guidance_value, 1.0)}
-    class_value = classes[0][1]
+    class_value = chosen_class if chosen_class in [value for _, value in classes] else classes[0][1]  # kept if it has it
     restore = loaded if isinstance(loaded, dict) and loaded.get("checkpoint") == name else None
     if restore:  # a PNG's settings win over every default
         setting = {key: restore[key] for key in ("sampler", "solver", "steps", "eta", "spacing", "scale", "temperature")
@@ -489,7 +491,8 @@ def wire_follow_ups(cache: ModelCache, evaluation_dir: Path, default, w: dict, i
     few_step = gr.State(w["default_few_step"])
     loaded = gr.State(None)  # a PNG's request fields until the checkpoint change they cause has restored them
     w["checkpoint"].change(
-        partial(on_checkpoint_change, cache, evaluation_dir), [w["checkpoint"], w["sampler"], few_step, loaded],
+        partial(on_checkpoint_change, cache, evaluation_dir),
+        [w["checkpoint"], w["sampler"], few_step, loaded, w["class_index"]],
         [w[k] for k in ("class_index", "self_condition", "guidance", "card", "sampler", "solver", "steps", "eta",
                         "spacing", "scale", "temperature", "run", "run_flow", "live")]
         + [few_step, w["flow_checkpoint"], loaded, w["methods_box"], *w["stochastic"]]
