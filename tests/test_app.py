@@ -16,6 +16,15 @@ from conftest import CHROMIUM, app_page, write_tiny_checkpoints
 SEED_RANGE = "seed must be a whole number from 0 to 2\\^63 - 1"  # a regular expression
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def expect(locator):
+    """Playwright's expect (it waits for the state asserted), imported where a browser test runs."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -333,12 +342,22 @@ def test_xy_grid_through_the_api(client):
     ("steps", "1000, 1000, 1000, 1000, 1000, 1000", "seed", "1-6", r"this grid needs 144,000 image-evaluations, about "
      r"\d[\d,]* s of work on this machine; the limit is 180 s per request"),
     ("class_index", "0, 7", "", "", "cell class_index=7: class must be between 0 and 2"),
+    ("class_index", "circle, Sneaker", "", "", "class 'Sneaker' is neither a class of this checkpoint \\(circle, "
+     "square, cross\\) nor an index 0-2"),
     ("nonsense", "1", "", "", "cannot go on an axis"),
 ])
 def test_xy_grid_refuses_bad_axes_before_any_work(client, x_field, x_values, y_field, y_values, message):
     with pytest.raises(Exception, match=message):
         client.predict("tiny", "ddim", "heun", 3, "uniform", "cfg", 1, 2.0, 5, 2, x_field, x_values, y_field, y_values,
                        api_name="/xy_grid")
+
+
+def test_the_xy_grid_takes_class_names_in_any_case(client):
+    """Issue 37, item 5: 'class_index: 'Sneaker' is neither a number nor a range' on a Fashion-MNIST model."""
+    _, table, _, manifest_path = client.predict("tiny", "ddim", "heun", 2, "uniform", "cfg", 1, 2.0, 5, 1,
+                                                "class_index", "Cross, square, 0", "", "", api_name="/xy_grid")
+    assert [c["x"] for c in json.loads(Path(manifest_path).read_text())["cells"]] == [2, 1, 0]
+    assert "| cross |" in table and "| square |" in table and "| circle |" in table
 
 
 def test_stochastic_samplers_through_generate_and_the_xy_grid(client):
@@ -513,6 +532,14 @@ def test_browser_xy_grid_and_a_guidance_method(server, tmp_path):
         page.get_by_role("button", name="Generate", exact=True).click()
         page.wait_for_selector("text=images/s", timeout=60_000)
         page.get_by_role("tab", name="X/Y grid").click()
+        # Issue 37, item 5: the classes are listed, and a field chosen for Y brings values of its own kind.
+        expect(page.locator("#xy-classes")).to_contain_text("0 circle, 1 square, 2 cross", timeout=30_000)
+        page.get_by_label("Y: field").click()
+        page.get_by_role("option", name="class", exact=True).click()
+        expect(page.get_by_label("Y: values")).to_have_value("circle, square, cross", timeout=30_000)
+        page.get_by_label("Y: field").click()
+        page.get_by_role("option", name="sampler", exact=True).click()
+        expect(page.get_by_label("Y: values")).to_have_value("ddim, ode", timeout=30_000)
         page.get_by_label("X: values").fill("1, 3")
         page.get_by_role("button", name="Make grid").click()
         page.wait_for_selector("text=class confidence", timeout=60_000)
@@ -543,8 +570,7 @@ def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(ser
         assert pictures and any(_has_colour(picture) for picture in pictures)  # the random UNet's colour reaches the page
         # Another tab's class list and guidance modes follow its own checkpoint.
         page.get_by_role("tab", name="Compare samplers").click()
-        page.wait_for_timeout(500)
-        assert page.get_by_label("classifier-free").filter(visible=True).count() == 1  # the tiny model's CFG
+        expect(page.get_by_label("classifier-free").filter(visible=True)).to_have_count(1, timeout=30_000)  # tiny's CFG
         page.locator("input[aria-label='Checkpoint']:visible").first.click()
         page.get_by_role("option", name="colour32").click()
         page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.offsetParent !== null && "
@@ -554,22 +580,23 @@ def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(ser
 
 
 def start_a_long_generate(page):
-    """Generate with DDPM, 1000 steps and 32 images (about 10 s on the tiny model); returns once it samples."""
+    """Generate with DDPM, 1000 steps and 32 images (about 10 s on the tiny model); returns once it samples. Each step
+    waits for what the app reports (issue 37: no fixed waits): the sampler change hiding the ODE solver, the estimate
+    line counting the new steps and images, the sampling thread running."""
     page.get_by_label("DDPM (ancestral)").check()
-    page.wait_for_timeout(500)  # the sampler change re-renders the controls; a value typed before it can be lost
+    page.wait_for_function("() => ![...document.querySelectorAll(\"input[aria-label='ODE solver']\")]"
+                           ".some(i => i.offsetParent !== null)", timeout=60_000)  # the sampler change has rendered
     for label, value in (("number input for Steps", "1000"), ("number input for Images", "32")):
-        box = page.get_by_label(label)
-        for _ in range(5):  # typed again until the box holds it (else a 10-step run ends before it is seen)
-            box.fill(value)
-            box.press("Enter")
-            page.wait_for_timeout(200)
-            if box.input_value() == value:
-                break
-        assert box.input_value() == value
+        box = page.get_by_label(label).filter(visible=True).first
+        box.fill(value)
+        box.press("Enter")
+    page.wait_for_function("() => document.body.innerText.includes('Next run: NFE 1000') && "
+                           "document.body.innerText.includes('for 32 images')", timeout=60_000)
     page.locator("button.primary:visible", has_text="Generate").first.click()
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while _sampling_workers() == 0 and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling the server's state
+    assert _sampling_workers() == 1, "the long run did not start sampling"
 
 
 @pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
@@ -882,14 +909,14 @@ def test_browser_a_dropped_png_restores_its_settings_across_a_checkpoint_switch(
         page.get_by_role("option", name="tiny-flow", exact=True).click()
         page.wait_for_selector("text=flow model without self-conditioning", timeout=30_000)
         page.keyboard.press("Escape")  # the checkpoint list closed, so that it covers nothing
-        page.wait_for_timeout(300)
+        expect(page.get_by_role("option").filter(visible=True)).to_have_count(0, timeout=30_000)
         page.get_by_text("Load settings from a PNG made here").click(timeout=60_000)
         page.locator("input[type=file]").first.set_input_files(grid)
         page.wait_for_selector("text=Settings loaded", timeout=30_000)
-        page.wait_for_timeout(1500)  # the checkpoint change the load caused restores the PNG's class and sampler
-        assert page.get_by_label("Checkpoint").first.input_value() == "tiny"
-        assert page.locator("input[aria-label='Class']:visible").first.input_value() == "cross"
-        assert page.get_by_label("number input for Steps").first.input_value() == "4"
+        # the checkpoint change the load caused restores the PNG's class and sampler
+        expect(page.get_by_label("Checkpoint").first).to_have_value("tiny", timeout=30_000)
+        expect(page.locator("input[aria-label='Class']:visible").first).to_have_value("cross", timeout=30_000)
+        expect(page.get_by_label("number input for Steps").first).to_have_value("4", timeout=30_000)
         page.locator("button.primary:visible", has_text="Generate").first.click()
         page.wait_for_selector("text=images/s", timeout=60_000)
         link = page.locator("a[href*='samples-'][download]").first.get_attribute("href")
@@ -908,11 +935,12 @@ def test_browser_stop_says_stopped_and_clears_the_earlier_results(server):
         page.wait_for_selector("text=images/s", timeout=60_000)  # a first, quick run fills the gallery
         assert page.locator("#images button.thumbnail-item img").count() > 0
         start_a_long_generate(page)
-        time.sleep(1.0)
+        page.wait_for_function("() => /step \\d+\\/1000: x0 estimate/.test(document.body.innerText)",
+                               timeout=60_000)  # this run's preview is on screen
         page.get_by_role("button", name="Stop", exact=True).first.click()
-        page.wait_for_selector("text=This run was cancelled and its results cleared", timeout=15_000)
-        page.wait_for_timeout(1500)
-        assert page.locator("#images button.thumbnail-item img").count() == 0  # the first run's gallery is gone
+        page.wait_for_selector("text=This run was cancelled and its results cleared", timeout=60_000)
+        page.wait_for_function("() => document.querySelectorAll('#images button.thumbnail-item img').length === 0",
+                               timeout=30_000)  # the first run's gallery is gone
         assert "Not run" not in page.inner_text("body")  # a cancelled run is not reported as a failed one
         assert "images/s" not in page.inner_text("body")
     deadline = time.time() + 15
@@ -935,7 +963,8 @@ def test_browser_switching_kinds_hides_what_does_not_apply_and_clears_results(se
         page.get_by_label("Checkpoint").first.click()
         page.get_by_role("option", name="tiny-nice", exact=True).click()
         page.wait_for_selector("text=Now tiny-nice", timeout=30_000)
-        page.wait_for_timeout(800)
+        page.wait_for_function("() => !['DDIM eta', 'Guidance methods', 'Sampler', 'x0 estimates']"
+                               ".some(words => document.body.innerText.includes(words))", timeout=30_000)
         body = page.inner_text("body")
         assert "DDIM eta" not in body and "Guidance methods" not in body and "Sampler" not in body
         assert "x0 estimates" not in body  # the sampling preview is hidden (and a flow's is "One exact decode")
@@ -944,8 +973,7 @@ def test_browser_switching_kinds_hides_what_does_not_apply_and_clears_results(se
         page.get_by_role("option", name="tiny", exact=True).click()
         page.wait_for_selector("text=Now tiny:", timeout=30_000)
         page.get_by_label("none (the model as it is)").check()
-        page.wait_for_timeout(500)
-        assert page.get_by_label("number input for Guidance scale w").first.is_disabled()
+        expect(page.get_by_label("number input for Guidance scale w").first).to_be_disabled(timeout=30_000)
 
 
 def test_the_xy_grid_speaks_in_labels_and_class_names(client):

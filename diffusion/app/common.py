@@ -145,7 +145,10 @@ def widget_number(value, name: str, kind=float):
     """A widget or API value as a float or int, or a RequestError naming the field; ranges are the engine's job.
 
     One conversion for every endpoint: numbers and numeric strings pass; True, None, lists and words do not;
-    2.5 is not a whole number (never truncated to 2); huge and non-finite values get a sentence, not a crash."""
+    2.5 is not a whole number (never truncated to 2); huge and non-finite values get a sentence, not a crash; an
+    emptied box says so (it said "got 'None'")."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RequestError(f"{name} must be a number; the box is empty")
     if isinstance(value, str):
         text = value.strip()
         try:

@@ -123,10 +123,9 @@ def guidance_method_controls(method: str = "cfg"):
                     "percentile of its pixels. Rescale and APG change classifier-free guidance and autoguidance only: "
                     "with other guidance, or none, they are off.")
         rescale = gr.Slider(0, 1, value=start["rescale"], step=0.05, label="CFG rescale phi")
-        with gr.Row():
-            interval_low = gr.Number(value=start["interval_low"], label="Interval: from log-SNR", minimum=-30,
-                                     maximum=30)
-            interval_high = gr.Number(value=start["interval_high"], label="to log-SNR", minimum=-30, maximum=30)
+        with gr.Row():  # text boxes: empty means no bound (a gr.Number shows and sends an empty value as 0)
+            interval_low = interval_box(start["interval_low"], "Interval: from log-SNR", "interval-low")
+            interval_high = interval_box(start["interval_high"], "to log-SNR", "interval-high")
         with gr.Row():
             apg_eta = gr.Slider(0, 1, value=start["apg_eta"], step=0.05, label="APG eta (parallel part)")
             apg_norm = gr.Slider(0, 50, value=start["apg_norm"], step=0.5, label="APG norm bound r (0: none)")
@@ -136,11 +135,28 @@ def guidance_method_controls(method: str = "cfg"):
     return accordion, [rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold]
 
 
+NO_BOUND = "none"  # what an interval box may hold instead of a number (as in the X/Y grid); empty means the same
+
+
+def interval_box(value, label: str, elem_id: str) -> gr.Textbox:
+    """A guidance-interval bound: a log-SNR, or empty for no bound. A text box, because Gradio's number box cannot
+    hold "empty": once its accordion opened it showed 0 and sent 0, so an interval [0, 0] switched guidance off
+    (issue 37). What the box shows is what the request gets."""
+    return gr.Textbox("" if value is None else f"{value:g}", label=label, placeholder="empty: no bound",
+                      info="a log-SNR from -30 to 30", max_lines=1, elem_id=elem_id)
+
+
+def interval_bound(value, name: str):
+    """An interval box's value -> a request's bound: None (no bound) for empty or "none", else a number."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", NO_BOUND)):
+        return None
+    return widget_number(value, name)
+
+
 def method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold) -> dict:
     """guidance_method_controls' values -> SampleRequest fields (an empty interval bound is None: unbounded)."""
-    bound = lambda value, name: None if value in (None, "") else widget_number(value, name)
-    return dict(rescale=widget_number(rescale, "CFG rescale"), interval_low=bound(interval_low, "interval start"),
-                interval_high=bound(interval_high, "interval end"), apg_eta=widget_number(apg_eta, "APG eta"),
+    return dict(rescale=widget_number(rescale, "CFG rescale"), interval_low=interval_bound(interval_low, "interval start"),
+                interval_high=interval_bound(interval_high, "interval end"), apg_eta=widget_number(apg_eta, "APG eta"),
                 apg_norm=widget_number(apg_norm, "APG norm bound"),
                 apg_momentum=widget_number(apg_momentum, "APG momentum"),
                 threshold=widget_number(threshold, "thresholding percentile"))

@@ -6,6 +6,8 @@ inpainting a mask file of the same size: white where the model paints, black whe
 
 from __future__ import annotations
 
+import base64
+import io
 from functools import partial
 
 import gradio as gr
@@ -26,19 +28,19 @@ from .families import test_image
 from .generate import PreviewClock
 from .lens import uploaded_picture
 
-EDITOR_SCALE = 10  # a 28 px image is painted on at 280 px
+EDITOR_SCALE = 10  # a 28 px image is shown at 280 px in the input box
 METHOD_LABELS = [(label, name) for name, label in EDIT_METHODS.items()]
 INTRO = """**Edit an image with a model.** *Image-to-image* (SDEdit, Meng et al. 2022) noises the input to a level t0
 and lets the model denoise it: the strength decides how much of the input survives. *Inpainting* (RePaint, Lugmayr
 et al. 2022) keeps the pixels you did not paint and lets the model fill the painted ones, going back and forth in
 noise so both parts agree. *Class swap* inverts the image to noise with its own class (DDIM inversion) and decodes
-that noise with another class: the pose stays, the garment changes. Load an image, paint over it (inpainting), press
+that noise with another class: the pose stays, the garment changes. Load an image, paint the mask (inpainting), press
 **Edit**."""
 NO_FLOW_INPAINTING = ("A normalizing flow has no inpainting: its latent mixes every pixel, so the kept ones cannot "
                       "be held fixed. Image-to-image mixes its exact latent with noise; class swap is exact.")
 
 
-# --- the input: an editor value or an uploaded file -> tensors of the model's shape ------------------
+# --- the input: the input box's picture and the mask canvas, or the API's files -> the model's tensors ---
 def editor_picture(picture: Image.Image, shape) -> tuple[torch.Tensor, str]:
     """A picture as the model's (1, C, H, W) in [-1, 1] (box-resized where its size differs), and a note."""
     channels, height, width = shape
@@ -58,26 +60,44 @@ def painted_mask(painted: np.ndarray, shape) -> torch.Tensor:
     return torch.from_numpy((np.asarray(coverage) >= 0.5).astype(np.float32))
 
 
-def editor_input(value, shape) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """ImageEditor's raw value (file records of its background and paint layers, each decoded by uploaded_picture),
-    or {"image": tensor} for an image just loaded -> (image, mask or None if nothing is painted, note)."""
-    if isinstance(value, dict) and isinstance(value.get("image"), torch.Tensor):  # just loaded, nothing painted yet
-        image, note = value["image"], ""
-        if tuple(image.shape[1:]) != tuple(shape):
-            image, note = editor_picture(to_pil(to_uint8(image[0])), shape)
-        return image, None, note
-    background = value.get("background") if isinstance(value, dict) else None
-    if background is None:
+def input_picture(source) -> Image.Image:
+    """The input image box's raw value (Gradio's file record of what it shows: an upload, a test image, an image
+    from Generate), decoded; None is the user's error."""
+    if source is None:
         raise RequestError("load an image first: a test image, one from Generate (Send to Edit), or upload one into "
-                           "the editor")
-    picture = uploaded_picture(background)
-    image, note = editor_picture(picture, shape)
-    painted = np.zeros((picture.height, picture.width), dtype=bool)
-    for layer in value.get("layers") or []:
-        alpha = np.asarray(uploaded_picture(layer).convert("RGBA"))[..., 3]
-        if alpha.shape == painted.shape:
-            painted |= alpha > 0
-    return image, (painted_mask(painted, shape) if painted.any() else None), note
+                           "the input box")
+    return uploaded_picture(source)
+
+
+MASK_CANVAS = 280  # page.js's mask canvas: the input picture stretched to 280 x 280 px, painted on at that size
+MASK_PREFIX = "data:image/png;base64,"
+
+
+def canvas_mask(data_url, shape) -> torch.Tensor | None:
+    """The mask canvas' paint (a PNG data URL that page.js writes into the hidden mask box at the end of each stroke;
+    empty when nothing is painted) -> the model's (H, W) mask, or None if nothing is painted."""
+    if data_url in (None, ""):
+        return None
+    unreadable = RequestError("the mask could not be read; clear it and paint it again")
+    if not isinstance(data_url, str) or not data_url.startswith(MASK_PREFIX):
+        raise unreadable
+    try:
+        picture = Image.open(io.BytesIO(base64.b64decode(data_url[len(MASK_PREFIX):], validate=True)))
+    except (ValueError, OSError, Image.DecompressionBombError):
+        raise unreadable from None
+    if picture.size != (MASK_CANVAS, MASK_CANVAS):  # checked from the header, before decoding
+        raise RequestError(f"the mask is {picture.width}x{picture.height} pixels; the canvas is {MASK_CANVAS}x{MASK_CANVAS}")
+    try:
+        painted = np.asarray(picture.convert("RGBA"))[..., 3] > 0
+    except (ValueError, OSError):
+        raise unreadable from None
+    return painted_mask(painted, shape) if painted.any() else None
+
+
+def edit_input(source, mask, shape) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """What the tab shows -> (image, mask or None if nothing is painted, a note on what was done to the picture)."""
+    image, note = editor_picture(input_picture(source), shape)
+    return image, canvas_mask(mask, shape), note
 
 
 def file_mask(upload, image_size: tuple[int, int], shape) -> torch.Tensor:
@@ -92,10 +112,9 @@ def file_mask(upload, image_size: tuple[int, int], shape) -> torch.Tensor:
     return painted_mask(values == 255, shape)
 
 
-def editor_value(image: torch.Tensor) -> dict:
-    """An image (C, H, W) in [-1, 1] as the editor's background, enlarged for painting, with no paint on it."""
-    picture = to_pil(to_uint8(image), EDITOR_SCALE).convert("RGBA")
-    return {"background": picture, "layers": [], "composite": picture}
+def shown_picture(image: torch.Tensor) -> Image.Image:
+    """An image (C, H, W) in [-1, 1] as the input box shows it: enlarged by a whole factor (read back exactly)."""
+    return to_pil(to_uint8(image), EDITOR_SCALE)
 
 
 # --- handlers -------------------------------------------------------------------------------------
@@ -163,13 +182,13 @@ def perform_edit(cache: ModelCache, image, mask, request: EditRequest, model, no
     yield side_by_side(image, mask, result), grid, caption(request, model, result, note)
 
 
-def edit_from_tab(cache: ModelCache, value, checkpoint, method, strength, jump_length, resamplings, eta, source_class,
+def edit_from_tab(cache: ModelCache, source, mask_data, checkpoint, method, strength, jump_length, resamplings, eta, source_class,
                   class_index, guidance, scale, sampler, solver, steps, seed, batch_size, progress=gr.Progress()):
     try:
         request, model = edit_request(cache, checkpoint, method, strength, jump_length, resamplings, eta,
                                       source_class, class_index, guidance, scale, sampler, solver, steps, seed,
                                       batch_size)
-        image, mask, note = editor_input(value, image_shape(model))
+        image, mask, note = edit_input(source, mask_data, image_shape(model))
         if request.method == "repaint" and mask is None:
             raise RequestError("inpainting needs a mask: paint the region the model should fill on the image")
     except RequestError as error:
@@ -181,7 +200,7 @@ def edit_from_tab(cache: ModelCache, value, checkpoint, method, strength, jump_l
 def edit_from_files(cache: ModelCache, method: str, upload, mask_upload, checkpoint, strength, jump_length,
                     resamplings, eta, source_class, class_index, guidance, scale, sampler, solver, steps, seed,
                     batch_size, progress=gr.Progress()):
-    """The API's form: an image file (and a mask file for inpainting) instead of the editor."""
+    """The API's form: an image file (and a mask file for inpainting) instead of the tab's input box and canvas."""
     try:
         request, model = edit_request(cache, checkpoint, method, strength, jump_length, resamplings, eta,
                                       source_class, class_index, guidance, scale, sampler, solver, steps, seed,
@@ -205,7 +224,7 @@ def _checked(steps):
 
 
 def load_test_image(cache: ModelCache, index, checkpoint):
-    """Test image `index` into the editor; for a Fashion-MNIST model its class as the swap's source class and as the
+    """Test image `index` into the input box; for a Fashion-MNIST model its class as the swap's source class and as the
     target (change the target to swap)."""
     try:
         image, label = test_image(index)
@@ -214,12 +233,12 @@ def load_test_image(cache: ModelCache, index, checkpoint):
         raise user_error(error) from None
     same_classes = tuple(model.class_names) == tuple(FASHION_MNIST_CLASSES)
     classes = (label, label) if same_classes else (gr.skip(), gr.skip())
-    return (editor_value(image[0]), {"image": image}, *classes,
+    return (shown_picture(image[0]), *classes,
             f"Test image {int(index)} ({FASHION_MNIST_CLASSES[label]}) loaded.")
 
 
 def image_from_generate(cache: ModelCache, gallery, index, checkpoint, class_index, guidance, scale, seed):
-    """Generate's clicked image (the first if none was clicked) into the editor, with its checkpoint, class (the
+    """Generate's clicked image (the first if none was clicked) into the input box, with its checkpoint, class (the
     target and the swap's source), guidance and seed; the Edit tab selected."""
     items = gallery if isinstance(gallery, list) else []
     if not items:
@@ -233,10 +252,10 @@ def image_from_generate(cache: ModelCache, gallery, index, checkpoint, class_ind
     except RequestError as error:
         raise user_error(error) from None
     label = "" if class_index in (None, "") else class_index
-    return (editor_value(image[0]), {"image": image}, checkpoint, label, label, guidance, scale, seed,
+    return (shown_picture(image[0]), checkpoint, label, label, guidance, scale, seed,
             gr.Tabs(selected="edit"),
-            f"Image {index + 1} of Generate's last run loaded, with its checkpoint, class and seed. Paint over it for "
-            f"inpainting, or press **Edit**.")
+            f"Image {index + 1} of Generate's last run loaded, with its checkpoint, class and seed. Paint the mask "
+            f"for inpainting, or press **Edit**.")
 
 
 def send_to_edit(cache: ModelCache, generate, edit: dict, tabs: gr.Tabs) -> None:
@@ -245,7 +264,7 @@ def send_to_edit(cache: ModelCache, generate, edit: dict, tabs: gr.Tabs) -> None
     generate.send_buttons["edit"].click(
         partial(image_from_generate, cache), [generate.gallery, generate.picked_index,
                                               *(generate.controls[f] for f in fields)],
-        [edit["editor"], edit["painted"], edit["checkpoint"], edit["class_index"], edit["source_class"], edit["guidance"],
+        [edit["editor"], edit["checkpoint"], edit["class_index"], edit["source_class"], edit["guidance"],
          edit["scale"], edit["seed"], tabs, edit["note"]], api_name=False, preprocess=False)
 
 
@@ -297,32 +316,32 @@ def strength_note(cache: ModelCache, name, strength) -> str:
     return f"Starts from {where}."
 
 
-def build_edit_tab(cache: ModelCache, sampling: dict) -> dict:
-    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns the controls Generate's "Send to Edit"
-    fills: {"editor", "checkpoint", "class_index", "guidance", "scale", "seed", "note"}."""
-    names = cache.names(*GENERATIVE_KINDS)
-    default = "fashion-diffusion" if "fashion-diffusion" in names else (names[0] if names else None)
-    model = cache.get(default) if default else None
-    classes, guidance_choices = checkpoint_choices(cache, default) if default else ([UNCONDITIONAL], [])
-    gr.Markdown(INTRO)
-    with gr.Row(equal_height=True):
-        checkpoint = gr.Dropdown(names, value=default, label="Checkpoint", scale=3, min_width=240,
-                                 elem_id="edit-checkpoint")
-        method = gr.Radio(METHOD_LABELS, value="sdedit", label="Edit", scale=4)
-    run, stop = run_and_stop("Edit")
+MASK_HELP = ("**The mask** (inpainting only): paint on the picture below what the model should redraw. Painting "
+             "stays in your browser until you press **Edit**; a new picture clears it.")
+
+
+def input_controls() -> dict:
+    """The input: the picture (an upload, a paste, a test image or an image from Generate: what the box shows is
+    what the run reads) and the mask, painted on a canvas of page.js's own (issue 37: Gradio's ImageEditor ignored a
+    plain upload until painted on, and re-uploaded its layers some 550 times per run). Painting sends nothing; the
+    end of each stroke writes the mask, a PNG data URL, into a hidden text box that the Edit button sends."""
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            editor = gr.ImageEditor(label="Input (paint the region to repaint; inpainting only)", type="numpy",
-                                    image_mode="RGBA", height=360, canvas_size=(280, 280), transforms=(),
-                                    brush=gr.Brush(colors=["#ff3b30"], default_color="#ff3b30", default_size=24,
-                                                   color_mode="fixed"),
-                                    sources=("upload", "clipboard"), layers=False, elem_id="edit-editor")
-            painted = gr.State(None)  # the editor's value: raw file records, or the tensor an image was loaded as
-        with gr.Column(scale=1, min_width=300):  # nothing here changes size: see the note on the editor below
+            source = gr.Image(label="Input image (upload or paste one, or load one)", type="filepath", format="png",
+                              sources=("upload", "clipboard"), height=320, elem_id="edit-input")
             gr.Markdown("**The input:** a test image, an image from Generate (its *Send to Edit* button), or your own "
-                        "upload into the editor. For inpainting, paint over what the model should redraw.")
+                        "upload into the box above.")
             index = gr.Number(value=0, precision=0, minimum=0, maximum=9999, label="Test image (0-9999)")
             load = gr.Button("Load test image")
+        with gr.Column(scale=1, min_width=300):
+            gr.Markdown(MASK_HELP)
+            gr.HTML(f'<div id="edit-mask-canvas-host" data-size="{MASK_CANVAS}"></div>', elem_id="edit-mask-host")
+            mask = gr.Textbox("", visible="hidden", label="Mask (written by the canvas)", elem_id="edit-mask")
+    return {"source": source, "mask": mask, "index": index, "load": load}
+
+
+def method_controls(classes, sources, guidance_choices) -> dict:
+    """Each method's settings, and the sampling settings that the methods share."""
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength (t0: 0 keeps the image, 1 is new)")
@@ -331,7 +350,6 @@ def build_edit_tab(cache: ModelCache, sampling: dict) -> dict:
                 jump_length = gr.Slider(1, 50, value=10, step=1, label="Jump length j", visible=False)
                 resamplings = gr.Slider(1, 20, value=10, step=1, label="Resamplings r (1: none)", visible=False)
                 eta = gr.Slider(0, 1, value=1.0, step=0.1, label="eta (1: DDPM step, 0: DDIM)", visible=False)
-            sources = source_choices(classes, model is not None and model.kind == "denoiser")
             source_class = gr.Dropdown(sources, value=sources[0][1] if sources else None, visible=False,
                                        label="The image's own class (inverted with it)")
         with gr.Column(scale=1, min_width=300):
@@ -346,42 +364,70 @@ def build_edit_tab(cache: ModelCache, sampling: dict) -> dict:
                 steps = gr.Slider(1, 200, value=20, step=1, label="Steps")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                 batch_size = gr.Slider(1, 16, value=4, step=1, label="Images")
-    flow_note = gr.Markdown(NO_FLOW_INPAINTING if model is not None and model.kind != "denoiser" else "")
-    pair = gr.Image(label="Input, mask, start and result", format="png", interactive=False, elem_id="edit-pair")
-    grid = gr.Image(label="Results (x0 estimates while running)", format="png", interactive=False, elem_id="edit-grid")
-    status = gr.Markdown("Load an image, then press **Edit**.", label="Status", elem_id="edit-status")
-    controls = [checkpoint, method, strength, jump_length, resamplings, eta, source_class, class_index, guidance, scale,
-                sampler, solver, steps, seed, batch_size]
-    outputs = [pair, grid, status]
-    # The editor shares its row with nothing that changes size: resized (a method's controls appearing beside it, a
-    # progress line above it) it re-uploads its layers in a loop (Gradio 6.31: 450 uploads in one run, until the
-    # guard's 429 left the next run waiting forever). The run reads a state that the editor's input event keeps (its
-    # raw file records), so a pending run never waits on the editor's uploads.
-    editor.input(lambda value: value, editor, painted, api_name=False, show_progress="hidden",
-                  trigger_mode="always_last", preprocess=False)
-    editing = run.click(partial(edit_from_tab, cache), [painted, *controls], outputs, api_name=False,
-                        show_progress="hidden", **sampling)
-    settle_run(editing, outputs, status, stop)
+    return dict(strength=strength, strength_info=strength_info, jump_length=jump_length, resamplings=resamplings,
+                eta=eta, source_class=source_class, class_index=class_index, guidance=guidance, scale=scale,
+                sampler=sampler, solver=solver, steps=steps, seed=seed, batch_size=batch_size)
 
-    # One endpoint per method, for API clients: files instead of the editor. Like every handler here they get the raw
-    # file records (sampling's preprocess=False), which uploaded_picture checks for size before decoding.
+
+REQUEST_FIELDS = ("checkpoint", "method", "strength", "jump_length", "resamplings", "eta", "source_class",
+                  "class_index", "guidance", "scale", "sampler", "solver", "steps", "seed", "batch_size")
+
+
+def wire_edit(cache: ModelCache, sampling: dict, parts: dict, run, stop, outputs) -> None:
+    """The Edit button (what the input box and the mask show, and the settings), the API's one endpoint per method,
+    the test image, and the controls that follow the checkpoint and the method."""
+    controls = [parts[name] for name in REQUEST_FIELDS]
+    status = outputs[-1]
+    editing = run.click(partial(edit_from_tab, cache), [parts["source"], parts["mask"], *controls], outputs,
+                        api_name=False, show_progress="hidden", **sampling)
+    settle_run(editing, outputs, status, stop)
+    # One endpoint per method, for API clients: files instead of the tab's input. Like every handler here they get
+    # the raw file records (sampling's preprocess=False), which uploaded_picture checks for size before decoding.
     upload = gr.Image(type="filepath", visible=False)
     mask_upload = gr.Image(type="filepath", visible=False)
     for name in EDIT_METHODS:
         endpoint = gr.Button(visible=False)
         endpoint.click(partial(edit_from_files, cache, name), [upload, mask_upload, *controls[:1], *controls[2:]],
                        outputs, api_name=f"edit_{name}", **sampling)
-
-    load.click(partial(load_test_image, cache), [index, checkpoint],
-               [editor, painted, source_class, class_index, status], api_name=False)
-    visibility = [strength, jump_length, resamplings, eta, source_class, sampler, solver, steps]
-    checkpoint.change(partial(on_checkpoint_change, cache), [checkpoint, method, guidance, class_index, source_class],
-                      [class_index, guidance, scale, source_class, *visibility, flow_note], api_name=False)
+    parts["load"].click(partial(load_test_image, cache), [parts["index"], parts["checkpoint"]],
+                        [parts["source"], parts["source_class"], parts["class_index"], status], api_name=False)
+    visibility = [parts[name] for name in ("strength", "jump_length", "resamplings", "eta", "source_class", "sampler",
+                                           "solver", "steps")]
+    checkpoint, method, guidance = parts["checkpoint"], parts["method"], parts["guidance"]
+    checkpoint.change(partial(on_checkpoint_change, cache),
+                      [checkpoint, method, guidance, parts["class_index"], parts["source_class"]],
+                      [parts["class_index"], guidance, parts["scale"], parts["source_class"], *visibility,
+                       parts["flow_note"]], api_name=False)
     method.change(lambda m, name: method_visibility(m, cache.get(name).kind == "denoiser"), [method, checkpoint],
                   visibility, api_name=False)
     guidance.input(lambda mode: gr.Slider(value=DEFAULT_SCALES.get(mode, 1.0), interactive=mode != "none"), guidance,
-                   scale, api_name=False)
-    for trigger in (strength.change, checkpoint.change):
-        trigger(partial(strength_note, cache), [checkpoint, strength], strength_info, api_name=False)
-    return {"editor": editor, "painted": painted, "checkpoint": checkpoint, "class_index": class_index, "guidance": guidance,
-            "scale": scale, "seed": seed, "source_class": source_class, "note": status}
+                   parts["scale"], api_name=False)
+    for trigger in (parts["strength"].change, checkpoint.change):
+        trigger(partial(strength_note, cache), [checkpoint, parts["strength"]], parts["strength_info"], api_name=False)
+
+
+def build_edit_tab(cache: ModelCache, sampling: dict) -> dict:
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns the controls Generate's "Send to Edit"
+    fills: {"editor" (the input image), "checkpoint", "class_index", "source_class", "guidance", "scale", "seed",
+    "note"}."""
+    names = cache.names(*GENERATIVE_KINDS)
+    default = "fashion-diffusion" if "fashion-diffusion" in names else (names[0] if names else None)
+    model = cache.get(default) if default else None
+    classes, guidance_choices = checkpoint_choices(cache, default) if default else ([UNCONDITIONAL], [])
+    gr.Markdown(INTRO)
+    with gr.Row(equal_height=True):
+        checkpoint = gr.Dropdown(names, value=default, label="Checkpoint", scale=3, min_width=240,
+                                 elem_id="edit-checkpoint")
+        method = gr.Radio(METHOD_LABELS, value="sdedit", label="Edit", scale=4)
+    run, stop = run_and_stop("Edit")
+    parts = input_controls() | {"checkpoint": checkpoint, "method": method}
+    denoiser = model is not None and model.kind == "denoiser"
+    parts |= method_controls(classes, source_choices(classes, denoiser), guidance_choices)
+    parts["flow_note"] = gr.Markdown(NO_FLOW_INPAINTING if model is not None and not denoiser else "")
+    pair = gr.Image(label="Input, mask, start and result", format="png", interactive=False, elem_id="edit-pair")
+    grid = gr.Image(label="Results (x0 estimates while running)", format="png", interactive=False, elem_id="edit-grid")
+    status = gr.Markdown("Load an image, then press **Edit**.", label="Status", elem_id="edit-status")
+    wire_edit(cache, sampling, parts, run, stop, [pair, grid, status])
+    return {"editor": parts["source"], "checkpoint": checkpoint, "class_index": parts["class_index"],
+            "guidance": parts["guidance"], "scale": parts["scale"], "seed": parts["seed"],
+            "source_class": parts["source_class"], "note": status}

@@ -154,15 +154,17 @@ APP_GUIDANCE = {"guidance": "cfg", "scale": DEFAULT_SCALES["cfg"]} | method_fiel
 
 
 
-def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler, few_step_before, loaded=None):
+def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler, few_step_before, loaded=None,
+                         chosen_class=None):
     """Class names, the controls that apply to the checkpoint's kind, and its card.
 
     A denoiser shows the sampler, steps, guidance and self-conditioning; a normalizing flow shows a temperature
     instead, and its own Generate button (API /generate_flow). A few-step model (one whose file names its sampling
     defaults, e.g. a reflow student) sets the sampler, steps and guidance to them and offers live mode; leaving one
     puts the tab's own defaults back. Settings just loaded from a PNG for this checkpoint (`loaded`, a request's
-    fields) are restored instead of any defaults. The last outputs are whether a few-step model is now selected, the
-    normalizing flow /generate_flow samples (kept when a denoiser is chosen), and `loaded` cleared."""
+    fields) are restored instead of any defaults. The chosen class (`chosen_class`) stays where the new checkpoint
+    has it. The last outputs are whether a few-step model is now selected, the normalizing flow /generate_flow samples
+    (kept when a denoiser is chosen), and `loaded` cleared."""
     try:
         model = cache.get(name)
     except RequestError as error:
@@ -180,7 +182,7 @@ def on_checkpoint_change(cache: ModelCache, evaluation_dir: Path, name, sampler,
     setting = defaults if few_step else APP_SAMPLING if few_step_before else {}  # {}: keep the user's choices
     if setting:
         setting = setting | {"scale": DEFAULT_SCALES.get(guidance_value, 1.0)}
-    class_value = classes[0][1]
+    class_value = chosen_class if chosen_class in [value for _, value in classes] else classes[0][1]  # kept if it has it
     restore = loaded if isinstance(loaded, dict) and loaded.get("checkpoint") == name else None
     if restore:  # a PNG's settings win over every default
         setting = {key: restore[key] for key in ("sampler", "solver", "steps", "eta", "spacing", "scale", "temperature")
@@ -392,111 +394,157 @@ def send_to(cache: ModelCache, generate: GenerateTab, target: RequestTarget, tab
         [target.sent, *target.controls.values(), tabs, generate.status, target.note], api_name=False)
 
 
-def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, default, classes, guidance_choices,
-                       guidance_default, sampling: dict):
-    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns (checkpoint, guidance, scale)."""
-    default_model = cache.get(default) if default else None
-    default_few_step = bool(default_model and default_model.kind == "denoiser" and default_model.sampling_defaults)
-    with gr.Row(equal_height=True):  # what a newcomer needs first, on top at any width: the model and the button
-        checkpoint = gr.Dropdown(generative, value=default, label="Checkpoint", scale=3, min_width=280)
-        run = gr.Button("Generate", variant="primary", scale=2)
-        run_flow = gr.Button("Generate", variant="primary", visible=False, scale=2)  # normalizing flows
-        stop = gr.Button("Stop", variant="stop", scale=1)
-    next_run = gr.Markdown(label="Next run")
-    status = gr.Markdown("Press **Generate**.", label="Status")  # up here, so progress shows where the button is
+def settings_column(default_model, classes, guidance_choices, guidance_default, default_few_step) -> dict:
+    """The left column: class, guidance, seed, images, sampler and its settings, the guidance methods,
+    self-conditioning and the PNG drop; by name."""
+    w = {}
+    w["class_index"] = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
+    w["guidance"] = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
+    w["scale"] = gr.Slider(0, 15, value=APP_GUIDANCE["scale"], step=0.25, label="Guidance scale w",
+                           interactive=guidance_default != "none")
+    w["temperature"] = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
+                                 label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
+    with gr.Row(equal_height=True):
+        w["seed"] = gr.Number(value=0, precision=0, label="Seed", minimum=0, scale=3)
+        w["dice"] = gr.Button("Random seed", size="sm", scale=1)
+    w["batch_size"] = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
+    w["live"] = gr.Checkbox(False, label="Live: regenerate at once when the class, scale or seed changes",
+                            info="for few-step models; the newest change wins, stale ones are dropped",
+                            visible=default_few_step)
+    w["sampler"] = gr.Radio(SAMPLER_LABELS, value=APP_SAMPLING["sampler"], label="Sampler")
+    w["solver"] = gr.Dropdown(list(ODE_SOLVERS), value=APP_SAMPLING["solver"], label="ODE solver",
+                              visible=APP_SAMPLING["sampler"] == "ode")
+    w["steps"] = gr.Slider(1, MAX_STEPS, value=APP_SAMPLING["steps"], step=1, label="Steps")
+    w["eta"] = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta (0 = deterministic, 1 = DDPM-like)",
+                         visible=APP_SAMPLING["sampler"] == "ddim")
+    w["stochastic"] = stochastic_sampler_controls(APP_SAMPLING["sampler"])
+    w["spacing"] = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
+    w["methods_box"], w["methods"] = guidance_method_controls(DEFAULT_METHOD)
+    w["self_condition"] = self_condition_control(default_model)
+    with gr.Accordion("Load settings from a PNG made here", open=False):
+        w["settings_png"] = gr.File(label="Drop a grid or an image this app saved", file_types=[".png"],
+                                    type="filepath")
+    return w
+
+
+def results_column(cache: ModelCache, evaluation_dir: Path, default, default_model) -> dict:
+    """The right column: the previews, the gallery, the clicked image, the download, "Send to", the history and the
+    model card; by name."""
+    w = {}
+    w["preview"] = gr.Image(label=PREVIEW_LABEL[default_model.kind if default_model else "denoiser"], format="png",
+                            interactive=False, height=320, visible=False)
+    w["gallery"] = gr.Gallery(label="Images (click one for its seed and noise index)", columns=8, format="png",
+                              height="auto", interactive=False, elem_id="images")
+    w["picked"] = gr.Markdown(label="The image clicked")
+    w["download"] = gr.File(label="Download PNG grid", interactive=False)
     with gr.Row():
-        with gr.Column(scale=1, min_width=320):
-            class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
-            guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
-            scale = gr.Slider(0, 15, value=APP_GUIDANCE["scale"], step=0.25, label="Guidance scale w",
-                              interactive=guidance_default != "none")
-            temperature = gr.Slider(0, MAX_TEMPERATURE, value=1.0, step=0.05, visible=False,
-                                    label="Temperature T (z ~ N(0, T^2 I); below 1: smoother, less varied)")
-            with gr.Row(equal_height=True):
-                seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, scale=3)
-                dice = gr.Button("Random seed", size="sm", scale=1)
-            batch_size = gr.Slider(1, MAX_BATCH, value=16, step=1, label="Images")
-            live = gr.Checkbox(False, label="Live: regenerate at once when the class, scale or seed changes",
-                               info="for few-step models; the newest change wins, stale ones are dropped",
-                               visible=default_few_step)
-            sampler = gr.Radio(SAMPLER_LABELS, value=APP_SAMPLING["sampler"], label="Sampler")
-            solver = gr.Dropdown(list(ODE_SOLVERS), value=APP_SAMPLING["solver"], label="ODE solver",
-                                 visible=APP_SAMPLING["sampler"] == "ode")
-            steps = gr.Slider(1, MAX_STEPS, value=APP_SAMPLING["steps"], step=1, label="Steps")
-            eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta (0 = deterministic, 1 = DDPM-like)",
-                            visible=APP_SAMPLING["sampler"] == "ddim")
-            stochastic = stochastic_sampler_controls(APP_SAMPLING["sampler"])
-            spacing = gr.Radio(SPACING_LABELS, value="uniform", label="Time spacing")
-            methods_box, methods = guidance_method_controls(DEFAULT_METHOD)
-            self_condition = self_condition_control(default_model)
-            with gr.Accordion("Load settings from a PNG made here", open=False):
-                settings_png = gr.File(label="Drop a grid or an image this app saved", file_types=[".png"],
-                                       type="filepath")
-        with gr.Column(scale=2):
-            preview = gr.Image(label=PREVIEW_LABEL[default_model.kind if default_model else "denoiser"], format="png",
-                               interactive=False, height=320, visible=False)
-            gallery = gr.Gallery(label="Images (click one for its seed and noise index)", columns=8, format="png",
-                                 height="auto", interactive=False, elem_id="images")
-            picked = gr.Markdown(label="The image clicked")
-            download = gr.File(label="Download PNG grid", interactive=False)
-            with gr.Row():
-                gr.Markdown("Send these settings to:")
-                send_buttons = {tab: gr.Button(name, size="sm") for tab, name in SEND_TARGETS.items()}
-            with gr.Accordion("History (this browser session; click a run to restore it)", open=True):
-                history_gallery = gr.Gallery(label="Runs, newest first (each by its first image)", columns=8,
-                                             height=170, format="png", allow_preview=False, object_fit="contain",
-                                             elem_id="history")
-            card = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "")
-    inputs = [checkpoint, sampler, solver, steps, eta, spacing, guidance, class_index, scale,
-              self_condition, seed, batch_size, *methods, *stochastic]
-    generating = run.click(partial(generate, cache), inputs, [gallery, preview, status, download], api_name="generate",
-                           show_progress="minimal", show_progress_on=[status], **sampling)
-    settle_run(generating, [gallery, preview, status, download], status, stop)
-    dice.click(random_seed, None, seed, api_name=False)
-    gallery.select(picked_image, None, picked, api_name=False)
+        gr.Markdown("Send these settings to:")
+        w["send_buttons"] = {tab: gr.Button(name, size="sm") for tab, name in SEND_TARGETS.items()}
+    with gr.Accordion("History (this browser session; click a run to restore it)", open=True):
+        w["history_gallery"] = gr.Gallery(label="Runs, newest first (each by its first image)", columns=8,
+                                          height=170, format="png", allow_preview=False, object_fit="contain",
+                                          elem_id="history")
+    w["card"] = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "")
+    return w
+
+
+def on_gallery_select(event: gr.SelectData):  # a plain function: Gradio passes SelectData by annotation
+    return event.index
+
+
+def wire_runs(cache: ModelCache, sampling: dict, w: dict, inputs: list) -> tuple:
+    """Generate (a denoiser), Generate (a normalizing flow) and live mode, each settled (Stop, failures), and the
+    seed's dice and the gallery's clicks. Returns (the denoiser's run event, the flow's, the picked image's state)."""
+    shown = [w["gallery"], w["preview"], w["status"], w["download"]]
+    generating = w["run"].click(partial(generate, cache), inputs, shown, api_name="generate", show_progress="minimal",
+                                show_progress_on=[w["status"]], **sampling)
+    settle_run(generating, shown, w["status"], w["stop"])
+    rolled = w["dice"].click(random_seed, None, w["seed"], api_name=False, queue=False)
+    w["gallery"].select(picked_image, None, w["picked"], api_name=False)
     picked_index = gr.State(0)
-
-    def on_gallery_select(event: gr.SelectData):  # a plain function: Gradio passes SelectData by annotation
-        return event.index
-
-    gallery.select(on_gallery_select, None, picked_index, api_name=False)
-    sampler.change(partial(sampler_controls, cache), [sampler, checkpoint], [solver, eta, *stochastic], api_name=False)
+    w["gallery"].select(on_gallery_select, None, picked_index, api_name=False)
     # /generate_flow reads its own (hidden) checkpoint, which follows the picker to flows only: its API default is a
     # flow, where the shared picker's default is a denoiser that it would refuse.
     flows = cache.names("normalizing-flow")
-    flow_checkpoint = gr.Dropdown(flows, value=flows[0] if flows else None, visible=False, allow_custom_value=True,
-                                  label="Normalizing flow")
-    decoding = run_flow.click(partial(generate_flow, cache), [flow_checkpoint, class_index, temperature, seed, batch_size],
-                              [gallery, preview, status, download], api_name="generate_flow", **sampling)
-    settle_run(decoding, [gallery, preview, status, download], status)
-    few_step = gr.State(default_few_step)
+    w["flow_checkpoint"] = gr.Dropdown(flows, value=flows[0] if flows else None, visible=False,
+                                       allow_custom_value=True, label="Normalizing flow")
+    decoding = w["run_flow"].click(partial(generate_flow, cache),
+                                   [w["flow_checkpoint"], w["class_index"], w["temperature"], w["seed"],
+                                    w["batch_size"]], shown, api_name="generate_flow", **sampling)
+    settle_run(decoding, shown, w["status"])
+    # Live mode follows the user's changes (.input) and the dice, not the values a restore or a checkpoint sets:
+    # a history click used to queue a skipped live event per restored control (issue 37, item 6).
+    for trigger in (w["live"].input, w["class_index"].input, w["scale"].input, w["seed"].input, rolled.then):
+        regenerating = trigger(partial(generate_live, cache), [w["live"], *inputs], shown, api_name=False,
+                               trigger_mode="always_last", show_progress="hidden", **sampling)
+        settle_run(regenerating, shown, w["status"])
+    return generating, decoding, picked_index
+
+
+def wire_follow_ups(cache: ModelCache, evaluation_dir: Path, default, w: dict, inputs: list, runs: tuple):
+    """What follows the controls: the sampler's own settings, a checkpoint's kind and defaults, the estimate line,
+    and the history (a finished run joins it; a click restores it). Returns the `loaded` state."""
+    generating, decoding, picked_index = runs
+    # Outside the queue (queue=False): the sampler's own settings and the estimate line are instant and run no model,
+    # so a restore (which changes many controls at once) queues only its click, not one event per control.
+    w["sampler"].change(partial(sampler_controls, cache), [w["sampler"], w["checkpoint"]],
+                        [w["solver"], w["eta"], *w["stochastic"]], api_name=False, queue=False)
+    few_step = gr.State(w["default_few_step"])
     loaded = gr.State(None)  # a PNG's request fields until the checkpoint change they cause has restored them
-    checkpoint.change(partial(on_checkpoint_change, cache, evaluation_dir), [checkpoint, sampler, few_step, loaded],
-                      [class_index, self_condition, guidance, card, sampler, solver, steps, eta, spacing,
-                       scale, temperature, run, run_flow, live, few_step, flow_checkpoint, loaded,
-                       methods_box, *stochastic, gallery, preview, status, download], api_name=False)
-    next_run.value = estimate(cache, *(control.value for control in inputs)) if default else ""
-    for control in (checkpoint, sampler, solver, steps, guidance, batch_size, *methods, *stochastic):
-        control.change(partial(estimate, cache), inputs, next_run, api_name=False, show_progress="hidden",
-                       trigger_mode="always_last", preprocess=False)  # raw values: its own sentence, no toast
+    w["checkpoint"].change(
+        partial(on_checkpoint_change, cache, evaluation_dir),
+        [w["checkpoint"], w["sampler"], few_step, loaded, w["class_index"]],
+        [w[k] for k in ("class_index", "self_condition", "guidance", "card", "sampler", "solver", "steps", "eta",
+                        "spacing", "scale", "temperature", "run", "run_flow", "live")]
+        + [few_step, w["flow_checkpoint"], loaded, w["methods_box"], *w["stochastic"]]
+        + [w[k] for k in ("gallery", "preview", "status", "download")], api_name=False)
+    w["next_run"].value = estimate(cache, *(control.value for control in inputs)) if default else ""
+    for control in (*(w[k] for k in ("checkpoint", "sampler", "solver", "steps", "guidance", "batch_size")),
+                    *w["methods"], *w["stochastic"]):
+        control.change(partial(estimate, cache), inputs, w["next_run"], api_name=False, show_progress="hidden",
+                       trigger_mode="always_last", preprocess=False, queue=False)  # raw values: its own sentence
     history = gr.State([])
     for run_event in (generating, decoding):
-        run_event.success(add_to_history, [history, download, gallery], [history, history_gallery], api_name=False,
-                          show_progress="hidden")
+        run_event.success(add_to_history, [history, w["download"], w["gallery"]], [history, w["history_gallery"]],
+                          api_name=False, show_progress="hidden")
         run_event.success(lambda: 0, None, picked_index, api_name=False, show_progress="hidden")  # a new run's first
-    generating.success(partial(estimate, cache), inputs, next_run, api_name=False, show_progress="hidden",
-                       preprocess=False)
+    generating.success(partial(estimate, cache), inputs, w["next_run"], api_name=False, show_progress="hidden",
+                       preprocess=False, queue=False)
+
     def on_history_select(history, event: gr.SelectData):  # a plain function: Gradio passes SelectData by annotation
         return restore_run(cache, history, event)
 
-    history_gallery.select(on_history_select, history,
-                           [*inputs, temperature, status, loaded, gallery, download], api_name=False)
-    for trigger in (live, class_index, scale, seed):
-        regenerating = trigger.change(partial(generate_live, cache), [live, *inputs], [gallery, preview, status, download],
-                                      api_name=False, trigger_mode="always_last", show_progress="hidden", **sampling)
-        settle_run(regenerating, [gallery, preview, status, download], status)
-    fields = ("checkpoint", "sampler", "solver", "steps", "eta", "spacing", "guidance", "class_index", "scale",
-              "self_condition", "seed", "batch_size")
-    return GenerateTab("generate", "Generate", dict(zip(fields, inputs)), {}, loaded, inputs=inputs, status=status,
-                       send_buttons=send_buttons, temperature=temperature, live=live, settings_png=settings_png,
-                       gallery=gallery, picked_index=picked_index)
+    w["history_gallery"].select(on_history_select, history,
+                                [*inputs, w["temperature"], w["status"], loaded, w["gallery"], w["download"]],
+                                api_name=False)
+    return loaded
+
+
+REQUEST_CONTROLS = ("checkpoint", "sampler", "solver", "steps", "eta", "spacing", "guidance", "class_index", "scale",
+                    "self_condition", "seed", "batch_size")  # generate_request's order, then the methods and SDE's
+
+
+def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, default, classes, guidance_choices,
+                       guidance_default, sampling: dict):
+    """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns the GenerateTab."""
+    default_model = cache.get(default) if default else None
+    default_few_step = bool(default_model and default_model.kind == "denoiser" and default_model.sampling_defaults)
+    w = {"default_few_step": default_few_step}
+    with gr.Row(equal_height=True):  # what a newcomer needs first, on top at any width: the model and the button
+        w["checkpoint"] = gr.Dropdown(generative, value=default, label="Checkpoint", scale=3, min_width=280)
+        w["run"] = gr.Button("Generate", variant="primary", scale=2)
+        w["run_flow"] = gr.Button("Generate", variant="primary", visible=False, scale=2)  # normalizing flows
+        w["stop"] = gr.Button("Stop", variant="stop", scale=1)
+    w["next_run"] = gr.Markdown(label="Next run")
+    w["status"] = gr.Markdown("Press **Generate**.", label="Status")  # up here, so progress shows where the button is
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            w |= settings_column(default_model, classes, guidance_choices, guidance_default, default_few_step)
+        with gr.Column(scale=2):
+            w |= results_column(cache, evaluation_dir, default, default_model)
+    inputs = [w[name] for name in REQUEST_CONTROLS] + [*w["methods"], *w["stochastic"]]
+    runs = wire_runs(cache, sampling, w, inputs)
+    loaded = wire_follow_ups(cache, evaluation_dir, default, w, inputs, runs)
+    return GenerateTab("generate", "Generate", dict(zip(REQUEST_CONTROLS, inputs)), {}, loaded, inputs=inputs,
+                       status=w["status"], send_buttons=w["send_buttons"], temperature=w["temperature"], live=w["live"],
+                       settings_png=w["settings_png"], gallery=w["gallery"], picked_index=runs[2])

@@ -23,6 +23,7 @@
     const high = max === null || max === "" ? Infinity : Number(max);
     if (Number.isNaN(value) || (value >= low && value <= high)) {
       block.querySelector(":scope > .range-notice")?.remove();
+      if (!document.querySelector(".range-notice")) document.querySelectorAll(".run-blocked").forEach((b) => b.remove());
       return;
     }
     const label = (block.querySelector("label span, [data-testid='block-info']")?.textContent || "This value").trim();
@@ -34,6 +35,33 @@
   document.addEventListener("input", checkRange, true);
   document.addEventListener("change", checkRange, true);
 
+  //    While such a sentence shows in the tab, its run buttons do not run (issue 37: steps 0 said "cannot run as
+  //    set", then the slider's clamp ran 1 step). The click is stopped before Gradio sees it and a sentence under
+  //    the button says why; it goes when the values are back in range.
+  const visibleNotices = () => [...document.querySelectorAll(".range-notice")]
+    .filter((notice) => notice.offsetParent !== null && notice.textContent);
+  document.addEventListener("click", (event) => {
+    const button = event.target instanceof Element ? event.target.closest("button.primary") : null;
+    if (!button) return;
+    const row = button.closest(".row, .form, .block") || button.parentElement;
+    let blocked = row.parentElement.querySelector(":scope > .run-blocked");
+    const notices = visibleNotices();
+    if (!notices.length) {
+      blocked?.remove();
+      return;
+    }
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    if (!blocked) {
+      blocked = document.createElement("div");
+      blocked.className = "run-blocked";
+      blocked.setAttribute("role", "alert");
+      blocked.style.cssText = "color: var(--error-text-color, #b91c1c); font-weight: 600; margin: 4px 0;";
+      row.after(blocked);
+    }
+    blocked.textContent = `Not run: ${notices[0].textContent.split(";")[0]}. Fix the value marked in red, then run.`;
+  }, true);
+
   // 2. Ctrl+Enter (Cmd+Enter on a Mac) runs the visible tab: its first enabled primary button.
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
@@ -44,4 +72,100 @@
       button.click();
     }
   });
+
+  // 3. Edit's mask: a canvas of our own over the input picture (issue 37: Gradio's ImageEditor ignored a plain upload
+  //    until painted on, and re-uploaded its layers some 550 times per run). Painting sends nothing: the end of each
+  //    stroke writes the mask, a PNG data URL of the paint alone, into the hidden box #edit-mask, which the Edit button
+  //    sends with the picture. A new picture in #edit-input clears the mask.
+  const setUpMask = (host) => {
+    const size = Number(host.dataset.size) || 280;
+    const view = document.createElement("canvas"), paint = document.createElement("canvas");
+    view.width = view.height = paint.width = paint.height = size;
+    view.id = "edit-mask-canvas";
+    view.setAttribute("role", "img");
+    view.setAttribute("aria-label", "The input picture: paint on it the region the model should redraw");
+    view.style.cssText = `width: ${size}px; height: ${size}px; max-width: 100%; touch-action: none; cursor: crosshair;` +
+      " background: #f3f4f6; border: 1px solid var(--border-color-primary, #d1d5db); border-radius: 4px;";
+    const clear = document.createElement("button");
+    clear.type = "button";
+    clear.id = "edit-mask-clear";
+    clear.textContent = "Clear the mask";
+    clear.className = "lg secondary sm";
+    clear.style.cssText = "display: block; margin-top: 6px; padding: 2px 10px;";
+    host.append(view, clear);
+    const picture = new Image();
+    let source = null, painted = false, down = false, last = null;
+    const draw = () => {
+      const context = view.getContext("2d");
+      context.clearRect(0, 0, size, size);
+      if (source && picture.complete && picture.naturalWidth) {
+        context.imageSmoothingEnabled = false;
+        context.drawImage(picture, 0, 0, size, size);
+      }
+      context.globalAlpha = 0.6;
+      context.drawImage(paint, 0, 0);
+      context.globalAlpha = 1;
+    };
+    const publish = () => {
+      const box = document.querySelector("#edit-mask textarea, #edit-mask input");
+      if (!box) return;
+      box.value = painted ? paint.toDataURL("image/png") : "";
+      box.dispatchEvent(new Event("input", { bubbles: true }));
+    };
+    const erase = () => {
+      paint.getContext("2d").clearRect(0, 0, size, size);
+      painted = false;
+      draw();
+      publish();
+    };
+    const at = (event) => {
+      const box = view.getBoundingClientRect();
+      return [(event.clientX - box.left) * size / box.width, (event.clientY - box.top) * size / box.height];
+    };
+    const stroke = (point) => {
+      const context = paint.getContext("2d");
+      context.strokeStyle = "#ff3b30";
+      context.lineWidth = 24;
+      context.lineCap = context.lineJoin = "round";
+      context.beginPath();
+      context.moveTo(...(last || point));
+      context.lineTo(...point);
+      context.stroke();
+      last = point;
+      painted = true;
+      draw();
+    };
+    view.addEventListener("pointerdown", (event) => {
+      down = true;
+      last = null;
+      view.setPointerCapture(event.pointerId);
+      stroke(at(event));
+    });
+    view.addEventListener("pointermove", (event) => { if (down) stroke(at(event)); });
+    const end = () => {
+      if (!down) return;
+      down = false;
+      last = null;
+      publish();
+    };
+    view.addEventListener("pointerup", end);
+    view.addEventListener("pointercancel", end);
+    clear.addEventListener("click", erase);
+    picture.addEventListener("load", draw);
+    const follow = () => {  // the input box's picture, whatever put it there
+      const shown = document.querySelector("#edit-input img");
+      const src = shown ? shown.getAttribute("src") : null;
+      if (src === source) return;
+      source = src;
+      if (src) picture.src = src;
+      erase();
+    };
+    new MutationObserver(follow).observe(document.body, { subtree: true, childList: true, attributes: true,
+                                                          attributeFilter: ["src"] });
+    follow();
+  };
+  new MutationObserver(() => {
+    const host = document.getElementById("edit-mask-canvas-host");
+    if (host && !host.querySelector("canvas")) setUpMask(host);
+  }).observe(document.documentElement, { childList: true, subtree: true });
 })();

@@ -70,6 +70,38 @@ def cell_table(plan, cells) -> str:
     return "\n".join(lines)
 
 
+AXIS_EXAMPLES = {"sampler": "ddim, ode", "solver": "euler, heun, dpm++2m", "steps": "5, 10, 20", "scale": "1, 2, 4, 8",
+                 "guidance": "none, cfg", "spacing": "uniform, log-snr", "seed": "0, 1, 2", "self_condition": "true, false",
+                 "rescale": "0, 0.35, 0.7", "eta": "0, 0.5, 1", "threshold": "0, 0.95, 0.995",
+                 "interval_low": "none, -2, 0", "interval_high": "none, 0, 2"}
+
+
+def class_help(cache: ModelCache, checkpoint) -> str:
+    """The classes an axis may name, for the chosen checkpoint (by name or index, any case)."""
+    try:
+        names = cache.get(str(checkpoint)).class_names
+    except RequestError:
+        return ""
+    if not names:
+        return "This checkpoint has no classes: a class axis takes `none` only."
+    return ("Classes of this checkpoint, for a *class* axis (by name, any case, or index): "
+            + ", ".join(f"{index} `{name}`" for index, name in enumerate(names)) + ".")
+
+
+def axis_example(cache: ModelCache, checkpoint, field) -> str:
+    """Values to start from when a field is chosen for an axis (the box kept another field's values before); empty
+    where no example fits (the run then asks for values)."""
+    if field == "class_index":
+        try:
+            names = cache.get(str(checkpoint)).class_names
+        except RequestError:
+            names = ()
+        return ", ".join(names[:3]) if names else "none"
+    if field == "checkpoint":
+        return ", ".join(cache.names("denoiser")[:3])
+    return AXIS_EXAMPLES.get(field, "")
+
+
 def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
     """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns it as a RequestTarget."""
     gr.Markdown(XY_TEXT)
@@ -91,6 +123,10 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
         x_values = gr.Textbox("1, 2, 4, 8", label="X: values", max_length=MAX_AXIS_TEXT)
         y_field = gr.Dropdown([("none (one row)", ""), *fields], value="sampler", label="Y: field")
         y_values = gr.Textbox("ddim, ode", label="Y: values", max_length=MAX_AXIS_TEXT)
+    classes_note = gr.Markdown(class_help(cache, default) if default else "", elem_id="xy-classes")
+    checkpoint.change(partial(class_help, cache), checkpoint, classes_note, api_name=False, show_progress="hidden")
+    for field, values in ((x_field, x_values), (y_field, y_values)):  # .input: the user's choice, not a sent study's
+        field.input(partial(axis_example, cache), [checkpoint, field], values, api_name=False, show_progress="hidden")
     run, stop = run_and_stop("Make grid")
     picture = gr.Image(label="X/Y grid", format="png", interactive=False)
     table = gr.Markdown(label="Per cell")

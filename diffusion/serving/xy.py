@@ -52,9 +52,10 @@ def field_kind(name: str):
     return kinds[str(annotation).split(" ")[0].split("|")[0].strip()]
 
 
-def parse_axis(name: str, text: str) -> list:
+def parse_axis(name: str, text: str, class_names=()) -> list:
     """An axis' typed values from A1111-style text; RequestError with the offending item otherwise. Linear in the
-    text's length (split by hand, no backtracking pattern), and the text is bounded before it is read."""
+    text's length (split by hand, no backtracking pattern), and the text is bounded before it is read. A class is
+    typed by its index or by its name in `class_names` (any case)."""
     kind = field_kind(name)
     text = str(text)
     if len(text) > MAX_AXIS_TEXT:
@@ -63,14 +64,15 @@ def parse_axis(name: str, text: str) -> list:
     if not items:
         raise RequestError(f"give at least one value for {name}")
     values = []
+    by_name = {label.lower(): index for index, label in enumerate(class_names)} if name == "class_index" else {}
     for item in items:
-        values.extend(_parse_item(name, kind, item))
+        values.extend([by_name[item.lower()]] if item.lower() in by_name else _parse_item(name, kind, item, class_names))
         if len(values) > MAX_AXIS_VALUES:
             raise RequestError(f"at most {MAX_AXIS_VALUES} values per axis ({name} has more)")
     return values
 
 
-def _parse_item(name: str, kind, item: str) -> list:
+def _parse_item(name: str, kind, item: str, class_names=()) -> list:
     if kind is str:
         return [item]
     if kind is bool:
@@ -82,6 +84,11 @@ def _parse_item(name: str, kind, item: str) -> list:
         return [None]
     try:
         return _parse_numbers(name, kind, item)
+    except RequestError:
+        if name == "class_index" and class_names:
+            raise RequestError(f"class {item[:40]!r} is neither a class of this checkpoint ({', '.join(class_names)}) "
+                               f"nor an index 0-{len(class_names) - 1}") from None
+        raise
     except OverflowError:
         raise RequestError(f"{name}: {item[:40]!r} holds a number too large to use") from None
 
@@ -173,11 +180,12 @@ class XYPlan:
 def plan_grid(cache: ModelCache, base: SampleRequest, x_field: str, x_text: str, y_field: str = "",
               y_text: str = "") -> XYPlan:
     """Every cell's request, checked (and the work bounded) before any sampling starts."""
-    x_values = parse_axis(x_field, x_text)
+    class_names = cache.get(base.checkpoint).class_names
+    x_values = parse_axis(x_field, x_text, class_names)
     if y_field:
         if y_field == x_field:
             raise RequestError(f"X and Y are both {x_field}; choose two different fields")
-        y_values = parse_axis(y_field, y_text)
+        y_values = parse_axis(y_field, y_text, class_names)
     else:
         y_values = [None]
     if len(x_values) * len(y_values) > MAX_CELLS:
