@@ -342,8 +342,8 @@ def test_xy_grid_through_the_api(client):
     ("steps", "1000, 1000, 1000, 1000, 1000, 1000", "seed", "1-6", r"this grid needs 144,000 image-evaluations, about "
      r"\d[\d,]* s of work on this machine; the limit is 180 s per request"),
     ("class_index", "0, 7", "", "", "cell class_index=7: class must be between 0 and 2"),
-    ("class_index", "circle, Sneaker", "", "", "class 'Sneaker' is neither a class of this checkpoint \\(circle, "
-     "square, cross\\) nor an index 0-2"),
+    ("class_index", "circle, Sneaker", "", "", "class 'Sneaker' is neither an index nor a class name of this "
+     "checkpoint \\(0 circle, 1 square, 2 cross\\)"),
     ("nonsense", "1", "", "", "cannot go on an axis"),
 ])
 def test_xy_grid_refuses_bad_axes_before_any_work(client, x_field, x_values, y_field, y_values, message):

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .engine import ModelCache, RequestError, SampleRequest, SampleResult, check_request, check_work, run_request
+from .engine import (ModelCache, RequestError, SampleRequest, SampleResult, check_request, check_work, class_index_of,
+                     run_request)
 from ..core.metrics import sharpness
 from ..formats.data import DataError, load_fashion_mnist, to_model_range
 from ..formats.images import display_scale, image_grid, to_pil
@@ -64,9 +65,8 @@ def parse_axis(name: str, text: str, class_names=()) -> list:
     if not items:
         raise RequestError(f"give at least one value for {name}")
     values = []
-    by_name = {label.lower(): index for index, label in enumerate(class_names)} if name == "class_index" else {}
     for item in items:
-        values.extend([by_name[item.lower()]] if item.lower() in by_name else _parse_item(name, kind, item, class_names))
+        values.extend(_parse_item(name, kind, item, class_names))
         if len(values) > MAX_AXIS_VALUES:
             raise RequestError(f"at most {MAX_AXIS_VALUES} values per axis ({name} has more)")
     return values
@@ -82,13 +82,10 @@ def _parse_item(name: str, kind, item: str, class_names=()) -> list:
         return [truth[item.lower()]]
     if item.lower() == "none" and name in ("interval_low", "interval_high", "class_index"):
         return [None]
+    if name == "class_index" and class_names and not item[:1].isdigit():
+        return [class_index_of(item, class_names)]  # a class by name, any case (an index or a range is a number)
     try:
         return _parse_numbers(name, kind, item)
-    except RequestError:
-        if name == "class_index" and class_names:
-            raise RequestError(f"class {item[:40]!r} is neither a class of this checkpoint ({', '.join(class_names)}) "
-                               f"nor an index 0-{len(class_names) - 1}") from None
-        raise
     except OverflowError:
         raise RequestError(f"{name}: {item[:40]!r} holds a number too large to use") from None
 
