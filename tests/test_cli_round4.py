@@ -58,3 +58,35 @@ def test_class_index_of_reads_indices_and_names_in_any_case():
         class_index_of("4", CLASSES)
     with pytest.raises(RequestError, match=r"neither an index nor a class name of this checkpoint \(0 T-shirt/top"):
         class_index_of("Bag", CLASSES)
+
+
+def test_the_sde_refusal_says_what_would_make_the_grid_stable(checkpoint_dir):
+    """On a uniform grid no step count makes the reverse SDE stable near t = 0, and the sentence says so instead of
+    'take more steps'; on a log-SNR grid it names the step count that works, and that many steps pass."""
+    from dataclasses import replace
+
+    from diffusion.serving.engine import ModelCache, SampleRequest, check_request
+
+    cache = ModelCache(checkpoint_dir)
+    uniform = SampleRequest(checkpoint="tiny", sampler="sde", steps=4, batch_size=1)
+    with pytest.raises(RequestError, match=r"no step count up to 1000 makes this spacing stable near t = 0: choose "
+                                           r"'uniform in log-SNR' spacing"):
+        check_request(cache, uniform)
+    log_snr = replace(uniform, spacing="log-snr", steps=2)
+    with pytest.raises(RequestError, match=r"take at least \d+ steps, or choose 'uniform in log-SNR' spacing") as refused:
+        check_request(cache, log_snr)
+    enough = int(str(refused.value).split("take at least ")[1].split(" ")[0])
+    check_request(cache, replace(log_snr, steps=enough))
+
+
+def test_the_edit_tab_samples_the_sde_on_a_log_snr_grid(checkpoint_dir):
+    """The Edit tab has no spacing control; its reverse SDE runs on the grid where it is stable."""
+    from diffusion.app.edit import edit_request
+    from diffusion.serving.engine import ModelCache, check_request
+
+    cache = ModelCache(checkpoint_dir)
+    request, _ = edit_request(cache, "tiny", "sdedit", 0.6, 10, 10, 1.0, None, 0, "cfg", 2.0, "sde", "heun", 30, 0, 1)
+    assert request.base.spacing == "log-snr"
+    check_request(cache, request.base)
+    other, _ = edit_request(cache, "tiny", "sdedit", 0.6, 10, 10, 1.0, None, 0, "cfg", 2.0, "ddim", "heun", 30, 0, 1)
+    assert other.base.spacing == "uniform"

@@ -125,7 +125,10 @@ def edit_request(cache: ModelCache, checkpoint, method, strength, jump_length, r
         base = FlowRequest(checkpoint=str(checkpoint), class_index=widget_class(class_index),
                            seed=widget_number(seed, "seed", int), batch_size=widget_number(batch_size, "images", int))
     else:
-        base = make_request(checkpoint, sampler, solver, steps, 0.0, "uniform", guidance, class_index, scale, None,
+        # The tab has no spacing control: uniform in t, but for the reverse SDE, whose Euler-Maruyama steps are
+        # stable only on a grid uniform in log-SNR (no step count makes a uniform grid stable near t = 0).
+        spacing = "log-snr" if sampler == "sde" else "uniform"
+        base = make_request(checkpoint, sampler, solver, steps, 0.0, spacing, guidance, class_index, scale, None,
                             seed, batch_size)
     request = EditRequest(str(method), base, strength=widget_number(strength, "strength"),
                           jump_length=widget_number(jump_length, "jump length", int),

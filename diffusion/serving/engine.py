@@ -181,18 +181,26 @@ def validate_request(request: SampleRequest, model: LoadedModel, has_classifier:
         raise RequestError(f"checkpoint {request.checkpoint!r:.60} was not trained with self-conditioning")
 
 
+def _worst_log_snr_step(schedule, steps: int, spacing: str) -> float:
+    """The largest finite log-SNR change of one step of this grid (infinite steps take no Langevin part)."""
+    points = [tuple(map(float, schedule.alpha_sigma(t))) for t in time_grid(schedule, steps, spacing).double()]
+    changes = [log_snr_step(*points[i], *points[i + 1]) for i in range(len(points) - 1)]
+    return max((d for d in changes if math.isfinite(d)), default=0.0)
+
+
 def _check_stochastic_sampler(request: SampleRequest, model: LoadedModel):
     """The sde, pc and langevin samplers' settings, their NFE, and Euler-Maruyama's stability on this grid."""
     if request.sampler == "sde":
         _check_number("stochasticity", request.stochasticity, 0.0, 1.0)
-        points = [tuple(map(float, model.schedule.alpha_sigma(t))) for t in
-                  time_grid(model.schedule, int(request.steps), request.spacing).double()]
-        steps = [log_snr_step(*points[i], *points[i + 1]) for i in range(len(points) - 1)]
-        worst = max((d for d in steps if math.isfinite(d)), default=0.0)  # infinite steps take no Langevin part
+        worst = _worst_log_snr_step(model.schedule, int(request.steps), request.spacing)
         if request.stochasticity > 0 and worst >= MAX_SDE_LOG_SNR_STEP:
+            enough = next((n for n in range(int(request.steps) + 1, MAX_STEPS + 1)
+                           if _worst_log_snr_step(model.schedule, n, request.spacing) < MAX_SDE_LOG_SNR_STEP), None)
+            more = (f"take at least {enough} steps, or choose" if enough else
+                    f"no step count up to {MAX_STEPS} makes this spacing stable near t = 0: choose")
             raise RequestError(f"the reverse SDE's Euler-Maruyama step is unstable on this grid: one step crosses "
-                               f"{worst:.1f} in log-SNR (at most {MAX_SDE_LOG_SNR_STEP:g}); take more steps or "
-                               f"'uniform in log-SNR' spacing")
+                               f"{worst:.1f} in log-SNR (at most {MAX_SDE_LOG_SNR_STEP:g}); {more} 'uniform in log-SNR' "
+                               f"spacing")
     if request.sampler == "pc":
         if request.predictor not in ("ddpm", "ddim"):
             raise RequestError(f"unknown predictor {request.predictor!r:.40}; choose ddpm or ddim")
