@@ -10,6 +10,17 @@ from diffusion.serving.engine import ModelCache, SampleRequest, request_work
 from diffusion.serving.edits import EditRequest, edit_work
 
 
+TERAFLOP = MachineRate(probe=lambda device: 1e12 / MODEL_EFFICIENCY)  # every probe reads 1 TFLOP/s for models
+
+
+def test_a_fixed_rate_has_a_fixed_call_cost():
+    """A budget with a fixed rate (tests, an imagined machine) does not time this machine's calls: its call cost is
+    given (0 unless set), so its refusals are the same on every machine and under any load."""
+    assert WorkBudget(flops_per_second=1e9).call_seconds == 0.0
+    assert WorkBudget(flops_per_second=1e9, call_seconds=0.01).call_seconds == 0.01
+    assert WorkBudget().call_seconds is None  # measured
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -53,8 +64,8 @@ def test_one_image_costs_its_calls_not_only_its_flops(checkpoint_dir):
     """DDIM-1000 on one image was estimated at 1.6 s and took 14.2 s: per call the fixed cost dominates. Here the
     estimate of one image's 1000 calls is at least 1000 batch-1 calls' measured overhead, and a batch of 64 at the
     same steps costs far less than 64 single images."""
-    # At 1 TFLOP/s a batch-1 call of the tiny UNet (a few MFLOPs) is all overhead.
-    cache = ModelCache(checkpoint_dir, budget=WorkBudget(seconds=1e9, flops_per_second=1e12))
+    # At 1 TFLOP/s (probed) a batch-1 call of the tiny UNet (a few MFLOPs) is all overhead.
+    cache = ModelCache(checkpoint_dir, budget=WorkBudget(seconds=1e9, machine_rate=TERAFLOP))
     model = cache.get("tiny")
     overhead = cache.overhead_per_call(model)
     assert overhead > 0
@@ -66,7 +77,7 @@ def test_one_image_costs_its_calls_not_only_its_flops(checkpoint_dir):
 
 
 def test_an_edit_costs_its_calls(checkpoint_dir):
-    cache = ModelCache(checkpoint_dir, budget=WorkBudget(seconds=1e9, flops_per_second=1e12))
+    cache = ModelCache(checkpoint_dir, budget=WorkBudget(seconds=1e9, machine_rate=TERAFLOP))
     base = SampleRequest(checkpoint="tiny", steps=25, batch_size=1, guidance="none", scale=1.0)
     repaint = EditRequest(method="repaint", base=base, jump_length=10, resamplings=10)
     work = edit_work(cache, repaint, cache.get("tiny"))

@@ -94,10 +94,15 @@ class WorkBudget:
     flops_per_second: float | None = None
     device_type: str | None = None  # where the rate is measured; None: the model cache's device (it fills this in)
     machine_rate: MachineRate | None = field(default=None, compare=False, repr=False)
+    # A network call's fixed cost in seconds; None: measured per model as it loads. A fixed rate describes a fixed,
+    # imagined machine, whose calls cannot be timed on this one: it has a fixed call cost too (0 unless given).
+    call_seconds: float | None = None
 
     def __post_init__(self):
         if self.flops_per_second is None and self.machine_rate is None:
             object.__setattr__(self, "machine_rate", MachineRate(self.device_type or "cpu"))
+        if self.flops_per_second is not None and self.call_seconds is None:
+            object.__setattr__(self, "call_seconds", 0.0)
 
     @property
     def rate(self) -> float:

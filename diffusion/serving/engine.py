@@ -374,6 +374,8 @@ class ModelCache:
     def overhead_per_call(self, model: LoadedModel) -> float:
         """A network call's fixed cost in FLOP-equivalents: seconds of a batch-1 call x the rate now - its FLOPs
         (measured once per file, as it loads)."""
+        if self.budget.call_seconds is not None:
+            return self.budget.call_seconds * self.budget.rate
         key = model.sha256 or str(id(model))
         if key not in self._overheads:
             # A noisy classifier's call is a gradient, about 3 forwards (network_work's passes): per forward here.
@@ -442,7 +444,8 @@ class ModelCache:
             self.loads += 1
             if signature_of(path) != signature:  # replaced while we read it: do not serve a mix
                 raise RequestError(f"checkpoint {name!r:.60} changed while loading; try again")
-            self.overhead_per_call(model)  # measured once, as it loads: the work budget never runs a model later
+            self.flops_per_image(model)  # counted once, as it loads (before channels_last, see below) ...
+            self.overhead_per_call(model)  # ... and timed: the work budget never runs a model later
             # Convolution weights in channels_last (NHWC), oneDNN's fast layout on a CPU (issue 30): fashion-diffusion's
             # forward 10 % faster at batch 16 and 8 % at 32, measured here, outputs within 2e-6 of NCHW. Inputs need
             # no change: a convolution with channels_last weights computes in that layout. After the FLOP count,
