@@ -71,9 +71,10 @@ def test_early_stopping_reads_the_validation_loss_and_keeps_the_best_epochs_weig
 
 def test_the_judge_flattens_its_features_or_averages_them():
     flat = judge_network(1, 28, TwoSampleConfig())
-    assert [type(m).__name__ for m in flat] == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
-                                                "Linear", "ReLU", "Dropout", "Linear"]
-    assert (flat[7].in_features, flat[7].out_features) == (64 * 7 * 7, 128)
+    assert [type(m).__name__ for m in flat] == ["Conv2d", "ReLU", "MaxPool2d"] * 3 + ["Flatten", "Linear", "ReLU",
+                                                                                     "Dropout", "Linear"]
+    assert [m.out_channels for m in flat if isinstance(m, torch.nn.Conv2d)] == [32, 64, 128]
+    assert (flat[10].in_features, flat[10].out_features) == (128 * 3 * 3, 128)  # 28 -> 14 -> 7 -> 3 px
     pooled = judge_network(1, 28, TwoSampleConfig(widths=(16, 32), hidden=0))
     assert type(pooled[6]).__name__ == "AdaptiveAvgPool2d" and pooled[-1].in_features == 32
     assert flat(torch.zeros(3, 1, 28, 28)).shape == pooled(torch.zeros(3, 1, 28, 28)).shape == (3, 1)

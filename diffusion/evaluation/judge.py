@@ -24,10 +24,11 @@ class TwoSampleConfig:
     held_out: float = 0.2  # the share of each set kept for the accuracy (200 of 1,000)
     validation: float = 0.2  # the share of each set's training part kept for early stopping (160 of 800)
     epochs: int = 60  # at most; early stopping ends sooner
-    patience: int = 5  # epochs without a lower validation loss before training stops
+    patience: int = 20  # epochs without a lower validation loss before training stops (a judge may first spend
+    # 10-16 epochs on the images' content before its validation loss starts to fall: docs/evaluation/judge)
     batch_size: int = 64
     lr: float = 1e-3
-    widths: tuple[int, ...] = (32, 64)  # channels of the conv-ReLU-maxpool stages
+    widths: tuple[int, ...] = (32, 64, 128)  # channels of the conv-ReLU-maxpool stages (28 px -> 3 x 3 x 128 features)
     hidden: int = 128  # units of the layer on the flattened features; 0: global average pool, then one logit
     dropout: float = 0.0  # before the last layer
 
