@@ -101,6 +101,8 @@ def test_the_suite_judges_every_alteration_and_reports_its_bars():
     assert rows[0].accuracies == tuple(two_sample_accuracy(real, reference, TINY, s).accuracy for s in (0, 1))
     assert rows[0].spread == pytest.approx(abs(rows[0].accuracies[0] - rows[0].accuracies[1]) / 2 ** 0.5)
     assert set(bars_met(rows)) == {"real", "noise-0.05"} and list(ALTERATIONS)[:2] == ["real", "noise-0.05"]
+    assert bars_met(rows)["real"] == all(r.mean <= 0.53 for r in rows[:2]) and bars_met(rows[:2]) == {
+        "real": bars_met(rows)["real"]}
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -127,3 +129,4 @@ def test_the_calibration_part_judges_the_runs_own_split_and_seeds(tmp_path):
     assert rows[0]["two_sample_judges"] == rows[1]["two_sample_judges"]  # real images are 8-bit already
     table = (tmp_path / "eval" / "tiny.md").read_text()
     assert "| real + N(0, 0.05²) |" in table and "| real, shifted one pixel right |" in table
+    assert "The judge's bars (means, floats and 8-bit): real against real <= 0.53: " in table
