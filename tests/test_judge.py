@@ -90,6 +90,9 @@ def test_the_alterations_and_8_bit_quantization():
     assert torch.allclose(levels, levels.round(), atol=1e-4)  # on the 256 levels
     shifted = shifted_one_pixel(real, torch.Generator())
     assert torch.equal(shifted[..., 1:], real[..., :-1]) and (shifted[..., 0] == -1).all()
+    assert torch.equal(quantized(shifted), shifted)  # so the shift's 8-bit row judges the very same images
+    blurred = altered(real, "blur", eight_bit=False, noise_seed=1)
+    assert not torch.equal(quantized(blurred), blurred)  # a 3x3 mean falls between the 256 levels
 
 
 def test_the_suite_judges_every_alteration_and_reports_its_bars():
