@@ -41,10 +41,10 @@ def test_two_sample_accuracy_at_its_two_ends():
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(60, 1, 8, 8, generator=generator) * 0.1 - 0.5
     b = torch.randn(60, 1, 8, 8, generator=generator) * 0.1 + 0.5
-    config = TwoSampleConfig(epochs=20, batch_size=16, lr=3e-3, width=4)
+    config = TwoSampleConfig(epochs=20, batch_size=16, lr=3e-3, widths=(4, 8), hidden=16)
     separable = two_sample_accuracy(a, b, config, seed=0)
     assert separable.accuracy == 1.0 and separable.stderr == 0.0
-    assert (separable.held_out, separable.trained_on) == (24, 96)  # 20 % of each set held out
+    assert (separable.held_out, separable.validated_on, separable.trained_on) == (24, 20, 76)  # 20 % held out, 20 % of the rest validates
     same = two_sample_accuracy(a, a.clone(), config, seed=0)  # the same images on both sides: a coin toss
     assert 0.25 <= same.accuracy <= 0.75
     assert same.stderr == pytest.approx((same.accuracy * (1 - same.accuracy) / 24) ** 0.5)

@@ -36,7 +36,8 @@ NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows 
 METRICS = ("nfe", "samples", "fid", "texture_fid", "accuracy", "diversity", "seconds",
            "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max", "by_probe",
            "straightness", "straightness_std", "flow_time", "deviation",
-           "by_evaluator", "two_sample_accuracy", "two_sample_stderr", "two_sample_judges")
+           "by_evaluator", "two_sample_accuracy", "two_sample_stderr", "two_sample_judges",
+           "two_sample_spread", "best_epochs")
 
 
 def row_key(row: dict) -> str:

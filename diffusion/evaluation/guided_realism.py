@@ -41,7 +41,7 @@ def measure(evaluator, row: dict) -> dict | None:
     if judged is None:
         return None
     quick = evaluator.config.quick
-    config = TwoSampleConfig(epochs=2) if quick else TwoSampleConfig()
+    config = TwoSampleConfig(epochs=2, patience=1) if quick else TwoSampleConfig()
     real = evaluator.real_split.comparison.images
     seed = evaluator.config.seed
     judges = [two_sample_accuracy(real, judged.images, config, seed + j).accuracy

@@ -7,7 +7,7 @@ from .judge import TwoSampleConfig, two_sample_accuracy
 from .outsider import judged_images, outsider_rows, setting_words
 from .part import Part
 
-QUICK = TwoSampleConfig(epochs=2)
+QUICK = TwoSampleConfig(epochs=2, patience=1)
 
 
 def measure(evaluator, row: dict) -> dict | None:
