@@ -30,7 +30,7 @@ from diffusion.app.controls import GUIDANCE_LABELS, class_and_guidance, scale_fo
 from diffusion.app.families import build_families_tab
 from diffusion.app.examples import example_files, open_example, open_png, opening_outputs
 from diffusion.app.generate import APP_GUIDANCE, APP_SAMPLING, build_generate_tab, send_to
-from diffusion.app.guard import RequestGuard
+from diffusion.app.guard import RequestGuard, instant_handlers_problems
 from diffusion.app.lab2d import build_lab2d_tab
 from diffusion.app.lens import build_lens_tab
 from diffusion.app.sweep import build_sweep_tab
@@ -172,6 +172,9 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     # api_open=False: Gradio's direct routes (/gradio_api/run/<name>, /gradio_api/api/<name>) refuse queued events, so
     # every handler runs in the queue (its one worker, its size limit); the guard closes those routes too.
     demo.queue(default_concurrency_limit=1, max_size=queue_size, api_open=False)
+    problems = instant_handlers_problems(demo)  # only these run outside the queue, on the direct routes
+    if problems:
+        raise RuntimeError("; ".join(problems))
     return demo
 
 

@@ -111,16 +111,16 @@ def test_browser_live_mode_drops_stale_changes(few_step_server, monkeypatch, tmp
     going are dropped (Gradio's trigger_mode="always_last")."""
     from playwright.sync_api import sync_playwright
 
-    import diffusion.app.generate as generate_module
+    import diffusion.serving.backend as backend_module
 
-    seeds, real_run = [], generate_module.run_request
+    seeds, real_run = [], backend_module.OPERATIONS["run_request"]
 
     def slow_run(cache, request, *args, **kwargs):
         seeds.append(request.seed)
         time.sleep(0.6)
         return real_run(cache, request, *args, **kwargs)
 
-    monkeypatch.setattr(generate_module, "run_request", slow_run)
+    monkeypatch.setitem(backend_module.OPERATIONS, "run_request", slow_run)  # every tab samples through the backend
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1200})

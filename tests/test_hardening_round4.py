@@ -36,11 +36,33 @@ def from_address(address: str) -> httpx.Client:
 # --- 1. one door for work -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("route", ["run", "api"])
 def test_the_direct_routes_do_not_run_handlers_outside_the_queue(served, route):
+    """Gradio (api_open=False) refuses every queued handler there; only the page's instant handlers are served."""
     with from_address("127.0.0.1") as http:
         answer = http.post(f"{served}/gradio_api/{route}/model_card", json={"data": ["tiny"]})
-        assert answer.status_code == 404 and "only through its queue" in answer.json()["detail"]
+        assert answer.status_code == 404 and "join the queue" in answer.json()["detail"]
         answer = http.post(f"{served}/gradio_api/{route}/lab2d/", json={"data": []})
         assert answer.status_code == 404
+
+
+def test_only_instant_handlers_run_outside_the_queue(tmp_path):
+    """The page's queue=False events (the estimate line, a sampler's own settings) are reachable on the direct
+    routes, so each must be an instant handler: the build refuses any other."""
+    import gradio as gr
+
+    import app
+    from diffusion.app.guard import instant_handlers_problems
+    from diffusion.serving.engine import ModelCache
+
+    demo = app.build_demo(ModelCache(write_tiny_checkpoints(tmp_path / "ckpt")))
+    assert instant_handlers_problems(demo) == []
+    with gr.Blocks() as bad:
+        button, box = gr.Button(), gr.Textbox()
+
+        def sample_something():
+            yield "work"
+
+        button.click(sample_something, None, box, queue=False)
+    assert instant_handlers_problems(bad) == ["sample_something runs outside the queue but is not an instant handler"]
 
 
 def test_the_queue_is_closed_to_direct_calls_even_behind_another_middleware(tmp_path):

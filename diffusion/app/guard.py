@@ -1,7 +1,9 @@
 """What one client may ask of the server, checked in front of Gradio's routes (an ASGI middleware):
 
-- one door for work: Gradio's direct routes (`/gradio_api/run/<name>`, `/gradio_api/api/<name>`), which would run a
-  handler outside the queue, are closed here (and by `api_open=False` in app.py); `/gradio_api/queue/join` and
+- one door for work: every handler that does work runs in the queue, and `api_open=False` (app.py) makes Gradio
+  refuse it on the direct routes (`/gradio_api/run/<name>`, `/gradio_api/api/<name>`). Those routes serve only the
+  handlers declared `queue=False`, the page's instant ones (a sampler's own settings, the estimate line), which
+  app.py's build checks run no model (`instant_handlers_problems`). `/gradio_api/queue/join` and
   `/gradio_api/call/<name>` (both queue the job) are checked alike;
 - every POST body but an upload is at most MAX_BODY bytes, and a join's body must parse as a JSON object nested at
   most MAX_BODY_DEPTH deep: anything else is HTTP 400 or 413 with a sentence, never a 500;
@@ -46,7 +48,6 @@ MAX_ADDRESSES = 10_000  # the per-address upload table's bound (entries also exp
 UPLOAD_GRACE_SECONDS = 60  # an upload younger than this may still be about to be read by its request
 WINDOW_SECONDS = 60  # the upload rate's window
 _PREFIX = r"/gradio_api/"
-DIRECT = re.compile(_PREFIX + r"(run|api)/[^/]+/?$")  # run a handler outside the queue: closed
 JOIN = re.compile(_PREFIX + r"(queue/join|call/(v2/)?[^/]+)/?$")  # queue a job
 UPLOAD = re.compile(_PREFIX + r"upload/?$")
 
@@ -110,9 +111,6 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         path, address = scope["path"], (scope.get("client") or ("?", 0))[0]
-        if DIRECT.search(path):
-            return await _refuse(send, "this server runs work only through its queue: use /gradio_api/call/<name> "
-                                       "or /gradio_api/queue/join (gradio_client does)", status=404)
         if UPLOAD.search(path):
             refusal = self._upload_refusal(address, _declared_length(scope))
             if refusal:
@@ -222,3 +220,28 @@ async def _refuse(send, sentence: str, status: int = 429):
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})
+
+
+# The handlers a page may run outside the queue (queue=False, so reachable on Gradio's direct routes): instant, no
+# sampling. A new queue=False handler must be added here on purpose (app.py refuses to build otherwise).
+INSTANT_HANDLERS = frozenset({"random_seed", "sampler_controls", "estimate"})
+
+
+def instant_handlers_problems(demo) -> list[str]:
+    """Every event served outside the queue that is not one of INSTANT_HANDLERS, or that joins the sampling
+    concurrency group, or streams (a generator would stop at its first yield there): one line each."""
+    import functools
+    import inspect
+
+    problems = []
+    for block_fn in (demo.fns.values() if isinstance(demo.fns, dict) else demo.fns):
+        if block_fn.queue or block_fn.fn is None:  # queued, or a front-end-only event
+            continue
+        function = block_fn.fn
+        while isinstance(function, functools.partial):
+            function = function.func
+        name = getattr(function, "__name__", repr(function))
+        if name not in INSTANT_HANDLERS or block_fn.concurrency_id == "sampling" \
+                or inspect.isgeneratorfunction(function):
+            problems.append(f"{name} runs outside the queue but is not an instant handler")
+    return problems
