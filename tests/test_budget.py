@@ -104,7 +104,8 @@ def test_the_budget_table_runs_every_kind_of_request_quickly(tmp_path):
     for kind in ("classifier", "autoguidance", "langevin", "pc", "sde", "flow", "RePaint", "SDEdit", "swap", "sweep",
                  "X/Y"):
         assert kind in labels
-    assert all(float(line.split("|")[3]) > 0 and float(line.split("|")[4]) > 0 for line in table)
+    ratios = [float(line.split("|")[5]) for line in table]  # measured / estimated, from the unrounded times
+    assert all(0 < ratio < float("inf") for ratio in ratios)
 
 
 def test_a_run_past_twice_its_limit_is_stopped_with_a_sentence():

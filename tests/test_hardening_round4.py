@@ -298,8 +298,10 @@ def test_each_process_has_its_own_output_folder_removed_at_exit(tmp_path):
     script = ("from diffusion.app.common import OUTPUT_DIR, output_path; output_path('x', '.png'); "
               "print(OUTPUT_DIR, flush=True)")
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    folders = [Path(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                                   check=True, timeout=120).stdout.strip()) for _ in range(2)]
+    processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]  # side by side: two live processes at once
+    folders = [Path(process.communicate(timeout=120)[0].strip()) for process in processes]
+    assert all(process.returncode == 0 for process in processes)
     assert folders[0] != folders[1] and all(f.parent == Path(tempfile.gettempdir()) for f in folders)
     assert not any(f.exists() for f in folders)  # removed at exit
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -36,11 +36,11 @@ def test_the_r1_penalty_of_a_linear_discriminator_is_its_weight_norm():
 
 def test_on_the_rings_one_distilled_step_beats_one_reflow_step():
     mix = DISTRIBUTIONS["rings"]()
-    teacher = train_mlp(mix, steps=600)
-    student = train_student(teacher, mix.num_classes, pairs=2048, steps=600)
-    distilled = train_adversarial_student(teacher, student, mix, AdversarialConfig(steps=400, pairs=2048))
-    labels = balanced_labels(mix, 600)
-    reference, x_T = exact_reference(mix, labels), starting_noise(0, 600)
+    teacher = train_mlp(mix, steps=400)
+    student = train_student(teacher, mix.num_classes, pairs=1024, steps=400)
+    distilled = train_adversarial_student(teacher, student, mix, AdversarialConfig(steps=250, pairs=1024))
+    labels = balanced_labels(mix, 500)
+    reference, x_T = exact_reference(mix, labels), starting_noise(0, 500)
 
     def one_step(model):
         return reference.quality(sample_points(model, Schedule("flow"), labels, sampler="ode", steps=1,

@@ -87,30 +87,31 @@ def _lens(checkpoint: str) -> BudgetCase:
 
 def budget_cases(quick: bool = False) -> list[BudgetCase]:
     """The table's requests; quick: the same kinds at a few steps (CI)."""
-    s = (lambda n: max(1, n // 50)) if quick else (lambda n: n)
+    s = (lambda n: max(1, n // 50)) if quick else (lambda n: n)  # steps
+    b = (lambda n: min(n, 2)) if quick else (lambda n: n)  # images
     d = SampleRequest()
     cases = [
         _sample(replace(GENERATE_DEFAULT, steps=s(10) if quick else 10)),
-        _sample(replace(d, sampler="ddim", steps=s(1000), batch_size=1)),
-        _sample(replace(d, sampler="ddim", steps=s(1000), batch_size=1, guidance="classifier")),
-        _sample(replace(d, sampler="ddpm", steps=s(100), batch_size=64, guidance="none", scale=1.0)),
-        _sample(replace(d, sampler="ode", solver="heun", steps=s(25), batch_size=4, guidance="autoguidance", scale=2.0)),
-        _sample(replace(d, sampler="sde", steps=20 if quick else 200, spacing="log-snr", batch_size=8)),
-        _sample(replace(d, sampler="pc", steps=s(100), batch_size=2, correctors=1, guidance="none", scale=1.0)),
-        _sample(replace(d, sampler="langevin", steps=s(100), langevin_steps=40, batch_size=1, guidance="none",
+        _sample(replace(d, sampler="ddim", steps=s(1000), batch_size=b(1))),
+        _sample(replace(d, sampler="ddim", steps=s(1000), batch_size=b(1), guidance="classifier")),
+        _sample(replace(d, sampler="ddpm", steps=s(100), batch_size=b(64), guidance="none", scale=1.0)),
+        _sample(replace(d, sampler="ode", solver="heun", steps=s(25), batch_size=b(4), guidance="autoguidance", scale=2.0)),
+        _sample(replace(d, sampler="sde", steps=20 if quick else 200, spacing="log-snr", batch_size=b(8))),
+        _sample(replace(d, sampler="pc", steps=s(100), batch_size=b(2), correctors=1, guidance="none", scale=1.0)),
+        _sample(replace(d, sampler="langevin", steps=s(100), langevin_steps=40, batch_size=b(1), guidance="none",
                         scale=1.0)),
-        _sample(replace(d, checkpoint="fashion-reflow", sampler="ode", solver="euler", steps=1, batch_size=64,
+        _sample(replace(d, checkpoint="fashion-reflow", sampler="ode", solver="euler", steps=1, batch_size=b(64),
                         guidance="none", scale=1.0, self_condition=None)),
-        _sample(FlowRequest(checkpoint="fashion-nice", batch_size=64)),
-        _sample(replace(d, checkpoint="fashion-dit", steps=s(50), batch_size=8)),
-        _edit("SDEdit, strength 0.6, DDIM 50, 4 images",
-              EditRequest("sdedit", replace(d, steps=s(50), batch_size=4), strength=0.6)),
-        _edit("RePaint, 50 steps, jumps of 10, 5 resamplings, 1 image",
-              EditRequest("repaint", replace(d, sampler="ddpm", steps=s(50), batch_size=1), jump_length=10,
+        _sample(FlowRequest(checkpoint="fashion-nice", batch_size=b(64))),
+        _sample(replace(d, checkpoint="fashion-dit", steps=s(50), batch_size=b(8))),
+        _edit(f"SDEdit, strength 0.6, DDIM {s(50)}, {b(4)} images",
+              EditRequest("sdedit", replace(d, steps=s(50), batch_size=b(4)), strength=0.6)),
+        _edit(f"RePaint, {s(50)} steps, jumps of 10, 5 resamplings, 1 image",
+              EditRequest("repaint", replace(d, sampler="ddpm", steps=s(50), batch_size=b(1)), jump_length=10,
                           resamplings=5), mask=True),
-        _edit("class swap, DDIM 25, 1 image", EditRequest("swap", replace(d, steps=s(25), batch_size=1), source_class=0)),
-        _sweep(replace(d, steps=s(25), batch_size=4), [1.0, 3.0, 5.0]),
-        _grid(replace(d, steps=s(20), batch_size=1), "seed", "0, 1, 2", "class_index", "0, 1"),
+        _edit(f"class swap, DDIM {s(25)}, 1 image", EditRequest("swap", replace(d, steps=s(25), batch_size=b(1)), source_class=0)),
+        _sweep(replace(d, steps=s(25), batch_size=b(4)), [1.0, 3.0, 5.0]),
+        _grid(replace(d, steps=s(20), batch_size=b(1)), "seed", "0, 1, 2", "class_index", "0, 1"),
     ]
     return cases if quick else cases + [_lens("fashion-diffusion")]
 

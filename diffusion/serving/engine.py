@@ -188,14 +188,26 @@ def _worst_log_snr_step(schedule, steps: int, spacing: str) -> float:
     return max((d for d in changes if math.isfinite(d)), default=0.0)
 
 
+def _least_stable_steps(schedule, start: int, spacing: str) -> int | None:
+    """The fewest steps from `start` to MAX_STEPS whose grid keeps every Euler-Maruyama step stable, or None; by
+    bisection (more steps never make the largest step larger), so a refusal costs a few grids, not a thousand."""
+    stable = lambda n: _worst_log_snr_step(schedule, n, spacing) < MAX_SDE_LOG_SNR_STEP  # noqa: E731
+    if start > MAX_STEPS or not stable(MAX_STEPS):
+        return None
+    low, high = start, MAX_STEPS  # stable(high) holds
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if stable(middle) else (middle + 1, high)
+    return high
+
+
 def _check_stochastic_sampler(request: SampleRequest, model: LoadedModel):
     """The sde, pc and langevin samplers' settings, their NFE, and Euler-Maruyama's stability on this grid."""
     if request.sampler == "sde":
         _check_number("stochasticity", request.stochasticity, 0.0, 1.0)
         worst = _worst_log_snr_step(model.schedule, int(request.steps), request.spacing)
         if request.stochasticity > 0 and worst >= MAX_SDE_LOG_SNR_STEP:
-            enough = next((n for n in range(int(request.steps) + 1, MAX_STEPS + 1)
-                           if _worst_log_snr_step(model.schedule, n, request.spacing) < MAX_SDE_LOG_SNR_STEP), None)
+            enough = _least_stable_steps(model.schedule, int(request.steps) + 1, request.spacing)
             more = (f"take at least {enough} steps, or choose" if enough else
                     f"no step count up to {MAX_STEPS} makes this spacing stable near t = 0: choose")
             raise RequestError(f"the reverse SDE's Euler-Maruyama step is unstable on this grid: one step crosses "
