@@ -14,8 +14,8 @@ from ..serving.backend import backend_for
 from ..serving.engine import MAX_STEPS, ModelCache, RequestError
 from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import png_info
-from ..serving.studies import compare_samplers, difference_map
-from ..serving.xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, real_sharpness, run_grid
+from ..serving.studies import difference_map
+from ..serving.xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, real_sharpness
 from .common import GRID_PX, grid_pil, markdown_text, output_path, save_png, stream_result, user_error, widget_number
 from .controls import (SPACING_LABELS, RequestTarget, make_request, on_compare_checkpoint_change, run_and_stop,
                        settle_run)

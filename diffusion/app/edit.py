@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..formats.data import FASHION_MNIST_CLASSES, to_uint8
 from ..serving.backend import backend_for
-from ..serving.edits import EDIT_METHODS, EditRequest, run_edit, strength_log_snr
+from ..serving.edits import EDIT_METHODS, EditRequest, strength_log_snr
 from ..serving.engine import GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, image_shape
 from ..formats.images import captioned_row, display_scale, to_pil
 from ..core.sampling import ODE_SOLVERS

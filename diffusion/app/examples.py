@@ -19,7 +19,7 @@ import gradio as gr
 from PIL import Image, PngImagePlugin
 
 from ..serving.backend import backend_for
-from ..serving.engine import ModelCache, RequestError, SampleRequest, run_request
+from ..serving.engine import ModelCache, RequestError, SampleRequest
 from ..formats.images import labelled_rows
 from ..formats.outputs import OutputExists, refuse_to_replace
 from ..serving.settings import CHUNK, png_info, request_from_png, settings_problems, study_from_png

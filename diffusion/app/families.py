@@ -15,8 +15,7 @@ from ..formats.data import DataError, FASHION_MNIST_DIR, load_fashion_mnist, to_
 from ..serving.backend import backend_for
 from ..serving.engine import GENERATIVE_KINDS, ModelCache, RequestError, check_seed, image_shape
 from ..core.sampling import ODE_SOLVERS
-from ..serving.studies import (INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, encode_image, family_requests,
-                       same_noise, walk_noise)
+from ..serving.studies import INVERSION_STEPS, MAX_FAMILY_COLUMNS, MAX_WALK_FRAMES, family_requests, walk_noise
 from .common import SINGLE_PX, grid_pil, pil_images, save_gif, save_png, stream_result, user_error, widget_class, widget_names, widget_number
 from .controls import run_and_stop, settle_run
 

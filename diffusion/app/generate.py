@@ -12,8 +12,9 @@ from pathlib import Path
 import gradio as gr
 
 from ..serving.backend import backend_for
-from ..serving.engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError, SamplingError,
-                      SampleRequest, check_request, expected_nfe, request_work, run_request)
+from ..serving.previews import PreviewClock
+from ..serving.engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError,
+                              SamplingError, SampleRequest, check_request, expected_nfe, request_work)
 from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import request_from_png
 from ..core.guidance import PAIRED_MODES
@@ -74,26 +75,6 @@ def generate(cache: ModelCache, checkpoint, sampler, solver, steps, eta, spacing
 
     result = yield from stream_result(work, on_event, outputs=4, limit_seconds=cache.budget.seconds)
     yield finished(cache, result, columns)
-
-
-PREVIEW_SECONDS = 0.5  # x0 previews at most this often
-
-
-class PreviewClock:
-    """When Generate shows an x0 preview: once `interval` seconds have passed since the run began or since the last
-    preview. A run shorter than one interval shows none: its images come before a preview could be looked at, and
-    each preview costs a PNG and a message through the queue (a few-step run used to send one at its first step)."""
-
-    def __init__(self, interval: float = PREVIEW_SECONDS, clock=time.monotonic):
-        self.interval, self.clock = interval, clock
-        self.next_at = clock() + interval
-
-    def due(self) -> bool:
-        now = self.clock()
-        if now < self.next_at:
-            return False
-        self.next_at = now + self.interval
-        return True
 
 
 def speed(images: int, seconds: float) -> str:

@@ -13,8 +13,9 @@ from PIL import Image
 from ..formats.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_uint8
 from ..formats.images import FORMATS_SENTENCE, open_picture
 from ..serving.backend import backend_for
-from ..serving.engine import GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest, image_shape, run_request
-from ..serving.lens import PROBES, likelihood_lens, probe_images
+from ..serving.engine import (GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest,
+                              image_shape)
+from ..serving.lens import PROBES, probe_images
 from ..serving.studies import MAX_FAMILY_COLUMNS
 from .common import output_path, pil_images, stream_result, user_error, widget_class, widget_names, widget_number
 from .controls import on_class_checkpoint_change, run_and_stop, settle_run

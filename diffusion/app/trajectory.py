@@ -12,7 +12,6 @@ import torch
 from ..serving.backend import backend_for
 from ..serving.engine import ModelCache, RequestError
 from ..core.sampling import ODE_SOLVERS
-from ..serving.studies import trajectory
 from .common import SINGLE_PX, grid_pil, save_gif, stream_result, user_error, widget_number
 from .controls import RequestTarget, SAMPLER_LABELS, follow_study_checkpoint, make_request, run_and_stop, settle_run
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import torch
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
+from .previews import PreviewClock
 from .backend import OPERATIONS, Backend, LocalBackend
 from .budget import WorkBudget
 from .engine import MAX_BATCH, ModelCache, RequestError, SamplingError, check_request, check_work, run_request
@@ -43,7 +43,7 @@ APP_NAME = "diffusion-sampler"
 BUSY = "every sampler is busy and the queue is full; try again in a moment"
 LOST = ("the sampler running this request stopped ({what}); nothing was kept of it: press the button again (another "
         "sampler takes it, and the stopped one restarts)")
-PREVIEW_SECONDS = 0.25  # a replica sends an x0 preview at most this often (the page shows one every 0.5 s)
+REPLICA_PREVIEW_SECONDS = 0.25  # a replica sends an x0 preview at most this often (the page shows one every 0.5 s)
 BATCH_WAIT_SECONDS = 0.05  # how long a request waits for others to merge with
 
 
@@ -221,7 +221,7 @@ class Sampler:
                 if member.wants_progress and not member.cancelled.is_set():
                     member.emit(("progress", (done, total)))
 
-        due = _Clock()
+        due = PreviewClock(REPLICA_PREVIEW_SECONDS).due
 
         def preview(step, t, x_t, x0_hat):
             if not any(m.wants_preview for m in group) or not due():
@@ -239,20 +239,8 @@ class Sampler:
         return run_merged(self.cache, [m.request for m in group], progress=progress, preview=preview)
 
 
-class _Clock:
-    def __init__(self, interval: float = PREVIEW_SECONDS):
-        self.interval, self.next_at = interval, time.monotonic() + interval
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if now < self.next_at:
-            return False
-        self.next_at = now + self.interval
-        return True
-
-
 def _throttled_preview(emit):
-    due = _Clock()
+    due = PreviewClock(REPLICA_PREVIEW_SECONDS).due
 
     def preview(step, t, x_t, x0_hat):
         if due():

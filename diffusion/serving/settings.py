@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
 
 from .engine import MAX_SEED, FlowRequest, RequestError, SampleRequest, check_request
 from ..formats.images import open_picture
