@@ -36,6 +36,7 @@ def live(tmp_path_factory):
 
     cache = ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("controls") / "checkpoints"), capacity=4)
     demo = app.build_demo(cache)
+    demo.model_cache = cache  # for a test that slows one estimate
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -344,5 +345,52 @@ def test_switching_to_a_model_with_the_same_classes_keeps_the_class_in_chromium(
             page.page.wait_for_selector("text=Now tiny:", timeout=60_000)
             page.settle()
             expect(page.page.get_by_label("Class", exact=True).first).to_have_value("cross")
+        finally:
+            browser.close()
+
+
+def test_the_estimate_line_shows_the_last_values_when_an_older_answer_comes_later_in_chromium(live, monkeypatch):
+    """Issue 37: each control had its own estimate event, so two quick changes ran two estimates side by side and the
+    slower, older answer could land last: under CI's load the line showed "Next run" for a guidance interval it
+    refused a moment before (test_tour waited 60 s for the refusal). Here the first answer is held 3 s: the line
+    must end on the second, the refusal."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    url, demo = live
+    cache, slow_done = demo.model_cache, threading.Event()
+    estimate_seconds = cache.estimate_seconds
+
+    def slow_once(work):
+        if not slow_done.is_set():
+            time.sleep(3)  # the older answer arrives after the newer one would have
+            slow_done.set()
+        return estimate_seconds(work)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
+            direct = []  # the page's calls outside the queue, in flight
+            page.page.on("request", lambda r: direct.append(r) if "/gradio_api/run/" in r.url else None)
+            page.page.on("requestfinished", lambda r: direct.remove(r) if r in direct else None)
+            page.page.on("requestfailed", lambda r: direct.remove(r) if r in direct else None)
+            page.page.goto(url)
+            page.page.wait_for_selector("text=Next run", timeout=120_000)
+            page.page.get_by_text("Guidance methods (starting at CFG rescale").click()
+            page.settle()
+            monkeypatch.setattr(cache, "estimate_seconds", slow_once)
+            for elem_id, value in (("interval-low", "3"), ("interval-high", "-3")):
+                box = page.page.locator(f"#{elem_id} input").first
+                box.fill(value)
+                box.press("Tab")
+            deadline = time.time() + 60
+            while not (slow_done.is_set() and not direct):  # every estimate answered, the slow one included
+                assert time.time() < deadline, "the estimates were not answered"
+                page.page.wait_for_timeout(50)
+            page.settle()
+            line = page.page.locator("#next-run").inner_text()
+            assert "interval is empty" in line, line
         finally:
             browser.close()

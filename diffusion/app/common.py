@@ -266,7 +266,6 @@ def run_in_worker(work, on_event, limit_seconds: float = math.inf):
     events: queue.Queue = queue.Queue()
     outcome = {}
     cancelled = threading.Event()
-    started = time.monotonic()
 
     def emit(event):
         if cancelled.is_set():
@@ -288,8 +287,12 @@ def run_in_worker(work, on_event, limit_seconds: float = math.inf):
             events.put(None)
 
     worker = threading.Thread(target=target, daemon=True, name="sampling-worker")
+    # A cancel point before any work: Gradio keeps (and so can close) a generator only once its first value is out.
+    # A Stop during that first step cancelled nothing, and the work ran on until the garbage collector found the
+    # handler (seen as a 2-D lab training on for 30 s after its job was cancelled), so the work starts at the second.
+    yield TICK
+    started = last_yield = time.monotonic()
     worker.start()
-    last_yield = time.monotonic()
     try:
         while (event := events.get()) is not None:
             update = on_event(event)

@@ -307,6 +307,11 @@ def estimate(cache: ModelCache, *values) -> str:
             f"images, about **{seconds:.1f} s** on this machine ({cache.device}).")
 
 
+def count_run(runs_done: int) -> int:
+    """One more finished run (its change re-estimates the next run)."""
+    return runs_done + 1
+
+
 def picked_image(event: gr.SelectData):
     """The seed and noise index of a gallery image, read from the settings its PNG carries."""
     value = event.value if isinstance(event.value, dict) else {}
@@ -480,17 +485,19 @@ def wire_follow_ups(cache: ModelCache, evaluation_dir: Path, default, w: dict, i
         + [few_step, w["flow_checkpoint"], loaded, w["methods_box"], *w["stochastic"]]
         + [w[k] for k in ("gallery", "preview", "status", "download")], api_name=False)
     w["next_run"].value = estimate(cache, *(control.value for control in inputs)) if default else ""
-    for control in (*(w[k] for k in ("checkpoint", "sampler", "solver", "steps", "guidance", "batch_size")),
-                    *w["methods"], *w["stochastic"]):
-        control.change(partial(estimate, cache), inputs, w["next_run"], api_name=False, show_progress="hidden",
-                       trigger_mode="always_last", preprocess=False, queue=False)  # raw values: its own sentence
+    # One event for every control, so one estimate runs at a time and the last values' answer is the one shown:
+    # with an event per control, two quick changes ran side by side and the older answer could land last (issue 37).
+    runs_done = gr.State(0)  # after a run (the estimate then knows the model's measured call cost)
+    changed = (*(w[k] for k in ("checkpoint", "sampler", "solver", "steps", "guidance", "batch_size")),
+               *w["methods"], *w["stochastic"], runs_done)
+    gr.on([control.change for control in changed], partial(estimate, cache), inputs, w["next_run"], api_name=False,
+          show_progress="hidden", trigger_mode="always_last", preprocess=False, queue=False)  # raw: its own sentence
     history = gr.State([])
     for run_event in (generating, decoding):
         run_event.success(add_to_history, [history, w["download"], w["gallery"]], [history, w["history_gallery"]],
                           api_name=False, show_progress="hidden")
         run_event.success(lambda: 0, None, picked_index, api_name=False, show_progress="hidden")  # a new run's first
-    generating.success(partial(estimate, cache), inputs, w["next_run"], api_name=False, show_progress="hidden",
-                       preprocess=False, queue=False)
+    generating.success(count_run, runs_done, runs_done, api_name=False, show_progress="hidden", queue=False)
 
     def on_history_select(history, event: gr.SelectData):  # a plain function: Gradio passes SelectData by annotation
         return restore_run(cache, history, event)
@@ -516,7 +523,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
         w["run"] = gr.Button("Generate", variant="primary", scale=2)
         w["run_flow"] = gr.Button("Generate", variant="primary", visible=False, scale=2)  # normalizing flows
         w["stop"] = gr.Button("Stop", variant="stop", scale=1)
-    w["next_run"] = gr.Markdown(label="Next run")
+    w["next_run"] = gr.Markdown(label="Next run", elem_id="next-run")
     w["status"] = gr.Markdown("Press **Generate**.", label="Status")  # up here, so progress shows where the button is
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
