@@ -888,6 +888,12 @@ def test_load_settings_from_a_png_through_the_api(client, tmp_path):
                                    0.5, None, None, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
     values = client.predict(handle_file(grid), api_name="/load_settings")
     assert list(values[:13]) == ["tiny", "ode", "dpm++2m", 5, 0.0, "log-snr", "cfg", 1, 4.0, "off", 21, 3, 0.5]
+    # The interval boxes get text, never None: a box restored to None rendered empty once its accordion opened and
+    # sent "" over a bound typed into it at once (the tour's refused interval that never came, issue 37).
+    assert list(values[13:15]) == ["", ""]
+    _, _, _, bounded = client.predict("tiny", "ode", "dpm++2m", 5, 0.0, "log-snr", "cfg", 1, 4.0, "off", 21, 3,
+                                      0.5, "-2", "1.5", 1.0, 0.0, 0.0, 0.0, api_name="/generate")
+    assert list(client.predict(handle_file(bounded), api_name="/load_settings")[13:15]) == ["-2", "1.5"]
     assert any(isinstance(v, str) and v.startswith("Settings loaded") for v in values)
     plain = tmp_path / "plain.png"
     Image.new("L", (8, 8)).save(plain)

@@ -142,8 +142,19 @@ def interval_box(value, label: str, elem_id: str) -> gr.Textbox:
     """A guidance-interval bound: a log-SNR, or empty for no bound. A text box, because Gradio's number box cannot
     hold "empty": once its accordion opened it showed 0 and sent 0, so an interval [0, 0] switched guidance off
     (issue 37). What the box shows is what the request gets."""
-    return gr.Textbox("" if value is None else f"{value:g}", label=label, placeholder="empty: no bound",
+    return gr.Textbox(interval_text(value), label=label, placeholder="empty: no bound",
                       info="a log-SNR from -30 to 30", max_lines=1, elem_id=elem_id)
+
+
+def interval_text(bound: float | None) -> str:
+    """A request's interval bound as its box shows it: empty for no bound. Never None: a box restored to None and
+    opened later rendered empty and sent "" over a value typed into it at once (issue 37)."""
+    return "" if bound is None else f"{bound:g}"
+
+
+def method_values(fields: dict) -> list:
+    """A request's guidance-method fields as guidance_method_controls' values, in METHOD_FIELDS order."""
+    return [interval_text(fields[key]) if key.startswith("interval_") else fields[key] for key in METHOD_FIELDS]
 
 
 def interval_bound(value, name: str):

@@ -22,7 +22,7 @@ from .card import model_summary
 from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
 from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, METHOD_FIELDS, SAMPLER_LABELS,
                        SELF_CONDITION_CHOICE, SPACING_LABELS, RequestTarget, class_and_guidance, guidance_method_controls, make_request,
-                       method_fields, method_settings,
+                       method_fields, method_settings, method_values,
                        self_condition_control, sent_values, settle_run, stochastic_sampler_controls,
                        stochastic_settings, stochastic_visibility)
 
@@ -282,7 +282,8 @@ def load_settings(cache: ModelCache, file):
     return (request.checkpoint, *(value(key) for key in ("sampler", "solver", "steps", "eta", "spacing", "guidance")),
             "" if request.class_index is None else request.class_index, value("scale"),
             gr.skip() if flow else SELF_CONDITION_CHOICE.get(request.self_condition, "own"), request.seed,
-            request.batch_size, *(value(key) for key in METHOD_FIELDS + STOCHASTIC_FIELDS),
+            request.batch_size, *([gr.skip()] * len(METHOD_FIELDS) if flow else method_values(fields)),
+            *(value(key) for key in STOCHASTIC_FIELDS),
             fields["temperature"] if flow else gr.skip(), status, fields)
 
 
