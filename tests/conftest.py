@@ -154,6 +154,15 @@ def server(app_cache):
 
 
 
+# True once every input's value and checked state has been the same for three polls in a row.
+STABLE = """() => {
+  const now = JSON.stringify([...document.querySelectorAll('input, textarea')].map(i => [i.value, i.checked]));
+  if (window.__controls === now) { window.__stable = (window.__stable || 0) + 1; } else { window.__stable = 0; }
+  window.__controls = now;
+  return window.__stable >= 3;
+}"""
+
+
 @contextlib.contextmanager
 def app_page(server):
     """A page of the app in headless Chromium at 1400 x 1000, closed with its browser afterwards."""

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CHROMIUM, write_tiny_checkpoints
+from conftest import CHROMIUM, STABLE, write_tiny_checkpoints
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (CI installs it)")
@@ -84,15 +84,6 @@ class Page:
             assert time.time() < deadline, "the app's events did not finish"
             self.page.wait_for_timeout(50)  # polling a state, not waiting for a time
         self.page.wait_for_function(STABLE, polling=150, timeout=timeout * 1000)
-
-
-# True once every input's value and checked state has been the same for three polls in a row.
-STABLE = """() => {
-  const now = JSON.stringify([...document.querySelectorAll('input, textarea')].map(i => [i.value, i.checked]));
-  if (window.__controls === now) { window.__stable = (window.__stable || 0) + 1; } else { window.__stable = 0; }
-  window.__controls = now;
-  return window.__stable >= 3;
-}"""
 
 
 def open_every_accordion(page: Page):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, app_page
+from conftest import CHROMIUM, STABLE, app_page
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists()
                                 and os.environ.get("CI") != "true", reason="needs Debian's chromium (CI installs it)")
@@ -77,6 +77,10 @@ def test_a_newcomers_tour(server):
 
         # A failure stays: the sentence in the status (outputs cleared), the red message until closed.
         page.get_by_text("Guidance methods (starting at CFG rescale").click()
+        page.locator("#interval-low input").wait_for(state="visible", timeout=30_000)
+        # Chromium types at once; a box that has just rendered may still take its value (it wiped a bound typed
+        # within ~0.1 s, which no hand does), so type once the page's controls have stopped changing.
+        page.wait_for_function(STABLE, polling=150, timeout=60_000)
         set_text(page, "interval-low", 3)  # text boxes: empty is no bound (issue 37)
         set_text(page, "interval-high", -3)
         # the typed bounds have reached the server when the estimate line refuses them (a state, not a time)
