@@ -21,6 +21,7 @@ class EvalConfig:
     likelihood_tolerance: float = 1e-4  # dopri5's rtol = atol (1e-5 costs 2.2x the NFE and moved bits/dim by 0.001)
     progress_dir: str = "runs/likelihood"  # per-batch results of a likelihood row, so a killed run resumes
     probe_images: int = 100  # test images whose out-of-distribution probes are scored (the probes part)
+    probe_tolerance: float = 1e-3  # their dopri5 rtol = atol: the app's likelihood lens (serving.lens.LENS_ODE)
     samplers: tuple[str, ...] = ()  # the samplers part's rows of only these samplers (empty: all of them)
     second_evaluator: str = "fashion-second-evaluator"  # the other evaluator of the outsider parts (a checkpoint name)
 
@@ -29,7 +30,7 @@ class EvalConfig:
             return self
         return replace(self, samples=min(self.samples, 20), reference=min(self.reference, 200),
                        likelihood_images=min(self.likelihood_images, 4), likelihood_tolerance=1e-2,
-                       probe_images=min(self.probe_images, 2))
+                       probe_images=min(self.probe_images, 2), probe_tolerance=1e-2)
 
 
 NOISE_INDEXING = "one image index per sample"  # part of a run's identity: rows sampled otherwise are not reused

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..serving.lens import LENS_ODE, PROBES, probe_images
+from ..serving.lens import PROBES, probe_images
 from ..core.likelihood import ODELikelihoodConfig, dequantize_each, rademacher_probes
 from ..core.sampling import image_generators
 from .likelihood import resumable_bits
@@ -12,7 +12,7 @@ from .part import Part
 
 
 def rows(evaluator, self_conditioning) -> list[dict]:
-    method = {"tolerance": LENS_ODE.rtol} if evaluator.kind == "denoiser" else {"method": "exact"}
+    method = {"tolerance": evaluator.config.probe_tolerance} if evaluator.kind == "denoiser" else {"method": "exact"}
     return [dict(probes="unconditional", images=evaluator.config.probe_images, **method)]
 
 
