@@ -154,12 +154,12 @@ def server(app_cache):
 
 
 
-# True once every input's value and checked state has been the same for three polls in a row.
+# True once every input's value and checked state has been the same for four polls in a row.
 STABLE = """() => {
   const now = JSON.stringify([...document.querySelectorAll('input, textarea')].map(i => [i.value, i.checked]));
   if (window.__controls === now) { window.__stable = (window.__stable || 0) + 1; } else { window.__stable = 0; }
   window.__controls = now;
-  return window.__stable >= 3;
+  return window.__stable >= 4;
 }"""
 
 

@@ -32,6 +32,7 @@ TABS = ["Generate", "Compare samplers", "Guidance sweep", "X/Y grid", "Trajector
 def live(tmp_path_factory):
     """The app over the tiny checkpoints, and its Blocks (whose queue tells when every event has been answered)."""
     import app
+    from diffusion.lab2d import train, view
     from diffusion.serving.engine import ModelCache
 
     cache = ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("controls") / "checkpoints"), capacity=4)
@@ -40,12 +41,18 @@ def live(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **app.launch_options(demo))
-    try:
-        yield url, demo
-    finally:
-        demo.close()
+    with pytest.MonkeyPatch.context() as patch:
+        # The 2-D lab's radios run the lab, whose learned models train at first use (26 s of this module's 50 s):
+        # here they train 40 steps, since these tests read what the page sends, not how well the models learned.
+        patch.setattr(view, "_MODELS", {})
+        patch.setattr(view, "train_mlp", lambda mix, **kw: train.train_mlp(mix, **(kw | {"steps": 40})))
+        patch.setattr(view, "train_student", lambda *a, **kw: train.train_student(*a, **(kw | {"steps": 40, "pairs": 256})))
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                                **app.launch_options(demo))
+        try:
+            yield url, demo
+        finally:
+            demo.close()
 
 
 class Page:
@@ -83,7 +90,7 @@ class Page:
         while not self.server_idle():
             assert time.time() < deadline, "the app's events did not finish"
             self.page.wait_for_timeout(50)  # polling a state, not waiting for a time
-        self.page.wait_for_function(STABLE, polling=150, timeout=timeout * 1000)
+        self.page.wait_for_function(STABLE, polling=50, timeout=timeout * 1000)
 
 
 def open_every_accordion(page: Page):
