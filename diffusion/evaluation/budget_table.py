@@ -16,7 +16,7 @@ import torch
 from ..serving.budget import Work, WorkBudget
 from ..serving.edits import EditRequest, edit_work, run_edit
 from ..serving.engine import FlowRequest, ModelCache, SampleRequest, request_work, run_request
-from ..serving.lens import LENS_TYPICAL_NFE, PROBES, likelihood_lens
+from ..serving.lens import LENS_TYPICAL_NFE, PROBES, lens_work, likelihood_lens
 from ..serving.studies import guidance_sweep
 from ..serving.xy import plan_grid, run_grid
 
@@ -81,7 +81,7 @@ def _grid(base: SampleRequest, x: str, x_text: str, y: str, y_text: str) -> Budg
 def _lens(checkpoint: str) -> BudgetCase:
     pixels = torch.full((1, 28, 28), 128, dtype=torch.uint8)
     return BudgetCase(f"likelihood lens, {checkpoint} ({len(PROBES)} probes, ODE ~{LENS_TYPICAL_NFE} calls)",
-                      lambda cache: cache.network_work(cache.get(checkpoint), LENS_TYPICAL_NFE, len(PROBES), passes=3),
+                      lambda cache: lens_work(cache, cache.get(checkpoint)),
                       lambda cache: likelihood_lens(cache, [checkpoint], pixels))
 
 

@@ -27,9 +27,11 @@ PATH_POINTS = 25  # times (geometric in t) at which the ODE's path integral is r
 LENS_ODE = ODELikelihoodConfig(rtol=1e-3, atol=1e-3)
 # The work budget's estimate of one probability-flow likelihood at LENS_ODE: dopri5 is adaptive, so this is a typical
 # count (the lens's own tolerance took 104 calls on a grey image and 140 on a test image with fashion-diffusion; the
-# evaluation's tighter 1e-4 took 156-205), and each call is a forward pass plus the vector-Jacobian product of
-# Hutchinson's divergence, about 3 forwards.
-LENS_TYPICAL_NFE = 150
+# evaluation's tighter 1e-4 took 156-205). Each call is a forward pass plus the vector-Jacobian product of
+# Hutchinson's divergence: 3 forwards by the textbook count, about 2 as timed here (150 calls x 3 estimated the lens
+# at 2.3x its measured time, docs/benchmarks-budget.md).
+LENS_TYPICAL_NFE = 120
+LENS_PASSES_PER_CALL = 2
 
 
 @dataclass
@@ -51,17 +53,21 @@ def probe_images(pixels: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.stack([pixels, pixels.flip(-1), 255 - pixels, torch.full_like(pixels, 128), noise])
 
 
+def lens_work(cache: ModelCache, model) -> Work:
+    """The lens's work on one model: a flow, one exact pass of the probes; a denoiser, an ODE solve of them together,
+    each call a forward and a vector-Jacobian product."""
+    if model.kind == "normalizing-flow":
+        return cache.network_work(model, 1, len(PROBES))
+    return cache.network_work(model, LENS_TYPICAL_NFE, len(PROBES), passes=LENS_PASSES_PER_CALL)
+
+
 def likelihood_lens(cache: ModelCache, checkpoints: list[str], pixels: torch.Tensor, seed: int = 0,
                     config: ODELikelihoodConfig = LENS_ODE, progress=None) -> list[LensColumn]:
     """bits/dim of the image and its probes under each checkpoint (unconditional). Probe i is dequantized, and
     gets its Hutchinson probe, from generator (seed, i). progress(column, fraction) while an ODE is solved."""
     names = list(dict.fromkeys(checkpoints or []))
     models = generative_models(cache, names, tuple(pixels.shape))
-    # A flow: one exact pass of the probes; a denoiser: an ODE solve of them together, each call a forward and a
-    # vector-Jacobian product (about 3 forwards).
-    check_work(cache, [], "this likelihood lens", extra=sum(
-        (cache.network_work(model, 1, len(PROBES)) if model.kind == "normalizing-flow"
-         else cache.network_work(model, LENS_TYPICAL_NFE, len(PROBES), passes=3) for model in models), Work()))
+    check_work(cache, [], "this likelihood lens", extra=sum((lens_work(cache, model) for model in models), Work()))
     images = probe_images(pixels, seed)
     generators = image_generators(seed, len(images))
     x = dequantize_each(images, generators).to(cache.device)
