@@ -113,38 +113,38 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                                              "same pixels)", format="png", interactive=False, visible=False,
                                        height=300)
         with gr.Tabs() as tabs:
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 generate = build_generate_tab(
                     demo, cache, EVALUATION_DIR, generative, default, classes, guidance_choices, guidance_default,
                     sampling)
 
-            with gr.Tab("Compare samplers", id="compare"):
+            with gr.Tab("Compare samplers", id="compare", elem_id="tab-compare"):
                 compare, c_student = build_compare_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
-            with gr.Tab("Guidance sweep", id="sweep"):
+            with gr.Tab("Guidance sweep", id="sweep", elem_id="tab-sweep"):
                 sweep = build_sweep_tab(cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
-            with gr.Tab("X/Y grid", id="xy"):
+            with gr.Tab("X/Y grid", id="xy", elem_id="tab-xy"):
                 xy = build_xy_tab(cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
-            with gr.Tab("Trajectory", id="trajectory"):
+            with gr.Tab("Trajectory", id="trajectory", elem_id="tab-trajectory"):
                 trajectory = build_trajectory_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
-            with gr.Tab("Edit", id="edit"):
+            with gr.Tab("Edit", id="edit", elem_id="tab-edit"):
                 edit = build_edit_tab(cache, sampling)
 
-            with gr.Tab("2-D lab", id="lab2d"):
+            with gr.Tab("2-D lab", id="lab2d", elem_id="tab-lab2d"):
                 build_lab2d_tab(sampling, limit_seconds=cache.budget.seconds)
 
-            with gr.Tab("Families", id="families"):
+            with gr.Tab("Families", id="families", elem_id="tab-families"):
                 family_pickers = build_families_tab(cache, classes, sampling)
 
-            with gr.Tab("Likelihood", id="likelihood"):
+            with gr.Tab("Likelihood", id="likelihood", elem_id="tab-likelihood"):
                 lens_checkpoints, lens_sample_checkpoint = build_lens_tab(cache, classes, sampling)
 
-            with gr.Tab("Model card", id="card"):
+            with gr.Tab("Model card", id="card", elem_id="tab-card"):
                 m_checkpoint, m_rescan, m_files = build_card_tab(demo, cache, EVALUATION_DIR, available, default)
 
                 def rescan():
