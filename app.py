@@ -59,15 +59,21 @@ PAGE_SCRIPT = Path(__file__).parent / "diffusion" / "app" / "page.js"  # range n
 # Table headers wrap between words, never inside one (at 400 px wide they broke mid-word).
 # History thumbnails stay small (Gradio's gallery stretches two items to the full width).
 PAGE_CSS = (".prose th, .prose td { word-break: normal; overflow-wrap: normal; hyphens: manual; }\n"
-            "#history .grid-container { grid-template-columns: repeat(auto-fill, 110px) !important; }\n"
-            "#history button.thumbnail-item { width: 110px; height: 110px; }")
+            "#history .grid-container { grid-template-columns: repeat(auto-fill, 150px) !important; }\n"
+            "#history button.thumbnail-item { width: 150px; height: auto; display: flex; flex-direction: column; }\n"
+            "#history button.thumbnail-item img { height: 100px; }\n"
+            # The whole caption under its image (cut to 'tiny-flow: O...' over the picture, issue 37 item 14).
+            "#history .caption-label { position: static; white-space: normal; overflow: visible; max-width: none; "
+            "opacity: 1; border: 0; text-align: left; }")
 
 
 def launch_options(demo: gr.Blocks, **guard_options) -> dict:
     """demo.launch's options: the upload bound, the request guard (one door for work, per-session and per-address
     queue caps, body limits, upload budget) and the page's own script."""
     guard = Middleware(RequestGuard, blocks=demo, **guard_options)
-    return {"max_file_size": MAX_UPLOAD_FILE, "app_kwargs": {"middleware": [guard]},
+    # run_history=False: Gradio's own "Runs" page (the footer link) kept a second, disagreeing history of the calls,
+    # with broken images once their files were pruned; the History accordion is the one list (issue 37, item 7).
+    return {"max_file_size": MAX_UPLOAD_FILE, "app_kwargs": {"middleware": [guard]}, "run_history": False,
             "head": f"<script>{PAGE_SCRIPT.read_text()}</script>", "css": PAGE_CSS}
 
 
@@ -107,37 +113,38 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                                              "same pixels)", format="png", interactive=False, visible=False,
                                        height=300)
         with gr.Tabs() as tabs:
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 generate = build_generate_tab(
-                    cache, EVALUATION_DIR, generative, default, classes, guidance_choices, guidance_default, sampling)
+                    demo, cache, EVALUATION_DIR, generative, default, classes, guidance_choices, guidance_default,
+                    sampling)
 
-            with gr.Tab("Compare samplers", id="compare"):
+            with gr.Tab("Compare samplers", id="compare", elem_id="tab-compare"):
                 compare, c_student = build_compare_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
-            with gr.Tab("Guidance sweep", id="sweep"):
+            with gr.Tab("Guidance sweep", id="sweep", elem_id="tab-sweep"):
                 sweep = build_sweep_tab(cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
-            with gr.Tab("X/Y grid", id="xy"):
+            with gr.Tab("X/Y grid", id="xy", elem_id="tab-xy"):
                 xy = build_xy_tab(cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
-            with gr.Tab("Trajectory", id="trajectory"):
+            with gr.Tab("Trajectory", id="trajectory", elem_id="tab-trajectory"):
                 trajectory = build_trajectory_tab(
                     cache, names, default, classes, guidance_choices, guidance_default, sampling)
 
-            with gr.Tab("Edit", id="edit"):
+            with gr.Tab("Edit", id="edit", elem_id="tab-edit"):
                 edit = build_edit_tab(cache, sampling)
 
-            with gr.Tab("2-D lab", id="lab2d"):
+            with gr.Tab("2-D lab", id="lab2d", elem_id="tab-lab2d"):
                 build_lab2d_tab(sampling, limit_seconds=cache.budget.seconds)
 
-            with gr.Tab("Families", id="families"):
+            with gr.Tab("Families", id="families", elem_id="tab-families"):
                 family_pickers = build_families_tab(cache, classes, sampling)
 
-            with gr.Tab("Likelihood", id="likelihood"):
+            with gr.Tab("Likelihood", id="likelihood", elem_id="tab-likelihood"):
                 lens_checkpoints, lens_sample_checkpoint = build_lens_tab(cache, classes, sampling)
 
-            with gr.Tab("Model card", id="card"):
+            with gr.Tab("Model card", id="card", elem_id="tab-card"):
                 m_checkpoint, m_rescan, m_files = build_card_tab(demo, cache, EVALUATION_DIR, available, default)
 
                 def rescan():

@@ -91,6 +91,17 @@ def serve_outputs_directly(folder: Path = OUTPUT_DIR) -> None:
         gr.set_static_paths([folder])
 
 
+def inside_outputs(path, folder: Path = OUTPUT_DIR) -> bool:
+    """Whether `path` names a place inside this process's output folder (after resolving links and '..'), judged
+    without opening it: a path that came from the browser (a history entry, a file box's value) may name any file."""
+    if not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path:
+        return False
+    try:
+        return Path(path).resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name the system refuses
+        return False
+
+
 def prune_outputs(folder: Path, keep: int) -> int:
     """Delete all but the `keep` newest files of `folder`; returns how many were deleted."""
     files = []

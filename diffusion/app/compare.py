@@ -114,6 +114,16 @@ def render_difference(state, column_a, column_b):
     return grid_pil(heat, min(4, len(diff))), text
 
 
+def on_checkpoint_switch(cache: ModelCache, name, guidance_value, was_few_step, sent):
+    """A new checkpoint: its classes, guidance and few-step settings (on_compare_checkpoint_change), and the previous
+    model's columns, difference map and manifest cleared, so no column shows another model's images (issue 37,
+    item 9). Settings sent from another tab keep the status line that says so."""
+    settings = on_compare_checkpoint_change(cache, TAB_SAMPLING, name, guidance_value, was_few_step, sent)
+    status = gr.skip() if sent else f"Now **{markdown_text(name)}**: press **Compare** for its columns."
+    titles = [f"**{column.upper()}**" for column in COLUMNS]
+    return (*settings, *([None] * len(COLUMNS)), *titles, None, status, None, {})
+
+
 def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choices, guidance_default, sampling: dict):
     """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns it as a RequestTarget, and the few-step
     student picker."""
@@ -168,8 +178,9 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
         f_picture = gr.Image(label="Rows: teacher, student; columns: steps", format="png", interactive=False)
         f_table = gr.Markdown(label="Few-step figures")
     few_step, sent = gr.State(False), gr.State(None)
-    c_checkpoint.change(partial(on_compare_checkpoint_change, cache, TAB_SAMPLING), [c_checkpoint, c_guidance, few_step, sent],
-                        [c_class, c_guidance, c_scale, c_ddim, c_ode, c_solver, few_step, sent], api_name=False)
+    c_checkpoint.change(partial(on_checkpoint_switch, cache), [c_checkpoint, c_guidance, few_step, sent],
+                        [c_class, c_guidance, c_scale, c_ddim, c_ode, c_solver, few_step, sent,
+                         *col_images, *col_labels, c_diff, c_diff_text, c_manifest, c_state], api_name=False)
     few_steps = f_run.click(partial(compare_few_steps, cache), [f_student, f_steps, c_class, c_seed, c_batch],
                             [f_picture, f_table], api_name="compare_few_steps", **sampling)
     settle_run(few_steps, [f_picture, f_table], f_table)

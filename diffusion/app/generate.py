@@ -4,22 +4,25 @@ progress and x0 previews, then the gallery, NFE and time, and a PNG download."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from ..serving.backend import backend_for
 from ..serving.previews import PreviewClock
 from ..serving.engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError,
                               SamplingError, SampleRequest, check_request, expected_nfe, request_work)
 from ..core.sampling import ODE_SOLVERS
-from ..serving.settings import request_from_png
+from ..serving.settings import request_from_png, request_from_text, settings_problems, settings_text
 from ..core.guidance import PAIRED_MODES
 from .card import model_summary
-from .common import grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool, widget_class, widget_number
+from .common import (grid_pil, inside_outputs, markdown_text, result_pngs, stream_result, user_error, widget_bool,
+                     widget_class, widget_number)
 from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, METHOD_FIELDS, SAMPLER_LABELS,
                        SELF_CONDITION_CHOICE, SPACING_LABELS, RequestTarget, class_and_guidance, guidance_method_controls, make_request,
                        method_fields, method_settings, method_values,
@@ -202,50 +205,124 @@ def _switched(name: str, kind: str, restore: dict | None):
     return None, preview, status, None
 
 
-# --- history: this browser session's runs, newest first ---------------------------------------
+# --- history: this browser's runs, newest first, kept in its localStorage (gr.BrowserState) ------
 MAX_HISTORY = 20
 RESTORED_OUTPUTS = "restored outputs"  # a `loaded` key: the checkpoint change must keep the images a restore showed
+HISTORY_KEY = "diffusion-playground-history"  # fixed, so the list outlives a reload and a server restart
+# BrowserState encrypts with this; it travels to the page, so it is no secret: whatever comes back is checked as hostile.
+HISTORY_CIPHER = "diffusion-playground-history-v1"
+GONE_TILE = np.full((28, 28, 3), 200, dtype=np.uint8)  # the thumbnail of a run whose files are gone (light grey)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One run as the browser keeps it: the JSON settings chunk of its grid PNG, its files and when it finished."""
+    settings: str
+    grid: str
+    images: tuple[str, ...]
+    finished: str  # HH:MM:SS
+
+    @classmethod
+    def from_browser(cls, value) -> HistoryEntry:
+        """An entry read back from the browser, checked: RequestError with a sentence when it is malformed or names a
+        file outside this server's output folder (nothing is opened)."""
+        if not isinstance(value, dict) or not isinstance(value.get("settings"), str):
+            raise RequestError("that history entry is malformed; run again")
+        images = value.get("images")
+        if not isinstance(images, list) or len(images) > MAX_BATCH:
+            raise RequestError("that history entry is malformed; run again")
+        paths = [value.get("grid"), *images]
+        if not all(inside_outputs(path) for path in paths):
+            raise RequestError("that history entry names a file outside this server's outputs; nothing was read")
+        finished = value.get("finished")
+        finished = finished if isinstance(finished, str) and re.fullmatch(r"\d\d:\d\d:\d\d", finished) else "?"
+        return cls(value["settings"], value["grid"], tuple(images), finished)
+
+    def request(self):
+        """(the request, the checkpoint's SHA-256), checked field by field as a dropped PNG's are."""
+        return request_from_text(self.settings)
+
+    def files_exist(self) -> bool:
+        return all(Path(path).is_file() for path in (self.grid, *self.images))
+
+
+def checked_history(history) -> list[HistoryEntry]:
+    """The browser's list without the entries that fail the checks (the page then shows and indexes the same list)."""
+    entries = []
+    for value in (history if isinstance(history, list) else [])[:MAX_HISTORY]:
+        try:
+            entry = HistoryEntry.from_browser(value)
+            run_caption(entry.request()[0])  # a value of a wrong type fails here, not in the page's gallery
+        except (RequestError, TypeError, ValueError, AttributeError):
+            continue
+        entries.append(entry)
+    return entries
+
+
+def history_tiles(entries: list[HistoryEntry]) -> list:
+    """The gallery of the history: each run's first image (or a grey tile once its files are gone) and its caption."""
+    tiles = []
+    for entry in entries:
+        caption = f"{run_caption(entry.request()[0])}, {entry.finished}"
+        if entry.files_exist():
+            tiles.append(((entry.images or (entry.grid,))[0], caption))
+        else:
+            tiles.append((GONE_TILE, caption + " (images gone: click to restore the settings)"))
+    return tiles
+
+
+def show_history(history):
+    """On page load: the history this browser kept, checked, and its gallery."""
+    entries = checked_history(history)
+    return [asdict(entry) | {"images": list(entry.images)} for entry in entries], history_tiles(entries)
 
 
 def add_to_history(history, grid_file, images):
-    """A finished run joins the session's history: its grid PNG (which carries the request), its images and a caption."""
+    """A finished run joins the history: its grid PNG's settings (so the entry restores after its files are gone),
+    its files and the time."""
     path = grid_file.get("path") if isinstance(grid_file, dict) else grid_file
-    if not isinstance(path, str):
+    if not inside_outputs(path):  # the file box's value comes back from the browser
         return gr.skip(), gr.skip()
     try:
-        request, _ = request_from_png(path)
+        settings = settings_text(path)
+        request_from_text(settings)
     except RequestError:
         return gr.skip(), gr.skip()
     singles = [item[0] if isinstance(item, (list, tuple)) else item for item in (images or [])]
-    entry = {"grid": path, "images": singles, "caption": run_caption(request)}
-    history = [entry, *(history or [])][:MAX_HISTORY]
-    # Each run's first image as its thumbnail: a square tile shows it whole (a wide grid came out as a cut strip).
-    return history, [((e["images"] or [e["grid"]])[0], e["caption"]) for e in history]
+    singles = [single.get("path") if isinstance(single, dict) else single for single in singles]
+    entry = {"settings": settings, "grid": path, "images": singles, "finished": time.strftime("%H:%M:%S")}
+    return show_history([entry, *(history if isinstance(history, list) else [])])
 
 
 def run_caption(request) -> str:
-    """A run in one line: checkpoint, sampler and steps (or temperature), guidance, seed, images and the time."""
+    """A run in one line: checkpoint, sampler and steps (or temperature), guidance, seed and images."""
     if isinstance(request, FlowRequest):
         how = f"T {request.temperature:g}"
     else:
         how = f"{request.sampler.upper()}{'-' + request.solver if request.sampler == 'ode' else ''} {request.steps}"
         how += f", {request.guidance} {request.scale:g}" if request.guidance != "none" else ", no guidance"
-    return (f"{request.checkpoint}: {how}, seed {request.seed}, {request.batch_size} images, "
-            f"{time.strftime('%H:%M:%S')}")
+    return f"{request.checkpoint}: {how}, seed {request.seed}, {request.batch_size} images"
 
 
 def restore_run(cache: ModelCache, history, event: gr.SelectData):
     """A click on a history entry: every control as that run had it, and its images while their files exist."""
-    if not history or not 0 <= event.index < len(history):
+    if not isinstance(history, list) or not 0 <= event.index < len(history):
         raise user_error("that history entry is gone; run again")
-    entry = history[event.index]
-    *controls, status, loaded = load_settings(cache, entry["grid"])
-    images = [path for path in entry["images"] if Path(path).exists()]
-    if Path(entry["grid"]).exists() and len(images) == len(entry["images"]):
+    try:
+        entry = HistoryEntry.from_browser(history[event.index])
+        request, sha256 = entry.request()
+        problems = settings_problems(cache, request)  # the checks every request passes, one sentence per bad field
+    except RequestError as error:
+        raise user_error(error) from None
+    if problems:
+        raise user_error("that history entry's settings cannot run here: " + "; ".join(problems))
+    *controls, status, loaded = settings_for_request(cache, request, sha256)
+    if entry.files_exist():
         loaded[RESTORED_OUTPUTS] = True
-        status = f"Restored from the history: {entry['caption']}."
-        return (*controls, status, loaded, images, entry["grid"])
-    return (*controls, status + " Its image files are gone; press **Generate** to make them again.", loaded, None, None)
+        status = f"Restored from the history: {markdown_text(run_caption(request))}, {entry.finished}."
+        return (*controls, status, loaded, list(entry.images), entry.grid)
+    return (*controls, status + " Its image files are gone (the server was restarted or has pruned them); press "
+            "**Generate** to make them again.", loaded, None, None)
 
 
 def sampler_controls(cache: ModelCache, sampler, name):
@@ -269,6 +346,14 @@ def load_settings(cache: ModelCache, file):
         if not isinstance(path, str):
             raise RequestError("drop a PNG that this app (or `python -m diffusion sample`) saved")
         request, sha256 = request_from_png(path)
+    except RequestError as error:
+        raise user_error(error) from None
+    return settings_for_request(cache, request, sha256)
+
+
+def settings_for_request(cache: ModelCache, request, sha256: str):
+    """A checked request -> every Generate control, a status line, and the request's fields (load_settings' answer)."""
+    try:
         model = cache.get(request.checkpoint)
     except RequestError as error:
         raise user_error(error) from None
@@ -427,10 +512,11 @@ def results_column(cache: ModelCache, evaluation_dir: Path, default, default_mod
     with gr.Row():
         gr.Markdown("Send these settings to:")
         w["send_buttons"] = {tab: gr.Button(name, size="sm") for tab, name in SEND_TARGETS.items()}
-    with gr.Accordion("History (this browser session; click a run to restore it)", open=True):
+    with gr.Accordion("History (kept in this browser, newest first; click a run to restore it)", open=True):
+        # No label over the tiles (it covered their tops); the accordion's title says what they are.
         w["history_gallery"] = gr.Gallery(label="Runs, newest first (each by its first image)", columns=8,
-                                          height=170, format="png", allow_preview=False, object_fit="contain",
-                                          elem_id="history")
+                                          height=260, format="png", allow_preview=False, object_fit="contain",
+                                          show_label=False, elem_id="history")
     w["card"] = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "")
     return w
 
@@ -468,7 +554,8 @@ def wire_runs(cache: ModelCache, sampling: dict, w: dict, inputs: list) -> tuple
     return generating, decoding, picked_index
 
 
-def wire_follow_ups(cache: ModelCache, evaluation_dir: Path, default, w: dict, inputs: list, runs: tuple):
+def wire_follow_ups(demo: gr.Blocks, cache: ModelCache, evaluation_dir: Path, default, w: dict, inputs: list,
+                    runs: tuple):
     """What follows the controls: the sampler's own settings, a checkpoint's kind and defaults, the estimate line,
     and the history (a finished run joins it; a click restores it). Returns the `loaded` state."""
     generating, decoding, picked_index = runs
@@ -493,7 +580,9 @@ def wire_follow_ups(cache: ModelCache, evaluation_dir: Path, default, w: dict, i
                *w["methods"], *w["stochastic"], runs_done)
     gr.on([control.change for control in changed], partial(estimate, cache), inputs, w["next_run"], api_name=False,
           show_progress="hidden", trigger_mode="always_last", preprocess=False, queue=False)  # raw: its own sentence
-    history = gr.State([])
+    # The runs' settings in this browser's localStorage: a reload (or a restarted server) shows the same list.
+    history = gr.BrowserState([], storage_key=HISTORY_KEY, secret=HISTORY_CIPHER)
+    demo.load(show_history, history, [history, w["history_gallery"]], api_name=False, show_progress="hidden")
     for run_event in (generating, decoding):
         run_event.success(add_to_history, [history, w["download"], w["gallery"]], [history, w["history_gallery"]],
                           api_name=False, show_progress="hidden")
@@ -513,8 +602,8 @@ REQUEST_CONTROLS = ("checkpoint", "sampler", "solver", "steps", "eta", "spacing"
                     "self_condition", "seed", "batch_size")  # generate_request's order, then the methods and SDE's
 
 
-def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, default, classes, guidance_choices,
-                       guidance_default, sampling: dict):
+def build_generate_tab(demo: gr.Blocks, cache: ModelCache, evaluation_dir: Path, generative, default, classes,
+                       guidance_choices, guidance_default, sampling: dict):
     """The tab's widgets and events; call inside `with gr.Tab(...)`. Returns the GenerateTab."""
     default_model = cache.get(default) if default else None
     default_few_step = bool(default_model and default_model.kind == "denoiser" and default_model.sampling_defaults)
@@ -533,7 +622,7 @@ def build_generate_tab(cache: ModelCache, evaluation_dir: Path, generative, defa
             w |= results_column(cache, evaluation_dir, default, default_model)
     inputs = [w[name] for name in REQUEST_CONTROLS] + [*w["methods"], *w["stochastic"]]
     runs = wire_runs(cache, sampling, w, inputs)
-    loaded = wire_follow_ups(cache, evaluation_dir, default, w, inputs, runs)
+    loaded = wire_follow_ups(demo, cache, evaluation_dir, default, w, inputs, runs)
     return GenerateTab("generate", "Generate", dict(zip(REQUEST_CONTROLS, inputs)), {}, loaded, inputs=inputs,
                        status=w["status"], send_buttons=w["send_buttons"], temperature=w["temperature"], live=w["live"],
                        settings_png=w["settings_png"], gallery=w["gallery"], picked_index=runs[2])

@@ -168,4 +168,49 @@
     const host = document.getElementById("edit-mask-canvas-host");
     if (host && !host.querySelector("canvas")) setUpMask(host);
   }).observe(document.documentElement, { childList: true, subtree: true });
+  // 4. A run waiting behind others says so on every tab (issue 37, item 14: a Trajectory run waited 37.6 s behind
+  //    another tab's Generate with nothing on screen). Gradio's status trackers hold "queue: 2/3 | 1.6s[/6.0s]" for a
+  //    waiting job, but over a one-line status they are too small to see; one fixed line at the top shows it.
+  const QUEUED = /queue:\s*(\d+)\/(\d+)\s*\|\s*([\d.]+)(?:\/([\d.]+))?s/;
+  const tabName = (tracker) => {
+    const panel = tracker.closest("[role=tabpanel]");
+    const button = panel && document.querySelector(`[role=tab][aria-controls="${panel.id}"]`);
+    return button ? button.textContent.trim() : "";
+  };
+  const queueSign = () => {
+    let sign = document.getElementById("queue-sign");
+    if (!sign) {
+      sign = document.createElement("div");
+      sign.id = "queue-sign";
+      sign.setAttribute("role", "status");
+      sign.setAttribute("aria-live", "polite");
+      sign.style.cssText = "position: fixed; top: 8px; left: 12px; right: 12px; margin: 0 auto; width: fit-content; " +
+        "z-index: 1000; box-sizing: border-box; " +
+        "padding: 6px 14px; border-radius: 8px; background: var(--color-accent-soft, #fff7ed); " +
+        "border: 1px solid var(--color-accent, #f97316); color: var(--body-text-color, #111); font-size: 0.95em; " +
+        "box-shadow: 0 2px 8px rgba(0, 0, 0, 0.15); font-family: var(--font, inherit); display: none;";
+      document.body.appendChild(sign);
+    }
+    return sign;
+  };
+  const waitingLine = (match, tab) => {
+    const ahead = Number(match[1]) - 1;  // Gradio counts from 1 among the waiting jobs; one job is running
+    const who = ahead === 0 ? "you are next, after the run in progress" :
+      `${ahead} run${ahead === 1 ? "" : "s"} waiting ahead of you, behind the run in progress`;
+    const left = match[4] ? Math.max(0, Number(match[4]) - Number(match[3])) : null;
+    const time = left === null ? `waited ${Math.round(Number(match[3]))} s so far` : `about ${Math.ceil(left)} s`;
+    return `${tab ? tab + ": " : ""}waiting for the sampler: ${who}; ${time}.`;
+  };
+  const showQueue = () => {
+    const lines = [];
+    document.querySelectorAll("[data-testid=status-tracker] .progress-text").forEach((text) => {
+      const match = QUEUED.exec(text.textContent);
+      if (match) lines.push(waitingLine(match, tabName(text)));
+    });
+    const sign = queueSign(), shown = [...new Set(lines)].join(" ");  // one line per run, not per output it fills
+    if (sign.textContent !== shown) sign.textContent = shown;
+    sign.style.display = shown ? "block" : "none";
+  };
+  new MutationObserver(showQueue).observe(document.documentElement, { childList: true, subtree: true,
+                                                                      characterData: true });
 })();

@@ -153,16 +153,16 @@ def result_png_info(result, index: int | None = None) -> PngImagePlugin.PngInfo:
 
 def request_from_png(path) -> tuple[SampleRequest | FlowRequest, str]:
     """(the request, the checkpoint's SHA-256 it was made with) from a PNG this app wrote; RequestError otherwise."""
-    return request_from_text(_settings_text(path))
+    return request_from_text(settings_text(path))
 
 
 def study_from_png(path) -> dict | None:
     """The study settings a PNG carries beside its request (checked_study), or None for a plain request."""
-    data = load_json(_settings_text(path), "the PNG's settings")
+    data = load_json(settings_text(path), "the PNG's settings")
     return checked_study(data["study"]) if isinstance(data, dict) and "study" in data else None
 
 
-def _settings_text(path) -> str:
+def settings_text(path) -> str:
     """The JSON chunk of a PNG this app wrote, read without decoding its pixels; RequestError otherwise."""
     try:
         with open_picture(Path(path)) as picture:  # PNG, JPEG, WebP and GIF decoders only
