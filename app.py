@@ -60,7 +60,19 @@ PAGE_SCRIPT = Path(__file__).parent / "diffusion" / "app" / "page.js"  # range n
 # History thumbnails stay small (Gradio's gallery stretches two items to the full width).
 PAGE_CSS = (".prose th, .prose td { word-break: normal; overflow-wrap: normal; hyphens: manual; }\n"
             "#history .grid-container { grid-template-columns: repeat(auto-fill, 110px) !important; }\n"
-            "#history button.thumbnail-item { width: 110px; height: 110px; }")
+            "#history button.thumbnail-item { width: 110px; height: 110px; }\n"
+            # A picture's label sits above it, not over its top rows (issue 37, item 12: it covered the sweep's first
+            # row label, the few-step grid's top and the 2-D lab's panel titles).
+            "label[data-testid='block-label'].float { position: static; margin-bottom: var(--spacing-md); }\n"
+            ".block:has(img) .icon-button-wrapper.top-panel { position: static; justify-content: flex-end; }\n"
+            # On a phone the results come right after the run button (they were ~1,700 px below it, under the
+            # settings), and a gallery fits its columns to the screen (8 columns of at least 100 px cut the 4th).
+            "@media (max-width: 720px) {\n"
+            "  .results-first { order: -1; }\n"
+            "  .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important;\n"
+            "                    grid-template-rows: none !important; grid-auto-rows: auto !important; }\n"
+            "  .grid-container .thumbnail-item { aspect-ratio: 1 / 1; }\n"  # square cells: no side cropped off
+            "}")
 
 
 def launch_options(demo: gr.Blocks, **guard_options) -> dict:
