@@ -113,7 +113,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         examples = example_files(cache)  # (path, title) of those whose checkpoint is served here
         with gr.Accordion("Examples: one click shows the result and puts its settings in their tab", open=True,
                           visible=bool(examples)):
-            with gr.Row():
+            with gr.Row(elem_id="example-buttons"):  # one Tab stop, arrow keys between them (page.js)
                 example_buttons = [gr.Button(title, size="sm") for _, title in examples]
             example_picture = gr.Image(label="The example's result (made by its tab: press the button there for the "
                                              "same pixels)", format="png", interactive=False, visible=False,
