@@ -81,3 +81,16 @@ def test_result_pictures_say_what_they_show(server):
                                timeout=120_000)
         shown = page.locator("[role=tabpanel] img:visible").all()
         assert all(picture.get_attribute("alt") for picture in shown)
+
+
+def test_the_difference_map_says_what_it_compares(server):
+    """Before: the difference map had alt="" (its PNG carried no words)."""
+    with app_page(server) as page:
+        page.get_by_role("tab", name="Compare samplers").click()
+        checkpoint = page.locator("[role=tabpanel]:visible").get_by_role("combobox", name="Checkpoint").input_value()
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.wait_for_function("name => [...document.querySelectorAll('[role=tabpanel] img')].some(i => i.offsetParent "
+                               "&& i.alt.startsWith('|A - B| per pixel: |') && i.alt.includes(` of ${name} (`))",
+                               arg=checkpoint, timeout=120_000)
+        shown = page.locator("[role=tabpanel] img:visible").all()
+        assert all(picture.get_attribute("alt") for picture in shown)

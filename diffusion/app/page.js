@@ -237,7 +237,8 @@
     input.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true }));
   }, true);
   // Result pictures say what they show: their block's label and the settings the app wrote into the PNG (its
-  //    `parameters` text: class, steps, sampler, guidance scale, seed, model), read as text, never as markup.
+  //    `parameters` text: class, steps, sampler, guidance scale, seed, model; else its `Description`), read as text,
+  //    never as markup.
   const pngText = (bytes, keyword) => {
     const view = new DataView(bytes), latin1 = new TextDecoder("latin1"), utf8 = new TextDecoder("utf-8");
     for (let at = 8; at + 12 <= bytes.byteLength;) {
@@ -259,7 +260,8 @@
   const settingsFor = (src) => {
     if (!settingsOf.has(src)) {
       settingsOf.set(src, fetch(src).then((r) => r.arrayBuffer())
-        .then((bytes) => pngText(bytes, "parameters").replace(/\n/g, "; ").slice(0, 400)).catch(() => ""));
+        .then((bytes) => (pngText(bytes, "parameters") || pngText(bytes, "Description")).replace(/\n/g, "; ")
+          .slice(0, 400)).catch(() => ""));
     }
     return settingsOf.get(src);
   };
