@@ -75,3 +75,26 @@ def test_likelihood_upload_is_fitted_and_a_bad_fit_gets_a_sentence(tmp_path):
         assert caption.startswith("uploaded image, 300x200 colour -> 28x28 grey, ")
     with pytest.raises(RequestError, match="fit must be one of crop, pad, got 'squash'"):
         picked_image(None, "uploaded image", 0, upload, None, None, 0, (1, 28, 28), "squash")
+
+
+@pytest.mark.parametrize("fit, rows, columns", [("crop", range(0, 28), range(21, 28)),
+                                                ("pad", range(5, 23), range(19, 28))])
+def test_a_mask_painted_on_the_whole_picture_is_cropped_or_padded_as_the_picture_is(fit, rows, columns, tmp_path):
+    """The mask canvas shows the whole 300x200 picture stretched to 280x280; its right third (x 200-300 of the
+    picture) must land where the fitted picture has those pixels: crop keeps x 50-250, so columns 21-27 of 28; pad
+    puts the picture in rows 4.7-23.3, so rows 5-22, columns 19-27. Before: the right third of every row."""
+    import base64
+    import io
+
+    from diffusion.app.edit import MASK_CANVAS, MASK_PREFIX, edit_input
+
+    painted = np.zeros((MASK_CANVAS, MASK_CANVAS, 4), np.uint8)
+    painted[:, MASK_CANVAS * 2 // 3:, 3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(painted, "RGBA").save(buffer, format="PNG")
+    data_url = MASK_PREFIX + base64.b64encode(buffer.getvalue()).decode()
+    circle_picture().save(tmp_path / "circle.png")
+    _, mask, _ = edit_input({"path": str(tmp_path / "circle.png")}, data_url, (1, 28, 28), fit)
+    expected = np.zeros((28, 28), np.float32)
+    expected[np.ix_(list(rows), list(columns))] = 1
+    assert np.array_equal(mask.numpy(), expected), np.argwhere(mask.numpy() != expected)[:5]

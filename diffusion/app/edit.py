@@ -64,6 +64,17 @@ def painted_mask(painted: np.ndarray, shape) -> torch.Tensor:
     return torch.from_numpy((np.asarray(coverage) >= 0.5).astype(np.float32))
 
 
+def fitted_mask(painted: np.ndarray, picture_size: tuple[int, int], shape, fit: str = "crop") -> torch.Tensor:
+    """(h, w) bool painted over the whole picture (at any display size) -> the model's (H, W) mask, cropped or padded
+    as editor_picture fits the picture (a padded band is never painted), a pixel painted where half its area is."""
+    layer = Image.fromarray(painted.astype(np.uint8) * 255).resize(picture_size, Image.Resampling.NEAREST)
+    try:
+        fitted, _ = fit_picture(layer, (1, *shape[-2:]), str(fit), fill=0)
+    except ValueError as error:
+        raise RequestError(str(error)) from None
+    return torch.from_numpy((np.asarray(fitted) >= 128).astype(np.float32))
+
+
 def input_picture(source) -> Image.Image:
     """The input image box's raw value (Gradio's file record of what it shows: an upload, a test image, an image
     from Generate), decoded; None is the user's error."""
@@ -77,7 +88,7 @@ MASK_CANVAS = 280  # page.js's mask canvas: the input picture stretched to 280 x
 MASK_PREFIX = "data:image/png;base64,"
 
 
-def canvas_mask(data_url, shape) -> torch.Tensor | None:
+def canvas_mask(data_url, shape, picture_size=None, fit="crop") -> torch.Tensor | None:
     """The mask canvas' paint (a PNG data URL that page.js writes into the hidden mask box at the end of each stroke;
     empty when nothing is painted) -> the model's (H, W) mask, or None if nothing is painted."""
     if data_url in (None, ""):
@@ -95,13 +106,16 @@ def canvas_mask(data_url, shape) -> torch.Tensor | None:
         painted = np.asarray(picture.convert("RGBA"))[..., 3] > 0
     except (ValueError, OSError):
         raise unreadable from None
-    return painted_mask(painted, shape) if painted.any() else None
+    if not painted.any():
+        return None
+    return painted_mask(painted, shape) if picture_size is None else fitted_mask(painted, picture_size, shape, fit)
 
 
 def edit_input(source, mask, shape, fit="crop") -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """What the tab shows -> (image, mask or None if nothing is painted, a note on what was done to the picture)."""
-    image, note = editor_picture(input_picture(source), shape, fit)
-    return image, canvas_mask(mask, shape), note
+    picture = input_picture(source)
+    image, note = editor_picture(picture, shape, fit)
+    return image, canvas_mask(mask, shape, picture.size, fit), note
 
 
 def file_mask(upload, image_size: tuple[int, int], shape) -> torch.Tensor:
@@ -113,7 +127,7 @@ def file_mask(upload, image_size: tuple[int, int], shape) -> torch.Tensor:
     values = np.asarray(picture)
     if not np.isin(values, (0, 255)).all():
         raise RequestError("the mask must be black (keep) and white (paint) only; it has grey pixels")
-    return painted_mask(values == 255, shape)
+    return fitted_mask(values == 255, image_size, shape)  # the API's picture is centre-cropped
 
 
 def shown_picture(image: torch.Tensor) -> Image.Image:

@@ -86,9 +86,10 @@ def edge_colour(picture: Image.Image):
     return int(median) if median.ndim == 0 else tuple(int(v) for v in median)
 
 
-def fit_picture(picture: Image.Image, shape, fit: str = "crop") -> tuple[Image.Image, str]:
-    """A received picture as the model's `shape` (C, H, W) without distorting it: centre-cropped or padded to the
-    model's aspect ratio, box-resized, grey or colour as the model takes; and a sentence saying what was done."""
+def fit_picture(picture: Image.Image, shape, fit: str = "crop", fill=None) -> tuple[Image.Image, str]:
+    """A received picture as the model's `shape` (C, H, W) without distorting it: centre-cropped or padded (with
+    `fill`, else its edge colour) to the model's aspect ratio, box-resized, grey or colour as the model takes; and a
+    sentence saying what was done."""
     if fit not in FITS:
         raise ValueError(f"fit must be one of {', '.join(FITS)}, got {str(fit)[:40]!r}")
     channels, height, width = shape
@@ -102,7 +103,7 @@ def fit_picture(picture: Image.Image, shape, fit: str = "crop") -> tuple[Image.I
             converted = converted.crop((left, top, left + box_w, top + box_h))
         else:
             box_w, box_h = max(box_w, -(-box_h * width // height)), max(box_h, -(-box_w * height // width))
-            canvas = Image.new(converted.mode, (box_w, box_h), edge_colour(converted))
+            canvas = Image.new(converted.mode, (box_w, box_h), edge_colour(converted) if fill is None else fill)
             canvas.paste(converted, ((box_w - picture.width) // 2, (box_h - picture.height) // 2))
             converted = canvas
     fitted = converted.resize((width, height), Image.Resampling.BOX)
