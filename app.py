@@ -64,7 +64,19 @@ PAGE_CSS = (".prose th, .prose td { word-break: normal; overflow-wrap: normal; h
             "#history button.thumbnail-item img { height: 100px; }\n"
             # The whole caption under its image (cut to 'tiny-flow: O...' over the picture, issue 37 item 14).
             "#history .caption-label { position: static; white-space: normal; overflow: visible; max-width: none; "
-            "opacity: 1; border: 0; text-align: left; }")
+            "opacity: 1; border: 0; text-align: left; }\n"
+            # A picture's label sits above it, not over its top rows (issue 37, item 12: it covered the sweep's first
+            # row label, the few-step grid's top and the 2-D lab's panel titles).
+            "label[data-testid='block-label'].float { position: static; margin-bottom: var(--spacing-md); }\n"
+            ".block:has(img) .icon-button-wrapper.top-panel { position: static; justify-content: flex-end; }\n"
+            # On a phone the results come right after the run button (they were ~1,700 px below it, under the
+            # settings), and a gallery fits its columns to the screen (8 columns of at least 100 px cut the 4th).
+            "@media (max-width: 720px) {\n"
+            "  .results-first { order: -1; }\n"
+            "  .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important;\n"
+            "                    grid-template-rows: none !important; grid-auto-rows: auto !important; }\n"
+            "  .grid-container .thumbnail-item { aspect-ratio: 1 / 1; }\n"  # square cells: no side cropped off
+            "}")
 
 
 def launch_options(demo: gr.Blocks, **guard_options) -> dict:
@@ -107,7 +119,7 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         examples = example_files(cache)  # (path, title) of those whose checkpoint is served here
         with gr.Accordion("Examples: one click shows the result and puts its settings in their tab", open=True,
                           visible=bool(examples)):
-            with gr.Row():
+            with gr.Row(elem_id="example-buttons"):  # one Tab stop, arrow keys between them (page.js)
                 example_buttons = [gr.Button(title, size="sm") for _, title in examples]
             example_picture = gr.Image(label="The example's result (made by its tab: press the button there for the "
                                              "same pixels)", format="png", interactive=False, visible=False,

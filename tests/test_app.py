@@ -161,12 +161,12 @@ def test_likelihood_of_a_sample_an_upload_and_their_probes_through_the_api(clien
     assert rows[0] == "| probe | `tiny-nice` | `tiny` | `tiny-flow` |" and len(rows) == 7  # header, 5 probes, cost
     assert "one exact pass" in rows[-1] and "ODE evaluations" in rows[-1]
     assert Image.open(plot).size[0] > 2 * Image.open(plot).size[1]  # two ODE models side by side
-    # An upload is resized to the models' 8x8, in grey.
+    # An upload is fitted to the models' 8x8, in grey, and the caption says how (issue 37, item 11).
     picture = tmp_path / "upload.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(picture)
     gallery, table, plot, caption = client.predict(["tiny-nice"], "uploaded image", 0, handle_file(str(picture)),
                                                    "tiny", 1, 3, 0, api_name="/likelihood")
-    assert "resized to 8x8" in caption and plot is None  # NICE is exact: no ODE path to plot
+    assert "40x30 colour -> 8x8 grey, centre-cropped to keep its shape" in caption and plot is None  # NICE is exact: no ODE path to plot
     with pytest.raises(AppError, match="upload an image first"):
         client.predict(["tiny-nice"], "uploaded image", 0, None, "tiny", 1, 3, 0, api_name="/likelihood")
     with pytest.raises(AppError, match="at least one checkpoint"):
@@ -184,7 +184,7 @@ def test_likelihood_uploads_real_pictures_odd_modes_and_refuses_bombs_and_non_im
                 "sixteen-bit.png": Image.new("I;16", (16, 16), 40000), "cmyk.jpg": Image.new("CMYK", (20, 20))}
     for name, picture in pictures.items():
         picture.save(tmp_path / name)
-        assert "resized to 8x8" in score(tmp_path / name)[3], name
+        assert "-> 8x8 grey" in score(tmp_path / name)[3], name
     Image.new("1", (5000, 5000)).save(tmp_path / "bomb.png")  # 12 KB on disk, 25 M pixels decoded
     with pytest.raises(AppError, match=r"5000x5000 = 25,000,000 pixels; at most 16,777,216"):
         score(tmp_path / "bomb.png")

@@ -44,7 +44,7 @@ def call(server, endpoint, image, mask, **changes):
                                              ("swap", "from square; class cross")])
 def test_each_method_is_an_endpoint(server, files, endpoint, words):
     pair, grid, caption = call(server, endpoint, files / "image.png", files / "mask.png")
-    assert words in caption and "tiny" in caption and "resized from 20x20 to 8x8" in caption
+    assert words in caption and "tiny" in caption and "Input 20x20 grey -> 8x8 grey." in caption
     columns = 4 if endpoint == "repaint" else 3  # input, (mask,) start, result
     assert Image.open(pair).width > columns * 8 and Image.open(grid).size[0] > 8
 
@@ -178,7 +178,10 @@ def test_an_uploaded_picture_counts_without_painting_in_chromium(server, tmp_pat
         page.locator("#edit-input img").first.wait_for(timeout=60_000)
         press_edit(page)
         wait_for_status(page, "image-to-image (SDEdit) with tiny")
-        assert "resized from 300x200 to 8x8" in status_text(page)
+        assert "Input 300x200 colour -> 8x8 grey, centre-cropped to keep its shape." in status_text(page)
+        page.locator("#edit-fit").get_by_label("pad").check()  # issue 37, item 11: the user's choice of fit
+        press_edit(page)
+        wait_for_status(page, "padded with its edge colour")
         choose_method(page, "inpainting (RePaint)", JUMPS)
         press_edit(page)
         wait_for_status(page, "Not run:")

@@ -59,7 +59,7 @@ def compare(cache: ModelCache, checkpoint, guidance, class_index, scale, seed, b
               + f": NFE {r.nfe}, {r.seconds:.2f} s" for r in results]
     manifest_path = output_path("comparison", ".json")
     Path(manifest_path).write_text(json.dumps(manifest, indent=2))
-    state = {r.request.sampler: r.images for r in results}
+    state = {r.request.sampler: r.images for r in results} | {"about": comparison_words(results)}
     diff_image, diff_text = render_difference(state, column_a, column_b)
     yield (*galleries, *labels, diff_image, diff_text, manifest_path, state)
 
@@ -103,6 +103,16 @@ def few_step_table(plan, cells) -> str:
         + reference)
 
 
+def comparison_words(results) -> str:
+    """The comparison in words, for the difference map's alt text: model, each column's steps, class, scale, seed."""
+    first = results[0]
+    request, names = first.request, first.class_names
+    label = names[request.class_index] if request.class_index is not None and request.class_index < len(names) else "no class"
+    columns = ", ".join(f"{r.request.sampler.upper()} {r.request.steps} steps" for r in results)
+    return (f"{request.checkpoint} ({columns}), class {label}, guidance {request.guidance} {request.scale:g}, "
+            f"seed {request.seed}")
+
+
 def render_difference(state, column_a, column_b):
     if not state or column_a not in state or column_b not in state:
         return None, "Run a comparison first."
@@ -111,7 +121,10 @@ def render_difference(state, column_a, column_b):
     heat = diff / peak * 2 - 1  # black = identical, white = the largest difference in this comparison
     text = (f"mean |{column_a.upper()} - {column_b.upper()}| = {float(diff.mean()):.3f}, max {peak:.3f} "
             f"(pixel values span 2). Black = identical, white = {peak:.3f}.")
-    return grid_pil(heat, min(4, len(diff))), text
+    picture = grid_pil(heat, min(4, len(diff)))
+    # PNG's own "Description" keyword, which page.js turns into the picture's alt text (issue 37, item 13)
+    picture.info["Description"] = f"|{column_a.upper()} - {column_b.upper()}| of {state.get('about', 'a comparison')}"
+    return picture, text
 
 
 def on_checkpoint_switch(cache: ModelCache, name, guidance_value, was_few_step, sent):

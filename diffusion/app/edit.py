@@ -19,7 +19,7 @@ from ..formats.data import FASHION_MNIST_CLASSES, to_uint8
 from ..serving.backend import backend_for
 from ..serving.edits import EDIT_METHODS, EditRequest, strength_log_snr
 from ..serving.engine import GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, image_shape
-from ..formats.images import captioned_row, display_scale, to_pil
+from ..formats.images import FITS, captioned_row, display_scale, fit_picture, is_colour, to_pil
 from ..core.sampling import ODE_SOLVERS
 from .common import grid_pil, save_png, stream_result, user_error, widget_class, widget_number
 from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, UNCONDITIONAL, allowed_guidance, checkpoint_choices,
@@ -41,15 +41,19 @@ NO_FLOW_INPAINTING = ("A normalizing flow has no inpainting: its latent mixes ev
 
 
 # --- the input: the input box's picture and the mask canvas, or the API's files -> the model's tensors ---
-def editor_picture(picture: Image.Image, shape) -> tuple[torch.Tensor, str]:
-    """A picture as the model's (1, C, H, W) in [-1, 1] (box-resized where its size differs), and a note."""
+def editor_picture(picture: Image.Image, shape, fit: str = "crop") -> tuple[torch.Tensor, str]:
+    """A picture as the model's (1, C, H, W) in [-1, 1] (cropped or padded to its shape, then box-resized, where its
+    size differs), and a note saying what was done to it ("" for the model's size enlarged by a whole factor)."""
     channels, height, width = shape
     enlarged = picture.width % width == 0 and picture.height % height == 0 and \
         picture.width // width == picture.height // height  # the model's size, enlarged by a whole factor
-    note = "" if enlarged else f"resized from {picture.width}x{picture.height} to {width}x{height}"
-    picture = picture.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BOX)
-    array = np.asarray(picture, dtype=np.float32).reshape(height, width, channels)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None] / 127.5 - 1, note
+    try:
+        fitted, note = fit_picture(picture, shape, str(fit))
+    except ValueError as error:
+        raise RequestError(str(error)) from None
+    array = np.asarray(fitted, dtype=np.float32).reshape(height, width, channels)
+    kept = enlarged and (channels == 3 or not is_colour(picture))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None] / 127.5 - 1, "" if kept else note
 
 
 def painted_mask(painted: np.ndarray, shape) -> torch.Tensor:
@@ -58,6 +62,17 @@ def painted_mask(painted: np.ndarray, shape) -> torch.Tensor:
     _, height, width = shape
     coverage = Image.fromarray(painted.astype(np.float32)).resize((width, height), Image.Resampling.BOX)
     return torch.from_numpy((np.asarray(coverage) >= 0.5).astype(np.float32))
+
+
+def fitted_mask(painted: np.ndarray, picture_size: tuple[int, int], shape, fit: str = "crop") -> torch.Tensor:
+    """(h, w) bool painted over the whole picture (at any display size) -> the model's (H, W) mask, cropped or padded
+    as editor_picture fits the picture (a padded band is never painted), a pixel painted where half its area is."""
+    layer = Image.fromarray(painted.astype(np.uint8) * 255).resize(picture_size, Image.Resampling.NEAREST)
+    try:
+        fitted, _ = fit_picture(layer, (1, *shape[-2:]), str(fit), fill=0)
+    except ValueError as error:
+        raise RequestError(str(error)) from None
+    return torch.from_numpy((np.asarray(fitted) >= 128).astype(np.float32))
 
 
 def input_picture(source) -> Image.Image:
@@ -73,7 +88,7 @@ MASK_CANVAS = 280  # page.js's mask canvas: the input picture stretched to 280 x
 MASK_PREFIX = "data:image/png;base64,"
 
 
-def canvas_mask(data_url, shape) -> torch.Tensor | None:
+def canvas_mask(data_url, shape, picture_size=None, fit="crop") -> torch.Tensor | None:
     """The mask canvas' paint (a PNG data URL that page.js writes into the hidden mask box at the end of each stroke;
     empty when nothing is painted) -> the model's (H, W) mask, or None if nothing is painted."""
     if data_url in (None, ""):
@@ -91,13 +106,16 @@ def canvas_mask(data_url, shape) -> torch.Tensor | None:
         painted = np.asarray(picture.convert("RGBA"))[..., 3] > 0
     except (ValueError, OSError):
         raise unreadable from None
-    return painted_mask(painted, shape) if painted.any() else None
+    if not painted.any():
+        return None
+    return painted_mask(painted, shape) if picture_size is None else fitted_mask(painted, picture_size, shape, fit)
 
 
-def edit_input(source, mask, shape) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+def edit_input(source, mask, shape, fit="crop") -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """What the tab shows -> (image, mask or None if nothing is painted, a note on what was done to the picture)."""
-    image, note = editor_picture(input_picture(source), shape)
-    return image, canvas_mask(mask, shape), note
+    picture = input_picture(source)
+    image, note = editor_picture(picture, shape, fit)
+    return image, canvas_mask(mask, shape, picture.size, fit), note
 
 
 def file_mask(upload, image_size: tuple[int, int], shape) -> torch.Tensor:
@@ -109,7 +127,7 @@ def file_mask(upload, image_size: tuple[int, int], shape) -> torch.Tensor:
     values = np.asarray(picture)
     if not np.isin(values, (0, 255)).all():
         raise RequestError("the mask must be black (keep) and white (paint) only; it has grey pixels")
-    return painted_mask(values == 255, shape)
+    return fitted_mask(values == 255, image_size, shape)  # the API's picture is centre-cropped
 
 
 def shown_picture(image: torch.Tensor) -> Image.Image:
@@ -185,13 +203,13 @@ def perform_edit(cache: ModelCache, image, mask, request: EditRequest, model, no
     yield side_by_side(image, mask, result), grid, caption(request, model, result, note)
 
 
-def edit_from_tab(cache: ModelCache, source, mask_data, checkpoint, method, strength, jump_length, resamplings, eta, source_class,
+def edit_from_tab(cache: ModelCache, source, mask_data, fit, checkpoint, method, strength, jump_length, resamplings, eta, source_class,
                   class_index, guidance, scale, sampler, solver, steps, seed, batch_size, progress=gr.Progress()):
     try:
         request, model = edit_request(cache, checkpoint, method, strength, jump_length, resamplings, eta,
                                       source_class, class_index, guidance, scale, sampler, solver, steps, seed,
                                       batch_size)
-        image, mask, note = edit_input(source, mask_data, image_shape(model))
+        image, mask, note = edit_input(source, mask_data, image_shape(model), fit)
         if request.method == "repaint" and mask is None:
             raise RequestError("inpainting needs a mask: paint the region the model should fill on the image")
     except RequestError as error:
@@ -332,6 +350,8 @@ def input_controls() -> dict:
         with gr.Column(scale=1, min_width=300):
             source = gr.Image(label="Input image (upload or paste one, or load one)", type="filepath", format="png",
                               sources=("upload", "clipboard"), height=320, elem_id="edit-input")
+            fit = gr.Radio(list(FITS), value="crop", label="An upload of another shape is", elem_id="edit-fit",
+                           info="centre-cropped or padded to the model's square, never squashed")
             gr.Markdown("**The input:** a test image, an image from Generate (its *Send to Edit* button), or your own "
                         "upload into the box above.")
             index = gr.Number(value=0, precision=0, minimum=0, maximum=9999, label="Test image (0-9999)")
@@ -340,7 +360,7 @@ def input_controls() -> dict:
             gr.Markdown(MASK_HELP)
             gr.HTML(f'<div id="edit-mask-canvas-host" data-size="{MASK_CANVAS}"></div>', elem_id="edit-mask-host")
             mask = gr.Textbox("", visible="hidden", label="Mask (written by the canvas)", elem_id="edit-mask")
-    return {"source": source, "mask": mask, "index": index, "load": load}
+    return {"source": source, "mask": mask, "fit": fit, "index": index, "load": load}
 
 
 def method_controls(classes, sources, guidance_choices) -> dict:
@@ -381,7 +401,7 @@ def wire_edit(cache: ModelCache, sampling: dict, parts: dict, run, stop, outputs
     the test image, and the controls that follow the checkpoint and the method."""
     controls = [parts[name] for name in REQUEST_FIELDS]
     status = outputs[-1]
-    editing = run.click(partial(edit_from_tab, cache), [parts["source"], parts["mask"], *controls], outputs,
+    editing = run.click(partial(edit_from_tab, cache), [parts["source"], parts["mask"], parts["fit"], *controls], outputs,
                         api_name=False, show_progress="hidden", **sampling)
     settle_run(editing, outputs, status, stop)
     # One endpoint per method, for API clients: files instead of the tab's input. Like every handler here they get

@@ -618,7 +618,7 @@ def build_generate_tab(demo: gr.Blocks, cache: ModelCache, evaluation_dir: Path,
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             w |= settings_column(default_model, classes, guidance_choices, guidance_default, default_few_step)
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, elem_classes="results-first"):  # above the settings on a phone (app.PAGE_CSS)
             w |= results_column(cache, evaluation_dir, default, default_model)
     inputs = [w[name] for name in REQUEST_CONTROLS] + [*w["methods"], *w["stochastic"]]
     runs = wire_runs(cache, sampling, w, inputs)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..formats.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_uint8
-from ..formats.images import FORMATS_SENTENCE, open_picture
+from ..formats.images import FITS, FORMATS_SENTENCE, fit_picture, open_picture
 from ..serving.backend import backend_for
 from ..serving.engine import (GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCache, RequestError, SampleRequest,
                               image_shape)
@@ -32,7 +32,7 @@ a diffusion or flow model, the mixture over classes for NICE. An ODE model takes
 
 
 def picked_image(cache: ModelCache, source, index, upload, sample_checkpoint, sample_class, sample_seed,
-                 shape) -> tuple[torch.Tensor, str]:
+                 shape, fit="crop") -> tuple[torch.Tensor, str]:
     """The image to probe as uint8 (C, H, W) of the models' `shape`, and a caption."""
     source = str(source)
     if source == "test image":
@@ -42,10 +42,12 @@ def picked_image(cache: ModelCache, source, index, upload, sample_checkpoint, sa
         if upload is None:
             raise RequestError("upload an image first (or pick another source)")
         channels, height, width = shape
-        picture = uploaded_picture(upload).convert("L" if channels == 1 else "RGB").resize((width, height),
-                                                                                         Image.Resampling.BOX)
+        try:
+            picture, note = fit_picture(uploaded_picture(upload), shape, str(fit))
+        except ValueError as error:
+            raise RequestError(str(error)) from None
         array = np.asarray(picture, dtype=np.uint8).reshape(height, width, channels)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1), f"uploaded image, resized to {height}x{width}"
+        return torch.from_numpy(array.copy()).permute(2, 0, 1), f"uploaded image, {note}"
     if source == "a sample":
         model = cache.get(str(sample_checkpoint))
         common = dict(checkpoint=str(sample_checkpoint), class_index=widget_class(sample_class),
@@ -138,7 +140,7 @@ def plot_paths(columns) -> Image.Image | None:
 
 
 def run_lens(cache: ModelCache, checkpoints, source, index, upload, sample_checkpoint, sample_class, sample_seed,
-             seed, progress=gr.Progress()):
+             seed, fit="crop", progress=gr.Progress()):
     try:
         names = list(dict.fromkeys(widget_names(checkpoints, "checkpoints")))
         if not names:
@@ -147,7 +149,8 @@ def run_lens(cache: ModelCache, checkpoints, source, index, upload, sample_check
         if not 0 <= seed <= MAX_SEED:
             raise RequestError(f"probe seed must be between 0 and {MAX_SEED}, got {seed}")
         shape = image_shape(cache.get(names[0]))
-        image, caption = picked_image(cache, source, index, upload, sample_checkpoint, sample_class, sample_seed, shape)
+        image, caption = picked_image(cache, source, index, upload, sample_checkpoint, sample_class, sample_seed, shape,
+                                      fit)
     except RequestError as error:
         raise user_error(error) from None
 
@@ -181,7 +184,11 @@ def build_lens_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
     with gr.Row():
         source = gr.Radio(list(SOURCES), value=SOURCES[0] if installed else SOURCES[2], label="Image")
         index = gr.Number(value=0, precision=0, minimum=0, maximum=9999, label="Test image (0-9999)")
-        upload = gr.Image(type="filepath", label="Upload (resized to the models' size)", height=160, sources=["upload", "clipboard"])
+        with gr.Column(min_width=200):
+            upload = gr.Image(type="filepath", label="Upload (fitted to the models' size)", height=160,
+                              sources=["upload", "clipboard"])
+            fit = gr.Radio(list(FITS), value="crop", label="An upload of another shape is", elem_id="lens-fit",
+                           info="centre-cropped or padded to the models' square, never squashed")
     with gr.Row():
         sample_checkpoint = gr.Dropdown(names, value=names[0] if names else None, label="Sample from")
         sample_class = gr.Dropdown(class_choices, value=class_choices[0][1] if class_choices else None, label="Class")
@@ -195,7 +202,7 @@ def build_lens_tab(cache: ModelCache, class_choices, sampling: dict) -> list:
     # With preprocess off the handler gets the upload's file record; Gradio has still checked that its path is a
     # file it received (a raw API call cannot point it elsewhere), and uploaded_picture decodes it.
     scoring = run.click(partial(run_lens, cache),
-                        [checkpoints, source, index, upload, sample_checkpoint, sample_class, sample_seed, seed],
+                        [checkpoints, source, index, upload, sample_checkpoint, sample_class, sample_seed, seed, fit],
                         [gallery, table, plot, caption], api_name="likelihood", show_progress="minimal", **sampling)
     settle_run(scoring, [gallery, table, plot, caption], caption, stop)
     sample_checkpoint.change(partial(on_class_checkpoint_change, cache), sample_checkpoint, sample_class, api_name=False)

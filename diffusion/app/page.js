@@ -213,4 +213,120 @@
   };
   new MutationObserver(showQueue).observe(document.documentElement, { childList: true, subtree: true,
                                                                       characterData: true });
+  // 5. Names a screen reader reads out, and a short tab order (issue 37, item 13). Gradio gives a radio group no name
+  //    (self-conditioning read "on" / "off"), every slider's reset button the same name ("Reset to default value"),
+  //    and puts every tab and every example button in the Tab order (18 presses to reach Generate). Each radio group
+  //    becomes a named radiogroup, each reset button says which control it resets, and the tab list and the example
+  //    buttons are one Tab stop each, their items reached with the arrow keys (the WAI-ARIA tabs and toolbar pattern).
+  const setAttr = (element, name, value) => {
+    if (element.getAttribute(name) !== value) element.setAttribute(name, value);  // no change, no mutation: no loop
+  };
+  const blockLabel = (block) =>
+    (block.querySelector("[data-testid='block-info']")?.textContent || "").trim();
+  const nameRadioGroups = () => {
+    for (const radio of document.querySelectorAll("input[type=radio]")) {
+      const group = radio.closest("label")?.parentElement, block = radio.closest(".block");
+      const label = block ? blockLabel(block) : "";
+      if (!group || !label) continue;
+      setAttr(group, "role", "radiogroup");
+      setAttr(group, "aria-label", label);
+    }
+  };
+  const nameResetButtons = () => {
+    for (const button of document.querySelectorAll("button[aria-label^='Reset'], button[data-reset-for]")) {
+      const block = button.closest(".block"), label = block ? blockLabel(block) : "";
+      if (!label) continue;
+      setAttr(button, "data-reset-for", label);
+      setAttr(button, "aria-label", `Reset ${label} to its default`);
+      setAttr(button, "title", `Reset ${label} to its default`);
+    }
+  };
+  // One Tab stop for a group of buttons: the current one (the selected tab, or the one last moved to) is tabbable,
+  // the arrow keys, Home and End move between them.
+  const rove = (items, current) => {
+    items.forEach((item) => setAttr(item, "tabindex", item === current ? "0" : "-1"));
+  };
+  const groups = () => [
+    [...document.querySelectorAll("[role=tablist]")].map((list) => [...list.querySelectorAll(":scope > [role=tab]")]),
+    [...document.querySelectorAll("#example-buttons")].map((row) => [...row.querySelectorAll("button")]),
+  ].flat().filter((items) => items.length > 1);
+  const roveAll = () => {
+    for (const items of groups()) {
+      const current = items.find((i) => i.getAttribute("aria-selected") === "true") ||
+        items.find((i) => i.dataset.roving === "current") || items[0];
+      rove(items, current);
+    }
+  };
+  document.addEventListener("keydown", (event) => {
+    const keys = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1, Home: "first", End: "last" };
+    if (!(event.key in keys) || !(event.target instanceof Element)) return;
+    const items = groups().find((group) => group.includes(event.target));
+    if (!items) return;
+    event.preventDefault();
+    const step = keys[event.key], at = items.indexOf(event.target);
+    const next = items[step === "first" ? 0 : step === "last" ? items.length - 1
+      : (at + step + items.length) % items.length];
+    items.forEach((item) => delete item.dataset.roving);
+    next.dataset.roving = "current";
+    rove(items, next);
+    next.focus();
+    if (next.getAttribute("role") === "tab") next.click();  // tabs follow the focus, as the pattern's default
+  }, true);
+  // A dropdown's list closes when the focus leaves it by Tab (Gradio left the Checkpoint list open over the page).
+  document.addEventListener("focusout", (event) => {
+    const input = event.target;
+    if (!(input instanceof HTMLInputElement) || input.getAttribute("role") !== "combobox") return;
+    const block = input.closest(".block");
+    // Only a move to another control (Tab): a click on an option moves the focus nowhere and must still pick it.
+    if (!(event.relatedTarget instanceof Element) || block?.contains(event.relatedTarget)) return;
+    input.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true }));
+  }, true);
+  // Result pictures say what they show: their block's label and the settings the app wrote into the PNG (its
+  //    `parameters` text: class, steps, sampler, guidance scale, seed, model; else its `Description`), read as text,
+  //    never as markup.
+  const pngText = (bytes, keyword) => {
+    const view = new DataView(bytes), latin1 = new TextDecoder("latin1"), utf8 = new TextDecoder("utf-8");
+    for (let at = 8; at + 12 <= bytes.byteLength;) {
+      const length = view.getUint32(at), type = latin1.decode(new Uint8Array(bytes, at + 4, 4));
+      const data = new Uint8Array(bytes, at + 8, Math.min(length, bytes.byteLength - at - 8));
+      const key = latin1.decode(data.subarray(0, Math.max(0, data.indexOf(0))));
+      if (type === "tEXt" && key === keyword) return latin1.decode(data.subarray(key.length + 1));
+      if (type === "iTXt" && key === keyword && data[key.length + 1] === 0) {  // uncompressed international text
+        let rest = data.subarray(key.length + 3);
+        rest = rest.subarray(rest.indexOf(0) + 1);  // the language tag
+        return utf8.decode(rest.subarray(rest.indexOf(0) + 1));  // after the translated keyword
+      }
+      if (type === "IDAT" || type === "IEND") return "";
+      at += 12 + length;
+    }
+    return "";
+  };
+  const settingsOf = new Map();  // picture URL -> its settings in words ("" when it has none), read once
+  const settingsFor = (src) => {
+    if (!settingsOf.has(src)) {
+      settingsOf.set(src, fetch(src).then((r) => r.arrayBuffer())
+        .then((bytes) => (pngText(bytes, "parameters") || pngText(bytes, "Description")).replace(/\n/g, "; ")
+          .slice(0, 400)).catch(() => ""));
+    }
+    return settingsOf.get(src);
+  };
+  const describePictures = () => {
+    for (const picture of document.querySelectorAll(".block img")) {
+      const block = picture.closest(".block");
+      const label = (block.querySelector("label[data-testid='block-label']")?.textContent || blockLabel(block)).trim();
+      const src = picture.currentSrc || picture.src;
+      if (!label || !src || src.startsWith("data:") || picture.dataset.describedSrc === src) continue;
+      picture.dataset.describedSrc = src;
+      const thumbnail = picture.closest("button[aria-label^='Thumbnail']")?.getAttribute("aria-label");
+      const what = thumbnail ? `${label}, ${thumbnail.toLowerCase()}` : label;
+      setAttr(picture, "alt", what);
+      settingsFor(src).then((settings) => {
+        if (settings && picture.dataset.describedSrc === src) setAttr(picture, "alt", `${what}: ${settings}`);
+      });
+    }
+  };
+  const nameEverything = () => { nameRadioGroups(); nameResetButtons(); roveAll(); describePictures(); };
+  new MutationObserver(nameEverything).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["aria-selected", "aria-label", "src"] });
+  nameEverything();
 })();

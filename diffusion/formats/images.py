@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image
@@ -63,6 +64,52 @@ def captioned_row(pictures: list[Image.Image], captions: list[str], padding: int
         picture.paste(part.convert("RGB"), (left + (cell - part.width) // 2, padding))
         draw.text((left + (cell - 6 * len(caption)) // 2, height + padding + 2), caption, fill="black", font=font)
     return picture
+
+
+# --- fitting a received picture to a model's size -----------------------------------------------------------------
+FITS = {"crop": "centre-cropped to keep its shape", "pad": "padded with its edge colour to keep its shape"}
+
+
+def is_colour(picture: Image.Image) -> bool:
+    """Whether a picture has colour: an RGB file whose three channels are equal everywhere is grey."""
+    if picture.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    red, green, blue = picture.convert("RGB").split()
+    return red.tobytes() != green.tobytes() or green.tobytes() != blue.tobytes()
+
+
+def edge_colour(picture: Image.Image):
+    """The median colour of a picture's one-pixel border: the padding that continues its background."""
+    array = np.asarray(picture)
+    border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])  # (2W + 2H, C) or (2W + 2H,)
+    median = np.median(border, axis=0).astype(np.uint8)
+    return int(median) if median.ndim == 0 else tuple(int(v) for v in median)
+
+
+def fit_picture(picture: Image.Image, shape, fit: str = "crop", fill=None) -> tuple[Image.Image, str]:
+    """A received picture as the model's `shape` (C, H, W) without distorting it: centre-cropped or padded (with
+    `fill`, else its edge colour) to the model's aspect ratio, box-resized, grey or colour as the model takes; and a
+    sentence saying what was done."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {str(fit)[:40]!r}")
+    channels, height, width = shape
+    before = f"{picture.width}x{picture.height} {'colour' if is_colour(picture) else 'grey'}"
+    converted = picture.convert("L" if channels == 1 else "RGB")
+    box_w, box_h = picture.width, picture.height
+    if box_w * height != box_h * width:  # another aspect ratio than the model's
+        if fit == "crop":
+            box_w, box_h = min(box_w, box_h * width // height), min(box_h, box_w * height // width)
+            left, top = (picture.width - box_w) // 2, (picture.height - box_h) // 2
+            converted = converted.crop((left, top, left + box_w, top + box_h))
+        else:
+            box_w, box_h = max(box_w, -(-box_h * width // height)), max(box_h, -(-box_w * height // width))
+            canvas = Image.new(converted.mode, (box_w, box_h), edge_colour(converted) if fill is None else fill)
+            canvas.paste(converted, ((box_w - picture.width) // 2, (box_h - picture.height) // 2))
+            converted = canvas
+    fitted = converted.resize((width, height), Image.Resampling.BOX)
+    after = f"{width}x{height} {'grey' if channels == 1 else 'colour'}"
+    how = f", {FITS[fit]}" if (box_w, box_h) != picture.size else ""
+    return fitted, f"{before} -> {after}{how}"
 
 
 # --- reading pictures we did not write ----------------------------------------------------------------------------
