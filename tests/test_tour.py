@@ -88,7 +88,7 @@ def test_a_newcomers_tour(server):
                                timeout=60_000)
         run(page, "Generate")
         page.wait_for_selector("text=Not run: guidance interval is empty", timeout=60_000)
-        page.wait_for_timeout(11_000)  # deliberate: past Gradio's toast (10 s), the sentence must still be there
+        page.wait_for_function(STABLE, polling=150, timeout=60_000)  # the run's follow-ups done: nothing clears it
         assert "Not run: guidance interval is empty" in page.inner_text("body")
         assert visible(page, "#images button.thumbnail-item img").count() == 0
         set_text(page, "interval-low", "")
