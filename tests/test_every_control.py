@@ -6,6 +6,7 @@ whichever tab it is added to. On Generate, w = 0 and w = 10 must then give diffe
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -91,6 +92,24 @@ class Page:
             assert time.time() < deadline, "the app's events did not finish"
             self.page.wait_for_timeout(50)  # polling a state, not waiting for a time
         self.page.wait_for_function(STABLE, polling=50, timeout=timeout * 1000)
+
+
+@contextlib.contextmanager
+def live_page(live):
+    """A Page of the live app in Chromium at 1400 x 1000, loaded and settled; closed with its browser afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    url, demo = live
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
+            page.page.goto(url)
+            page.page.wait_for_selector("text=Next run", timeout=120_000)
+            page.settle()
+            yield page
+        finally:
+            browser.close()
 
 
 def open_every_accordion(page: Page):
@@ -284,67 +303,47 @@ def test_restoring_a_run_from_the_history_queues_one_event_in_chromium(live):
     """Issue 37, item 6: a click on a history entry queued 7 events (the click and the restored controls' change
     events), so 2 of 9 clicks hit the cap of 4 per session. Now only the click goes to the queue: the estimate line
     and the sampler's own settings answer outside it, and live mode follows the user's changes, not restores."""
-    from playwright.sync_api import sync_playwright
-
-    url, demo = live
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
-            page.page.goto(url)
-            page.page.wait_for_selector("text=Next run", timeout=120_000)
+    with live_page(live) as page:
+        generate = page.page.locator("button.primary:visible", has_text="Generate").first
+        generate.click()
+        page.page.wait_for_selector("text=(seed 0)", timeout=120_000)
+        page.settle()
+        page.page.get_by_label("DDIM", exact=True).check()
+        page.page.get_by_label("none (the model as it is)").check()
+        page.settle()
+        for label, value in (("number input for Steps", "3"), ("number input for Images", "4"), ("Seed", "5")):
+            box = page.page.locator(f"input[aria-label='{label}']:visible").first
+            box.fill(value)
+            box.press("Enter")
             page.settle()
-            generate = page.page.locator("button.primary:visible", has_text="Generate").first
-            generate.click()
-            page.page.wait_for_selector("text=(seed 0)", timeout=120_000)
-            page.settle()
-            page.page.get_by_label("DDIM", exact=True).check()
-            page.page.get_by_label("none (the model as it is)").check()
-            page.settle()
-            for label, value in (("number input for Steps", "3"), ("number input for Images", "4"), ("Seed", "5")):
-                box = page.page.locator(f"input[aria-label='{label}']:visible").first
-                box.fill(value)
-                box.press("Enter")
-                page.settle()
-            generate.click()
-            page.page.wait_for_selector("text=(seed 5)", timeout=120_000)
-            history = page.page.locator("#history button.thumbnail-item")
-            history.nth(1).wait_for(timeout=60_000)
-            page.settle()
-            page.sent.clear()
-            history.nth(1).click()  # the first run: ODE, 10 steps, CFG, 16 images, seed 0
-            page.page.wait_for_selector("text=Restored from the history", timeout=60_000)
-            page.settle()
-            assert len(page.sent) == 1, [payload["fn_index"] for payload in page.sent]
-            page.page.wait_for_function("() => document.body.innerText.includes('Next run: NFE 10') && "
-                                        "document.body.innerText.includes('for 16 images')", timeout=60_000)
-        finally:
-            browser.close()
+        generate.click()
+        page.page.wait_for_selector("text=(seed 5)", timeout=120_000)
+        history = page.page.locator("#history button.thumbnail-item")
+        history.nth(1).wait_for(timeout=60_000)
+        page.settle()
+        page.sent.clear()
+        history.nth(1).click()  # the first run: ODE, 10 steps, CFG, 16 images, seed 0
+        page.page.wait_for_selector("text=Restored from the history", timeout=60_000)
+        page.settle()
+        assert len(page.sent) == 1, [payload["fn_index"] for payload in page.sent]
+        page.page.wait_for_function("() => document.body.innerText.includes('Next run: NFE 10') && "
+                                    "document.body.innerText.includes('for 16 images')", timeout=60_000)
 
 
 def test_switching_to_a_model_with_the_same_classes_keeps_the_class_in_chromium(live):
     """Issue 37, item 9: fashion-dit -> fashion-flow put Class back to T-shirt/top; here tiny-flow -> tiny (both
     circle, square, cross) keeps "cross"."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, demo = live
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
-            page.page.goto(url)
-            page.page.wait_for_selector("text=Next run", timeout=120_000)
-            page.settle()
-            page.page.get_by_label("Class", exact=True).first.click()
-            page.page.get_by_role("option", name="cross", exact=True).click()
-            page.settle()
-            page.page.get_by_label("Checkpoint").first.click()
-            page.page.get_by_role("option", name="tiny", exact=True).click()
-            page.page.wait_for_selector("text=Now tiny:", timeout=60_000)
-            page.settle()
-            expect(page.page.get_by_label("Class", exact=True).first).to_have_value("cross")
-        finally:
-            browser.close()
+    with live_page(live) as page:
+        page.page.get_by_label("Class", exact=True).first.click()
+        page.page.get_by_role("option", name="cross", exact=True).click()
+        page.settle()
+        page.page.get_by_label("Checkpoint").first.click()
+        page.page.get_by_role("option", name="tiny", exact=True).click()
+        page.page.wait_for_selector("text=Now tiny:", timeout=60_000)
+        page.settle()
+        expect(page.page.get_by_label("Class", exact=True).first).to_have_value("cross")
 
 
 def test_the_estimate_line_shows_the_last_values_when_an_older_answer_comes_later_in_chromium(live, monkeypatch):

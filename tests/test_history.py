@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CHROMIUM, STABLE
+from conftest import CHROMIUM, STABLE, app_page
 from diffusion.app.common import OUTPUT_DIR, inside_outputs, save_png
 from diffusion.app.generate import MAX_HISTORY, add_to_history, restore_run, show_history
 from diffusion.serving.engine import ModelCache, SampleRequest
@@ -115,39 +115,33 @@ def test_the_history_keeps_the_newest_runs(cache):
 def test_the_history_outlives_a_reload_and_gradio_runs_page_is_off_in_chromium(server):
     """Before: a reload showed an empty History while the footer's "Runs" link listed the runs."""
     import httpx
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     if not shutil.which("chromium") and not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (CI installs it)")
     assert httpx.get(server.rstrip("/") + "/gradio_api/runs").status_code == 404
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server)
-            page.wait_for_selector("text=Next run", timeout=120_000)
-            page.wait_for_function(STABLE, polling=100, timeout=60_000)
-            page.locator("input[aria-label='Seed']:visible").first.fill("7")
-            page.locator("input[aria-label='Seed']:visible").first.press("Enter")
-            page.wait_for_function(STABLE, polling=100, timeout=60_000)
-            page.locator("button.primary:visible", has_text="Generate").first.click()
-            history = page.locator("#history button.thumbnail-item")
-            expect(history).to_have_count(1, timeout=120_000)
-            caption = history.first.inner_text()
-            assert "seed 7" in caption
-            # The whole caption is on screen, wrapped (it was cut to 'tiny-flow: O...', issue 37 item 14).
-            label = history.first.locator(".caption-label")
-            assert label.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight"), caption
-            box, picture = label.bounding_box(), history.first.locator("img").bounding_box()
-            assert box["y"] >= picture["y"] + picture["height"] - 1  # under the picture, not over it
-            page.reload()
-            page.wait_for_selector("text=Next run", timeout=120_000)
-            expect(history).to_have_count(1, timeout=60_000)
-            assert history.first.inner_text() == caption
-            expect(page.get_by_role("link", name="Runs")).to_have_count(0)
-            page.screenshot(path=str(Path(__import__("tempfile").gettempdir()) / "history-after-reload.png"))
-            history.first.click()
-            page.wait_for_selector("text=Restored from the history", timeout=60_000)
-            expect(page.locator("input[aria-label='Seed']:visible").first).to_have_value("7")
-        finally:
-            browser.close()
+    with app_page(server) as page:
+        page.wait_for_selector("text=Next run", timeout=120_000)
+        page.wait_for_function(STABLE, polling=100, timeout=60_000)
+        page.locator("input[aria-label='Seed']:visible").first.fill("7")
+        page.locator("input[aria-label='Seed']:visible").first.press("Enter")
+        page.wait_for_function(STABLE, polling=100, timeout=60_000)
+        page.locator("button.primary:visible", has_text="Generate").first.click()
+        history = page.locator("#history button.thumbnail-item")
+        expect(history).to_have_count(1, timeout=120_000)
+        caption = history.first.inner_text()
+        assert "seed 7" in caption
+        # The whole caption is on screen, wrapped (it was cut to 'tiny-flow: O...', issue 37 item 14).
+        label = history.first.locator(".caption-label")
+        assert label.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight"), caption
+        box, picture = label.bounding_box(), history.first.locator("img").bounding_box()
+        assert box["y"] >= picture["y"] + picture["height"] - 1  # under the picture, not over it
+        page.reload()
+        page.wait_for_selector("text=Next run", timeout=120_000)
+        expect(history).to_have_count(1, timeout=60_000)
+        assert history.first.inner_text() == caption
+        expect(page.get_by_role("link", name="Runs")).to_have_count(0)
+        page.screenshot(path=str(Path(__import__("tempfile").gettempdir()) / "history-after-reload.png"))
+        history.first.click()
+        page.wait_for_selector("text=Restored from the history", timeout=60_000)
+        expect(page.locator("input[aria-label='Seed']:visible").first).to_have_value("7")
