@@ -180,66 +180,56 @@ def set_number(page: Page, label: str, value):
 
 
 def test_every_control_sends_what_it_shows_on_every_tab(live, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from diffusion.app.generate import generate_request_fields
 
-    url, demo = live
+    url, _ = live
     config = httpx.get(url.rstrip("/") + "/config").json()
     fn = {d["id"]: d for d in config["dependencies"]}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
-            page.page.goto(url)
-            page.page.wait_for_selector("text=Next run", timeout=120_000)
+    with live_page(live) as page:
+        report, checked, pressed = [], {}, {}
+        for tab in TABS:
+            page.page.locator("[role=tab]", has_text=tab).first.click()
             page.settle()
-            report, checked, pressed = [], {}, {}
-            for tab in TABS:
-                page.page.locator("[role=tab]", has_text=tab).first.click()
+            open_every_accordion(page)
+            switched = switch_every_radio_and_back(page)
+            buttons = run_buttons(page)
+            pressed[tab] = [button.inner_text().strip() for button in buttons]
+            for button in buttons:
+                page.sent.clear()
+                page.hold = True  # every event the press sends is recorded and not run
+                button.click()
+                deadline = time.time() + 60
+                while not page.sent and time.time() < deadline:
+                    page.page.wait_for_timeout(50)  # polling for the request the press sends
+                page.hold = False
                 page.settle()
-                open_every_accordion(page)
-                switched = switch_every_radio_and_back(page)
-                buttons = run_buttons(page)
-                pressed[tab] = [button.inner_text().strip() for button in buttons]
-                for button in buttons:
-                    page.sent.clear()
-                    page.hold = True  # every event the press sends is recorded and not run
-                    button.click()
-                    deadline = time.time() + 60
-                    while not page.sent and time.time() < deadline:
-                        page.page.wait_for_timeout(50)  # polling for the request the press sends
-                    page.hold = False
-                    page.settle()
-                    assert page.sent, f"{tab}: pressing {button.inner_text()!r} sent nothing"
-                    for payload in page.sent:
-                        report += [f"{tab} / {button.inner_text().strip()}: {line}"
-                                   for line in differences(config, payload)]
-                        if fn[payload["fn_index"]].get("api_name") == "generate":
-                            checked["generate"] = payload["data"]
-                checked[tab] = switched
-                page.page.screenshot(path=str(tmp_path / f"{tab.replace('/', '-')}.png"), full_page=True)
-            assert report == [], "the page sends other values than its controls start at:\n" + "\n".join(report)
-            assert [tab for tab in TABS if not pressed[tab]] == ["Model card"]  # the card runs on a checkpoint change
-            assert checked["Generate"] and checked["Edit"]  # radios were switched there
+                assert page.sent, f"{tab}: pressing {button.inner_text()!r} sent nothing"
+                for payload in page.sent:
+                    report += [f"{tab} / {button.inner_text().strip()}: {line}"
+                               for line in differences(config, payload)]
+                    if fn[payload["fn_index"]].get("api_name") == "generate":
+                        checked["generate"] = payload["data"]
+            checked[tab] = switched
+            page.page.screenshot(path=str(tmp_path / f"{tab.replace('/', '-')}.png"), full_page=True)
+        assert report == [], "the page sends other values than its controls start at:\n" + "\n".join(report)
+        assert [tab for tab in TABS if not pressed[tab]] == ["Model card"]  # the card runs on a checkpoint change
+        assert checked["Generate"] and checked["Edit"]  # radios were switched there
 
-            # Generate's request, field by field, as the handler builds it from what was sent and from the defaults.
-            generate = next(d for d in config["dependencies"] if d.get("api_name") == "generate")
-            starts = [defaults(config)[i]["props"].get("value") for i in generate["inputs"]]
-            assert asdict(generate_request_fields(*checked["generate"])) == asdict(generate_request_fields(*starts))
+        # Generate's request, field by field, as the handler builds it from what was sent and from the defaults.
+        generate = next(d for d in config["dependencies"] if d.get("api_name") == "generate")
+        starts = [defaults(config)[i]["props"].get("value") for i in generate["inputs"]]
+        assert asdict(generate_request_fields(*checked["generate"])) == asdict(generate_request_fields(*starts))
 
-            # And guidance acts: after all that, w = 0 and w = 10 give different pixels.
-            page.page.locator("[role=tab]", has_text="Generate").first.click()
-            page.settle()
-            set_number(page, "Guidance scale w", 0)
-            page.page.locator("button.primary:visible", has_text="Generate").first.click()
-            link, unguided = grid_bytes(page, None)
-            set_number(page, "Guidance scale w", 10)
-            page.page.locator("button.primary:visible", has_text="Generate").first.click()
-            _, guided = grid_bytes(page, link)
-            assert unguided.shape == guided.shape and not np.array_equal(unguided, guided)
-        finally:
-            browser.close()
+        # And guidance acts: after all that, w = 0 and w = 10 give different pixels.
+        page.page.locator("[role=tab]", has_text="Generate").first.click()
+        page.settle()
+        set_number(page, "Guidance scale w", 0)
+        page.page.locator("button.primary:visible", has_text="Generate").first.click()
+        link, unguided = grid_bytes(page, None)
+        set_number(page, "Guidance scale w", 10)
+        page.page.locator("button.primary:visible", has_text="Generate").first.click()
+        _, guided = grid_bytes(page, link)
+        assert unguided.shape == guided.shape and not np.array_equal(unguided, guided)
 
 
 def test_an_interval_box_is_a_bound_or_empty_and_a_word_gets_a_sentence():
