@@ -11,10 +11,16 @@ import tempfile
 import traceback
 from dataclasses import replace
 
-import pytest
-import torch
+# Python keeps what it compiles (.pyc) even where PYTHONDONTWRITEBYTECODE is set, as on the CI machines: the suite
+# starts about twenty Python processes (torchrun ranks, app servers, DDP), and with `pip install --no-compile` each one
+# compiled torch's and Gradio's modules again (test_sharding.py: 103 s of CPU without a cache, 53 s with one).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
-from diffusion.formats.checkpoint import model_config, save_checkpoint
+import pytest  # noqa: E402 (the imports below come after the setting, so that what they compile is kept)
+import torch  # noqa: E402
+
+from diffusion.formats.checkpoint import model_config, save_checkpoint  # noqa: E402
 from diffusion.models import ClassifierConfig, NICEConfig, UNetConfig, build_network
 
 # Under pytest-xdist the two workers share the 2 cores: one thread each (oversubscribed threads spin and slow both).
