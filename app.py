@@ -39,6 +39,7 @@ from diffusion.app.trajectory import build_trajectory_tab
 from diffusion.serving.backend import backend_for, use_backend
 from diffusion.serving.budget import DEFAULT_REQUEST_SECONDS, WorkBudget
 from diffusion.serving.compiled import BackgroundCompiler
+from diffusion.serving.memory import limit_malloc_arenas
 from diffusion.serving.engine import GENERATIVE_KINDS, ModelCache, SampleRequest, run_request
 
 CHECKPOINT_DIR = Path(os.environ.get("PLAYGROUND_CHECKPOINTS", Path(__file__).parent / "checkpoints"))
@@ -290,6 +291,7 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
+    limit_malloc_arenas()  # before any thread: Gradio's handler threads would each keep an arena's peak
     cache = ModelCache(args.checkpoints or CHECKPOINT_DIR, capacity=4, extra_folders=args.add_model,
                        budget=WorkBudget(seconds=args.max_request_seconds),
                        compiler=None if args.no_compile or args.ray else BackgroundCompiler())

@@ -265,6 +265,8 @@ def main(argv=None):
     parser.add_argument("--max-growth-mib", type=float, default=200.0,
                         help="fail when the server's RSS grows more than this during the run (the second checkpoint "
                              "and the noisy classifier load during it: ~5 MiB of weights, plus allocator caches)")
+    parser.add_argument("--app-arg", action="append", default=[], metavar="ARG",
+                        help="pass ARG on to app.py (repeatable), e.g. --app-arg=--no-compile")
     parser.add_argument("--classroom", type=int, default=0, metavar="STUDENTS",
                         help="the classroom of issue 40 instead: STUDENTS press Generate within 5 s, then 3 more actions")
     parser.add_argument("--rows", default="abc", help="with --classroom: which servers (a one process, b Ray, c Ray "
@@ -281,7 +283,7 @@ def main(argv=None):
     cache = ModelCache(args.checkpoints, device="cpu")
     names = cache.names("denoiser")
     port = free_port()
-    process = start_app(Path(args.checkpoints), port)
+    process = start_app(Path(args.checkpoints), port, args.app_arg)
     try:
         url = f"http://127.0.0.1:{port}/"
         from gradio_client import Client
