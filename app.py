@@ -70,10 +70,16 @@ PAGE_CSS = (".prose th, .prose td { word-break: normal; overflow-wrap: normal; h
             # row label, the few-step grid's top and the 2-D lab's panel titles).
             "label[data-testid='block-label'].float { position: static; margin-bottom: var(--spacing-md); }\n"
             ".block:has(img) .icon-button-wrapper.top-panel { position: static; justify-content: flex-end; }\n"
+            # A value the page refuses is said in red where it is typed; the "next run" line then says which one.
+            "#interval-note .prose, #interval-note .prose * { color: var(--error-text-color, #b91c1c); }\n"
+            "#next-run[data-blocked] > :not(.estimate-blocked) { display: none; }\n"
             # On a phone the results come right after the run button (they were ~1,700 px below it, under the
-            # settings), and a gallery fits its columns to the screen (8 columns of at least 100 px cut the 4th).
+            # settings), then the settings, then the History and the card (the settings were ~2,000 px down, under
+            # them); a gallery fits its columns to the screen (8 columns of at least 100 px cut the 4th).
             "@media (max-width: 720px) {\n"
-            "  .results-first { order: -1; }\n"
+            "  .results-first { display: contents; }\n"
+            "  .results-first > * { order: -1; flex: 1 1 100% !important; min-width: 100% !important; }\n"
+            "  .results-first > .after-settings { order: 1; }\n"
             "  .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important;\n"
             "                    grid-template-rows: none !important; grid-auto-rows: auto !important; }\n"
             "  .grid-container .thumbnail-item { aspect-ratio: 1 / 1; }\n"  # square cells: no side cropped off

@@ -14,7 +14,7 @@ from functools import partial
 
 import gradio as gr
 
-from ..serving.engine import ModelCache, RequestError, SampleRequest, image_shape
+from ..serving.engine import MAX_LOG_SNR, ModelCache, RequestError, SampleRequest, image_shape
 from ..core.guidance import GUIDANCE_METHODS
 from ..core.sampling import SAMPLERS
 from ..core.schedules import SPACINGS
@@ -126,6 +126,11 @@ def guidance_method_controls(method: str = "cfg"):
         with gr.Row():  # text boxes: empty means no bound (a gr.Number shows and sends an empty value as 0)
             interval_low = interval_box(start["interval_low"], "Interval: from log-SNR", "interval-low")
             interval_high = interval_box(start["interval_high"], "to log-SNR", "interval-high")
+        # The boxes' own sentence, right under them (a reversed interval was said three times, ~900 px lower).
+        interval_note = gr.Markdown("", elem_id="interval-note")
+        for box in (interval_low, interval_high):
+            box.change(interval_note_text, [interval_low, interval_high], interval_note, api_name=False,
+                       show_progress="hidden", queue=False, preprocess=False)
         with gr.Row():
             apg_eta = gr.Slider(0, 1, value=start["apg_eta"], step=0.05, label="APG eta (parallel part)")
             apg_norm = gr.Slider(0, 50, value=start["apg_norm"], step=0.5, label="APG norm bound r (0: none)")
@@ -162,6 +167,29 @@ def interval_bound(value, name: str):
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", NO_BOUND)):
         return None
     return widget_number(value, name)
+
+
+INTERVAL_POINTER = "the guidance interval cannot be used as typed; see the sentence under its boxes (Guidance methods)"
+
+
+def interval_problem(low, high) -> str:
+    """The sentence for two interval boxes that make no interval (a bound that is not a number, or from > to), or ""."""
+    try:
+        low, high = interval_bound(low, "the interval's start"), interval_bound(high, "the interval's end")
+    except RequestError as error:
+        return f"{str(error)[0].upper()}{str(error)[1:]}."
+    outside = [bound for bound in (low, high) if bound is not None and abs(bound) > MAX_LOG_SNR]
+    if outside:
+        return f"A bound must be a log-SNR from -{MAX_LOG_SNR:g} to {MAX_LOG_SNR:g}; {outside[0]:g} is not."
+    if None not in (low, high) and low > high:
+        return (f"This interval is reversed: from {low:g} to {high:g} holds no noise level, so guidance would never "
+                f"apply. Swap the bounds, or empty a box for no bound.")
+    return ""
+
+
+def interval_note_text(low, high) -> str:
+    """interval_problem as the note under the boxes shows it (red by app.PAGE_CSS; what was typed is data)."""
+    return markdown_text(interval_problem(low, high))
 
 
 def method_settings(rescale, interval_low, interval_high, apg_eta, apg_norm, apg_momentum, threshold) -> dict:

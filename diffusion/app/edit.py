@@ -21,7 +21,7 @@ from ..serving.edits import EDIT_METHODS, EditRequest, strength_log_snr
 from ..serving.engine import GENERATIVE_KINDS, FlowRequest, ModelCache, RequestError, image_shape
 from ..formats.images import FITS, captioned_row, display_scale, fit_picture, is_colour, to_pil
 from ..core.sampling import ODE_SOLVERS
-from .common import grid_pil, save_png, stream_result, user_error, widget_class, widget_number
+from .common import grid_pil, markdown_text, save_png, stream_result, user_error, widget_class, widget_number
 from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, UNCONDITIONAL, allowed_guidance, checkpoint_choices,
                        make_request, run_and_stop, settle_run)
 from .families import test_image
@@ -212,8 +212,9 @@ def edit_from_tab(cache: ModelCache, source, mask_data, fit, checkpoint, method,
         image, mask, note = edit_input(source, mask_data, image_shape(model), fit)
         if request.method == "repaint" and mask is None:
             raise RequestError("inpainting needs a mask: paint the region the model should fill on the image")
-    except RequestError as error:
-        raise user_error(error) from None
+    except RequestError as error:  # in the tab's own status: a pop-up stayed over every tab the user went on to
+        yield None, None, f"**Not run:** {markdown_text(error)}"
+        return
     yield from _checked(perform_edit(cache, image, mask if request.method == "repaint" else None, request, model, note,
                                      progress))
 

@@ -23,7 +23,8 @@ from ..core.guidance import PAIRED_MODES
 from .card import model_summary
 from .common import (grid_pil, inside_outputs, markdown_text, result_pngs, stream_result, user_error, widget_bool,
                      widget_class, widget_number)
-from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, METHOD_FIELDS, SAMPLER_LABELS,
+from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, INTERVAL_POINTER, METHOD_FIELDS,
+                       SAMPLER_LABELS, interval_problem,
                        SELF_CONDITION_CHOICE, SPACING_LABELS, RequestTarget, class_and_guidance, guidance_method_controls, make_request,
                        method_fields, method_settings, method_values,
                        self_condition_control, sent_values, settle_run, stochastic_sampler_controls,
@@ -382,12 +383,16 @@ def estimate(cache: ModelCache, *values) -> str:
     try:
         if cache.get(str(values[0])).kind != "denoiser":
             return "Next run: one exact pass per image (NFE 1)."
+        if len(values) > 14 and interval_problem(values[13], values[14]):
+            return f"**Cannot run as set:** {INTERVAL_POINTER}."
         request = generate_request_fields(*values)
         model = check_request(cache, request)
     except RequestError as error:
         return f"**Cannot run as set:** {markdown_text(error)}"
     work = request_work(cache, request, model)
     rows = {"cfg": " x 2 rows (CFG)", "autoguidance": " + the weak model's", "classifier": " + the classifier's gradient"}
+    if request.guidance == "cfg" and request.scale == 0:  # both rows are evaluated (images stay as at any w)
+        rows["cfg"] = " x 2 rows (CFG; at w = 0 the guided row changes nothing)"
     seconds = cache.estimate_seconds(work)
     return (f"Next run: NFE **{expected_nfe(request)}**{rows.get(request.guidance, '')} for {request.batch_size} "
             f"images, about **{seconds:.1f} s** on this machine ({cache.device}).")
@@ -509,15 +514,19 @@ def results_column(cache: ModelCache, evaluation_dir: Path, default, default_mod
                               height="auto", interactive=False, elem_id="images")
     w["picked"] = gr.Markdown(label="The image clicked")
     w["download"] = gr.File(label="Download PNG grid", interactive=False)
+    # Above its buttons, not in their row: there Gradio gave it a 0 px wide cell (a Markdown's min_width is not
+    # applied), where it stood one letter per line, a 455 px blank gap above the History.
+    gr.Markdown("Send these settings to:")
     with gr.Row():
-        gr.Markdown("Send these settings to:")
         w["send_buttons"] = {tab: gr.Button(name, size="sm") for tab, name in SEND_TARGETS.items()}
-    with gr.Accordion("History (kept in this browser, newest first; click a run to restore it)", open=True):
+    # after-settings: on a phone the History and the card come after the settings (app.PAGE_CSS)
+    with gr.Accordion("History (kept in this browser, newest first; click a run to restore it)", open=True,
+                      elem_classes="after-settings"):
         # No label over the tiles (it covered their tops); the accordion's title says what they are.
         w["history_gallery"] = gr.Gallery(label="Runs, newest first (each by its first image)", columns=8,
                                           height=260, format="png", allow_preview=False, object_fit="contain",
                                           show_label=False, elem_id="history")
-    w["card"] = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "")
+    w["card"] = gr.Markdown(model_summary(cache, evaluation_dir, default) if default else "", elem_classes="after-settings")
     return w
 
 

@@ -14,39 +14,90 @@
     }
     return notice;
   };
+  const isSlider = (block) => block.querySelector("input[type=range]") !== null;
+  // A slider's box never passes a value it cannot take on to Gradio, which would clamp it in the box (5000 became
+  // 1000 there while the run was refused) and price the clamped value: the typed value stays shown, with its sentence.
+  const keepTyped = (event, block) => {
+    if (isSlider(block)) event.stopImmediatePropagation();
+  };
   const checkRange = (event) => {
     const input = event.target;
-    if (!(input instanceof HTMLInputElement) || input.type !== "number" || input.value === "") return;
+    if (!(input instanceof HTMLInputElement) || input.type !== "number") return;
     const block = input.closest(".block") || input.parentElement;
+    const label = (block.querySelector("label span, [data-testid='block-info']")?.textContent || "This value").trim();
+    if (input.value === "") {  // an emptied box: said beside it (it was said only at the top, after a press)
+      const dice = [...((block.closest(".row") || block.parentElement)?.querySelectorAll("button") || [])]
+        .some((b) => b.textContent.trim() === "Random seed");
+      setNotice(block, label, `${label} must be a number; the box is empty. ` +
+        (dice ? "Type one, or press Random seed." : "Type one."));
+      keepTyped(event, block);
+      return;
+    }
     const value = Number(input.value), min = input.getAttribute("min"), max = input.getAttribute("max");
     const low = min === null || min === "" ? -Infinity : Number(min);
     const high = max === null || max === "" ? Infinity : Number(max);
     if (Number.isNaN(value) || (value >= low && value <= high)) {
       block.querySelector(":scope > .range-notice")?.remove();
-      if (!document.querySelector(".range-notice")) document.querySelectorAll(".run-blocked").forEach((b) => b.remove());
+      if (!visibleNotices().length) document.querySelectorAll(".run-blocked").forEach((b) => b.remove());
+      markEstimate();
       return;
     }
-    const label = (block.querySelector("label span, [data-testid='block-info']")?.textContent || "This value").trim();
-    const slider = block.querySelector("input[type=range]") !== null;
     const range = high === Infinity ? `${min} or more` : low === -Infinity ? `${max} or less` : `from ${min} to ${max}`;
-    noticeFor(block).textContent = `${label} must be ${range}; ${input.value} is not. ` +
-      (slider ? `The slider was set to ${value > high ? max : min}; type a value in range.` : "Type a value in range.");
+    setNotice(block, label, `${label} must be ${range}; ${input.value} is not. Type a value in range.`);
+    keepTyped(event, block);
+  };
+  const setNotice = (block, label, sentence) => {
+    const notice = noticeFor(block);
+    notice.dataset.label = label;
+    if (notice.textContent !== sentence) notice.textContent = sentence;
+    markEstimate();
   };
   document.addEventListener("input", checkRange, true);
   document.addEventListener("change", checkRange, true);
+  document.addEventListener("blur", checkRange, true);  // Gradio's slider clamps its box when it loses the focus
+
+  //    The "next run" line prices what the server holds; while a value is marked in red that is not what the page
+  //    shows, so the line says which value keeps the run from running instead of pricing another one.
+  const markEstimate = () => {
+    const line = document.getElementById("next-run");
+    if (!line) return;
+    const notice = visibleNotices()[0];
+    let own = line.querySelector(":scope > .estimate-blocked");
+    if (!notice) {
+      own?.remove();
+      if (line.hasAttribute("data-blocked")) line.removeAttribute("data-blocked");
+      return;
+    }
+    if (!own) {
+      own = document.createElement("div");
+      own.className = "estimate-blocked";
+      line.appendChild(own);
+    }
+    const text = `Cannot run as set: ${notice.dataset.label} is out of range (marked in red).`;
+    const sentence = /the box is empty/.test(notice.textContent) ?
+      `Cannot run as set: ${notice.dataset.label} is empty (marked in red).` : text;
+    if (own.textContent !== sentence) own.textContent = sentence;
+    line.setAttribute("data-blocked", "");
+  };
 
   //    While such a sentence shows in the tab, its run buttons do not run (issue 37: steps 0 said "cannot run as
   //    set", then the slider's clamp ran 1 step). The click is stopped before Gradio sees it and a sentence under
-  //    the button says why; it goes when the values are back in range.
+  //    the button says why; it goes when the values are back in range. A guidance interval that makes no interval
+  //    has its own sentence under its boxes (#interval-note, the server's): the refusal points there.
   const visibleNotices = () => [...document.querySelectorAll(".range-notice")]
     .filter((notice) => notice.offsetParent !== null && notice.textContent);
+  const intervalRefused = (button) => {
+    const note = document.getElementById("interval-note");
+    const panel = button.closest("[role=tabpanel]");
+    return note && (!panel || panel.contains(note)) && note.innerText.trim() !== "";
+  };
   document.addEventListener("click", (event) => {
     const button = event.target instanceof Element ? event.target.closest("button.primary") : null;
     if (!button) return;
     const row = button.closest(".row, .form, .block") || button.parentElement;
     let blocked = row.parentElement.querySelector(":scope > .run-blocked");
-    const notices = visibleNotices();
-    if (!notices.length) {
+    const notices = visibleNotices(), interval = intervalRefused(button);
+    if (!notices.length && !interval) {
       blocked?.remove();
       return;
     }
@@ -59,7 +110,9 @@
       blocked.style.cssText = "color: var(--error-text-color, #b91c1c); font-weight: 600; margin: 4px 0;";
       row.after(blocked);
     }
-    blocked.textContent = `Not run: ${notices[0].textContent.split(";")[0]}. Fix the value marked in red, then run.`;
+    blocked.textContent = notices.length ?
+      `Not run: ${notices[0].textContent.split(";")[0]}. Fix the value marked in red, then run.` :
+      "Not run: the guidance interval cannot be used as typed; see the sentence under its boxes (Guidance methods).";
   }, true);
 
   // 2. Ctrl+Enter (Cmd+Enter on a Mac) runs the visible tab: its first enabled primary button.
@@ -211,6 +264,14 @@
     if (sign.textContent !== shown) sign.textContent = shown;
     sign.style.display = shown ? "block" : "none";
   };
+  //    A refusal under a run button goes once nothing is marked any more (a guidance interval made valid again).
+  const dropStaleRefusals = () => {
+    if (!document.querySelector(".run-blocked") || visibleNotices().length) return;
+    const note = document.getElementById("interval-note");
+    if (!note || note.innerText.trim() === "") document.querySelectorAll(".run-blocked").forEach((b) => b.remove());
+  };
+  new MutationObserver(dropStaleRefusals).observe(document.documentElement, { childList: true, subtree: true,
+                                                                              characterData: true });
   new MutationObserver(showQueue).observe(document.documentElement, { childList: true, subtree: true,
                                                                       characterData: true });
   // 5. Names a screen reader reads out, and a short tab order (issue 37, item 13). Gradio gives a radio group no name
@@ -230,6 +291,16 @@
       if (!group || !label) continue;
       setAttr(group, "role", "radiogroup");
       setAttr(group, "aria-label", label);
+    }
+  };
+  // A text box's name is its label alone (the interval boxes read their label run into their info line, or nothing).
+  const nameTextboxes = () => {
+    for (const box of document.querySelectorAll("input[data-testid=textbox], textarea[data-testid=textbox]")) {
+      const block = box.closest(".block"), label = block ? blockLabel(block) : "";
+      if (label && (!box.hasAttribute("aria-label") || box.dataset.named === "label")) {
+        box.dataset.named = "label";
+        setAttr(box, "aria-label", label);
+      }
     }
   };
   const nameResetButtons = () => {
@@ -325,7 +396,7 @@
       });
     }
   };
-  const nameEverything = () => { nameRadioGroups(); nameResetButtons(); roveAll(); describePictures(); };
+  const nameEverything = () => { nameRadioGroups(); nameTextboxes(); nameResetButtons(); roveAll(); describePictures(); };
   new MutationObserver(nameEverything).observe(document.documentElement, {
     childList: true, subtree: true, attributes: true, attributeFilter: ["aria-selected", "aria-label", "src"] });
   nameEverything();
