@@ -298,8 +298,10 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     limit_malloc_arenas()  # before any thread: Gradio's handler threads would each keep an arena's peak
+    # With --ray the front holds no network: its cache describes each file from its header (weights=False) for the
+    # metadata, validation and the budget's FLOPs, and takes the rate and call overheads from a replica.
     cache = ModelCache(args.checkpoints or CHECKPOINT_DIR, capacity=4, extra_folders=args.add_model,
-                       budget=WorkBudget(seconds=args.max_request_seconds),
+                       budget=WorkBudget(seconds=args.max_request_seconds), weights=not args.ray,
                        compiler=None if args.no_compile or args.ray else BackgroundCompiler())
     if args.ray:  # the front keeps the cache for metadata and the budget; replicas sample
         from diffusion.serving.ray_start import RayUnavailable, start_ray_backend

@@ -184,7 +184,9 @@ def test_the_page_through_ray_gives_the_pixels_and_settings_of_the_page_alone(re
 
     from diffusion.serving.backend import backend_for, use_backend
 
-    front = ModelCache(folder, capacity=4, budget=WorkBudget(seconds=180, flops_per_second=1.5e9))
+    # The Ray-mode front holds no network (app.py --ray): headers only, the budget's figures from a replica.
+    front = ModelCache(folder, capacity=4, budget=WorkBudget(seconds=180, flops_per_second=1.5e9), weights=False)
+    front.measured_by(remote)
     use_backend(front, remote)
     assert backend_for(front).workers == 2
     arguments = ("tiny", "ddim", "heun", 5, 0.0, "uniform", "cfg", 2, 3.0, True, 7, 8)
@@ -199,6 +201,7 @@ def test_the_page_through_ray_gives_the_pixels_and_settings_of_the_page_alone(re
     assert len(pixels) == 8 and pixels == pixels_alone and grid == grid_alone
     assert info["parameters"] == info_alone["parameters"] and "NFE 5" in status
     assert sum(v["evaluations"] for v in remote.states().values()) >= before + 5  # the replicas sampled it
+    assert front.loads >= 1 and all(not model.weights for _, model in front._models.values())  # described only
 
 
 def test_the_application_builder_for_serve_run_and_kuberay(folder):

@@ -20,11 +20,13 @@ from ..core.sampling import ODE_SOLVERS
 from ..core.schedules import Schedule
 from ..models import NETWORKS, network_name
 from .jsonsafe import load_json
-from .model_build import LoadedModel, ModelSource, build_loaded_model, check_fits, config_metadata
+from .model_build import (LoadedModel, ModelSource, build_loaded_model, check_fits, config_metadata, describe_model,
+                          file_sha256)
 from .outputs import atomic_write
 from .safetensors_container import CheckpointError, read_header
 
-__all__ = ["FORMAT", "KINDS", "CheckpointError", "LoadedModel", "check_file", "load_checkpoint", "model_config",
+__all__ = ["FORMAT", "KINDS", "CheckpointError", "LoadedModel", "check_file", "describe_checkpoint", "load_checkpoint",
+           "model_config",
            "read_metadata", "save_checkpoint"]
 
 FORMAT = "diffusion-playground/1"
@@ -105,6 +107,14 @@ def load_checkpoint(path, device="cpu") -> LoadedModel:
     header, data_size, data = read_header(path, whole=True)
     meta = _parse_metadata(path, header)
     return build_loaded_model(_source(path, meta, header, data_size, data), device)
+
+
+def describe_checkpoint(path) -> LoadedModel:
+    """The file as a LoadedModel from its header alone (model_build.describe_model): everything but the weights."""
+    path = Path(path)
+    header, data_size, _ = read_header(path)
+    meta = _parse_metadata(path, header)
+    return describe_model(_source(path, meta, header, data_size), file_sha256(path))
 
 
 def _source(path: Path, meta: dict, header: dict, data_size: int, data: bytes = b"") -> ModelSource:

@@ -22,7 +22,8 @@ from pathlib import Path
 from ..core.schedules import DiscreteBetas, Schedule
 from ..models.diffusers_unet import DiffusersUNetConfig
 from .jsonsafe import load_json
-from .model_build import LoadedModel, ModelSource, build_loaded_model, check_fits, config_metadata
+from .model_build import (LoadedModel, ModelSource, build_loaded_model, check_fits, config_metadata, describe_model,
+                          file_sha256)
 from .safetensors_container import CheckpointError, read_header
 
 MODEL_INDEX, UNET_CONFIG, SCHEDULER_CONFIG = "model_index.json", "unet/config.json", "scheduler/scheduler_config.json"
@@ -139,6 +140,15 @@ def load_folder(path, device="cpu") -> LoadedModel:
     with _named(folder.path):
         header, data_size, data = read_header(_weights_path(folder.path), whole=True)
         return build_loaded_model(_source(folder, header, data_size, data), device)
+
+
+def describe_folder(path) -> LoadedModel:
+    """The folder as a LoadedModel from its configs and the weights' header (model_build.describe_model)."""
+    folder = read_folder(path)
+    with _named(folder.path):
+        weights = _weights_path(folder.path)
+        header, data_size, _ = read_header(weights)
+        return describe_model(_source(folder, header, data_size), file_sha256(weights))
 
 
 def _source(folder: DiffusersFolder, header: dict, data_size: int, data: bytes = b"") -> ModelSource:

@@ -29,6 +29,9 @@ class LoadedModel:
     card: str
     path: Path | None = None
     sha256: str = ""  # of the bytes this model was loaded from
+    # False: described from its header alone (describe_model): the network is built on the meta device, with the
+    # file's tensor names and shapes and no values, so it can be counted (parameters, FLOPs) but never run.
+    weights: bool = True
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -139,6 +142,25 @@ def build_loaded_model(source: ModelSource, device="cpu") -> LoadedModel:
     network.to(device).eval().requires_grad_(False)
     return LoadedModel(source.kind, network, source.config, source.training, source.card, source.path,
                        hashlib.sha256(source.data).hexdigest())
+
+
+def describe_model(source: ModelSource, sha256: str) -> LoadedModel:
+    """The model as its header describes it, for a process that answers questions about it but never runs it (the
+    Ray-mode front): checked like a load (check_fits), the network on the meta device, no tensor data read."""
+    check_fits(source)
+    network = build_network_from_config(source.path, source.config, torch.device("meta")).eval().requires_grad_(False)
+    return LoadedModel(source.kind, network, source.config, source.training, source.card, source.path, sha256,
+                       weights=False)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file read in chunks (a described model names its file as a loaded one does, without the
+    whole file in memory)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as error:
+        raise CheckpointError(f"{path.name}: cannot read ({error.strerror or type(error).__name__})") from error
 
 
 def _check_shapes(path: Path, expected: dict, found: dict):

@@ -49,6 +49,16 @@ class Work:
         return self.flops + self.overhead_flops
 
 
+@dataclass(frozen=True)
+class MeasuredFigures:
+    """What a work budget can only measure by running networks, measured where they run (a Ray replica) and given
+    to a front that holds none: the FLOP rate, and each file's per-call overhead in FLOP-equivalents by SHA-256."""
+
+    flops_per_second: float
+    overheads: dict = field(default_factory=dict)
+    device_type: str = "cpu"  # where they were measured (FLOPs are counted as that device's kernels count them)
+
+
 def matmul_flops_per_second(device_type: str = "cpu") -> float:
     """One probe of this machine's float32 matmul rate: the best of 5 products of 1024^2 matrices (about 0.1 s on
     a CPU)."""

@@ -23,12 +23,12 @@ from typing import Callable
 
 import torch
 
-from .budget import Work, WorkBudget
-from ..formats.checkpoint import CheckpointError, LoadedModel, check_file, load_checkpoint
+from .budget import MeasuredFigures, Work, WorkBudget
+from ..formats.checkpoint import CheckpointError, LoadedModel, check_file, describe_checkpoint, load_checkpoint
 from .compiled import BackgroundCompiler, CompiledNetwork
 from ..core.denoiser import Denoiser, classifier_log_prob_gradient
 from ..core.guidance import GUIDANCE_MODES, Guidance
-from ..formats.diffusers_folder import check_folder, folder_signature, is_diffusers_folder, load_folder
+from ..formats.diffusers_folder import check_folder, describe_folder, folder_signature, is_diffusers_folder, load_folder
 from ..core.sampling import MAX_SDE_LOG_SNR_STEP, ODE_SOLVERS, SAMPLERS, draw_noise, image_generators, log_snr_step
 from ..core.schedules import SPACINGS, time_grid
 
@@ -316,11 +316,16 @@ class ModelCache:
     What can be loaded: plain names of .safetensors files directly inside `checkpoint_dir`, diffusers pipeline
     folders directly inside it (named by the folder), and the diffusers folders given in `extra_folders`.
     Thread-safe: loads happen under a lock; a loaded model is never mutated after it is cached.
+
+    weights=False (the Ray-mode front, whose replicas hold the networks): every model is described from its header
+    alone (LoadedModel.weights False: the network on the meta device, no tensor read), which answers names, kinds,
+    classes, config, validation and FLOPs; the budget's rate and each network's call overhead, which only running it
+    can measure, come from where the networks run (measured_by).
     """
 
     def __init__(self, checkpoint_dir="checkpoints", capacity: int = 4, device=None, extra_folders=(),
                  budget: WorkBudget | None = None, compiler: BackgroundCompiler | None = None,
-                 max_batch: int = MAX_BATCH):
+                 max_batch: int = MAX_BATCH, weights: bool = True):
         self.checkpoint_dir = Path(checkpoint_dir).resolve()
         self.extra_folders = tuple(Path(p).resolve() for p in extra_folders)
         self.capacity = capacity
@@ -340,6 +345,9 @@ class ModelCache:
         # shapes is ready (the app; diffusion/compiled.py). None: eager throughout (the CLI, evaluations, tests).
         self.compiler = compiler
         self.max_batch = max_batch  # images per request (the GPU benchmark raises it to 256)
+        self.weights = weights
+        self.measurer = None  # weights=False: what measures call overheads where the networks run (measured_by)
+        self.counted_as = self.device.type  # the device type whose FLOP counts a described model's count equals
 
     def _candidates(self) -> list[Path]:
         """Every .safetensors file and diffusers folder served, files first; a name is served once."""
@@ -377,18 +385,37 @@ class ModelCache:
         return found
 
     def flops_per_image(self, model: LoadedModel) -> float:
-        """FLOPs of one image through the model's network once (counted on a batch of one, once per file)."""
+        """FLOPs of one image through the model's network once (counted on a batch of one, once per file); a
+        described model's on the meta device, its attention counted as this cache's device counts it."""
         key = model.sha256 or str(id(model))
         if key not in self._flops:
-            self._flops[key] = _count_flops(model, self.device)
+            device = self.device if model.weights else torch.device("meta")
+            self._flops[key] = _count_flops(model, device, counted_as=self.counted_as)
         return self._flops[key]
+
+    def measured_by(self, measurer) -> None:
+        """A described cache's budget figures from where the networks run: `measurer.figures(names)` ->
+        MeasuredFigures (a RayBackend asks a replica). Asked once here for every served file (the rate and those
+        files' overheads); a file that is new or replaced later is asked for when first estimated."""
+        if self.weights:
+            raise ValueError("a cache that loads its networks measures them itself")
+        self.measurer = measurer
+        figures = measurer.figures([e.name for e in self.entries() if e.available])
+        self._overheads.update(figures.overheads)
+        if figures.device_type != self.counted_as:  # counts as the replicas' device counts (a CPU front, GPU replicas)
+            self.counted_as = figures.device_type
+            self._flops.clear()
+        if self.budget.flops_per_second is None:  # a fixed rate (tests) stays as given
+            self.budget = replace(self.budget, flops_per_second=figures.flops_per_second, machine_rate=None)
 
     def overhead_per_call(self, model: LoadedModel) -> float:
         """A network call's fixed cost in FLOP-equivalents: seconds of a batch-1 call x the rate now - its FLOPs
         (measured once per file, as it loads)."""
+        key = model.sha256 or str(id(model))
+        if not model.weights:
+            return self._measured_elsewhere(model, key)
         if self.budget.call_seconds is not None:
             return self.budget.call_seconds * self.budget.rate
-        key = model.sha256 or str(id(model))
         if key not in self._overheads:
             # A noisy classifier's call is a gradient, about 3 forwards (network_work's passes): per forward here.
             # The seconds and the rate they are turned into FLOPs with come from the same moment (a probe on each
@@ -399,6 +426,17 @@ class ModelCache:
             rate = (before + self.budget.probe_rate()) / 2
             self._overheads[key] = max(0.0, seconds * rate - passes * self.flops_per_image(model)) / passes
         return self._overheads[key]
+
+    def _measured_elsewhere(self, model: LoadedModel, key: str) -> float:
+        """A described model's call overhead: as measured where the networks run, or the fixed budget's."""
+        if key not in self._overheads:
+            if self.measurer is None and self.budget.call_seconds is not None:  # a fixed budget, not bound
+                return self.budget.call_seconds * self.budget.rate
+            if self.measurer is not None:
+                self._overheads.update(self.measurer.figures([model.name]).overheads)
+        if key in self._overheads:
+            return self._overheads[key]
+        raise RequestError(f"checkpoint {model.name!r:.60} has not been measured where the networks run; try again")
 
     def network_work(self, model: LoadedModel, calls: int, images_per_call: int, passes: float = 1.0) -> Work:
         """`calls` calls of the model's network on `images_per_call` images each; `passes`: forward-equivalents
@@ -449,7 +487,7 @@ class ModelCache:
                 self._models.move_to_end(name)
                 return cached[1]
             try:
-                model = load_folder(path, device=self.device) if folder else load_checkpoint(path, device=self.device)
+                model = self._read(path, folder)
             except CheckpointError as error:
                 self._models.pop(name, None)
                 raise RequestError(f"checkpoint {name!r:.60} is unavailable: {error}") from error
@@ -457,6 +495,8 @@ class ModelCache:
             if signature_of(path) != signature:  # replaced while we read it: do not serve a mix
                 raise RequestError(f"checkpoint {name!r:.60} changed while loading; try again")
             self.flops_per_image(model)  # counted once, as it loads (before channels_last, see below) ...
+            if not self.weights:  # a description: nothing to time or lay out (measured_by: the overhead)
+                return self._keep(name, signature, model)
             self.overhead_per_call(model)  # ... and timed: the work budget never runs a model later
             # Convolution weights in channels_last (NHWC), oneDNN's fast layout on a CPU (issue 30): fashion-diffusion's
             # forward 10 % faster at batch 16 and 8 % at 32, measured here, outputs within 2e-6 of NCHW. Inputs need
@@ -465,15 +505,38 @@ class ModelCache:
             model.network.to(memory_format=torch.channels_last)
             if self.compiler is not None and model.kind == "denoiser":
                 model = replace(model, network=CompiledNetwork(model.network, self.compiler))
-            self._models[name] = (signature, model)
-            self._models.move_to_end(name)
-            while len(self._models) > self.capacity:
-                self._models.popitem(last=False)
-            return model
+            return self._keep(name, signature, model)
+
+    def _read(self, path: Path, folder: bool) -> LoadedModel:
+        """The model at `path`: loaded on the device, or with weights=False described from its header."""
+        if not self.weights:
+            return describe_folder(path) if folder else describe_checkpoint(path)
+        return load_folder(path, device=self.device) if folder else load_checkpoint(path, device=self.device)
+
+    def _keep(self, name: str, signature: tuple, model: LoadedModel) -> LoadedModel:
+        """Cache `model` as the newest, dropping the least recently used beyond capacity (under the lock)."""
+        self._models[name] = (signature, model)
+        self._models.move_to_end(name)
+        while len(self._models) > self.capacity:
+            self._models.popitem(last=False)
+        return model
 
     def first_of_kind(self, kind: str) -> LoadedModel | None:
         names = self.names(kind)
         return self.get(names[0]) if names else None
+
+
+def measure_figures(cache: ModelCache, names) -> MeasuredFigures:
+    """The budget's figures for `names` as this cache measures them on its device (what a replica reports to a
+    front that holds no network); a file that cannot be loaded is left out."""
+    overheads = {}
+    for name in names:
+        try:
+            model = cache.get(name)
+        except RequestError:
+            continue
+        overheads[model.sha256] = cache.overhead_per_call(model)
+    return MeasuredFigures(cache.budget.rate, overheads, cache.device.type)
 
 
 # --- running a request ------------------------------------------------------------------------
@@ -490,15 +553,17 @@ def expected_nfe(request: SampleRequest) -> int:
     return SAMPLERS[request.sampler].nfe(int(request.steps), **sampler_options(request))
 
 
-def _count_flops(model: LoadedModel, device) -> float:
+def _count_flops(model: LoadedModel, device, counted_as: str | None = None) -> float:
     """One image through the network (a denoiser at mid-noise without guidance, a flow's decode, a classifier's
-    forward)."""
+    forward). On the meta device (a described model) attention takes the kernel `counted_as` would run, so the count
+    is the one that device gives (_AttentionAs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, *image_shape(model), device=device)
     labels = torch.zeros(1, dtype=torch.long, device=device) if model.class_names else None
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    attention = _AttentionAs(counted_as) if device.type == "meta" else _nothing()
+    with torch.inference_mode(), attention, counter:
         if model.kind == "normalizing-flow":
             model.network.decode(x, labels)
         elif model.kind == "denoiser":
@@ -506,6 +571,42 @@ def _count_flops(model: LoadedModel, device) -> float:
         else:
             model.network(x, torch.zeros(1, device=device))
     return float(max(counter.get_total_flops(), 1))
+
+
+class _AttentionAs(torch.overrides.TorchFunctionMode):
+    """Scaled dot-product attention on the meta device as a `device_type` device runs it. Where a CPU picks its fused
+    `_scaled_dot_product_flash_attention_for_cpu` (contiguous heads, as in fashion-dit), torch's FLOP counter has no
+    formula for it (0 FLOPs: fashion-dit counts 464,334,848 on a CPU), while the meta device always decomposes
+    attention into matmuls that it counts (582,348,800); the counter's formula for CUDA's fused kernels
+    counts those two matmuls too (not checked on a GPU here).
+    So for a CPU a described model asks torch's own choice on empty CPU tensors of the same shape and strides and
+    takes the CPU op where it would (the op has a meta kernel): the count is the loaded model's on that device."""
+
+    def __init__(self, device_type: str | None):
+        super().__init__()
+        self.cpu = device_type == "cpu"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.cpu and func is torch.nn.functional.scaled_dot_product_attention:
+            options = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args[3:])) | kwargs
+            plain = {"dropout_p": options.get("dropout_p", 0.0), "is_causal": options.get("is_causal", False),
+                     "scale": options.get("scale")}
+            if options.get("attn_mask") is None and set(options) <= {"attn_mask", *plain} \
+                    and _cpu_picks_flash(args[:3], plain):
+                return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*args[:3], **plain)[0]
+        return func(*args, **kwargs)
+
+
+def _cpu_picks_flash(qkv, options: dict) -> bool:
+    """Whether a CPU runs attention on tensors of these shapes, strides and dtype with its fused flash kernel."""
+    like = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu") for t in qkv]
+    return torch._fused_sdp_choice(*like, **options) == torch.nn.attention.SDPBackend.FLASH_ATTENTION.value
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def _seconds_per_call(model: LoadedModel, device, repeats: int = 3) -> float:

@@ -36,7 +36,8 @@ from ray.serve.exceptions import BackPressureError
 from .previews import PreviewClock
 from .backend import OPERATIONS, Backend, LocalBackend
 from .budget import WorkBudget
-from .engine import MAX_BATCH, ModelCache, RequestError, SamplingError, check_request, check_work, run_request
+from .engine import (MAX_BATCH, ModelCache, RequestError, SamplingError, check_request, check_work, measure_figures,
+                     run_request)
 from .merged import merge_key, run_merged
 
 APP_NAME = "diffusion-sampler"
@@ -45,6 +46,7 @@ LOST = ("the sampler running this request stopped ({what}); nothing was kept of 
         "sampler takes it, and the stopped one restarts)")
 REPLICA_PREVIEW_SECONDS = 0.25  # a replica sends an x0 preview at most this often (the page shows one every 0.5 s)
 BATCH_WAIT_SECONDS = 0.05  # how long a request waits for others to merge with
+FIGURES_SECONDS = 600  # a replica loads and times every served file once for the front (seconds on a CPU)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,11 @@ class Sampler:
         """This replica's process and work (for tests and operators)."""
         return {"pid": os.getpid(), "running": self.running, "evaluations": self.evaluations,
                 "merged_batches": self.merged_batches, "threads": torch.get_num_threads()}
+
+    async def figures(self, names: list):
+        """The work budget's figures for `names` measured here (engine.measure_figures), in the worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.worker, lambda: measure_figures(self.cache, list(names)))
 
     # --- the entry point -------------------------------------------------------------------------------------
     async def stream(self, name: str, args: tuple, kwargs: dict):
@@ -311,6 +318,12 @@ class RayBackend(Backend):
         finally:
             if not finished:
                 stream.cancel()
+
+    def figures(self, names: list):
+        """The budget's figures (rate, per-call overheads) for `names`, as one replica measures them: what a front
+        that holds no network estimates with (ModelCache.measured_by)."""
+        plain = self.handle.options(method_name="figures", stream=False)
+        return plain.remote(list(names)).result(timeout_s=FIGURES_SECONDS)
 
     def states(self, tries: int = 50) -> dict:
         """{pid: state} of the replicas this sees in `tries` calls (the router picks one per call)."""

@@ -17,7 +17,10 @@ class RayUnavailable(RuntimeError):
 def start_ray_backend(cache: ModelCache, address: str, replicas: int = 1, *, batching: bool = True,
                       compile: bool = False, min_replicas: int | None = None, max_replicas: int | None = None,
                       temp_dir: str | None = None, num_cpus: int | None = None):
-    """A RayBackend over `replicas` Sampler replicas that load what `cache` serves (same folders, same budget)."""
+    """A RayBackend over `replicas` Sampler replicas that load what `cache` serves (same folders, same budget). A
+    `cache` built with weights=False (app.py's front) then takes the budget's rate and each file's call overhead from
+    one replica, measured once here (only running a network measures them; the replica re-checks every request with
+    its own, re-measured rate)."""
     try:
         from . import ray_serve
     except ImportError as error:
@@ -31,8 +34,11 @@ def start_ray_backend(cache: ModelCache, address: str, replicas: int = 1, *, bat
         max_request_seconds=budget.seconds if budget else None,
         flops_per_second=budget.flops_per_second if budget else None, compile=compile, batching=batching)
     try:
-        return ray_serve.start(config, address, replicas, temp_dir=temp_dir, num_cpus=num_cpus, front=cache,
-                               min_replicas=min_replicas, max_replicas=max_replicas)
+        backend = ray_serve.start(config, address, replicas, temp_dir=temp_dir, num_cpus=num_cpus, front=cache,
+                                  min_replicas=min_replicas, max_replicas=max_replicas)
+        if not cache.weights:  # a front that holds no network: its budget's rate and overheads come from a replica
+            cache.measured_by(backend)
+        return backend
     except Exception as error:  # noqa: BLE001 - any failure to join or deploy is one line, not a traceback
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         where = "start a local Ray" if address == "local" else f"reach Ray at {address[:200]}"
