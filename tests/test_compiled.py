@@ -106,10 +106,12 @@ def test_the_app_path_runs_eager_until_the_background_compile_then_compiled_with
     assert counted.calls == calls + 2
 
 
-def test_the_app_compiles_unless_told_not_to():
+def test_the_app_serves_eager_unless_told_to_compile():
+    """Eager by default: a compiled run differs from the same run eager by rounding (3 of 64 load-test requests had a
+    pixel that differed from their replay while compiles finished), and the app promises the same pixels."""
     import app
 
-    assert not app.parse_args([]).no_compile and app.parse_args(["--no-compile"]).no_compile
+    assert not app.parse_args([]).compile and app.parse_args(["--compile"]).compile
 
 
 def test_the_compilers_thread_runs_jobs_in_order_and_ends_when_the_queue_is_empty():
