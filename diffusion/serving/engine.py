@@ -11,6 +11,8 @@ seed means the same images on every device.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import statistics
 import threading
@@ -306,6 +308,20 @@ def file_signature(path: Path) -> tuple[int, int, int]:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
+@functools.lru_cache(maxsize=1024)
+def describe_entry(path: Path, signature: tuple) -> CheckpointEntry:
+    """A checkpoint's listing from its headers and config (no tensor data), once per version of the file in this
+    process: every ModelCache lists its folder, and each check builds the network on the meta device (~0.1 s)."""
+    folder = path.is_dir()
+    name = path.name if folder else path.stem
+    try:
+        meta = check_folder(path) if folder else check_file(path)
+    except CheckpointError as error:
+        return CheckpointEntry(name, path, None, "", str(error))
+    few_step = bool((meta.get("config") or {}).get("defaults"))
+    return CheckpointEntry(name, path, meta["kind"], meta["card"], None, few_step)
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -338,7 +354,6 @@ class ModelCache:
         self._flops: dict[str, float] = {}  # FLOPs of one image through a model, by the file's SHA-256
         self._overheads: dict[str, float] = {}  # a call's fixed cost in FLOP-equivalents, by the file's SHA-256
         self._models: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
-        self._entries: dict[Path, tuple[tuple, CheckpointEntry]] = {}
         self._lock = threading.Lock()
         self.loads = 0  # number of times a file was read (for tests and the benchmark)
         # With a compiler, denoisers are served as CompiledNetworks: eager until a background compile of a call's
@@ -371,17 +386,7 @@ class ModelCache:
                 signature = folder_signature(path) if folder else file_signature(path)
             except OSError:
                 continue  # removed since the listing
-            cached = self._entries.get(path)
-            if cached is None or cached[0] != signature:  # read each file's header once per version of it
-                name = path.name if folder else path.stem
-                try:
-                    meta = check_folder(path) if folder else check_file(path)  # headers and configs, no tensor data
-                    few_step = bool((meta.get("config") or {}).get("defaults"))
-                    entry = CheckpointEntry(name, path, meta["kind"], meta["card"], None, few_step)
-                except CheckpointError as error:
-                    entry = CheckpointEntry(name, path, None, "", str(error))
-                cached = self._entries[path] = (signature, entry)
-            found.append(cached[1])
+            found.append(describe_entry(path, signature))
         return found
 
     def flops_per_image(self, model: LoadedModel) -> float:
