@@ -686,7 +686,9 @@ def test_a_full_queue_says_try_again(tmp_path):
                             **app.launch_options(demo))
     try:
         client = Client(url, verbose=False)
-        jobs = [client.submit("tiny", "ddpm", "heun", 300, 0.0, "uniform", "cfg", 0, 3.0, False, i, 8,
+        # queue_size 1: one runs, one waits, the rest are refused at once (submitted within milliseconds of each other,
+        # against a run of about a second)
+        jobs = [client.submit("tiny", "ddpm", "heun", 100, 0.0, "uniform", "cfg", 0, 3.0, False, i, 8,
                               api_name="/generate") for i in range(5)]
         outcomes = []
         for job in jobs:

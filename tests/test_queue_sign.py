@@ -59,3 +59,24 @@ def test_a_job_queued_behind_another_says_it_is_waiting_in_chromium(server, monk
         finally:
             release.set()
             browser.close()
+
+
+def test_the_sign_never_repeats_gradios_own_time_estimate(server):
+    """Gradio's tracker reads "queue: 1/1 | 3.1/2.1s" once it has timed earlier runs of the same event: 2.1 s is their
+    mean, not the time left (the newcomer's tour saw "about 0 s" with a 2-minute run ahead). The sign says how long
+    the run has waited instead."""
+    from playwright.sync_api import expect
+
+    from conftest import app_page
+
+    with app_page(server) as page:
+        page.wait_for_selector("text=Next run", timeout=120_000)
+        page.evaluate("""() => {
+            const panel = document.querySelector('[role=tabpanel]');
+            const tracker = document.createElement('div');
+            tracker.setAttribute('data-testid', 'status-tracker');
+            tracker.innerHTML = '<span class="progress-text">queue: 1/1 | 3.1/2.1s</span>';
+            panel.appendChild(tracker);
+        }""")
+        expect(page.locator("#queue-sign")).to_have_text(re.compile(r"you are next, after the run in progress; "
+                                                                    r"waited 3 s so far\.$"))

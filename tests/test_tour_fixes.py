@@ -178,3 +178,18 @@ def test_the_estimate_line_says_what_the_second_cfg_row_does_at_w_0(tmp_path):
     assert "x 2 rows (CFG; at w = 0 the guided row changes nothing)" in estimate(cache, *values)
     values[8] = 3.0
     assert "x 2 rows (CFG) for 2 images" in estimate(cache, *values)
+
+
+def test_the_estimate_line_says_cannot_run_when_a_request_is_over_the_work_budget(tmp_path):
+    """Before: "Next run: NFE 400 for 64 images, about 193.1 s" on a 180 s budget, and Generate was then refused."""
+    from diffusion.app.generate import estimate
+    from diffusion.serving.budget import WorkBudget
+    from diffusion.serving.engine import ModelCache
+
+    cache = ModelCache(write_tiny_checkpoints(tmp_path / "checkpoints"), capacity=2,
+                       budget=WorkBudget(seconds=180, flops_per_second=1.5e9))
+    values = ["tiny", "ode", "euler", 1000, 0.0, "uniform", "cfg", 0, 3.0, "own", 0, 64]
+    line = estimate(cache, *values)
+    assert line.startswith("**Cannot run as set:**") and "180 s" in line, line
+    values[3] = 4
+    assert estimate(cache, *values).startswith("Next run: NFE **4**")

@@ -16,7 +16,7 @@ import numpy as np
 from ..serving.backend import backend_for
 from ..serving.previews import PreviewClock
 from ..serving.engine import (MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, FlowRequest, ModelCache, RequestError,
-                              SamplingError, SampleRequest, check_request, expected_nfe, request_work)
+                              SamplingError, SampleRequest, check_request, check_work, expected_nfe, request_work)
 from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import request_from_png, request_from_text, settings_problems, settings_text
 from ..core.guidance import PAIRED_MODES
@@ -387,6 +387,7 @@ def estimate(cache: ModelCache, *values) -> str:
             return f"**Cannot run as set:** {INTERVAL_POINTER}."
         request = generate_request_fields(*values)
         model = check_request(cache, request)
+        check_work(cache, [request], model=model)  # over the budget: said here, before the press is refused
     except RequestError as error:
         return f"**Cannot run as set:** {markdown_text(error)}"
     work = request_work(cache, request, model)

@@ -250,9 +250,10 @@
     const ahead = Number(match[1]) - 1;  // Gradio counts from 1 among the waiting jobs; one job is running
     const who = ahead === 0 ? "you are next, after the run in progress" :
       `${ahead} run${ahead === 1 ? "" : "s"} waiting ahead of you, behind the run in progress`;
-    const left = match[4] ? Math.max(0, Number(match[4]) - Number(match[3])) : null;
-    const time = left === null ? `waited ${Math.round(Number(match[3]))} s so far` : `about ${Math.ceil(left)} s`;
-    return `${tab ? tab + ": " : ""}waiting for the sampler: ${who}; ${time}.`;
+    // Gradio's "/2.1s" is the mean time of earlier runs of this event, not the time left ("about 0 s" was shown
+    // with a 2-minute run ahead): the line says how long this run has waited, which is true.
+    const waited = `waited ${Math.round(Number(match[3]))} s so far`;
+    return `${tab ? tab + ": " : ""}waiting for the sampler: ${who}; ${waited}.`;
   };
   const showQueue = () => {
     const lines = [];
