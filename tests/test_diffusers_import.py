@@ -54,13 +54,14 @@ def test_ddim_and_ddpm_equal_the_diffusers_pipelines(tmp_path, channels, beta_sc
     ddim.set_progress_bar_config(disable=True)
     ddpm.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        theirs_ddim = ddim(batch_size=BATCH, generator=generators(), num_inference_steps=50, eta=0.0, output_type="np",
+        # 25 and 50 steps: every step's formula meets the peer's over a chain (the full 1000-step DDPM is below)
+        theirs_ddim = ddim(batch_size=BATCH, generator=generators(), num_inference_steps=25, eta=0.0, output_type="np",
                            use_clipped_model_output=True).images
-        theirs_ddpm = ddpm(batch_size=BATCH, generator=generators(), num_inference_steps=100, output_type="np").images
-    ours_ddim = ours_as_numpy(run_request(cache, unconditional("peer", "ddim", 50)).images)
-    ours_ddpm = ours_as_numpy(run_request(cache, unconditional("peer", "ddpm", 100)).images)
+        theirs_ddpm = ddpm(batch_size=BATCH, generator=generators(), num_inference_steps=50, output_type="np").images
+    ours_ddim = ours_as_numpy(run_request(cache, unconditional("peer", "ddim", 25)).images)
+    ours_ddpm = ours_as_numpy(run_request(cache, unconditional("peer", "ddpm", 50)).images)
     assert ours_ddim.shape == theirs_ddim.shape == (BATCH, 16, 16, channels)
-    # Measured: DDIM-50 <= 3e-6, DDPM-100 <= 3e-5 (diffusers keeps alphas_cumprod as a float32 cumprod).
+    # Measured at 50 / 100 steps: DDIM <= 3e-6, DDPM <= 3e-5 (diffusers keeps alphas_cumprod as a float32 cumprod).
     assert np.abs(ours_ddim - theirs_ddim).max() < 1e-4
     assert np.abs(ours_ddpm - theirs_ddpm).max() < 1e-4
     assert theirs_ddim.std() > 0.05  # a real picture, not a constant that would match anything

@@ -40,13 +40,16 @@ def open_methods(page):
     page.settle()
 
 
-def test_a_reversed_interval_is_said_once_under_its_boxes_and_the_run_points_there(live):
+def test_a_reversed_interval_is_said_once_under_its_named_boxes_and_the_run_points_there(live):
     """Before: the sentence was in the estimate line, the "Not run" status and a red pop-up (three copies), ~900 px
-    below the boxes, and nothing marked the boxes."""
+    below the boxes, and nothing marked the boxes; the aria snapshot listed both boxes without a name."""
     from playwright.sync_api import expect
 
     with live_page(live) as page:
         open_methods(page)
+        snapshot = page.page.locator("[role=tabpanel]:visible").first.aria_snapshot()
+        for name in ("Interval: from log-SNR", "to log-SNR"):  # the whole name: quoted, nothing after it
+            assert f'textbox "{name}"' in snapshot, snapshot
         type_into(page, "#interval-low input", 3)
         type_into(page, "#interval-high input", -3)
         note = page.page.locator("#interval-note")
@@ -68,28 +71,9 @@ def test_a_reversed_interval_is_said_once_under_its_boxes_and_the_run_points_the
         expect(page.page.locator(".run-blocked")).to_have_count(0)
 
 
-def test_an_empty_seed_is_said_beside_the_seed_box_and_nothing_runs_or_is_lost(live):
-    """Before: nothing beside the box; the sentence came only at the top after pressing Generate."""
-    with live_page(live) as page:
-        type_into(page, "input[aria-label='number input for Steps']:visible", 4)
-        seed = page.page.locator("input[aria-label='Seed']:visible").first
-        seed.fill("")
-        seed.press("Tab")
-        page.settle()
-        notice = page.page.locator(".block:has(input[aria-label='Seed']) .range-notice:visible")
-        assert notice.inner_text() == "Seed must be a number; the box is empty. Type one, or press Random seed."
-        page.sent.clear()
-        generate_button(page).click()
-        page.page.locator(".run-blocked:visible", has_text="Not run: Seed must be a number").wait_for()
-        page.settle()
-        assert page.sent == [] and "images/s" not in page.page.inner_text("body")
-        assert page.page.locator("input[aria-label='number input for Steps']:visible").first.input_value() == "4"
-        type_into(page, "input[aria-label='Seed']:visible", 5)
-        assert page.page.locator(".range-notice").count() == 0
-
-
-def test_steps_typed_past_the_slider_stay_shown_and_are_not_priced(live):
-    """Before: the box showed a clamped 1000 while Generate was refused, and the estimate line priced 1000 steps."""
+def test_steps_past_the_slider_and_an_empty_seed_stay_shown_said_beside_them_and_nothing_runs(live):
+    """Before: the box showed a clamped 1000 while Generate was refused, and the estimate line priced 1000 steps; an
+    empty seed was said only at the top, after pressing Generate."""
     from playwright.sync_api import expect
 
     with live_page(live) as page:
@@ -108,6 +92,23 @@ def test_steps_typed_past_the_slider_stay_shown_and_are_not_priced(live):
         assert page.sent == [] and steps.input_value() == "5000"
         type_into(page, "input[aria-label='number input for Steps']:visible", 6)
         expect(page.page.locator("#next-run")).to_contain_text("Next run: NFE 6", timeout=60_000)
+
+        # An empty seed: before, nothing beside the box; the sentence came only at the top after pressing Generate.
+        type_into(page, "input[aria-label='number input for Steps']:visible", 4)
+        seed = page.page.locator("input[aria-label='Seed']:visible").first
+        seed.fill("")
+        seed.press("Tab")
+        page.settle()
+        notice = page.page.locator(".block:has(input[aria-label='Seed']) .range-notice:visible")
+        assert notice.inner_text() == "Seed must be a number; the box is empty. Type one, or press Random seed."
+        page.sent.clear()
+        generate_button(page).click()
+        page.page.locator(".run-blocked:visible", has_text="Not run: Seed must be a number").wait_for()
+        page.settle()
+        assert page.sent == [] and "images/s" not in page.page.inner_text("body")
+        assert page.page.locator("input[aria-label='number input for Steps']:visible").first.input_value() == "4"
+        type_into(page, "input[aria-label='Seed']:visible", 5)
+        assert page.page.locator(".range-notice").count() == 0
 
 
 def test_edit_without_an_image_says_so_in_its_own_status_not_a_pop_up(live):
@@ -136,15 +137,6 @@ def test_history_follows_the_results_without_a_blank_gap(live):
             .filter(e => e.offsetParent && !e.closest('.gr-accordion') && e.getBoundingClientRect().bottom <= history.top);
           return history.top - Math.max(...above.map(e => e.getBoundingClientRect().bottom)); }""")
         assert gap < 40, gap
-
-
-def test_the_interval_boxes_have_their_labels_as_names(live):
-    """Before: the aria snapshot listed both interval boxes as textboxes without a name."""
-    with live_page(live) as page:
-        open_methods(page)
-        snapshot = page.page.locator("[role=tabpanel]:visible").first.aria_snapshot()
-        for name in ("Interval: from log-SNR", "to log-SNR"):  # the whole name: quoted, nothing after it
-            assert f'textbox "{name}"' in snapshot, snapshot
 
 
 def test_on_a_phone_the_settings_come_right_after_the_results(live):
