@@ -406,4 +406,7 @@ def settle_run(event, outputs, note, stop: gr.Button | None = None) -> None:
 
     event.failure(failed, None, outputs, api_name=False, show_progress="hidden")
     if stop is not None:
-        stop.click(lambda: cleared(STOPPED), None, outputs, cancels=[event], api_name=False)
+        def stopped():  # instant, outside the queue: a Stop is never refused by the per-session or address caps
+            return cleared(STOPPED)
+
+        stop.click(stopped, None, outputs, cancels=[event], api_name=False, queue=False)

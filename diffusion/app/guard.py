@@ -224,7 +224,8 @@ async def _refuse(send, sentence: str, status: int = 429):
 
 # The handlers a page may run outside the queue (queue=False, so reachable on Gradio's direct routes): instant, no
 # sampling. A new queue=False handler must be added here on purpose (app.py refuses to build otherwise).
-INSTANT_HANDLERS = frozenset({"random_seed", "sampler_controls", "estimate", "count_run", "interval_note_text"})
+INSTANT_HANDLERS = frozenset({"random_seed", "sampler_controls", "estimate", "count_run", "interval_note_text",
+                              "stopped"})
 
 
 def instant_handlers_problems(demo) -> list[str]:
