@@ -245,38 +245,28 @@ def test_an_interval_box_is_a_bound_or_empty_and_a_word_gets_a_sentence():
 def test_steps_0_gets_a_sentence_and_generate_does_not_run_in_chromium(live):
     """Issue 37, item 8: steps 0 said "Cannot run as set", then Generate ran at the slider's clamped 1 step. Now the
     press is refused with a sentence while a value is out of range, and runs once it is back in range."""
-    from playwright.sync_api import sync_playwright
-
-    url, demo = live
+    url, _ = live
     generate = next(d["id"] for d in httpx.get(url.rstrip("/") + "/config").json()["dependencies"]
                     if d.get("api_name") == "generate")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
-            page.page.goto(url)
-            page.page.wait_for_selector("text=Next run", timeout=120_000)
-            page.settle()
-            steps = page.page.locator("input[aria-label='number input for Steps']:visible").first
-            steps.fill("0")
-            steps.press("Tab")
-            page.page.locator(".range-notice:visible", has_text="Steps must be from 1 to 1000; 0 is not").wait_for()
-            page.settle()
-            page.sent.clear()
-            page.page.locator("button.primary:visible", has_text="Generate").first.click()
-            page.page.locator(".run-blocked:visible", has_text="Not run: Steps must be from 1 to 1000").wait_for()
-            page.settle()
-            assert [s for s in page.sent if s.get("fn_index") == generate] == []  # nothing went to the queue
-            assert "images/s" not in page.page.inner_text("body")
-            steps.fill("3")
-            steps.press("Tab")
-            page.page.locator(".range-notice").first.wait_for(state="detached")
-            page.settle()
-            page.page.locator("button.primary:visible", has_text="Generate").first.click()
-            page.page.wait_for_selector("text=images/s", timeout=120_000)
-            assert "NFE 3" in page.page.inner_text("body") and page.page.locator(".run-blocked").count() == 0
-        finally:
-            browser.close()
+    with live_page(live) as page:
+        steps = page.page.locator("input[aria-label='number input for Steps']:visible").first
+        steps.fill("0")
+        steps.press("Tab")
+        page.page.locator(".range-notice:visible", has_text="Steps must be from 1 to 1000; 0 is not").wait_for()
+        page.settle()
+        page.sent.clear()
+        page.page.locator("button.primary:visible", has_text="Generate").first.click()
+        page.page.locator(".run-blocked:visible", has_text="Not run: Steps must be from 1 to 1000").wait_for()
+        page.settle()
+        assert [s for s in page.sent if s.get("fn_index") == generate] == []  # nothing went to the queue
+        assert "images/s" not in page.page.inner_text("body")
+        steps.fill("3")
+        steps.press("Tab")
+        page.page.locator(".range-notice").first.wait_for(state="detached")
+        page.settle()
+        page.page.locator("button.primary:visible", has_text="Generate").first.click()
+        page.page.wait_for_selector("text=images/s", timeout=120_000)
+        assert "NFE 3" in page.page.inner_text("body") and page.page.locator(".run-blocked").count() == 0
 
 
 def test_an_empty_number_box_says_it_is_empty():
