@@ -40,6 +40,16 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def local_client(url: str, **kwargs):
+    """A gradio_client `Client` of the app at `url`. gradio_client opens a new httpx client for each request and for
+    each file it downloads, and each one loads the certificate store (~50 ms on these cores) even for a plain-http
+    address, where it is never used: a 16-image /generate of the tiny test model took 3.3 s a call with it, 1.3 s
+    without. Certificates are still checked on https."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, ssl_verify=not url.startswith("http://"), **kwargs)
+
+
 def mixed_requests(checkpoints: list[str], count: int, seed: int, steps: int) -> list[tuple]:
     """`count` /generate argument tuples: every field varied, deterministic in `seed`."""
     rng = random.Random(seed)
@@ -59,8 +69,6 @@ def image_bytes(gallery) -> list[bytes]:
 
 def run_load(url: str, checkpoints: list[str], clients: int, per_client: int, steps: int = 8,
              self_condition_ok=lambda name: True) -> dict:
-    from gradio_client import Client
-
     plans = [mixed_requests(checkpoints, per_client, seed=c, steps=steps) for c in range(clients)]
     plans = [[r[:9] + (r[9] and self_condition_ok(r[0]),) + r[10:] for r in plan] for plan in plans]
     results, latencies, errors = {}, [], []
@@ -70,7 +78,7 @@ def run_load(url: str, checkpoints: list[str], clients: int, per_client: int, st
         # Each simulated user is a client address of its own, as students' browsers are: named in X-Forwarded-For,
         # which the app trusts from 127.0.0.1 only when started with --trusted-proxy 127.0.0.1 (start_app does);
         # without it all 16 would be one address, and its cap of 8 waiting jobs would refuse the rest.
-        client = Client(url, verbose=False, headers={"X-Forwarded-For": f"10.0.{index // 256}.{index % 256}"})
+        client = local_client(url, headers={"X-Forwarded-For": f"10.0.{index // 256}.{index % 256}"})
         for k, args in enumerate(plans[index]):
             started = time.perf_counter()
             try:
@@ -91,7 +99,7 @@ def run_load(url: str, checkpoints: list[str], clients: int, per_client: int, st
         thread.join()
     wall = time.perf_counter() - started
 
-    alone = Client(url, verbose=False)
+    alone = local_client(url)
     mismatches = [key for key, images in results.items()
                   if image_bytes(alone.predict(*plans[key[0]][key[1]], api_name="/generate")[0]) != images]
     latencies.sort()
@@ -164,15 +172,13 @@ def _pictures(endpoint: str, outputs) -> list[bytes]:
 
 def run_classroom(url: str, plan: list[list[tuple]]) -> dict:
     """Every student in a thread; per action its latency and pictures; then each distinct request once alone."""
-    from gradio_client import Client
-
     records, errors, lock = [], [], threading.Lock()
     started = time.perf_counter()
 
     def student(index):
         # A student is a browser of its own: an address of its own in X-Forwarded-For, trusted from 127.0.0.1 as
         # start_app tells the app (from one address, the guard's cap of 8 waiting jobs refused 84 of 120 actions).
-        client = Client(url, verbose=False, headers={"X-Forwarded-For": f"10.1.{index // 256}.{index % 256}"})
+        client = local_client(url, headers={"X-Forwarded-For": f"10.1.{index // 256}.{index % 256}"})
         for k, (offset, endpoint, args) in enumerate(plan[index]):
             delay = started + offset - time.perf_counter()
             if delay > 0:
@@ -193,7 +199,7 @@ def run_classroom(url: str, plan: list[list[tuple]]) -> dict:
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    alone, reference = Client(url, verbose=False), {}
+    alone, reference = local_client(url), {}
     differ = 0
     for _, endpoint, args, _, pictures in records:
         key = (endpoint, args)
@@ -236,9 +242,7 @@ def classroom(students: int, rows: str, checkpoints: Path, out: str = "") -> int
         process = start_app(checkpoints, port, extra, wait_s=600)
         try:
             url = f"http://127.0.0.1:{port}/"
-            from gradio_client import Client
-
-            Client(url, verbose=False).predict(*default_generate(), api_name="/generate")  # models loaded, warm
+            local_client(url).predict(*default_generate(), api_name="/generate")  # models loaded, warm
             stats = run_classroom(url, plan)
         finally:
             process.send_signal(signal.SIGINT)  # app.py exits through atexit, which shuts its local Ray down
@@ -290,9 +294,7 @@ def main(argv=None):
     process = start_app(Path(args.checkpoints), port, args.app_arg)
     try:
         url = f"http://127.0.0.1:{port}/"
-        from gradio_client import Client
-
-        Client(url, verbose=False).predict(*mixed_requests(names, 1, 0, 2)[0][:9], False, 0, 1, api_name="/generate")
+        local_client(url).predict(*mixed_requests(names, 1, 0, 2)[0][:9], False, 0, 1, api_name="/generate")
         before = rss_mib(process.pid)
         stats = run_load(url, names, args.clients, args.requests, args.steps,
                          self_condition_ok=lambda name: cache.get(name).self_condition)

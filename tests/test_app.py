@@ -34,9 +34,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def client(server):
-    from gradio_client import Client
+    from loadtest import local_client
 
-    return Client(server, verbose=False)
+    return local_client(server)
 
 
 def test_named_endpoints(client):
@@ -676,7 +676,7 @@ def test_cancelling_stops_the_work_and_frees_the_worker(client, endpoint, args):
 
 def test_a_full_queue_says_try_again(tmp_path):
     import app
-    from gradio_client import Client
+    from loadtest import local_client
     from gradio_client.utils import QueueError
 
     from diffusion.serving.engine import ModelCache
@@ -685,7 +685,7 @@ def test_a_full_queue_says_try_again(tmp_path):
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **app.launch_options(demo))
     try:
-        client = Client(url, verbose=False)
+        client = local_client(url)
         # queue_size 1: one runs, one waits, the rest are refused at once (submitted within milliseconds of each other,
         # against a run of about a second)
         jobs = [client.submit("tiny", "ddpm", "heun", 100, 0.0, "uniform", "cfg", 0, 3.0, False, i, 8,
@@ -820,7 +820,7 @@ def test_trajectory_with_annealed_langevin_and_a_card_without_server_paths(clien
 def test_one_session_cannot_fill_the_queue_and_uploads_are_bounded_in_rate_and_total(tmp_path):
     """Issue 26: a per-session cap on waiting and running jobs, and the upload route's rate and total."""
     import httpx
-    from gradio_client import Client
+    from loadtest import local_client
     from starlette.middleware import Middleware
 
     import app
@@ -833,13 +833,13 @@ def test_one_session_cannot_fill_the_queue_and_uploads_are_bounded_in_rate_and_t
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             max_file_size=app.MAX_UPLOAD_FILE, app_kwargs={"middleware": [guard]})
     try:
-        client = Client(url, verbose=False)
+        client = local_client(url)
         long = ("tiny", "ddpm", "heun", 1000, 0.0, "uniform", "cfg", 0, 3.0, False, 0, 16)
         jobs = [client.submit(*long, api_name="/generate") for _ in range(2)]
         time.sleep(1.0)
         with pytest.raises(Exception, match="429") as refused:
             client.submit(*long, api_name="/generate").result(timeout=30)
-        other = Client(url, verbose=False).submit("tiny", "ddim", "heun", 2, 0.0, "uniform", "cfg", 0, 3.0, False, 0, 1,
+        other = local_client(url).submit("tiny", "ddim", "heun", 2, 0.0, "uniform", "cfg", 0, 3.0, False, 0, 1,
                                                   api_name="/generate")  # another session is not held by A's cap
         for job in jobs:
             job.cancel()

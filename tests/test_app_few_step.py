@@ -45,9 +45,9 @@ def few_step_server(few_step_cache):
 
 @pytest.fixture(scope="module")
 def few_step_client(few_step_server):
-    from gradio_client import Client
+    from loadtest import local_client
 
-    return Client(few_step_server, verbose=False)
+    return local_client(few_step_server)
 
 
 @pytest.mark.parametrize("defaults, problem", [({"steps": 0}, "steps 0"), ({"steps": True}, "steps True"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CHROMIUM, app_page
+from loadtest import local_client
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -34,7 +35,7 @@ def files(tmp_path_factory):
 
 
 def call(server, endpoint, image, mask, **changes):
-    client = gradio_client.Client(server, verbose=False)
+    client = local_client(server)
     handle = gradio_client.handle_file
     return client.predict(handle(str(image)), handle(str(mask)), *{**SETTINGS, **changes}.values(),
                           api_name=f"/edit_{endpoint}")

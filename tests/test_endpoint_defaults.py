@@ -16,10 +16,10 @@ SINGLE_CHECKPOINT_ENDPOINTS = ("/generate", "/compare", "/sweep", "/xy_grid", "/
 def serving(cache):
     """(cache, a client of the app on it) while the server runs."""
     import app
-    from gradio_client import Client
+    from loadtest import local_client
 
     with app.serve(cache) as url:
-        yield cache, Client(url, verbose=False)
+        yield cache, local_client(url)
 
 
 @pytest.fixture(scope="module")

@@ -191,14 +191,14 @@ def settings_png(path, request: dict, kind: str = "sample", study: dict | None =
 @pytest.fixture(scope="module")
 def settings_client(tmp_path_factory):
     """The app with its default guard (uploads at their usual rate), through gradio_client."""
-    from gradio_client import Client
+    from loadtest import local_client
 
     import app
     from diffusion.serving.engine import ModelCache
 
     cache = ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("settings") / "ckpt"))
     with app.serve(cache) as url:
-        yield Client(url, verbose=False)
+        yield local_client(url)
 
 
 @pytest.mark.parametrize("request_, kind, message", [

@@ -24,7 +24,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def client():
     import gradio as gr
-    from gradio_client import Client
+    from loadtest import local_client
 
     from diffusion.app.lab2d import build_lab2d_tab
 
@@ -33,7 +33,7 @@ def client():
             build_lab2d_tab(SAMPLING)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
-        yield Client(url, verbose=False)
+        yield local_client(url)
     finally:
         demo.close()
 

@@ -179,7 +179,7 @@ def test_the_page_through_ray_gives_the_pixels_and_settings_of_the_page_alone(re
     """/generate on a front whose work runs on the replicas: the same gallery pixels and PNG settings as on a front
     that samples itself; the sampling concurrency is the replica count."""
     import app
-    from gradio_client import Client
+    from loadtest import local_client
     from PIL import Image
 
     from diffusion.serving.backend import backend_for, use_backend
@@ -194,7 +194,7 @@ def test_the_page_through_ray_gives_the_pixels_and_settings_of_the_page_alone(re
     before = sum(v["evaluations"] for v in remote.states().values())
     for cache in (front, local.cache):
         with app.serve(cache) as url:
-            gallery, _, status, download = Client(url, verbose=False).predict(*arguments, api_name="/generate")
+            gallery, _, status, download = local_client(url).predict(*arguments, api_name="/generate")
         outputs.append(([Image.open(g["image"]).tobytes() for g in gallery], Image.open(download).info,
                         Image.open(download).tobytes(), status))
     (pixels, info, grid, status), (pixels_alone, info_alone, grid_alone, _) = outputs
