@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import CHROMIUM, app_page, write_tiny_checkpoints
+from conftest import CHROMIUM, app_page, browser_page, write_tiny_checkpoints
 
 SEED_RANGE = "seed must be a whole number from 0 to 2\\^63 - 1"  # a regular expression
 
@@ -484,14 +484,7 @@ def test_model_card(client):
 @pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
                     reason="needs Debian's chromium (CI installs it)")
 def test_browser_generate_and_compare(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server)
+    with app_page(server) as page:
         page.get_by_role("button", name="Generate", exact=True).click()
         page.wait_for_selector("text=images/s", timeout=60_000)
         assert page.locator("img").count() >= 8
@@ -504,7 +497,6 @@ def test_browser_generate_and_compare(server, tmp_path):
         page.get_by_role("button", name="Decode the same noise").click()
         page.wait_for_selector("text=exact decode", timeout=60_000)
         page.screenshot(path=str(tmp_path / "families.png"))
-        browser.close()
 
 
 def _has_colour(png_bytes: bytes) -> bool:
@@ -518,15 +510,8 @@ def _has_colour(png_bytes: bytes) -> bool:
 
 @pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
                     reason="needs Debian's chromium (CI installs it)")
-@pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
-                    reason="needs Debian's chromium (CI installs it)")
 def test_browser_xy_grid_and_a_guidance_method(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        page.goto(server)
+    with browser_page(server, height=1200) as page:
         page.get_by_text("Guidance methods (starting at CFG rescale").click()
         rescale = page.get_by_label("number input for CFG rescale phi")
         assert rescale.input_value() == "0.7"  # Generate's default (issue 31)
@@ -552,16 +537,10 @@ def test_browser_xy_grid_and_a_guidance_method(server, tmp_path):
         page.get_by_role("button", name="Make grid").click()
         page.wait_for_selector("text=at most 8 values", timeout=30_000)
         page.screenshot(path=str(tmp_path / "xy.png"))
-        browser.close()
 
 
 def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server)
+    with app_page(server) as page:
         page.get_by_label("Checkpoint").first.click()
         page.get_by_role("option", name="colour32").click()
         page.wait_for_selector("text=diffusers DDPMPipeline folder", timeout=30_000)  # its card: listed and loaded
@@ -579,7 +558,6 @@ def test_browser_a_colour_diffusers_folder_is_listed_and_generates_in_colour(ser
         page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.offsetParent !== null && "
                                "i.value === 'no class (unconditional model)')", timeout=30_000)
         assert page.get_by_label("classifier-free").filter(visible=True).count() == 0
-        browser.close()
 
 
 def start_a_long_generate(page):

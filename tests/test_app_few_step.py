@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import write_tiny_checkpoints
+from conftest import browser_page, write_tiny_checkpoints
 from test_app import CHROMIUM
 
 from diffusion.formats.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -109,8 +109,6 @@ def test_trajectory_reports_the_paths_straightness(few_step_client):
 def test_browser_live_mode_drops_stale_changes(few_step_server, monkeypatch, tmp_path):
     """Six seed changes while each live run takes 0.6 s: the newest one runs, the ones overtaken while a run was
     going are dropped (Gradio's trigger_mode="always_last")."""
-    from playwright.sync_api import sync_playwright
-
     import diffusion.serving.backend as backend_module
 
     seeds, real_run = [], backend_module.OPERATIONS["run_request"]
@@ -121,10 +119,7 @@ def test_browser_live_mode_drops_stale_changes(few_step_server, monkeypatch, tmp
         return real_run(cache, request, *args, **kwargs)
 
     monkeypatch.setitem(backend_module.OPERATIONS, "run_request", slow_run)  # every tab samples through the backend
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        page.goto(few_step_server)
+    with browser_page(few_step_server, height=1200) as page:
         page.get_by_label("Checkpoint").first.click()
         page.get_by_role("option", name="tiny-reflow").click()
         live = page.get_by_label("Live: regenerate at once when the class, scale or seed changes")
@@ -140,7 +135,6 @@ def test_browser_live_mode_drops_stale_changes(few_step_server, monkeypatch, tmp
         # The newest change's images on screen: with always_last nothing older is left waiting behind them.
         page.wait_for_selector("text=(seed 6)", timeout=60_000)
         page.screenshot(path=str(tmp_path / "live.png"))
-        browser.close()
     live_runs = seeds[1:]  # after the run that ticking the box started
     assert live_runs and live_runs[-1] == 6 and seeds.count(6) == 1
     assert len(live_runs) < 6, f"stale changes ran: {seeds}"

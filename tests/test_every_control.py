@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CHROMIUM, STABLE, write_tiny_checkpoints
+from conftest import CHROMIUM, STABLE, browser_page, write_tiny_checkpoints
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (CI installs it)")
@@ -97,19 +97,12 @@ class Page:
 @contextlib.contextmanager
 def live_page(live):
     """A Page of the live app in Chromium at 1400 x 1000, loaded and settled; closed with its browser afterwards."""
-    from playwright.sync_api import sync_playwright
-
     url, demo = live
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
-            page.page.goto(url)
-            page.page.wait_for_selector("text=Next run", timeout=120_000)
-            page.settle()
-            yield page
-        finally:
-            browser.close()
+    with browser_page(url) as raw:
+        page = Page(raw, demo)
+        page.page.wait_for_selector("text=Next run", timeout=120_000)
+        page.settle()
+        yield page
 
 
 def open_every_accordion(page: Page):
@@ -333,8 +326,6 @@ def test_the_estimate_line_shows_the_last_values_when_an_older_answer_comes_late
     must end on the second, the refusal."""
     import threading
 
-    from playwright.sync_api import sync_playwright
-
     url, demo = live
     cache, slow_started, slow_done = demo.model_cache, threading.Event(), threading.Event()
     estimate_seconds = cache.estimate_seconds
@@ -346,33 +337,29 @@ def test_the_estimate_line_shows_the_last_values_when_an_older_answer_comes_late
             slow_done.set()
         return estimate_seconds(work)
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = Page(browser.new_page(viewport={"width": 1400, "height": 1000}), demo)
-            direct = []  # the page's calls outside the queue, in flight
-            page.page.on("request", lambda r: direct.append(r) if "/gradio_api/run/" in r.url else None)
-            page.page.on("requestfinished", lambda r: direct.remove(r) if r in direct else None)
-            page.page.on("requestfailed", lambda r: direct.remove(r) if r in direct else None)
-            page.page.goto(url)
-            page.page.wait_for_selector("text=Next run", timeout=120_000)
-            page.page.get_by_text("Guidance methods (starting at CFG rescale").click()
-            page.settle()
-            monkeypatch.setattr(cache, "estimate_seconds", slow_once)
-            for elem_id, value in (("interval-low", "3"), ("interval-high", "-3")):
-                box = page.page.locator(f"#{elem_id} input").first
-                box.fill(value)
-                box.press("Tab")
-            # Until the slow, older answer is in and nothing is in flight, the line refuses the interval. (The newer
-            # estimate is sent only once the older one is answered: between the two nothing is in flight, so the
-            # refusal is the state waited for, and a stale "Next run" left last never reaches it.)
-            deadline, line = time.time() + 60, ""
-            # (On busy cores both changes can reach the server before the first is estimated; always_last then
-            # estimates only the last values, and there is no older answer to wait for.)
-            while not ((slow_done.is_set() or not slow_started.is_set()) and not direct
-                       and "interval cannot be used as typed" in line):
-                assert time.time() < deadline, f"the line ended on {line!r}, not on the last values' refusal"
-                page.page.wait_for_timeout(50)  # polling a state
-                line = page.page.locator("#next-run").inner_text()
-        finally:
-            browser.close()
+    with browser_page(None) as raw:
+        page = Page(raw, demo)
+        direct = []  # the page's calls outside the queue, in flight
+        page.page.on("request", lambda r: direct.append(r) if "/gradio_api/run/" in r.url else None)
+        page.page.on("requestfinished", lambda r: direct.remove(r) if r in direct else None)
+        page.page.on("requestfailed", lambda r: direct.remove(r) if r in direct else None)
+        page.page.goto(url)
+        page.page.wait_for_selector("text=Next run", timeout=120_000)
+        page.page.get_by_text("Guidance methods (starting at CFG rescale").click()
+        page.settle()
+        monkeypatch.setattr(cache, "estimate_seconds", slow_once)
+        for elem_id, value in (("interval-low", "3"), ("interval-high", "-3")):
+            box = page.page.locator(f"#{elem_id} input").first
+            box.fill(value)
+            box.press("Tab")
+        # Until the slow, older answer is in and nothing is in flight, the line refuses the interval. (The newer
+        # estimate is sent only once the older one is answered: between the two nothing is in flight, so the
+        # refusal is the state waited for, and a stale "Next run" left last never reaches it.)
+        deadline, line = time.time() + 60, ""
+        # (On busy cores both changes can reach the server before the first is estimated; always_last then
+        # estimates only the last values, and there is no older answer to wait for.)
+        while not ((slow_done.is_set() or not slow_started.is_set()) and not direct
+                   and "interval cannot be used as typed" in line):
+            assert time.time() < deadline, f"the line ended on {line!r}, not on the last values' refusal"
+            page.page.wait_for_timeout(50)  # polling a state
+            line = page.page.locator("#next-run").inner_text()

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM
+from conftest import CHROMIUM, browser_page
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (CI installs it)")
@@ -43,26 +43,18 @@ def open_tab(page, name):
 def test_phone_results_follow_the_button_fit_the_screen_and_keep_their_labels_off_pictures(server):
     """Before: the first image was 1,727 px below Generate, the gallery's rightmost image ended at x = 896 of 400,
     and labels covered pictures by 26 px (sweep) and 26-43 px (2-D lab)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 400, "height": 850})
-            page.goto(server)
-            run = page.get_by_role("button", name="Generate", exact=True).first
-            run.click()
-            page.wait_for_function("() => document.querySelectorAll('#images img').length >= 16", timeout=120_000)
-            button = run.bounding_box()
-            pictures = [page.locator("#images img").nth(i).bounding_box() for i in range(16)]
-            assert pictures[0]["y"] - button["y"] < 850, (button, pictures[0])
-            assert all(0 <= box["x"] and box["x"] + box["width"] <= 400 for box in pictures), pictures
-            assert page.evaluate(LABELS_OVER_PICTURES) == []
-            for tab, press in (("Guidance sweep", "Sweep"), ("2-D lab", "Draw")):
-                open_tab(page, tab)
-                shown = page.evaluate(PICTURES_SHOWN)
-                page.get_by_role("button", name=press, exact=True).first.click()
-                page.wait_for_function(f"() => ({PICTURES_SHOWN})() > {shown}", timeout=180_000)
-                assert page.evaluate(LABELS_OVER_PICTURES) == [], tab
-        finally:
-            browser.close()
+    with browser_page(server, width=400, height=850) as page:
+        run = page.get_by_role("button", name="Generate", exact=True).first
+        run.click()
+        page.wait_for_function("() => document.querySelectorAll('#images img').length >= 16", timeout=120_000)
+        button = run.bounding_box()
+        pictures = [page.locator("#images img").nth(i).bounding_box() for i in range(16)]
+        assert pictures[0]["y"] - button["y"] < 850, (button, pictures[0])
+        assert all(0 <= box["x"] and box["x"] + box["width"] <= 400 for box in pictures), pictures
+        assert page.evaluate(LABELS_OVER_PICTURES) == []
+        for tab, press in (("Guidance sweep", "Sweep"), ("2-D lab", "Draw")):
+            open_tab(page, tab)
+            shown = page.evaluate(PICTURES_SHOWN)
+            page.get_by_role("button", name=press, exact=True).first.click()
+            page.wait_for_function(f"() => ({PICTURES_SHOWN})() > {shown}", timeout=180_000)
+            assert page.evaluate(LABELS_OVER_PICTURES) == [], tab

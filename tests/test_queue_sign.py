@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM
+from conftest import CHROMIUM, browser_page
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (CI installs it)")
 
 
 def test_a_job_queued_behind_another_says_it_is_waiting_in_chromium(server, monkeypatch, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     import diffusion.serving.backend as backend_module
 
@@ -30,13 +30,9 @@ def test_a_job_queued_behind_another_says_it_is_waiting_in_chromium(server, monk
         return real_run(cache, request, *args, **kwargs)
 
     monkeypatch.setitem(backend_module.OPERATIONS, "run_request", held_run)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+    with browser_page(server) as first, browser_page(server) as second:  # two users
         try:
-            first, second = (browser.new_context().new_page() for _ in range(2))  # two users
             for page in (first, second):
-                page.set_viewport_size({"width": 1400, "height": 1000})
-                page.goto(server)
                 page.wait_for_selector("text=Next run", timeout=120_000)
             first.get_by_role("button", name="Generate", exact=True).click()
             assert started.wait(timeout=120)
@@ -58,7 +54,6 @@ def test_a_job_queued_behind_another_says_it_is_waiting_in_chromium(server, monk
             first.wait_for_selector("text=images/s", timeout=120_000)
         finally:
             release.set()
-            browser.close()
 
 
 def test_the_sign_never_repeats_gradios_own_time_estimate(server):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, write_tiny_checkpoints
+from conftest import CHROMIUM, browser_page, write_tiny_checkpoints
 from test_every_control import live, live_page  # noqa: F401 (the live app fixture and its settled page)
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists(),
@@ -141,23 +141,15 @@ def test_history_follows_the_results_without_a_blank_gap(live):
 
 def test_on_a_phone_the_settings_come_right_after_the_results(live):
     """Before, at 400x850: the Class control was ~2,000 px down, under the History and the model card."""
-    from playwright.sync_api import sync_playwright
-
     url, _ = live
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 400, "height": 850})
-            page.goto(url)
-            page.wait_for_selector("text=Next run", timeout=120_000)
-            tops = {name: page.evaluate(TOP, selector) for name, selector in
-                    (("images", "#images"), ("class", ".block:has(input[aria-label='Class'])"),
-                     ("history", "#history"))}
-            assert tops["images"] < tops["class"] < tops["history"], tops
-            send_row = page.evaluate(BOTTOM, ".results-first .row:has(button)")
-            assert tops["class"] - send_row < 100, (tops, send_row)
-        finally:
-            browser.close()
+    selectors = {"images": "#images", "class": ".block:has(input[aria-label='Class'])", "history": "#history"}
+    with browser_page(url, width=400, height=850) as page:
+        page.wait_for_selector("text=Next run", timeout=120_000)
+        page.wait_for_function(f"() => {list(selectors.values())}.every(s => ({TOP})(s) !== null)", timeout=60_000)
+        tops = {name: page.evaluate(TOP, selector) for name, selector in selectors.items()}
+        assert tops["images"] < tops["class"] < tops["history"], tops
+        send_row = page.evaluate(BOTTOM, ".results-first .row:has(button)")
+        assert tops["class"] - send_row < 100, (tops, send_row)
 
 
 def test_the_estimate_line_says_what_the_second_cfg_row_does_at_w_0(tmp_path):
