@@ -927,7 +927,10 @@ def test_browser_stop_says_stopped_and_clears_the_earlier_results(server):
         page.wait_for_function("() => /step \\d+\\/1000: x0 estimate/.test(document.body.innerText)",
                                timeout=60_000)  # this run's preview is on screen
         page.get_by_role("button", name="Stop", exact=True).first.click()
-        page.wait_for_selector("text=This run was cancelled and its results cleared", timeout=60_000)
+        try:
+            page.wait_for_selector("text=This run was cancelled and its results cleared", timeout=60_000)
+        except Exception:  # it failed once under load (session 4), not reproduced since: say what the page showed
+            raise AssertionError("after Stop the page shows: " + page.inner_text("body")[:1500]) from None
         page.wait_for_function("() => document.querySelectorAll('#images button.thumbnail-item img').length === 0",
                                timeout=30_000)  # the first run's gallery is gone
         assert "Not run" not in page.inner_text("body")  # a cancelled run is not reported as a failed one
