@@ -115,6 +115,11 @@ class WorkBudget:
             object.__setattr__(self, "call_seconds", 0.0)
 
     @property
+    def bounded(self) -> bool:
+        """False for the command line's and evaluations' unbounded budget: it refuses nothing, so it needs no rate."""
+        return self.seconds < float("inf")
+
+    @property
     def rate(self) -> float:
         return self.flops_per_second or self.machine_rate()
 
