@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from diffusion.formats.checkpoint import load_checkpoint, save_checkpoint
+from diffusion.formats.checkpoint import load_checkpoint
 from diffusion.models.discriminator import DiscriminatorConfig, ProjectionDiscriminator
 from diffusion.training import PRESETS, Trainer
 from diffusion.training.adversarial import GeneratorAndDiscriminator, adversarial_distillation_loss, one_step_images

@@ -62,7 +62,7 @@ def test_a_response_serves_its_pngs_where_they_were_written_and_carries_no_previ
     them), and a run shorter than a preview interval sends no preview picture. Read as a browser reads the queue."""
     import httpx
 
-    from diffusion.app.common import OUTPUT_DIR
+    from diffusion.app.outputs import OUTPUT_DIR
     from diffusion.serving.app_client import QueueClient
     from diffusion.serving.settings import request_from_png
 

@@ -121,7 +121,7 @@ def test_encode_image_is_exact_for_nice_and_reports_ode_errors(cache):
 def test_the_output_folder_keeps_a_bounded_number_of_files(tmp_path):
     import os
 
-    from diffusion.app.common import output_path, pruned
+    from diffusion.app.outputs import output_path, pruned
 
     paths = []
     for i in range(12):

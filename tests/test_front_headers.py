@@ -4,11 +4,9 @@ config, guidance choices, validation, FLOPs) exactly as a cache that loads the n
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffusion.app.controls import class_and_guidance
 from diffusion.serving.budget import MeasuredFigures, WorkBudget

@@ -293,9 +293,9 @@ def test_each_process_has_its_own_output_folder_removed_at_exit(tmp_path):
     import tempfile
     from pathlib import Path
 
-    from diffusion.app.common import MAX_OUTPUT_FILES
+    from diffusion.app.outputs import MAX_OUTPUT_FILES
 
-    script = ("from diffusion.app.common import OUTPUT_DIR, output_path; output_path('x', '.png'); "
+    script = ("from diffusion.app.outputs import OUTPUT_DIR, output_path; output_path('x', '.png'); "
               "print(OUTPUT_DIR, flush=True)")
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import CHROMIUM, STABLE, app_page
-from diffusion.app.common import OUTPUT_DIR, inside_outputs, save_png
+from diffusion.app.common import save_png
+from diffusion.app.outputs import OUTPUT_DIR, inside_outputs
 from diffusion.app.generate import MAX_HISTORY, add_to_history, restore_run, show_history
 from diffusion.serving.engine import ModelCache, SampleRequest
 from diffusion.serving.settings import png_info

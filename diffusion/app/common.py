@@ -3,16 +3,11 @@ that streams a backend call's progress events to a Gradio generator handler."""
 
 from __future__ import annotations
 
-import atexit
 import math
-import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -21,24 +16,13 @@ import torch
 from ..serving.engine import RequestError, SamplingError
 from ..formats.images import display_scale, image_grid, to_pil
 from ..serving.settings import result_png_info
+from .outputs import OUTPUT_DIR, output_path, output_paths
 
 # On-screen sizes in px that images are enlarged towards (nearest-neighbour, whole factors: 28 px -> x4, 3, 2;
 # 256 px images are shown as they are).
 SINGLE_PX, GRID_PX, EXPORT_PX = 112, 84, 56
-MAX_OUTPUT_FILES = 1000  # PNGs, GIFs and manifests the app keeps for download (about 50 runs); older are deleted
 
 
-def _own_output_folder() -> Path:
-    """A folder of this process's own under the system temp folder, removed when the process exits: a shared fixed
-    folder let one server serve another's files, and each pruned the others'. (A forked child, which inherits the
-    name, leaves it to its parent.)"""
-    folder = Path(tempfile.mkdtemp(prefix="diffusion-playground-"))
-    owner = os.getpid()
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
-    return folder
-
-
-OUTPUT_DIR = _own_output_folder()
 # zlib level 1: sixteen 112 px grey samples encode in half the time of PIL's default level 6; the files are 12 % larger.
 PNG_COMPRESS_LEVEL = 1
 
@@ -54,32 +38,6 @@ def grid_pil(images: torch.Tensor, columns: int, target_px: int = GRID_PX):
     return to_pil(image_grid(images, columns), scale=display_scale(images.shape[-1], target_px))
 
 
-def output_path(stem: str, suffix: str, folder: Path = OUTPUT_DIR, keep: int = MAX_OUTPUT_FILES) -> str:
-    """A fresh file in the app's output folder (the only files the app serves), which keeps `keep` files."""
-    return output_paths([stem], suffix, folder, keep)[0]
-
-
-def output_paths(stems, suffix: str, folder: Path = OUTPUT_DIR, keep: int = MAX_OUTPUT_FILES) -> list[str]:
-    """A fresh file per stem; the folder is then pruned once, in the pruning thread: deleting a response's worth of
-    old files (17 for a 16-image grid) took 15-50 ms here, which a response need not wait for."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for stem in stems:
-        fd, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=suffix, dir=folder)
-        os.close(fd)
-        paths.append(path)
-    _pruning.submit(prune_outputs, folder, keep)
-    return paths
-
-
-_pruning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="output-pruning")  # one at a time, in order
-
-
-def pruned() -> None:
-    """Wait until every prune asked for so far has run (the pruning thread runs them in order)."""
-    _pruning.submit(lambda: None).result()
-
-
 def serve_outputs_directly(folder: Path = OUTPUT_DIR) -> None:
     """Gradio serves the output folder's files where they are: without this it hashes and copies every returned file
     into its own cache (16 gallery PNGs, the grid: about 30 ms of a reflow grid's 0.2 s round trip). The folder holds
@@ -89,36 +47,6 @@ def serve_outputs_directly(folder: Path = OUTPUT_DIR) -> None:
 
     if folder.resolve() not in _StaticFiles.all_paths:  # one entry however many apps a process builds
         gr.set_static_paths([folder])
-
-
-def inside_outputs(path, folder: Path = OUTPUT_DIR) -> bool:
-    """Whether `path` names a place inside this process's output folder (after resolving links and '..'), judged
-    without opening it: a path that came from the browser (a history entry, a file box's value) may name any file."""
-    if not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path:
-        return False
-    try:
-        return Path(path).resolve().is_relative_to(folder.resolve())
-    except (OSError, RuntimeError, ValueError):  # a link loop, a name the system refuses
-        return False
-
-
-def prune_outputs(folder: Path, keep: int) -> int:
-    """Delete all but the `keep` newest files of `folder`; returns how many were deleted."""
-    files = []
-    for entry in os.scandir(folder):
-        try:
-            if entry.is_file(follow_symlinks=False):
-                files.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
-        except FileNotFoundError:
-            continue  # removed by another request meanwhile
-    deleted = 0
-    for _, name in sorted(files, reverse=True)[keep:]:
-        try:
-            (folder / name).unlink()
-            deleted += 1
-        except FileNotFoundError:
-            pass
-    return deleted
 
 
 def save_png(images: torch.Tensor, columns: int, stem: str, pnginfo=None, target_px: int = EXPORT_PX) -> str:

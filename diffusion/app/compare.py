@@ -16,7 +16,8 @@ from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import png_info
 from ..serving.studies import difference_map
 from ..serving.xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, real_sharpness
-from .common import GRID_PX, grid_pil, markdown_text, output_path, save_png, stream_result, user_error, widget_number
+from .outputs import output_path
+from .common import GRID_PX, grid_pil, markdown_text, save_png, stream_result, user_error, widget_number
 from .controls import (SPACING_LABELS, RequestTarget, make_request, on_compare_checkpoint_change, run_and_stop,
                        settle_run)
 

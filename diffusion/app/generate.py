@@ -21,7 +21,8 @@ from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import request_from_png, request_from_text, settings_problems, settings_text
 from ..core.guidance import PAIRED_MODES
 from .card import model_summary
-from .common import (grid_pil, inside_outputs, markdown_text, result_pngs, stream_result, user_error, widget_bool,
+from .outputs import inside_outputs
+from .common import (grid_pil, markdown_text, result_pngs, stream_result, user_error, widget_bool,
                      widget_class, widget_number)
 from .controls import (CFG_MODIFIERS_OFF, DEFAULT_METHOD, DEFAULT_SCALES, INTERVAL_POINTER, METHOD_FIELDS,
                        SAMPLER_LABELS, interval_problem,

@@ -17,7 +17,8 @@ from ..serving.engine import (GENERATIVE_KINDS, MAX_SEED, FlowRequest, ModelCach
                               image_shape)
 from ..serving.lens import PROBES, probe_images
 from ..serving.studies import MAX_FAMILY_COLUMNS
-from .common import output_path, pil_images, stream_result, user_error, widget_class, widget_names, widget_number
+from .outputs import output_path
+from .common import pil_images, stream_result, user_error, widget_class, widget_names, widget_number
 from .controls import on_class_checkpoint_change, run_and_stop, settle_run
 from .families import test_image
 

@@ -18,7 +18,8 @@ from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import png_info
 from ..formats.images import labelled_rows
 from ..serving.studies import MAX_SCALES_TEXT, parse_scales
-from .common import EXPORT_PX, grid_pil, output_path, save_picture, stream_result, user_error, widget_names
+from .outputs import output_path
+from .common import EXPORT_PX, grid_pil, save_picture, stream_result, user_error, widget_names
 from .controls import (SAMPLER_LABELS, RequestTarget, make_request, method_choices, on_methods_checkpoint_change,
                        run_and_stop, settle_run)
 

@@ -15,7 +15,8 @@ from ..core.sampling import ODE_SOLVERS
 from ..serving.settings import png_info
 from ..serving.xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALUES, MAX_CELLS, axis_value,
                           grid_manifest, grid_picture, plan_grid)
-from .common import markdown_text, output_path, save_picture, stream_result, user_error
+from .outputs import output_path
+from .common import markdown_text, save_picture, stream_result, user_error
 from .controls import (SAMPLER_LABELS, SPACING_LABELS, RequestTarget, follow_study_checkpoint, make_request,
                        run_and_stop, settle_run)
 
