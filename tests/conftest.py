@@ -132,6 +132,21 @@ def write_diffusers_folder(folder, channels=3, size=16, beta_schedule="linear", 
     return folder, unet, scheduler
 
 
+@contextlib.contextmanager
+def quick_lab_models():
+    """The 2-D lab's learned models train 40 steps at first use (about 0.2 s, not 3 s each), in a model cache of
+    their own that is dropped afterwards: for tests that read what the page sends and shows, not how well the models
+    learned (test_lab2d_samplers checks that)."""
+    from diffusion.lab2d import train, view
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(view, "_MODELS", {})
+        patch.setattr(view, "train_mlp", lambda mix, **kw: train.train_mlp(mix, **(kw | {"steps": 40})))
+        patch.setattr(view, "train_student",
+                      lambda *a, **kw: train.train_student(*a, **(kw | {"steps": 40, "pairs": 256})))
+        yield
+
+
 # --- the app over the tiny checkpoints, and a browser page of it (test_app.py, test_tour.py) ---
 CHROMIUM = "/usr/bin/chromium"
 

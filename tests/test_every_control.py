@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CHROMIUM, STABLE, browser_page, write_tiny_checkpoints
+from conftest import CHROMIUM, STABLE, browser_page, quick_lab_models, write_tiny_checkpoints
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (CI installs it)")
@@ -33,7 +33,6 @@ TABS = ["Generate", "Compare samplers", "Guidance sweep", "X/Y grid", "Trajector
 def live(tmp_path_factory):
     """The app over the tiny checkpoints, and its Blocks (whose queue tells when every event has been answered)."""
     import app
-    from diffusion.lab2d import train, view
     from diffusion.serving.engine import ModelCache
 
     cache = ModelCache(write_tiny_checkpoints(tmp_path_factory.mktemp("controls") / "checkpoints"), capacity=4)
@@ -42,12 +41,8 @@ def live(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.MonkeyPatch.context() as patch:
-        # The 2-D lab's radios run the lab, whose learned models train at first use (26 s of this module's 50 s):
-        # here they train 40 steps, since these tests read what the page sends, not how well the models learned.
-        patch.setattr(view, "_MODELS", {})
-        patch.setattr(view, "train_mlp", lambda mix, **kw: train.train_mlp(mix, **(kw | {"steps": 40})))
-        patch.setattr(view, "train_student", lambda *a, **kw: train.train_student(*a, **(kw | {"steps": 40, "pairs": 256})))
+    # The 2-D lab's radios run the lab, whose learned models train at first use (26 s of this module's 50 s)
+    with quick_lab_models():
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                                 **app.launch_options(demo))
         try:
@@ -172,7 +167,7 @@ def set_number(page: Page, label: str, value):
     assert box.input_value() == str(value)
 
 
-def test_every_control_sends_what_it_shows_on_every_tab(live, tmp_path):
+def test_every_control_sends_what_it_shows_on_every_tab(live):
     from diffusion.app.generate import generate_request_fields
 
     url, _ = live
@@ -203,7 +198,6 @@ def test_every_control_sends_what_it_shows_on_every_tab(live, tmp_path):
                     if fn[payload["fn_index"]].get("api_name") == "generate":
                         checked["generate"] = payload["data"]
             checked[tab] = switched
-            page.page.screenshot(path=str(tmp_path / f"{tab.replace('/', '-')}.png"), full_page=True)
         assert report == [], "the page sends other values than its controls start at:\n" + "\n".join(report)
         assert [tab for tab in TABS if not pressed[tab]] == ["Model card"]  # the card runs on a checkpoint change
         assert checked["Generate"] and checked["Edit"]  # radios were switched there

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, STABLE, app_page
+from conftest import CHROMIUM, STABLE, app_page, quick_lab_models
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not Path(CHROMIUM).exists()
                                 and os.environ.get("CI") != "true", reason="needs Debian's chromium (CI installs it)")
@@ -49,7 +49,7 @@ def src(page, selector):
 def test_a_newcomers_tour(server):
     from playwright.sync_api import expect
 
-    with app_page(server) as page:
+    with quick_lab_models(), app_page(server) as page:
         # Generate, twice: the second run's images and status replace the first's; Ctrl+Enter runs the tab.
         set_number(page, "number input for Steps", 3)
         run(page, "Generate")
