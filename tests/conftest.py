@@ -227,13 +227,14 @@ def app_page(server):
     return browser_page(server)
 
 
-# The longest modules first (their seconds in a CI run of 2026-12-07: 174, 85, 75, 56, ...): with --dist loadfile a
-# worker takes a whole module at a time, and a long one handed out last kept one core busy alone at the end (the run
-# took 529 s where its 986 s of tests on 2 workers make 493). xdist keeps this order only with --no-loadscope-reorder
-# (pyproject's addopts); without it, it hands out the modules with the most tests first.
-LONGEST_FIRST = ("test_app", "test_evaluation", "test_every_control", "test_cli", "test_diffusers_import",
-                 "test_endpoint_defaults", "test_sharding", "test_edit_app", "test_tour_fixes", "test_engine",
-                 "test_hardening_round4", "test_tour", "test_accessibility", "test_phone_layout")
+# The longest modules first (their seconds in a run of 2026-12-07 (5): 122, 82, 71, 45, 44, 44, ...): with --dist
+# loadfile a worker takes a whole module at a time, and a long one handed out last kept one core busy alone at the end
+# (a run took 529 s where its 986 s of tests on 2 workers make 493). xdist keeps this order only with
+# --no-loadscope-reorder (pyproject's addopts); without it, it hands out the modules with the most tests first.
+LONGEST_FIRST = ("test_app", "test_every_control", "test_evaluation", "test_cli", "test_tour", "test_edit_app",
+                 "test_endpoint_defaults", "test_sharding", "test_tour_fixes", "test_diffusers_import",
+                 "test_hardening_round4", "test_accessibility", "test_lab2d_samplers", "test_engine",
+                 "test_phone_layout")
 
 
 def module_rank(item) -> int:
