@@ -400,11 +400,17 @@ def settle_run(event, outputs, note, stop: gr.Button | None = None) -> None:
 
     def failed(request: gr.Request):
         message = last_error(request)
-        if message is None:  # cancelled (Stop, a closed tab), not failed: Stop's own handler says so
-            return tuple(gr.skip() for _ in outputs) if len(outputs) > 1 else gr.skip()
-        return cleared(f"**Not run:** {markdown_text(message)}")
+        if message is not None:
+            return cleared(f"**Not run:** {markdown_text(message)}")
+        if stop is not None:  # cancelled by Stop: the browser runs this once the server has the cancel (see below)
+            return cleared(STOPPED)
+        return tuple(gr.skip() for _ in outputs) if len(outputs) > 1 else gr.skip()
 
-    event.failure(failed, None, outputs, api_name=False, show_progress="hidden")
+    # Instant, outside the queue: the run's failure and its Stop are said at once, never behind another user's job.
+    # Gradio's page sends a Stop's cancel and runs Stop's own handler side by side: the run can stream previews after
+    # that handler's answer, until its cancel reaches the server. Then the page runs the run's failure handlers, so
+    # "Stopped" is said again there, after the run's last word (a CI run saw a preview left after "Stopped").
+    event.failure(failed, None, outputs, api_name=False, show_progress="hidden", queue=False)
     if stop is not None:
         def stopped():  # instant, outside the queue: a Stop is never refused by the per-session or address caps
             return cleared(STOPPED)

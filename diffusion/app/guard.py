@@ -225,7 +225,7 @@ async def _refuse(send, sentence: str, status: int = 429):
 # The handlers a page may run outside the queue (queue=False, so reachable on Gradio's direct routes): instant, no
 # sampling. A new queue=False handler must be added here on purpose (app.py refuses to build otherwise).
 INSTANT_HANDLERS = frozenset({"random_seed", "sampler_controls", "estimate", "count_run", "interval_note_text",
-                              "stopped"})
+                              "stopped", "failed"})
 
 
 def instant_handlers_problems(demo) -> list[str]:
