@@ -198,10 +198,28 @@ def build_demo(cache: ModelCache, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     # api_open=False: Gradio's direct routes (/gradio_api/run/<name>, /gradio_api/api/<name>) refuse queued events, so
     # every handler runs in the queue (its one worker, its size limit); the guard closes those routes too.
     demo.queue(default_concurrency_limit=1, max_size=queue_size, api_open=False)
+    pace_queue(demo._queue)
     problems = instant_handlers_problems(demo)  # only these run outside the queue, on the direct routes
     if problems:
         raise RuntimeError("; ".join(problems))
     return demo
+
+
+PROGRESS_SECONDS = 0.1  # a run's progress bar is sent at most this often (Gradio's Linux default: every 0.01 s)
+IDLE_POLL_SECONDS = 0.01  # the queue looks for new work this often while it has none (Gradio's default: 0.001 s)
+
+
+def pace_queue(queue) -> None:
+    """Gradio's queue sends a running job's progress up to 100 times a second and looks for new work 1,000 times a
+    second. Each progress message re-renders the page's status: a 1,000-step run kept a browser's renderer at 65 % of
+    a core, beside the server's own cost of sending. Ten a second moves the bar as smoothly to the eye. These are
+    attributes of Gradio's Queue, not options: building the app fails if an upgrade renames them
+    (tests/test_every_control.py checks the values the app runs with)."""
+    for name, seconds in (("progress_update_sleep_when_free", PROGRESS_SECONDS),
+                          ("sleep_when_free", IDLE_POLL_SECONDS)):
+        if not hasattr(queue, name):
+            raise RuntimeError(f"gradio's Queue has no {name} any more: see app.pace_queue")
+        setattr(queue, name, seconds)
 
 
 @contextmanager

@@ -223,6 +223,14 @@ def test_every_control_sends_what_it_shows_on_every_tab(live):
         assert unguided.shape == guided.shape and not np.array_equal(unguided, guided)
 
 
+def test_the_queue_sends_progress_ten_times_a_second_and_polls_at_100_hz(live):
+    import app
+
+    _, demo = live
+    assert demo._queue.progress_update_sleep_when_free == app.PROGRESS_SECONDS == 0.1
+    assert demo._queue.sleep_when_free == app.IDLE_POLL_SECONDS == 0.01
+
+
 def test_an_interval_box_is_a_bound_or_empty_and_a_word_gets_a_sentence():
     from diffusion.app.controls import interval_bound
     from diffusion.serving.engine import RequestError

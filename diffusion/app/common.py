@@ -190,7 +190,9 @@ class Cancelled(Exception):
 
 
 TICK = object()  # run_in_worker's "nothing to show": a point where Gradio may close the handler
-TICK_SECONDS = 0.05  # at most this long between such points (plus one network evaluation)
+# At most this long between such points (plus one network evaluation): Stop takes effect within it. Each point is a
+# message to the page (20 a second at 0.05 s, re-rendering the outputs each time), so a quarter of a second.
+TICK_SECONDS = 0.25
 
 
 def run_in_worker(work, on_event, limit_seconds: float = math.inf):
