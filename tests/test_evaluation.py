@@ -44,11 +44,15 @@ def test_a_second_run_reuses_every_row_and_other_parts_are_kept(setup):
     assert [row_key(r) for r in both["samplers"]] == [row_key(r) for r in samplers["samplers"]]
     assert both["samplers"][0]["fid"] == samplers["samplers"][0]["fid"]
 
+    samplers_plot, guidance_plot = (Path(config.out_dir) / f"tiny-{p}.png" for p in ("fid-vs-nfe", "guidance"))
+    drawn = samplers_plot.stat().st_mtime_ns, guidance_plot.stat().st_mtime_ns
     third = Evaluator(config)
     calls = counting(third)
     guidance_only = third.run(parts=("guidance",))
     saved = json.loads((Path(config.out_dir) / "tiny.json").read_text())
     assert calls == [] and len(guidance_only["samplers"]) == 6 and len(saved["samplers"]) == 6
+    # the plot of the part run is drawn again; the samplers' rows are kept, and so is their plot
+    assert samplers_plot.stat().st_mtime_ns == drawn[0] and guidance_plot.stat().st_mtime_ns != drawn[1]
 
 
 def test_a_part_computed_under_other_settings_survives_a_run_of_another_part(setup):

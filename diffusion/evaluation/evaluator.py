@@ -236,5 +236,5 @@ class Evaluator:
                 del results[part.name]
         results["wall_minutes"] = round((time.time() - started) / 60, 1)
         if writes:
-            write_report(results, Path(c.out_dir))
+            write_report(results, Path(c.out_dir), parts=wanted)
         return results

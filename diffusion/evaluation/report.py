@@ -26,20 +26,22 @@ def markdown_tables(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: dict, out_dir: Path):
+def write_report(results: dict, out_dir: Path, parts=None):
+    """The JSON and the tables of every part; the plots of `parts` (names; None: all), the parts whose rows this run
+    may have changed: a part not run keeps its rows, so its plot from the run that made them still holds."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = results["checkpoint"]
     atomic_write(out_dir / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     (out_dir / f"{name}.md").write_text(markdown_tables(results))
-    plot_results(results, out_dir)
+    plot_results(results, out_dir, parts)
 
 
-def plot_results(results: dict, out_dir: Path):
+def plot_results(results: dict, out_dir: Path, parts=None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     for part in PARTS.values():
-        if part.plot is not None:
+        if part.plot is not None and (parts is None or part.name in parts):
             part.plot(results, out_dir, plt)
