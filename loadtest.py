@@ -24,6 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from diffusion.serving.app_client import local_client
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -38,16 +40,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def local_client(url: str, **kwargs):
-    """A gradio_client `Client` of the app at `url`. gradio_client opens a new httpx client for each request and for
-    each file it downloads, and each one loads the certificate store (~50 ms on these cores) even for a plain-http
-    address, where it is never used: a 16-image /generate of the tiny test model took 3.3 s a call with it, 1.3 s
-    without. Certificates are still checked on https."""
-    from gradio_client import Client
-
-    return Client(url, verbose=False, ssl_verify=not url.startswith("http://"), **kwargs)
 
 
 def mixed_requests(checkpoints: list[str], count: int, seed: int, steps: int) -> list[tuple]:

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def client(server):
-    from loadtest import local_client
+    from diffusion.serving.app_client import local_client
 
     return local_client(server)
 
@@ -654,7 +654,7 @@ def test_cancelling_stops_the_work_and_frees_the_worker(client, endpoint, args):
 
 def test_a_full_queue_says_try_again(tmp_path):
     import app
-    from loadtest import local_client
+    from diffusion.serving.app_client import local_client
     from gradio_client.utils import QueueError
 
     from diffusion.serving.engine import ModelCache
@@ -798,7 +798,7 @@ def test_trajectory_with_annealed_langevin_and_a_card_without_server_paths(clien
 def test_one_session_cannot_fill_the_queue_and_uploads_are_bounded_in_rate_and_total(tmp_path):
     """Issue 26: a per-session cap on waiting and running jobs, and the upload route's rate and total."""
     import httpx
-    from loadtest import local_client
+    from diffusion.serving.app_client import local_client
     from starlette.middleware import Middleware
 
     import app

@@ -4,6 +4,7 @@ Trajectory tab's straightness readout."""
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def few_step_server(few_step_cache):
 
 @pytest.fixture(scope="module")
 def few_step_client(few_step_server):
-    from loadtest import local_client
+    from diffusion.serving.app_client import local_client
 
     return local_client(few_step_server)
 
@@ -93,6 +94,32 @@ def test_teacher_and_student_side_by_side_through_the_api(few_step_client):
     assert width > height  # three columns, two rows
     with pytest.raises(Exception, match="not a reflow student"):
         few_step_client.predict("tiny-flow", "1, 2", 1, 0, 2, api_name="/compare_few_steps")
+
+
+def test_an_instant_model_is_compared_with_its_teacher_and_the_reflow_student_it_started_from(tmp_path):
+    """Issue 41: the few-step view shows an adversarially distilled student beside the reflow student it was
+    fine-tuned from, on the same noise, between the teacher and itself; a start_from not served here is left out."""
+    from diffusion.serving.engine import ModelCache, SampleRequest
+    from diffusion.serving.xy import few_step_plan
+
+    folder = write_tiny_checkpoints(tmp_path / "checkpoints")
+    write_tiny_student(folder)
+    student = load_checkpoint(write_tiny_student(folder, name="tiny-instant"))
+    save_checkpoint(folder / "tiny-instant.safetensors", "denoiser", student.network,
+                    student.config | {"adversarial": {"start_from": "checkpoints/tiny-reflow.safetensors"}},
+                    {"steps": 0}, "A tiny instant student.")
+    save_checkpoint(folder / "tiny-orphan.safetensors", "denoiser", student.network,
+                    student.config | {"adversarial": {"start_from": "elsewhere/not-here.safetensors"}},
+                    {"steps": 0}, "A tiny instant student whose reflow student is not served.")
+    cache = ModelCache(folder, capacity=8)
+    base = SampleRequest(checkpoint="tiny-instant", class_index=1, seed=3, batch_size=2)
+    plan = few_step_plan(cache, "tiny-instant", "1, 2", base)
+    assert plan.y_values == ["tiny-flow (teacher, CFG 2)", "tiny-reflow (reflow student it started from)",
+                             "tiny-instant (student)"]
+    checkpoints = [[(r.checkpoint, r.steps, r.seed, r.guidance) for r in row] for row in plan.requests]
+    assert checkpoints == [[("tiny-flow", n, 3, "cfg") for n in (1, 2)], [("tiny-reflow", n, 3, "none") for n in (1, 2)],
+                           [("tiny-instant", n, 3, "none") for n in (1, 2)]]
+    assert len(few_step_plan(cache, "tiny-orphan", "1", replace(base, checkpoint="tiny-orphan")).requests) == 2
 
 
 def test_trajectory_reports_the_paths_straightness(few_step_client):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CHROMIUM, app_page
-from loadtest import local_client
+from diffusion.serving.app_client import local_client
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")

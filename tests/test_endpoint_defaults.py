@@ -16,7 +16,7 @@ SINGLE_CHECKPOINT_ENDPOINTS = ("/generate", "/compare", "/sweep", "/xy_grid", "/
 def serving(cache):
     """(cache, a client of the app on it) while the server runs."""
     import app
-    from loadtest import local_client
+    from diffusion.serving.app_client import local_client
 
     with app.serve(cache) as url:
         yield cache, local_client(url)

@@ -279,7 +279,7 @@ def test_the_model_card_quotes_each_parts_recorded_summary_from_any_subfolder(tm
     assert recorded_summaries(Model, tmp_path) == []
 
 
-def test_a_few_step_student_is_judged_at_its_own_setting_and_at_one_step(setup):
+def test_a_few_step_student_is_judged_at_its_own_setting_and_at_one_step_or_two(setup):
     from dataclasses import replace
 
     from diffusion.formats.checkpoint import load_checkpoint, save_checkpoint
@@ -291,6 +291,10 @@ def test_a_few_step_student_is_judged_at_its_own_setting_and_at_one_step(setup):
     save_checkpoint(folder / "tiny-student.safetensors", "denoiser", teacher.network, student_config, {}, "student")
     settings = judged_settings(Evaluator(replace(config, checkpoint="tiny-student")))
     assert [(s["solver"], s["steps"], s["guidance"]) for s in settings] == [("euler", 2, "none"), ("euler", 1, "none")]
+    instant_config = student_config | {"defaults": {"sampler": "ode", "solver": "euler", "steps": 1, "guidance": "none"}}
+    save_checkpoint(folder / "tiny-instant.safetensors", "denoiser", teacher.network, instant_config, {}, "instant")
+    settings = judged_settings(Evaluator(replace(config, checkpoint="tiny-instant")))
+    assert [s["steps"] for s in settings] == [1, 2]  # a one-step model: at its own step and at two, not twice at one
     assert [s["temperature"] for s in judged_settings(Evaluator(replace(config, checkpoint="tiny-nice")))] == [1.0]
 
 

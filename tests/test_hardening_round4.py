@@ -191,7 +191,7 @@ def settings_png(path, request: dict, kind: str = "sample", study: dict | None =
 @pytest.fixture(scope="module")
 def settings_client(tmp_path_factory):
     """The app with its default guard (uploads at their usual rate), through gradio_client."""
-    from loadtest import local_client
+    from diffusion.serving.app_client import local_client
 
     import app
     from diffusion.serving.engine import ModelCache

@@ -26,7 +26,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def client():
     import gradio as gr
-    from loadtest import local_client
+    from diffusion.serving.app_client import local_client
 
     from diffusion.app.lab2d import build_lab2d_tab
 

@@ -179,7 +179,7 @@ def test_the_page_through_ray_gives_the_pixels_and_settings_of_the_page_alone(re
     """/generate on a front whose work runs on the replicas: the same gallery pixels and PNG settings as on a front
     that samples itself; the sampling concurrency is the replica count."""
     import app
-    from loadtest import local_client
+    from diffusion.serving.app_client import local_client
     from PIL import Image
 
     from diffusion.serving.backend import backend_for, use_backend

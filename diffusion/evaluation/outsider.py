@@ -26,15 +26,15 @@ REFERENCES = ("real", "noisy", "blurred")
 
 def judged_settings(evaluator) -> list[dict]:
     """Each generator at no guidance and at its default: a few-step model at its own settings (no guidance: its pairs
-    carry the teacher's) and at one step; another denoiser at Generate's sampler without guidance and with its
-    default guidance (when it has a null class); a normalizing flow at T = 1."""
+    carry the teacher's) and at one step (two, for a one-step model); another denoiser at Generate's sampler without
+    guidance and with its default guidance (when it has a null class); a normalizing flow at T = 1."""
     model, quick = evaluator.model, evaluator.config.quick
     if evaluator.kind == "normalizing-flow":
         return [dict(temperature=1.0)]
     own = dict(self_condition=model.self_condition)
     if model.sampling_defaults:
         default = dict(model.sampling_defaults) | dict(scale=1.0) | own
-        return [default, default | dict(steps=1)]
+        return [default, default | dict(steps=2 if default.get("steps") == 1 else 1)]  # an instant model: also at 2
     plain = {k: v for k, v in APP_DEFAULT.items() if k in ("sampler", "solver", "steps")} | own
     plain["steps"] = 2 if quick else plain["steps"]
     settings = [plain | dict(guidance="none", scale=1.0)]

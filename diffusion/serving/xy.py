@@ -13,6 +13,7 @@ import platform
 import re
 import time
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -214,9 +215,19 @@ def real_sharpness(image_shape: tuple[int, int, int], images: int = 1000) -> flo
     return sharpness(to_model_range(test.images[:images]))
 
 
+def distilled_from(cache: ModelCache, model) -> str | None:
+    """The checkpoint an adversarially distilled student was fine-tuned from (its file's adversarial.start_from, a
+    path whose stem names it), when that checkpoint is served here; else None."""
+    adversarial = model.config.get("adversarial")
+    start_from = adversarial.get("start_from") if isinstance(adversarial, dict) else None
+    name = Path(start_from).stem if isinstance(start_from, str) else None
+    return name if name in cache.names("denoiser") else None
+
+
 def few_step_plan(cache: ModelCache, student: str, steps_text: str, base: SampleRequest) -> XYPlan:
     """A reflow student and its teacher on the same noise, Euler steps along X: the teacher with the classifier-free
-    guidance its pairs were made with, the student as it is (the pairs carry that guidance)."""
+    guidance its pairs were made with, the student as it is (the pairs carry that guidance); for a student distilled
+    from another (an instant model), that reflow student too, as it is."""
     model = cache.get(student)
     reflow = model.config.get("reflow") if model.kind == "denoiser" else None
     if not isinstance(reflow, dict):
@@ -231,6 +242,10 @@ def few_step_plan(cache: ModelCache, student: str, steps_text: str, base: Sample
     rows = [replace(euler, checkpoint=teacher, guidance="cfg" if scale != 1 else "none", scale=float(scale)),
             replace(euler, checkpoint=student, guidance="none", scale=1.0)]
     labels = [f"{teacher} (teacher, CFG {scale:g})", f"{student} (student)"]
+    started_from = distilled_from(cache, model)
+    if started_from:  # an adversarially distilled student: the reflow student it was fine-tuned from, between them
+        rows.insert(1, replace(euler, checkpoint=started_from, guidance="none", scale=1.0))
+        labels.insert(1, f"{started_from} (reflow student it started from)")
     rows = [replace(r, self_condition=cache.get(r.checkpoint).self_condition) for r in rows]
     plan = XYPlan("steps", steps, "checkpoint", labels, [[replace(r, steps=n) for n in steps] for r in rows])
     for row in plan.requests:
