@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 from PIL import Image
 
@@ -69,6 +70,10 @@ def test_the_task_fine_tunes_a_student_and_exports_a_one_step_denoiser(checkpoin
     trainer = Trainer(config)
     start = {k: v.clone() for k, v in trainer.network.generator.state_dict().items()}
     trainer.train(progress=False)
+    generator_group, discriminator_group = trainer.optimizer.param_groups  # D learns from scratch, faster than G
+    assert discriminator_group["lr"] == pytest.approx(config.discriminator_lr_scale * generator_group["lr"])
+    assert discriminator_group["lr"] > generator_group["lr"]
+    assert {id(p) for p in discriminator_group["params"]} == {id(p) for p in trainer.network.discriminator.parameters()}
     moved = any(not torch.equal(start[k], v) for k, v in trainer.network.generator.state_dict().items())
     assert moved
     exported = load_checkpoint(config.export_to)

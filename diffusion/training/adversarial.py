@@ -82,6 +82,10 @@ class AdversarialDistillationTask(ReflowTask):
                                                                     image_size=c.image_size))
         return GeneratorAndDiscriminator(student.network.train().requires_grad_(True), discriminator)
 
+    def parameter_groups(self, network) -> list[dict]:
+        return [{"params": list(network.generator.parameters())},
+                {"params": list(network.discriminator.parameters()), "lr_scale": self.config.discriminator_lr_scale}]
+
     def real_images(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The real training images the discriminator sees, in [-1, 1], on the device (loaded once)."""
         if self._real is None:

@@ -43,6 +43,8 @@ class TrainConfig:
     start_from: str = ""  # adversarial: the reflow student whose one step is fine-tuned (its teacher is `teacher`)
     adversarial_weight: float = 0.05  # adversarial: the generator's adversarial loss beside the distillation MSE
     r1_gamma: float = 0.1  # adversarial: the discriminator's R1 penalty on real images
+    discriminator_lr_scale: float = 4.0  # adversarial: the discriminator's lr as a multiple of lr (it starts from
+    # scratch while the generator is only fine-tuned; the 2-D lab's discriminator learns at 3.3x its generator's)
     sample_every: int = 1000  # write a grid of EMA samples every N steps (0: never)
     save_every: int = 250
     log_every: int = 50
