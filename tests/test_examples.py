@@ -34,11 +34,13 @@ def test_every_example_is_shipped_with_the_settings_of_its_tab(shipped):
     assert (xy_study["x_field"], xy_study["y_values"]) == ("scale", "1, 7, 8")
 
 
-def test_the_reflow_example_regenerates_its_pixels(shipped):
-    """The cheapest example (2 Euler steps of the student): made again, the same picture as the shipped one."""
-    reflow = next(e for e in EXAMPLES if e.name == "reflow-live")
-    picture, _ = make_example(shipped, reflow)
-    shipped_picture = Image.open(EXAMPLES_DIR / "reflow-live.png")
+@pytest.mark.parametrize("name", ["reflow-live", "instant-live"])
+def test_the_few_step_examples_regenerate_their_pixels(shipped, name):
+    """The cheapest examples (2 Euler steps of the reflow student, 1 of the instant model): made again, the same
+    picture as the shipped one."""
+    example = next(e for e in EXAMPLES if e.name == name)
+    picture, _ = make_example(shipped, example)
+    shipped_picture = Image.open(EXAMPLES_DIR / f"{name}.png")
     difference = np.abs(np.asarray(picture, dtype=int) - np.asarray(shipped_picture, dtype=int))
     assert picture.size == shipped_picture.size and difference.max() <= 1  # float rounding across machines at most
 

@@ -30,6 +30,17 @@ def test_the_shipped_reflow_student_is_the_evaluated_one():
     assert read_metadata(SHIPPED / "fashion-reflow.safetensors")["config"]["defaults"]["steps"] == 2
 
 
+def test_the_shipped_instant_model_is_the_evaluated_one():
+    """Issue 41: the file the few-step evaluation measured, a one-step model fine-tuned from the shipped reflow
+    student."""
+    evaluated = json.loads((ROOT / "docs/evaluation/reflow/fashion-instant.json").read_text())
+    row = read_manifest(SHIPPED)["fashion-instant.safetensors"]
+    assert row.sha256 == evaluated["identity"]["checkpoint_sha256"] == describe(SHIPPED / "fashion-instant.safetensors").sha256
+    assert row.image_shape == (1, 28, 28) and len(row.classes) == 10 and row.training_steps == 6000
+    config = read_metadata(SHIPPED / "fashion-instant.safetensors")["config"]
+    assert config["defaults"]["steps"] == 1 and config["adversarial"]["start_from"].endswith("fashion-reflow.safetensors")
+
+
 @pytest.fixture
 def shipped_copy(tmp_path):
     folder = tmp_path / "checkpoints"

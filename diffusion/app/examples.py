@@ -47,6 +47,8 @@ EXAMPLES = (
             ("fashion-diffusion", 7, "0, 1, 2, 4, 8", ["cfg"], 0, 8, "ddim", 25, "heun")),
     Example("same-noise-samplers", "DDPM, DDIM and the ODE on the same noise", "compare",
             ("fashion-diffusion", "cfg", 0, 3.0, 0, 8, "uniform", 100, 50, 0.0, 10, "dpm++2m", "ddim", "ode")),
+    Example("instant-live", "The instant model in live mode: one network evaluation", "generate",
+            ("fashion-instant", "ode", "euler", 1, 0.0, "uniform", "none", 0, 1.0, None, 0, 16), live=True),
     Example("reflow-live", "The reflow student in live mode: 2 Euler steps", "generate",
             ("fashion-reflow", "ode", "euler", 2, 0.0, "uniform", "none", 0, 1.0, None, 0, 16), live=True),
     Example("classic-ddim", "The classic: DDIM, 50 steps, CFG 3", "generate",
