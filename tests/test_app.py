@@ -645,10 +645,16 @@ def cancel_while_sampling(job):
     ("/same_noise", (["tiny", "tiny-flow"], 0, 5, 8, 1000, "heun", 3.0, 1.0)),
     ("/latent_walk", (["tiny", "tiny-flow"], 2, 0, 1, 8, 1000, "heun", 3.0, 1.0)),
 ])
-def test_cancelling_stops_the_work_and_frees_the_worker(client, endpoint, args):
+def test_cancelling_stops_the_work_and_frees_the_worker(client, server, endpoint, args):
+    from diffusion.serving.app_client import local_client
+
     cancel_while_sampling(client.submit(*args, api_name=endpoint))
-    started = time.time()  # the slot is free: a small request runs at once
-    client.predict("tiny", "ddim", "heun", 3, 0.0, "uniform", "cfg", 0, 3.0, False, 1, 2, api_name="/generate")
+    started = time.time()  # the slot is free: another tab's small request runs at once
+    # Another session: gradio_client reads one event stream per session, which the server closes once the cancelled
+    # event completes; an event the same client joins in that moment gets the stream's end as its own and raises
+    # CancelledError (seen once in a CI run, 1 of 7 endpoints): a client-side race, not the slot this test checks.
+    local_client(server).predict("tiny", "ddim", "heun", 3, 0.0, "uniform", "cfg", 0, 3.0, False, 1, 2,
+                                 api_name="/generate")
     assert time.time() - started < 10
 
 
