@@ -184,7 +184,8 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
         gr.Markdown("The same noise (seed, class and images above) through the teacher and through its reflow "
                     "student, with 1, 2, 4 ... Euler steps of the probability-flow ODE. The teacher gets the guidance "
                     "its training pairs were made with; the student runs as it is, since the pairs carry it. Curved "
-                    "paths need many steps; straightened ones do not.")
+                    "paths need many steps; straightened ones do not. An instant model (a reflow student distilled "
+                    "further for one step) shows the reflow student it started from between them.")
         with gr.Row():
             f_student = gr.Dropdown(students, value=students[0] if students else None, label="Student (few-step checkpoint)")
             f_steps = gr.Textbox("1, 2, 4", label="Euler steps (list or range, at most 8 values)", max_length=MAX_AXIS_TEXT)
