@@ -322,6 +322,8 @@ def evaluate_options(parser: argparse.ArgumentParser):
                         help="the probability-flow ODE solver's rtol = atol (dopri5)")
     parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="the samplers part: only these "
                         "samplers' rows (default: every sampler)")
+    parser.add_argument("--guided-steps", nargs="+", type=positive_int, help="the guided-realism part: only the rows "
+                        "at these step counts (default: 10, 15 and 20); click-time times the same rows")
     parser.add_argument("--second-evaluator", default="fashion-second-evaluator",
                         help="the other evaluator checkpoint of the second-evaluator and precision-recall parts")
     parser.add_argument("--probe-images", type=positive_int, default=100, help="test images for the probes part")
@@ -341,7 +343,8 @@ def command_evaluate(args):
                         progress_dir=str(Path(out_dir) / "likelihood-progress") if args.quick else "runs/likelihood",
                         quick=args.quick, likelihood_images=args.likelihood_images,
                         likelihood_tolerance=args.likelihood_tolerance, probe_images=args.probe_images,
-                        samplers=tuple(args.samplers or ()), second_evaluator=args.second_evaluator)
+                        samplers=tuple(args.samplers or ()), guided_steps=tuple(args.guided_steps or ()),
+                        second_evaluator=args.second_evaluator)
     conditioning = {"both": (False, True), "on": (True,), "off": (False,)}[args.self_cond]
     parts = tuple(args.parts) if args.parts else None
     results = Evaluator(config).run(parts=parts, self_conditioning=conditioning, overwrite=args.overwrite)

@@ -232,11 +232,17 @@ def test_the_outsider_parts_judge_references_and_settings_by_both_evaluators(set
     reference, comparison = set(split.reference_indices.tolist()), set(split.comparison_indices.tolist())
     assert len(reference) == len(comparison) == 20 and not reference & comparison
     assert not reference & set(split.pool_indices.tolist()) and len(split.pool_indices) == 200
-    settings = [(r.get("reference"), r.get("guidance")) for r in results["two_sample"]]
+    settings = [(r.get("reference"), r.get("guidance")) for r in results["second_evaluator"]]
     assert settings == [("real", None), ("noisy", None), ("blurred", None), (None, "none"), (None, "cfg")]
+    # the two-sample part judges the generator only: its references are the judge-calibration part's rows
+    assert [r["guidance"] for r in results["two_sample"]] == ["none", "cfg"]
     cfg = results["two_sample"][-1]
     assert (cfg["sampler"], cfg["solver"], cfg["scale"], cfg["nfe"]) == ("ode", "dpm++2m", 3.0, 2)
-    assert all(0 <= r["two_sample_accuracy"] <= 1 and r["held_out"] == 8 for r in results["two_sample"])
+    for row in results["two_sample"]:  # a panel of two judges (--quick), their mean and its standard error
+        judges = row["two_sample_judges"]
+        assert len(judges) == 2 and row["two_sample_accuracy"] == pytest.approx(sum(judges) / 2)
+        assert row["two_sample_stderr"] == pytest.approx(abs(judges[0] - judges[1]) / 2)
+        assert 0 <= row["two_sample_accuracy"] <= 1 and row["held_out"] == 8 and row["judge"]["epochs"] == 2
     for part in ("second_evaluator", "precision_recall"):
         for row in results[part]:
             assert list(row["by_evaluator"]) == ["tiny-evaluator", "tiny-second-evaluator"]
@@ -246,6 +252,7 @@ def test_the_outsider_parts_judge_references_and_settings_by_both_evaluators(set
                for r in results["precision_recall"] for m in r["by_evaluator"].values())
     table = (Path(config.out_dir) / "tiny.md").read_text()
     assert "| real, 3x3 box blur |" in table and "Classifier two-sample test" in table and "tiny-second-evaluator: recall" in table
+    assert "judge-calibration part's" in table
 
 
 def test_the_outsider_settings_are_generates_default_and_a_students_own():
@@ -304,24 +311,31 @@ def test_the_guided_realism_part_ranks_guided_rows_by_their_judges_mean(setup):
 
     folder, config = setup
     config = replace(config, second_evaluator=tiny_second_evaluator(folder))
-    results = Evaluator(config).run(parts=("guided-realism",))
+    results = Evaluator(config).run(parts=("guided-realism", "click-time"))
     rows = results["guided_realism"]
     assert [(r["method"], r["guidance"], r["scale"]) for r in rows] == [
         ("none", "none", 1.0), ("cfg", "cfg", 3.0), ("apg", "cfg", 3.0)]
-    assert rows[2]["apg_momentum"] == -0.5 and {r["solver"] for r in rows} == {"dpm++2m"}
+    assert rows[2]["apg_momentum"] == -0.5 and {(r["solver"], r["steps"]) for r in rows} == {("dpm++2m", 2)}
     for row in rows:
         assert len(row["two_sample_judges"]) == 2 and row["two_sample_accuracy"] == fmean(row["two_sample_judges"])
         assert list(row["by_evaluator"]) == ["tiny-evaluator", "tiny-second-evaluator"]
         assert all(0 <= a <= 1 for a in row["by_evaluator"].values())
-    assert "Guided realism" in (Path(config.out_dir) / "tiny.md").read_text()
+    # the click-time part timed each of these settings and the classic DDIM-50 with CFG 3 in the same run
+    timed = results["click_time"]
+    assert [(t["steps"], t["method"], t["scale"]) for t in timed["timings"]] == [(2, m, s) for m, _, s in
+                                                                                 [(r["method"], 0, r["scale"]) for r in rows]]
+    assert timed["classic"]["steps"] == 50 and timed["classic_seconds"] > max(t["seconds"] for t in timed["timings"])
+    report = (Path(config.out_dir) / "tiny.md").read_text()
+    assert "Guided realism" in report and "DDIM-50 with CFG 3 took" in report and "| time |" in report
     assert (Path(config.out_dir) / "tiny-guided-realism.png").exists()
 
 
 def test_the_chosen_guided_setting_is_the_most_real_one_that_both_evaluators_call_accurate():
-    from diffusion.evaluation.guided_realism import chosen, summary
+    from diffusion.evaluation.guided_realism import chosen, summary, time_shares
 
     def row(method, scale, accuracies, two_sample):
-        return dict(method=method, scale=scale, by_evaluator=dict(zip("ab", accuracies)), two_sample_accuracy=two_sample)
+        return dict(method=method, scale=scale, steps=10, by_evaluator=dict(zip("ab", accuracies)),
+                    two_sample_accuracy=two_sample)
 
     rows = [row("none", 1.0, (0.92, 0.91), 0.62),  # the most real, but not guided
             row("cfg", 3.0, (0.99, 0.99), 0.72),
@@ -329,5 +343,34 @@ def test_the_chosen_guided_setting_is_the_most_real_one_that_both_evaluators_cal
             row("interval", 3.0, (0.98, 0.97), 0.67)]
     assert chosen(rows) is rows[3]
     assert chosen(rows[:1]) is None
-    assert summary({"guided_realism": rows}).endswith("at two-sample accuracy 0.67 (no guidance: 0.62)")
+    assert summary({"guided_realism": rows}).endswith("at 10 steps keeps class accuracy >= 0.97 at two-sample "
+                                                      "accuracy 0.67 (no guidance: 0.62)")
     assert summary({"guided_realism": [{"method": 3}]}) == ""  # a recorded file is data
+    # with the click-time part's figures, a setting slower than 0.3 of DDIM-50 with CFG 3 is not eligible
+    timings = [dict(steps=10, method="cfg", scale=3.0, seconds=2.0), dict(steps=10, method="interval", scale=3.0,
+                                                                          seconds=4.0)]
+    results = {"guided_realism": rows, "click_time": {"classic_seconds": 10.0, "timings": timings}}
+    assert time_shares(results) == {(10, "cfg", 3.0): 0.2, (10, "interval", 3.0): 0.4}
+    assert chosen(rows, time_shares(results)) is rows[1]
+    assert "CFG, scale 3 at 10 steps" in summary(results)
+    assert time_shares({"click_time": {"classic_seconds": "<b>", "timings": timings}}) == {}
+
+
+def test_the_guided_realism_grid_goes_beyond_generates_steps_and_can_be_cut_by_step_count(setup):
+    from dataclasses import replace
+
+    from diffusion.evaluation import click_time, guided_realism
+
+    folder, config = setup
+    full = Evaluator(replace(config, quick=False))
+    rows = guided_realism.rows(full, (False,))
+    by_steps = {steps: [(r["method"], r["scale"]) for r in rows if r["steps"] == steps] for steps in (10, 15, 20)}
+    assert len(by_steps[10]) == 13 and ("cfg", 1.5) in by_steps[10]  # every method at 1.5, 2, 3, and no guidance
+    for steps in (15, 20):
+        assert by_steps[steps] == [("none", 1.0)] + [(m, s) for m in ("cfg-rescale", "interval", "apg") for s in (2.0, 3.0)]
+    assert len(rows) == 27 and all(r["judge"]["widths"] == [32, 64, 128] or r["judge"]["widths"] == (32, 64, 128)
+                                   for r in rows)
+    cut = Evaluator(replace(config, quick=False, guided_steps=(20,)))
+    assert {r["steps"] for r in guided_realism.rows(cut, (False,))} == {20}
+    [timed] = click_time.rows(cut, (False,))
+    assert len(timed["settings"]) == 7 and timed["rounds"] == click_time.ROUNDS and timed["classic"]["sampler"] == "ddim"

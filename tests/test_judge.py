@@ -117,7 +117,7 @@ def test_the_calibration_part_judges_the_runs_own_split_and_seeds(tmp_path):
     (the run's comparison images against its held-out reference images, judge seeds from the run's seed)."""
     from conftest import write_tiny_checkpoints
     from diffusion.evaluation import EvalConfig, Evaluator
-    from diffusion.evaluation.calibration import QUICK_JUDGE
+    from diffusion.evaluation.judge import QUICK_JUDGE
 
     folder = write_tiny_checkpoints(tmp_path / "ckpt", image_size=28, class_names=tuple(f"c{i}" for i in range(10)))
     config = EvalConfig(checkpoint="tiny", checkpoint_dir=str(folder), out_dir=str(tmp_path / "eval"), quick=True,

@@ -9,7 +9,6 @@ real side, the held-out `reference` images are altered)."""
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -18,13 +17,11 @@ import torch.nn.functional as F
 
 from ..core.metrics import box_blur
 from ..formats.data import to_model_range, to_uint8
-from .judge import TwoSampleConfig, two_sample_accuracy
+from .judge import PANEL, PanelResult, TwoSampleConfig, config_of, judge_panel, run_judge, run_seeds
 from .part import Part
 
 REAL_MAX = 0.53  # real against real: a judge above this sees differences that are not there
 NOISE_MIN = 0.75  # real against real + N(0, 0.05^2): a judge below this cannot see visible noise
-JUDGES = 5
-QUICK_JUDGE = TwoSampleConfig(epochs=2, patience=1)
 
 
 def with_noise(sigma: float) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
@@ -67,35 +64,24 @@ def altered(reference: torch.Tensor, alteration: str, eight_bit: bool, noise_see
 @dataclass(frozen=True)
 class CalibrationConfig:
     judge: TwoSampleConfig = TwoSampleConfig()
-    seeds: tuple[int, ...] = tuple(range(JUDGES))  # one judge per seed: split, weights and batch order
+    seeds: tuple[int, ...] = tuple(range(PANEL))  # one judge per seed: split, weights and batch order
     alterations: tuple[str, ...] = tuple(ALTERATIONS)
     eight_bit: tuple[bool, ...] = (False, True)
     noise_seed: int = 1  # the noise of the noisy rows (outsider.RealSplit's noisy reference uses run seed + 1)
 
 
 @dataclass(frozen=True)
-class CalibrationRow:
-    alteration: str
-    eight_bit: bool
-    accuracies: tuple[float, ...]  # one per judge seed
-    best_epochs: tuple[int, ...]
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.accuracies)
-
-    @property
-    def spread(self) -> float:
-        """The judges' sample standard deviation (0 for one judge)."""
-        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+class CalibrationRow(PanelResult):  # accuracies and best epochs: one per judge seed
+    alteration: str = ""
+    eight_bit: bool = False
 
 
 def judge_row(real: torch.Tensor, reference: torch.Tensor, alteration: str, eight_bit: bool,
               config: CalibrationConfig) -> CalibrationRow:
     """One alteration judged by one judge per seed: real (label 0) against the altered reference (label 1)."""
     images = altered(reference, alteration, eight_bit, config.noise_seed)
-    results = [two_sample_accuracy(real, images, config.judge, seed) for seed in config.seeds]
-    return CalibrationRow(alteration, eight_bit, tuple(r.accuracy for r in results), tuple(r.best_epoch for r in results))
+    panel = judge_panel(real, images, config.judge, config.seeds)
+    return CalibrationRow(panel.accuracies, panel.best_epochs, panel.held_out, alteration, eight_bit)
 
 
 def calibration_suite(real: torch.Tensor, reference: torch.Tensor,
@@ -116,15 +102,14 @@ def bars_met(rows: list[CalibrationRow]) -> dict[str, bool]:
 # --- the evaluation part: the suite on the run's own split and seeds ---
 
 def planned_rows(evaluator, self_conditioning) -> list[dict]:
-    judge = QUICK_JUDGE if evaluator.config.quick else TwoSampleConfig()
+    judge = run_judge(evaluator.config.quick)
     return [dict(measure="judge-calibration", alteration=name, eight_bit=eight_bit, judge=asdict(judge))
             for name in ALTERATIONS for eight_bit in (False, True)]
 
 
 def measure(evaluator, row: dict) -> dict:
     c, split = evaluator.config, evaluator.real_split
-    config = CalibrationConfig(judge=TwoSampleConfig(**{**row["judge"], "widths": tuple(row["judge"]["widths"])}),
-                               seeds=tuple(c.seed + j for j in range(2 if c.quick else JUDGES)), noise_seed=c.seed + 1)
+    config = CalibrationConfig(judge=config_of(row["judge"]), seeds=run_seeds(c.seed, c.quick), noise_seed=c.seed + 1)
     result = judge_row(split.comparison.images, split.images(split.reference_indices), row["alteration"],
                        row["eight_bit"], config)
     return {**row, "samples": len(split.reference_indices), "two_sample_accuracy": result.mean,
@@ -151,8 +136,8 @@ def table(results: dict) -> list[str]:
     for name, alteration in ALTERATIONS.items():
         cells = [cell(by[(name, eight_bit)]) if (name, eight_bit) in by else "-" for eight_bit in (False, True)]
         lines.append(f"| {alteration.words} | {' | '.join(cells)} | {alteration.bar or '-'} |")
-    met = bars_met([CalibrationRow(r["alteration"], r["eight_bit"], tuple(r["two_sample_judges"]),
-                                   tuple(r["best_epochs"])) for r in rows])
+    met = bars_met([CalibrationRow(tuple(r["two_sample_judges"]), tuple(r["best_epochs"]), 0, r["alteration"],
+                                   r["eight_bit"]) for r in rows])
     words = {"real": f"real against real <= {REAL_MAX}", "noise-0.05": f"real + N(0, 0.05²) >= {NOISE_MIN}"}
     return lines + ["", "The judge's bars (means, floats and 8-bit): "
                     + "; ".join(f"{words[bar]}: {'met' if ok else 'NOT met'}" for bar, ok in met.items()) + "."]

@@ -23,6 +23,7 @@ class EvalConfig:
     probe_images: int = 100  # test images whose out-of-distribution probes are scored (the probes part)
     probe_tolerance: float = 1e-3  # their dopri5 rtol = atol: the app's likelihood lens (serving.lens.LENS_ODE)
     samplers: tuple[str, ...] = ()  # the samplers part's rows of only these samplers (empty: all of them)
+    guided_steps: tuple[int, ...] = ()  # the guided-realism part's rows at only these step counts (empty: all of them)
     second_evaluator: str = "fashion-second-evaluator"  # the other evaluator of the outsider parts (a checkpoint name)
 
     def scaled(self) -> "EvalConfig":
@@ -38,7 +39,7 @@ METRICS = ("nfe", "samples", "fid", "texture_fid", "accuracy", "diversity", "sec
            "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max", "by_probe",
            "straightness", "straightness_std", "flow_time", "deviation",
            "by_evaluator", "two_sample_accuracy", "two_sample_stderr", "two_sample_judges",
-           "two_sample_spread", "best_epochs")
+           "two_sample_spread", "best_epochs", "held_out", "classic_seconds", "timings")
 
 
 def row_key(row: dict) -> str:

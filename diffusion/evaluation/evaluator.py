@@ -107,10 +107,10 @@ class Evaluator:
     def draw(self, **request_fields) -> Drawn | None:
         """config.samples images (equal share per class) of one request setting, sampled once per Evaluator.
 
-        A "seed" field, if given, replaces config.seed (the seed-spread rows); "measure" and "method" only name a
-        row's part and guidance method. The batches are split across ranks; rank 0 gets them all, the others None."""
+        A "seed" field, if given, replaces config.seed (the seed-spread rows); "measure", "method" and "judge" only
+        name a row's part, guidance method and two-sample judge. The batches are split across ranks; rank 0 gets them all, the others None."""
         c = self.config
-        fields = {k: v for k, v in request_fields.items() if k not in ("measure", "method")}
+        fields = {k: v for k, v in request_fields.items() if k not in ("measure", "method", "judge")}
         key = row_key(fields)
         if key in self._drawn:
             return self._drawn[key]

@@ -12,6 +12,7 @@ chosen by power on the calibration suite (diffusion.evaluation.calibration; docs
 from __future__ import annotations
 
 import copy
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,25 @@ class TwoSampleConfig:
     widths: tuple[int, ...] = (32, 64, 128)  # channels of the conv-ReLU-maxpool stages (28 px -> 3 x 3 x 128 features)
     hidden: int = 128  # units of the layer on the flattened features; 0: global average pool, then one logit
     dropout: float = 0.0  # before the last layer
+
+
+QUICK_JUDGE = TwoSampleConfig(epochs=2, patience=1)  # the --quick runs' judge (CI): it shows the plumbing, not power
+PANEL = 5  # judges per row (seeds seed ... seed + 4): one judge's own randomness moves its accuracy by 0.03-0.06
+
+
+def run_judge(quick: bool) -> TwoSampleConfig:
+    """The judge of an evaluation run's rows."""
+    return QUICK_JUDGE if quick else TwoSampleConfig()
+
+
+def run_seeds(seed: int, quick: bool) -> tuple[int, ...]:
+    """The judges' seeds of an evaluation run's rows: seed ... seed + 4 (two for --quick)."""
+    return tuple(seed + j for j in range(2 if quick else PANEL))
+
+
+def config_of(fields: dict) -> TwoSampleConfig:
+    """The judge a recorded row names: asdict(TwoSampleConfig) as JSON holds it (tuples come back as lists)."""
+    return TwoSampleConfig(**{**fields, "widths": tuple(fields["widths"])})
 
 
 @dataclass(frozen=True)
@@ -135,3 +155,31 @@ def two_sample_accuracy(a: torch.Tensor, b: torch.Tensor, config: TwoSampleConfi
     return TwoSampleResult(accuracy=accuracy, stderr=(accuracy * (1 - accuracy) / len(labels)) ** 0.5,
                            held_out=len(labels), trained_on=len(split.train[1]), validated_on=len(split.validation[1]),
                            best_epoch=best_epoch, epochs_run=len(losses), validation_losses=tuple(losses))
+
+
+@dataclass(frozen=True)
+class PanelResult:
+    """Several judges (one per seed) of the same two sets."""
+    accuracies: tuple[float, ...]
+    best_epochs: tuple[int, ...]
+    held_out: int
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def spread(self) -> float:
+        """The judges' sample standard deviation (0 for one judge)."""
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    @property
+    def standard_error(self) -> float:
+        """Of the judges' mean: spread / sqrt(judges)."""
+        return self.spread / len(self.accuracies) ** 0.5
+
+
+def judge_panel(a: torch.Tensor, b: torch.Tensor, config: TwoSampleConfig, seeds) -> PanelResult:
+    """One judge per seed (two_sample_accuracy) of images b against images a."""
+    results = [two_sample_accuracy(a, b, config, seed) for seed in seeds]
+    return PanelResult(tuple(r.accuracy for r in results), tuple(r.best_epoch for r in results), results[0].held_out)

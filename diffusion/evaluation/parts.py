@@ -4,14 +4,15 @@ line here."""
 
 from __future__ import annotations
 
-from . import (calibration, few_step, guidance, guidance_methods, guided_realism, likelihood, precision_recall, probes,
+from . import (calibration, click_time, few_step, guidance, guidance_methods, guided_realism, likelihood, precision_recall, probes,
                quality_bar, samplers, second_evaluator, seed_spread, straightness, temperatures, texture, two_sample)
 from .part import Part
 
 PARTS: dict[str, Part] = {part.name: part for part in (
     texture.PART, samplers.PART, guidance.PART, guidance_methods.PART, few_step.PART, straightness.PART,
     seed_spread.PART, temperatures.PART, quality_bar.PART, likelihood.PART, probes.PART,
-    second_evaluator.PART, precision_recall.PART, calibration.PART, two_sample.PART, guided_realism.PART)}
+    second_evaluator.PART, precision_recall.PART, calibration.PART, two_sample.PART, guided_realism.PART,
+    click_time.PART)}
 
 
 def parts_of_kind(kind: str) -> list[Part]:

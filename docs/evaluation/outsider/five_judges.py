@@ -11,16 +11,18 @@ Prints one line per row (a SampleRequest's fields as JSON); writes nothing.
 import json
 import sys
 import tempfile
+from dataclasses import asdict
 
 from diffusion.evaluation import EvalConfig, Evaluator
 from diffusion.evaluation.guided_realism import judges_standard_error, measure
+from diffusion.evaluation.judge import TwoSampleConfig
 
 
 def main(checkpoint: str, rows: list[dict], checkpoint_dir: str = "checkpoints"):
     evaluator = Evaluator(EvalConfig(checkpoint=checkpoint, checkpoint_dir=checkpoint_dir, samples=1000,
                                      out_dir=tempfile.mkdtemp(prefix="five-judges-")))
     for row in rows:
-        judged = measure(evaluator, dict(row, method="given"))
+        judged = measure(evaluator, dict(row, method="given", judge=asdict(TwoSampleConfig())))
         accuracy = " / ".join(f"{a:.3f}" for a in judged["by_evaluator"].values())
         judges = ", ".join(f"{j:.3f}" for j in judged["two_sample_judges"])
         print(f"{checkpoint} {json.dumps(row)}: accuracy {accuracy}; two-sample {judged['two_sample_accuracy']:.3f} "

@@ -1,0 +1,71 @@
+"""The click-time part (issue 41, item 2): Generate's click-to-result time at each guided-realism setting, beside the
+classic DDIM-50 with CFG 3 (guided_realism.CLASSIC) measured in the same run, so that the guided-realism table can
+hold a default to guided_realism.TIME_BUDGET of it.
+
+Each setting runs Generate's request (16 images of one class in one batch, the page's default) through the engine,
+the work the app's backend does between the click and the PNGs, once to warm up and then once per round; the
+settings take turns within each round, so the machine's drift (these 2-core machines move by 1.2-1.7x from minute to
+minute) falls on all of them alike, and a setting's time is its median over the rounds. Run it on idle cores."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from ..serving.engine import SampleRequest, run_request
+from . import guided_realism
+from .part import Part
+
+ROUNDS = 5
+IMAGES = 16  # Generate's default batch
+
+
+def rows(evaluator, self_conditioning) -> list[dict]:
+    settings = [{k: v for k, v in row.items() if k not in ("measure", "judge")}
+                for row in guided_realism.rows(evaluator, self_conditioning)]
+    if not settings:
+        return []
+    classic = dict(guided_realism.CLASSIC, self_condition=settings[0]["self_condition"])
+    return [dict(measure="click-time", images=IMAGES, rounds=2 if evaluator.config.quick else ROUNDS,
+                 classic=classic, settings=settings)]
+
+
+def request(evaluator, row: dict, setting: dict) -> SampleRequest:
+    fields = {k: v for k, v in setting.items() if k != "method"}
+    return SampleRequest(checkpoint=evaluator.config.checkpoint, class_index=0, seed=evaluator.config.seed,
+                         batch_size=row["images"], **fields)
+
+
+def measure(evaluator, row: dict) -> dict:
+    requests = [request(evaluator, row, setting) for setting in [row["classic"], *row["settings"]]]
+    for each in requests:  # warm-up: first-call allocations and caches
+        run_request(evaluator.cache, each, model=evaluator.model)
+    seconds = [[] for _ in requests]
+    for _ in range(row["rounds"]):
+        for each, times in zip(requests, seconds):
+            started = time.perf_counter()
+            run_request(evaluator.cache, each, model=evaluator.model)
+            times.append(time.perf_counter() - started)
+    medians = [statistics.median(times) for times in seconds]
+    return {**row, "classic_seconds": medians[0],
+            "timings": [dict(steps=s["steps"], method=s["method"], scale=s["scale"], seconds=m)
+                        for s, m in zip(row["settings"], medians[1:])]}
+
+
+def table(results: dict) -> list[str]:
+    timed = results.get("click_time")
+    shares = guided_realism.time_shares(results)
+    if not timed or not shares:
+        return []
+    lines = ["", f"Click-to-result time of Generate's request ({timed['images']} images), median of {timed['rounds']} "
+                 f"interleaved rounds on {results.get('device', 'the run device')}: DDIM-50 with CFG 3 took "
+                 f"{timed['classic_seconds']:.2f} s; a default may take <= {guided_realism.TIME_BUDGET} of it.", "",
+             "| guidance | steps | seconds | share of DDIM-50, CFG 3 |", "|---|---|---|---|"]
+    for t in timed["timings"]:
+        share = shares[(t["steps"], t["method"], t["scale"])]
+        lines.append(f"| {guided_realism.method_words(t)} | {t['steps']} | {t['seconds']:.2f} | {share:.2f} |")
+    return lines
+
+
+PART = Part("click_time", ("denoiser",), rows, table, measure=measure, one_row=True, title="Click time",
+            help="Generate's click-to-result time at each guided-realism setting, as a share of DDIM-50 with CFG 3")
