@@ -79,6 +79,7 @@ def test_the_task_fine_tunes_a_student_and_exports_a_one_step_denoiser(checkpoin
     exported = load_checkpoint(config.export_to)
     assert exported.kind == "denoiser" and exported.schedule.name == "flow"
     assert exported.config["defaults"] == {"sampler": "ode", "solver": "euler", "steps": 1, "guidance": "none"}
+    assert exported.config["adversarial"]["discriminator_lr_scale"] == config.discriminator_lr_scale  # the recipe, whole
     assert not any(name.startswith("discriminator") for name in exported.network.state_dict())
     resumed = Trainer(replace(config, steps=4, export_to=""))
     resumed.load_state()

@@ -108,7 +108,8 @@ class AdversarialDistillationTask(ReflowTask):
         config = super().export_config(self.exported(network), class_names)
         config["defaults"] = {"sampler": "ode", "solver": "euler", "steps": 1, "guidance": "none"}
         config["adversarial"] = {"start_from": self.config.start_from,
-                                 "adversarial_weight": self.config.adversarial_weight, "r1_gamma": self.config.r1_gamma}
+                                 "adversarial_weight": self.config.adversarial_weight, "r1_gamma": self.config.r1_gamma,
+                                 "discriminator_lr_scale": self.config.discriminator_lr_scale}
         return config
 
     def preview(self, network, class_names, device):
