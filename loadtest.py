@@ -3,6 +3,7 @@ request run alone.
 
     python loadtest.py [--clients 16] [--requests 4] [--checkpoints checkpoints] [--out docs/loadtest.md]
     python loadtest.py --classroom 30 [--rows abc] [--out docs/serving.md]     (issue 40: the classroom)
+    python loadtest.py --merging [--rounds 5]       (what merging k users' requests into one batch can buy here)
 
 Starts `python app.py` on a free local port, runs `clients` threads that each send `requests` mixed requests
 (checkpoints, samplers, guidance modes, self-conditioning, seeds), then replays every request alone and
@@ -255,6 +256,47 @@ def classroom(students: int, rows: str, checkpoints: Path, out: str = "") -> int
     return 1 if failed else 0
 
 
+# --- what merging can buy on this device (issue 40, row (c)) --------------------------------------------------------
+MERGING_CASES = {  # the classroom's requests: (label, checkpoint, settings, images per user)
+    "default Generate": ("fashion-diffusion", dict(sampler="ode", solver="dpm++2m", steps=10, guidance="cfg", scale=3.0,
+                                                  rescale=0.7), 16),
+    "live mode (reflow, 4 images)": ("fashion-reflow", dict(sampler="ode", solver="euler", steps=2, guidance="none",
+                                                             scale=1.0), 4),
+}
+
+
+def merging(checkpoints: Path, rounds: int, users=(1, 2, 4), cases=None) -> str:
+    """Per-request seconds of k users' requests run one after the other against one batch of k x images (what a merged
+    call computes), on one torch thread as a replica runs; rounds interleaved, medians. The merged call's own
+    byte-identity is tested elsewhere; this measures only its time, also where the rule does not let it merge."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from diffusion.serving.engine import ModelCache, SampleRequest, run_request
+
+    torch.set_num_threads(1)
+    cache = ModelCache(str(checkpoints), device="cpu")
+    timings: dict = {}
+    for _ in range(rounds + 1):  # the first round warms up and is dropped
+        for label, (checkpoint, settings, images) in (cases or MERGING_CASES).items():
+            for k in users:
+                one = SampleRequest(checkpoint=checkpoint, batch_size=images, self_condition=None, **settings)
+                batch = SampleRequest(checkpoint=checkpoint, batch_size=k * images, self_condition=None, **settings)
+                started = time.perf_counter()
+                for _ in range(k):
+                    run_request(cache, one)
+                alone = time.perf_counter() - started
+                started = time.perf_counter()
+                run_request(cache, batch)
+                timings.setdefault((label, k), []).append((alone, time.perf_counter() - started))
+    lines = ["| request | users k | k alone (s) | one batch of k (s) | speed-up |", "|---|---|---|---|---|"]
+    for (label, k), pairs in timings.items():
+        alone = statistics.median(a for a, _ in pairs[1:])
+        merged = statistics.median(m for _, m in pairs[1:])
+        lines.append(f"| {label} | {k} | {alone:.4g} | {merged:.4g} | {alone / merged:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=16)
@@ -271,7 +313,13 @@ def main(argv=None):
                         help="the classroom of issue 40 instead: STUDENTS press Generate within 5 s, then 3 more actions")
     parser.add_argument("--rows", default="abc", help="with --classroom: which servers (a one process, b Ray, c Ray "
                         "with batching)")
+    parser.add_argument("--merging", action="store_true", help="instead: time k requests alone against one batch of "
+                        "k (the classroom's mergeable and small requests, one torch thread)")
+    parser.add_argument("--rounds", type=int, default=5, help="with --merging: interleaved rounds (medians)")
     args = parser.parse_args(argv)
+    if args.merging:
+        print(merging(Path(args.checkpoints), args.rounds))
+        return 0
     if args.classroom:
         if not set(args.rows) <= set(CLASSROOM_ROWS) or not 1 <= args.classroom <= 200:
             parser.error("--classroom takes 1-200 students and --rows letters from 'abc'")

@@ -27,3 +27,20 @@ def test_bad_options_are_refused(capsys):
 
     with pytest.raises(SystemExit):
         main(["--classroom", "30", "--rows", "xyz"])
+
+
+def test_merging_times_k_requests_alone_against_one_batch_of_k(tmp_path):
+    from conftest import write_tiny_checkpoints
+    from loadtest import merging
+
+    write_tiny_checkpoints(tmp_path)
+    cases = {"tiny CFG": ("tiny", dict(sampler="ddim", steps=3, guidance="cfg", scale=3.0), 2),
+             "tiny flow": ("tiny-flow", dict(sampler="ode", solver="euler", steps=2, guidance="none", scale=1.0), 2)}
+    table = merging(tmp_path, rounds=1, users=(1, 2), cases=cases).splitlines()
+    assert table[0].startswith("| request | users k |") and len(table) == 2 + 4
+    cells = [line.strip("|").split("|") for line in table[2:]]
+    assert [(c[0].strip(), c[1].strip()) for c in cells] == [("tiny CFG", "1"), ("tiny CFG", "2"), ("tiny flow", "1"),
+                                                             ("tiny flow", "2")]
+    for cell in cells:  # a speed-up is alone / merged, as printed
+        alone, merged, speedup = float(cell[2]), float(cell[3]), float(cell[4].strip().rstrip("x"))
+        assert alone > 0 and merged > 0 and speedup == __import__("pytest").approx(alone / merged, abs=0.006, rel=0.005)
