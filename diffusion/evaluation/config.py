@@ -39,7 +39,7 @@ METRICS = ("nfe", "samples", "fid", "texture_fid", "accuracy", "diversity", "sec
            "bits_per_dim", "stderr", "median", "p05", "p95", "nfe_max", "by_probe",
            "straightness", "straightness_std", "flow_time", "deviation",
            "by_evaluator", "two_sample_accuracy", "two_sample_stderr", "two_sample_judges",
-           "two_sample_spread", "best_epochs", "held_out", "classic_seconds", "timings")
+           "two_sample_spread", "best_epochs", "held_out", "classic_seconds", "timings", "through_app")
 
 
 def row_key(row: dict) -> str:

@@ -81,13 +81,16 @@ def setting_of(row: dict) -> tuple:
 
 
 def time_shares(results: dict) -> dict[tuple, float]:
-    """{setting_of(row): its click-to-result time / the classic DDIM-50 with CFG 3's} from the run's click-time part,
-    or {} when it has none (a recorded file is data: unreadable timings say nothing)."""
+    """{setting_of(row): its click-to-result time / the classic DDIM-50 with CFG 3's}, or {} when the run has no
+    click-time part (a recorded file is data: unreadable timings say nothing). Measured through the app where the
+    click-time row holds such a measurement (`through_app`, docs/evaluation/guided-realism/click_app.py: the queue,
+    progress, previews and PNGs too), else the engine's time alone, a lower bound of each share."""
     timed = results.get("click_time")
     try:
+        timed = timed.get("through_app") or timed
         return {(t["steps"], t["method"], t["scale"]): float(t["seconds"]) / float(timed["classic_seconds"])
                 for t in timed["timings"]}
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+    except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError):
         return {}
 
 
