@@ -300,10 +300,10 @@ def test_sweep_and_trajectory(client):
 def test_guidance_methods_through_generate_and_the_sweep(client):
     plain = ("tiny", "ddim", "heun", 4, 0.0, "uniform", "cfg", 1, 4.0, False, 2, 4)
     reference = client.predict(*plain, 0.0, None, None, 1.0, 0.0, 0.0, 0.0, api_name="/generate")  # plain CFG
-    default = client.predict(*plain, api_name="/generate")  # the 12 arguments of before: Generate's rescale 0.7
+    default = client.predict(*plain, api_name="/generate")  # the 12 arguments of before: Generate's interval -4.7-1.2
     pixels = lambda out: [Image.open(g["image"]).tobytes() for g in out[0]]
-    rescaled = client.predict(*plain, 0.7, None, None, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
-    assert pixels(default) == pixels(rescaled)
+    interval = client.predict(*plain, 0.0, -4.7, 1.2, 1.0, 0.0, 0.0, 0.0, api_name="/generate")
+    assert pixels(default) == pixels(interval)
     for methods in [(0.7, None, None, 1.0, 0.0, 0.0, 0.0), (0.0, -2.0, 2.0, 1.0, 0.0, 0.0, 0.0),
                     (0.0, None, None, 0.0, 3.0, -0.5, 0.0), (0.0, None, None, 1.0, 0.0, 0.0, 0.95)]:
         assert pixels(client.predict(*plain, *methods, api_name="/generate")) != pixels(reference), methods
@@ -512,9 +512,11 @@ def _has_colour(png_bytes: bytes) -> bool:
                     reason="needs Debian's chromium (CI installs it)")
 def test_browser_xy_grid_and_a_guidance_method(server, tmp_path):
     with browser_page(server, height=1200) as page:
-        page.get_by_text("Guidance methods (starting at CFG rescale").click()
+        page.get_by_text("Guidance methods (starting at interval").click()
         rescale = page.get_by_label("number input for CFG rescale phi")
-        assert rescale.input_value() == "0.7"  # Generate's default (issue 31)
+        assert rescale.input_value() == "0"  # Generate's default method is interval guidance (issue 41), rescale off
+        assert page.locator("#interval-low input").first.input_value() == "-4.7"
+        assert page.locator("#interval-high input").first.input_value() == "1.2"
         rescale.fill("0.5")
         rescale.press("Enter")
         page.get_by_role("button", name="Generate", exact=True).click()

@@ -61,7 +61,7 @@ def test_hostile_sampling_defaults_are_refused_on_load(tmp_path, defaults, probl
 
 
 def test_selecting_a_few_step_model_sets_its_defaults_and_offers_live_mode(few_step_cache):
-    from diffusion.app.generate import on_checkpoint_change
+    from diffusion.app.generate import APP_SAMPLING, on_checkpoint_change
 
     outputs = on_checkpoint_change(few_step_cache, Path("docs/evaluation"), "tiny-reflow", "ddim", False)
     sampler, solver, steps, scale, live, few_step = (outputs[i] for i in (4, 5, 6, 9, 13, 14))
@@ -69,8 +69,9 @@ def test_selecting_a_few_step_model_sets_its_defaults_and_offers_live_mode(few_s
     assert outputs[2].value == "none" and scale.value == 1.0
     assert live.visible is True and few_step is True
     back = on_checkpoint_change(few_step_cache, Path("docs/evaluation"), "tiny", "ode", True)
-    assert (back[4].value, back[6].value, back[2].value, back[13].visible, back[14]) == ("ode", 10, "cfg", False, False)
-    assert back[5].value == "dpm++2m"  # the tab's own start: DPM-Solver++(2M), 10 steps
+    assert (back[4].value, back[6].value, back[2].value, back[13].visible, back[14]) == (
+        "ode", APP_SAMPLING["steps"], "cfg", False, False)
+    assert back[5].value == "dpm++2m"  # the tab's own start: DPM-Solver++(2M), 15 steps
     kept = on_checkpoint_change(few_step_cache, Path("docs/evaluation"), "tiny-flow", "ode", False)
     assert kept[6].value is None or "value" not in kept[6].constructor_args  # a user's steps are kept between others
 

@@ -224,6 +224,8 @@ def tiny_second_evaluator(folder):
 def test_the_outsider_parts_judge_references_and_settings_by_both_evaluators(setup):
     from dataclasses import replace
 
+    from diffusion.evaluation.outsider import APP_DEFAULT
+
     folder, config = setup
     config = replace(config, second_evaluator=tiny_second_evaluator(folder))
     evaluator = Evaluator(config)
@@ -237,7 +239,7 @@ def test_the_outsider_parts_judge_references_and_settings_by_both_evaluators(set
     # the two-sample part judges the generator only: its references are the judge-calibration part's rows
     assert [r["guidance"] for r in results["two_sample"]] == ["none", "cfg"]
     cfg = results["two_sample"][-1]
-    assert (cfg["sampler"], cfg["solver"], cfg["scale"], cfg["nfe"]) == ("ode", "dpm++2m", 3.0, 2)
+    assert (cfg["sampler"], cfg["solver"], cfg["scale"], cfg["nfe"]) == ("ode", "dpm++2m", APP_DEFAULT["scale"], 2)
     for row in results["two_sample"]:  # a panel of two judges (--quick), their mean and its standard error
         judges = row["two_sample_judges"]
         assert len(judges) == 2 and row["two_sample_accuracy"] == pytest.approx(sum(judges) / 2)

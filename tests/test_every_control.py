@@ -282,6 +282,8 @@ def test_restoring_a_run_from_the_history_queues_one_event_in_chromium(live):
     """Issue 37, item 6: a click on a history entry queued 7 events (the click and the restored controls' change
     events), so 2 of 9 clicks hit the cap of 4 per session. Now only the click goes to the queue: the estimate line
     and the sampler's own settings answer outside it, and live mode follows the user's changes, not restores."""
+    from diffusion.app.generate import APP_SAMPLING
+
     with live_page(live) as page:
         generate = page.page.locator("button.primary:visible", has_text="Generate").first
         generate.click()
@@ -301,11 +303,11 @@ def test_restoring_a_run_from_the_history_queues_one_event_in_chromium(live):
         history.nth(1).wait_for(timeout=60_000)
         page.settle()
         page.sent.clear()
-        history.nth(1).click()  # the first run: ODE, 10 steps, CFG, 16 images, seed 0
+        history.nth(1).click()  # the first run: Generate's default (ODE, 15 steps, CFG), 16 images, seed 0
         page.page.wait_for_selector("text=Restored from the history", timeout=60_000)
         page.settle()
         assert len(page.sent) == 1, [payload["fn_index"] for payload in page.sent]
-        page.page.wait_for_function("() => document.body.innerText.includes('Next run: NFE 10') && "
+        page.page.wait_for_function(f"() => document.body.innerText.includes('Next run: NFE {APP_SAMPLING['steps']}') && "
                                     "document.body.innerText.includes('for 16 images')", timeout=60_000)
 
 
@@ -351,7 +353,7 @@ def test_the_estimate_line_shows_the_last_values_when_an_older_answer_comes_late
         page.page.on("requestfailed", lambda r: direct.remove(r) if r in direct else None)
         page.page.goto(url)
         page.page.wait_for_selector("text=Next run", timeout=120_000)
-        page.page.get_by_text("Guidance methods (starting at CFG rescale").click()
+        page.page.get_by_text("Guidance methods (starting at interval").click()
         page.settle()
         monkeypatch.setattr(cache, "estimate_seconds", slow_once)
         for elem_id, value in (("interval-low", "3"), ("interval-high", "-3")):

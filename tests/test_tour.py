@@ -76,7 +76,7 @@ def test_a_newcomers_tour(server):
         assert page.locator(".range-notice").count() == 0
 
         # A reversed interval: one sentence under its boxes, and the press refused with a pointer to it that stays.
-        page.get_by_text("Guidance methods (starting at CFG rescale").click()
+        page.get_by_text("Guidance methods (starting at interval").click()
         page.locator("#interval-low input").wait_for(state="visible", timeout=30_000)
         # Chromium types at once; a box that has just rendered may still take its value (it wiped a bound typed
         # within ~0.1 s, which no hand does), so type once the page's controls have stopped changing.

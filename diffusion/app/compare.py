@@ -18,7 +18,7 @@ from ..serving.studies import difference_map
 from ..serving.xy import MAX_AXIS_TEXT, few_step_plan, grid_picture, real_sharpness
 from .outputs import output_path
 from .common import GRID_PX, grid_pil, markdown_text, save_png, stream_result, user_error, widget_number
-from .controls import (SPACING_LABELS, RequestTarget, make_request, on_compare_checkpoint_change, run_and_stop,
+from .controls import (DEFAULT_SCALES, SPACING_LABELS, RequestTarget, make_request, on_compare_checkpoint_change, run_and_stop,
                        settle_run)
 
 
@@ -147,7 +147,7 @@ def build_compare_tab(cache: ModelCache, names, default, classes, guidance_choic
         c_checkpoint = gr.Dropdown(names, value=default, label="Checkpoint")
         c_guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
         c_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
-        c_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+        c_scale = gr.Slider(0, 15, value=DEFAULT_SCALES["cfg"], step=0.25, label="Guidance scale w")
     with gr.Row():
         c_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         c_batch = gr.Slider(1, 16, value=8, step=1, label="Images")

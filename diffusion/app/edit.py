@@ -380,7 +380,7 @@ def method_controls(classes, sources, guidance_choices) -> dict:
             with gr.Row():
                 class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class (the target)")
                 guidance = gr.Radio(guidance_choices, value=allowed_guidance(guidance_choices, "cfg"), label="Guidance")
-                scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+                scale = gr.Slider(0, 15, value=DEFAULT_SCALES["cfg"], step=0.25, label="Guidance scale w")
             with gr.Row():
                 sampler = gr.Radio(SAMPLER_LABELS, value="ode", label="Sampler")
                 solver = gr.Dropdown(list(ODE_SOLVERS), value="dpm++2m", label="ODE solver")

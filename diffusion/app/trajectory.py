@@ -13,7 +13,7 @@ from ..serving.backend import backend_for
 from ..serving.engine import ModelCache, RequestError
 from ..core.sampling import ODE_SOLVERS
 from .common import SINGLE_PX, grid_pil, save_gif, stream_result, user_error, widget_number
-from .controls import RequestTarget, SAMPLER_LABELS, follow_study_checkpoint, make_request, run_and_stop, settle_run
+from .controls import DEFAULT_SCALES, RequestTarget, SAMPLER_LABELS, follow_study_checkpoint, make_request, run_and_stop, settle_run
 
 
 def show_trajectory(cache: ModelCache, checkpoint, sampler, solver, steps, guidance, class_index, scale, seed, frames,
@@ -63,7 +63,7 @@ def build_trajectory_tab(cache: ModelCache, names, default, classes, guidance_ch
     with gr.Row():
         t_guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
         t_class = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
-        t_scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+        t_scale = gr.Slider(0, 15, value=DEFAULT_SCALES["cfg"], step=0.25, label="Guidance scale w")
         t_seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         t_frames = gr.Slider(2, 16, value=10, step=1, label="Frames")
     t_run, t_stop = run_and_stop("Show trajectory")

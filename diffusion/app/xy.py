@@ -17,7 +17,7 @@ from ..serving.xy import (AXIS_FIELDS, AXIS_LABELS, MAX_AXIS_TEXT, MAX_AXIS_VALU
                           grid_manifest, grid_picture, plan_grid)
 from .outputs import output_path
 from .common import markdown_text, save_picture, stream_result, user_error
-from .controls import (SAMPLER_LABELS, SPACING_LABELS, RequestTarget, follow_study_checkpoint, make_request,
+from .controls import (DEFAULT_SCALES, SAMPLER_LABELS, SPACING_LABELS, RequestTarget, follow_study_checkpoint, make_request,
                        run_and_stop, settle_run)
 
 TAB_SAMPLING = {"sampler": "ddim", "solver": "dpm++2m", "steps": 25, "guidance": "cfg"}  # where the tab starts
@@ -115,7 +115,7 @@ def build_xy_tab(cache: ModelCache, names, default, classes, guidance_choices, g
     with gr.Row():
         guidance = gr.Radio(guidance_choices, value=guidance_default, label="Guidance")
         class_index = gr.Dropdown(classes, value=classes[0][1] if classes else None, label="Class")
-        scale = gr.Slider(0, 15, value=3.0, step=0.25, label="Guidance scale w")
+        scale = gr.Slider(0, 15, value=DEFAULT_SCALES["cfg"], step=0.25, label="Guidance scale w")
         seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         images = gr.Slider(1, 16, value=4, step=1, label="Images per cell")
     with gr.Row():

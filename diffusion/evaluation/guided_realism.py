@@ -1,7 +1,7 @@
 """The guided-realism part (issue 31, part 2; issue 41, item 2): which guided setting keeps class accuracy >=
 ACCURACY_FLOOR at the lowest classifier two-sample accuracy, within Generate's time budget.
 
-At Generate's sampler (DPM-Solver++(2M)) and its 10 steps: every classifier-free method of guidance.GUIDANCE_METHODS on
+At Generate's sampler (DPM-Solver++(2M)) and 10 steps: every classifier-free method of guidance.GUIDANCE_METHODS on
 a scale grid, beside the unguided row; at 15 and 20 steps the methods that modify CFG at the scales that kept accuracy
 (LONGER), and no guidance. A row's images are judged by both evaluators' class accuracy and by a panel of two-sample
 judges (diffusion.evaluation.judge: the judge named in the row, seeds seed ... seed + 4): one judge's own randomness
@@ -19,6 +19,7 @@ from .judge import config_of, judge_panel, run_judge, run_seeds
 from .outsider import APP_DEFAULT, judged_images
 from .part import Part
 
+STEPS = 10  # the full grid's steps: Generate's until issue 41 (2026-12-08)
 METHODS = ("cfg", "cfg-rescale", "interval", "apg")
 SCALES = (1.5, 2.0, 3.0)
 # Beyond Generate's 10 steps (issue 41, item 2): plain CFG was the least real method at every scale at 10 steps, and
@@ -38,7 +39,7 @@ def rows(evaluator, self_conditioning) -> list[dict]:
     plain = {k: v for k, v in APP_DEFAULT.items() if k in ("sampler", "solver")}
     plain |= dict(self_condition=evaluator.model.self_condition, judge=asdict(run_judge(c.quick)))
     grids = ([(QUICK["steps"], QUICK["methods"], QUICK["scales"])] if c.quick else
-             [(APP_DEFAULT["steps"], METHODS, SCALES)] + [(steps, LONGER["methods"], LONGER["scales"])
+             [(STEPS, METHODS, SCALES)] + [(steps, LONGER["methods"], LONGER["scales"])
                                                           for steps in LONGER["steps"]])
     planned = []
     for steps, methods, scales in grids:

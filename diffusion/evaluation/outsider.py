@@ -19,7 +19,8 @@ from ..core.metrics import box_blur, evaluator_outputs
 
 # Generate's default sampling (diffusion/app/generate.py APP_SAMPLING | APP_GUIDANCE; a test holds the two equal):
 # what a user sees first.
-APP_DEFAULT = dict(sampler="ode", solver="dpm++2m", steps=10, guidance="cfg", scale=3.0, rescale=0.7)
+APP_DEFAULT = dict(sampler="ode", solver="dpm++2m", steps=15, guidance="cfg", scale=2.0, interval_low=-4.7,
+                   interval_high=1.2)
 NOISE_SIGMA = 0.05  # the noisy reference: real + N(0, 0.05^2) per pixel (in [-1, 1] units), as in issue 31
 REFERENCES = ("real", "noisy", "blurred")
 

@@ -9,7 +9,7 @@ from .config import TrainConfig
 # How the teacher is guided when it makes a student's reflow pairs (pairs --method/--scale): the guided setting that
 # docs/evaluation/guided-realism found to keep class accuracy >= 0.97 at the lowest two-sample accuracy (and
 # Generate's default, controls.DEFAULT_METHOD at DEFAULT_SCALES["cfg"]; a test holds the two equal).
-STUDENT_GUIDANCE = dict(method="cfg-rescale", scale=3.0)
+STUDENT_GUIDANCE = dict(method="interval", scale=2.0)
 
 # Issue 31, part 3: a teacher several times larger, for a GPU. 96 base channels (3x), two residual blocks per level,
 # attention at 14x14 and 7x7: 16.5 M parameters (13.7x), the size of the Fashion-MNIST diffusion models in the
