@@ -26,7 +26,8 @@ def rows(evaluator, self_conditioning) -> list[dict]:
     if not settings:
         return []
     classic = dict(guided_realism.CLASSIC, self_condition=settings[0]["self_condition"])
-    return [dict(measure="click-time", images=IMAGES, rounds=2 if evaluator.config.quick else ROUNDS,
+    quick = evaluator.config.quick  # --quick: the plumbing at 2 images, two rounds
+    return [dict(measure="click-time", images=2 if quick else IMAGES, rounds=2 if quick else ROUNDS,
                  classic=classic, settings=settings)]
 
 
